@@ -1,0 +1,117 @@
+"""Capture hook points for one tokenised batch on any backend.
+
+``capture_hf`` is the fast path the engine uses: forward hooks on the real HF
+modules and an early exit right after the deepest requested layer (no later
+layers, no lm_head: on Gemma-3-270M the 262k-vocab unembedding is ~65% of a
+full forward). ``capture_transformer_lens`` / ``capture_nnsight`` produce the same
+tensors through those libraries, for parity tests and for users who want them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from .handle import ModelHandle
+from .hooks import HookPoint, hf_site
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end the forward pass after the deepest hooked layer."""
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+@torch.inference_mode()
+def capture_hf(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT: Tensor | None,
+               points: Iterable[HookPoint], on_capture=None) -> dict[str, Tensor]:
+    """Run the HF body up to the deepest point, returning ``{hook name: acts_BTD}``.
+
+    ``on_capture(name, acts_BTD)`` (optional) is called as each point is produced,
+    so callers can pool/downcast on the fly instead of holding every layer.
+    """
+    points = list(points)
+    out: dict[str, Tensor] = {}
+    deepest = max(p.depth for p in points)
+    handles = []
+
+    def record(name: str, acts: Tensor) -> None:
+        if on_capture is not None:
+            on_capture(name, acts)
+        else:
+            out[name] = acts
+
+    for p in points:
+        module, kind = hf_site(handle.hf_model, p)
+        if kind == "input":
+            hook = (lambda n: lambda mod, args, kwargs: record(n, args[0] if args else kwargs["hidden_states"]))(p.name)
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        else:
+            handles.append(module.register_forward_hook((lambda n: lambda mod, i, o: record(n, _first(o)))(p.name)))
+
+    def stop(mod, i, o):
+        raise _StopForward
+
+    if deepest >= 0:
+        handles.append(handle.layers[deepest].register_forward_hook(stop))
+    else:  # only resid_pre.0 / embed: stop as layer 0 starts, after the pre-hook ran
+        handles.append(handle.layers[0].register_forward_pre_hook(lambda mod, a: (_ for _ in ()).throw(_StopForward())))
+    body = handle.hf_model.get_decoder() if hasattr(handle.hf_model, "get_decoder") else handle.hf_model
+    try:
+        body(input_ids=input_ids_BT, attention_mask=attention_mask_BT, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@torch.inference_mode()
+def capture_transformer_lens(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT: Tensor | None,
+                             points: Iterable[HookPoint]) -> dict[str, Tensor]:
+    """``run_with_cache`` in its expert form: ``return_type=None``, ``stop_at_layer``."""
+    points = list(points)
+    names = {p.tl_name: p.name for p in points}
+    stop = max(p.layer for p in points) + 1
+    _, cache = handle.model.run_with_cache(
+        input_ids_BT, attention_mask=attention_mask_BT, names_filter=list(names),
+        return_type=None, stop_at_layer=stop,
+    )
+    return {names[k]: v for k, v in cache.items()}
+
+
+@torch.inference_mode()
+def capture_nnsight(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT: Tensor | None,
+                    points: Iterable[HookPoint]) -> dict[str, Tensor]:
+    """nnsight ``.save()`` on every requested module."""
+    points = list(points)
+    layers = handle.model.model.layers
+    saved: list = []
+    inputs = {"input_ids": input_ids_BT}
+    if attention_mask_BT is not None:
+        inputs["attention_mask"] = attention_mask_BT
+    with handle.model.trace(inputs):
+        for p in points:
+            layer = layers[p.layer]
+            if p.site == "resid_pre":
+                saved.append(layer.input.save())
+            elif p.site == "resid_post":
+                saved.append(layer.output.save())
+            else:
+                sandwich = hasattr(layer, "pre_feedforward_layernorm")
+                mod = {("attn_out", True): "post_attention_layernorm", ("attn_out", False): "self_attn",
+                       ("mlp_out", True): "post_feedforward_layernorm", ("mlp_out", False): "mlp"}[p.site, sandwich]
+                saved.append(getattr(layer, mod).output.save())
+    return {p.name: _first(getattr(s, "value", s)) for p, s in zip(points, saved, strict=True)}
+
+
+def capture(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT: Tensor | None,
+            points: Iterable[HookPoint]) -> dict[str, Tensor]:
+    """Dispatch on ``handle.backend``."""
+    fn = {"hf": capture_hf, "transformer_lens": capture_transformer_lens, "nnsight": capture_nnsight}[handle.backend]
+    return fn(handle, input_ids_BT, attention_mask_BT, points)

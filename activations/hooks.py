@@ -1,0 +1,131 @@
+"""Uniform hook-point names and their location in each backend.
+
+undertow names a hook point ``{site}.{layer}`` with ``site`` one of
+
+- ``resid_pre``  : the residual stream entering decoder layer ``layer``
+                   (``embed`` is an alias for ``resid_pre.0``: embeddings after
+                   any model-specific scaling, e.g. Gemma's sqrt(d_model))
+- ``resid_post`` : the residual stream leaving decoder layer ``layer``
+- ``attn_out``   : what the attention block adds to the residual stream
+- ``mlp_out``    : what the MLP block adds to the residual stream
+
+"What is added" matters for sandwich-norm models (Gemma 2/3): there the block
+output passes through ``post_attention_layernorm`` / ``post_feedforward_layernorm``
+before it is added, so those norms' outputs are the hook sites. In Llama,
+``post_attention_layernorm`` is the *pre*-MLP norm, so the raw ``self_attn`` /
+``mlp`` outputs are used. TransformerLens names the same four sites
+``blocks.{L}.hook_{site}``.
+
+Patterns select several points: ``resid_post.*`` (every layer),
+``resid_post.4-12`` (inclusive range), ``mlp_out.6``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import HookError
+
+SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")  # forward order within a layer
+_NAME_RE = re.compile(r"^(?P<site>[a-z_]+)\.(?P<layer>\*|\d+(?:-\d+)?)$")
+
+
+@dataclass(frozen=True, order=True)
+class HookPoint:
+    """One hook site at one layer."""
+
+    layer: int
+    """Decoder layer index, 0-based."""
+    site: str
+    """One of ``SITES``."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.site}.{self.layer}"
+
+    @property
+    def tl_name(self) -> str:
+        """The TransformerLens hook name for this point."""
+        return f"blocks.{self.layer}.hook_{self.site}"
+
+    @property
+    def depth(self) -> int:
+        """Index of the last decoder layer that must run to produce this point."""
+        return self.layer - 1 if self.site == "resid_pre" else self.layer
+
+
+def all_hook_names(n_layers: int) -> list[str]:
+    """Every valid hook name for a model with ``n_layers`` decoder layers."""
+    return ["embed"] + [f"{s}.{i}" for i in range(n_layers) for s in SITES]
+
+
+def parse_hooks(patterns: str | list[str], n_layers: int) -> list[HookPoint]:
+    """Expand hook names/patterns into sorted, deduplicated ``HookPoint``s.
+
+    Raises ``HookError`` naming the valid sites/layers (and close matches) on a
+    bad name or an out-of-range layer.
+    """
+    if isinstance(patterns, str):
+        patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+    if not patterns:
+        raise HookError("no hooks requested; pass e.g. 'resid_post.*' or 'resid_post.4-12'")
+    points: set[HookPoint] = set()
+    for pat in patterns:
+        points.update(_parse_one(pat, n_layers))
+    return sorted(points, key=lambda p: (p.layer, SITES.index(p.site)))
+
+
+def _parse_one(pattern: str, n_layers: int) -> list[HookPoint]:
+    if pattern == "embed":
+        return [HookPoint(0, "resid_pre")]
+    m = _NAME_RE.match(pattern)
+    if m is None or m["site"] not in SITES:
+        close = difflib.get_close_matches(pattern, all_hook_names(n_layers), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise HookError(
+            f"unknown hook {pattern!r}: valid hooks are 'embed' or '<site>.<layer>' with site in "
+            f"{', '.join(SITES)} and layer 0-{n_layers - 1} (or '*', or a range like 4-12).{hint}"
+        )
+    layer = m["layer"]
+    if layer == "*":
+        lo, hi = 0, n_layers - 1
+    elif "-" in layer:
+        lo, hi = (int(x) for x in layer.split("-"))
+    else:
+        lo = hi = int(layer)
+    if lo > hi or hi >= n_layers:
+        raise HookError(
+            f"hook {pattern!r}: layer out of range; this model has {n_layers} layers (0-{n_layers - 1})"
+        )
+    return [HookPoint(i, m["site"]) for i in range(lo, hi + 1)]
+
+
+def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder layers of a causal LM (Llama, Gemma, Qwen, GPT-2, NeoX)."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        obj = hf_model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise HookError(f"cannot locate decoder layers in {type(hf_model).__name__}; supported: Llama/Gemma/Qwen/GPT-2/NeoX")
+
+
+def hf_site(hf_model: nn.Module, point: HookPoint) -> tuple[nn.Module, str]:
+    """(module, "input" | "output") whose activation is ``point`` in the HF model."""
+    layer = decoder_layers(hf_model)[point.layer]
+    if point.site == "resid_pre":
+        return layer, "input"
+    if point.site == "resid_post":
+        return layer, "output"
+    sandwich = hasattr(layer, "pre_feedforward_layernorm")
+    if point.site == "attn_out":
+        return (layer.post_attention_layernorm if sandwich else layer.self_attn), "output"
+    return (layer.post_feedforward_layernorm if sandwich else layer.mlp), "output"

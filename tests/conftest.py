@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random Llama / Gemma3 checkpoints built in the test (no download).
+
+They use SmolLM2's tokenizer (vocab 49,152, has a chat template), taken from the
+embedded package's cached dequantised copy, so every tier-1 test runs offline in
+seconds. The `gpu` marker skips without CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer():
+    from undertow.activations.sources import load_hf
+
+    return load_hf("smollm2-135m-instruct", torch.float32).tokenizer
+
+
+def _save_tiny(path, config, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    # Random init leaves norms at 1 and small weights; scale up so layers differ visibly.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.08)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, small_tokenizer):
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=len(small_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        rms_norm_eps=1e-5, bos_token_id=small_tokenizer.bos_token_id, eos_token_id=small_tokenizer.eos_token_id,
+    )
+    return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), cfg, small_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory, small_tokenizer):
+    from transformers import Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(
+        vocab_size=len(small_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+        sliding_window=8, layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
+        bos_token_id=small_tokenizer.bos_token_id, eos_token_id=small_tokenizer.eos_token_id, pad_token_id=0,
+    )
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gemma3"), cfg, small_tokenizer)
+
+
+@pytest.fixture(scope="session", params=["llama", "gemma3"])
+def tiny_model_dir(request):
+    return request.getfixturevalue(f"tiny_{'llama' if request.param == 'llama' else 'gemma'}_dir")
