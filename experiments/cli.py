@@ -9,9 +9,9 @@ import sys
 
 from undertow.activations.errors import UndertowError
 
-from . import models_cli
+from . import demo_cli, models_cli
 
-COMMAND_MODULES = [models_cli]
+COMMAND_MODULES = [models_cli, demo_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

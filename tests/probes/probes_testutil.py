@@ -1,0 +1,12 @@
+"""Shared helpers for the probes tests (a uniquely named module: tests/ has no __init__.py)."""
+
+import torch
+
+
+def planted(n=400, d=8, shift=1.0, seed=0, dtype=torch.float64):
+    """Gaussian classes separated along e_0 by ``shift``; anisotropic scales; offset mean."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=g) < 0.4).to(dtype)
+    x = torch.randn(n, d, generator=g, dtype=dtype) * torch.linspace(0.5, 3.0, d, dtype=dtype) + 2.0
+    x[:, 0] += shift * y
+    return x, y
