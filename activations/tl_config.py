@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-from transformer_lens import HookedTransformerConfig
 
 from .errors import ModelLoadError
 
@@ -62,7 +61,10 @@ def _gemma3(cfg) -> dict:
 _BUILDERS = {"llama": _llama, "gemma3_text": _gemma3, "gemma3": _gemma3}
 
 
-def tl_config_from_hf(hf_config, dtype: torch.dtype, device: str | torch.device) -> HookedTransformerConfig:
+def tl_config_from_hf(hf_config, dtype: torch.dtype, device: str | torch.device):
+    """A ``HookedTransformerConfig`` (transformer_lens is imported here: it takes seconds to import)."""
+    from transformer_lens import HookedTransformerConfig
+
     builder = _BUILDERS.get(hf_config.model_type)
     if builder is None:
         raise ModelLoadError(

@@ -9,9 +9,9 @@ import sys
 
 from undertow.activations.errors import UndertowError
 
-from . import demo_cli, models_cli
+from . import demo_cli, extract_cli, models_cli, probe_cli, prompts_cli
 
-COMMAND_MODULES = [models_cli, demo_cli]
+COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, demo_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

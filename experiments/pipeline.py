@@ -13,7 +13,6 @@ scores the forced-choice items by answer log-probability (what the model
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from undertow.probes import sweep
 from .audit import lexical_baseline_auroc
 from .contrasts import audit_text, get_contrast
 from .expressed import score_forced_choice, summarise
+from .extract_cli import Bar
 from .prompt_suite import SuiteConfig, build_suite, suite_hash
 from .report import Chart, Section, Series, write_report
 from .tracking import log_study
@@ -84,14 +84,15 @@ def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, o
     ecfg = ExtractConfig(model=cfg.model, hooks=["embed", cfg.hooks], positions=[position], dtype=cfg.store_dtype,
                          out_dir=str(out / "activations" / name), seed=cfg.seed, max_rows=cfg.max_rows,
                          batch_size=cfg.batch_size)
-    t0 = time.perf_counter()
-    store = extract(handle, ds, ecfg, resume=True)  # a complete matching store is reused, a stale one refused
-    t_extract = time.perf_counter() - t0
+    bar = Bar(enabled=True)
+    # resume=True: a complete matching store is reused, a stale one refused with the reason
+    store = extract(handle, ds, ecfg, resume=True, progress=bar, on_plan=bar.start)
+    t_extract = bar.close()
     lexical = _lexical(ds, store, name, cfg.seed)
     result = sweep(store, embed_hook="resid_pre.0", seed=cfg.seed, n_boot=cfg.n_boot, n_perm=cfg.n_perm,
                    lexical_auroc=lexical)
     probe = result.probe(position=position, model_fingerprint=handle.fingerprint)
-    probe.extra["contrast"] = name
+    probe.extra.update(contrast=name, model=cfg.model)  # `undertow probe eval` reloads the model by this name
     probe_dir = probe.save(out / "probes" / name)
     return {"position": position, "rows": len(store.rows["id"]), "extract_seconds": round(t_extract, 1),
             "lexical_auroc": lexical, "probe_dir": str(probe_dir), "sweep": result.to_dict(),

@@ -1,0 +1,155 @@
+"""``undertow extract CONFIG``: run an ``ExtractConfig`` (YAML) into an activation store.
+
+    undertow extract experiments/configs/extract_gemma_demo.yaml
+    undertow extract CONFIG --resume            # continue after a kill, from the last complete shard
+    undertow extract CONFIG --overwrite         # replace an existing store
+    undertow extract CONFIG --max-rows 64 --out-dir /tmp/quick   # any config field, as --field-name
+
+Datasets (``dataset:`` in the config, or ``--dataset``): a saved
+``datasets.Dataset`` directory or a .jsonl/.json file; else ``suite`` (the
+whole prompt suite) or a contrast name (``undertow.experiments.contrasts``,
+e.g. ``self_cessation``, ``stance``), built with the config's seed.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank extracts its block of shards
+and rank 0 merges (``undertow.activations.distributed``); only rank 0 prints.
+Standalone: ``python -m undertow.experiments.extract_cli CONFIG [...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+from undertow.activations.config import ExtractConfig
+from undertow.activations.errors import UndertowError
+from undertow.activations.extract_errors import DatasetError
+
+_LIST_FIELDS = ("hooks", "positions")
+
+
+def resolve_dataset(name_or_path: str | None, seed: int):
+    """A path (saved Dataset dir, .jsonl, .json), ``suite``, or a contrast name -> ``datasets.Dataset``."""
+    from undertow.activations.rows import load_rows
+
+    if not name_or_path:
+        raise DatasetError("no dataset: set `dataset:` in the config or pass --dataset (a path, 'suite' or a contrast name)")
+    if Path(name_or_path).expanduser().exists() or name_or_path.endswith((".jsonl", ".json", "/")):
+        return load_rows(name_or_path)
+    from . import contrasts
+    from .prompt_suite import SuiteConfig, build_suite
+
+    if name_or_path == "suite":
+        return build_suite(SuiteConfig(seed=seed))
+    return contrasts.get_contrast(name_or_path, seed=seed)  # unknown names raise, listing the valid ones
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG, --resume/--overwrite, and one ``--field-name`` override per ExtractConfig field."""
+    p.add_argument("config", help="ExtractConfig YAML (see experiments/configs/extract_gemma_demo.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue an incomplete store from its last complete shard")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at out_dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line still prints)")
+    for f in dataclasses.fields(ExtractConfig):
+        kind = int if f.name in ("batch_size", "token_budget", "shard_size", "seed", "max_rows") else str
+        extra = " (comma-separated)" if f.name in _LIST_FIELDS else ""
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, dest=f"cfg_{f.name}",
+                       help=f"override config field {f.name}{extra}")
+
+
+def load_config(args: argparse.Namespace) -> ExtractConfig:
+    overrides = {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(ExtractConfig)}
+    for name in _LIST_FIELDS:
+        if overrides[name] is not None:
+            overrides[name] = [s.strip() for s in overrides[name].split(",") if s.strip()]
+    return ExtractConfig.from_yaml(args.config, **overrides)
+
+
+class Bar:
+    """tqdm over prompts, showing real (non-pad) tokens/s; ETA from tqdm."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar, self.rows, self.tokens, self.t0 = enabled, None, 0, 0, time.perf_counter()
+
+    def start(self, plan, done: dict) -> None:
+        remaining = plan.n_rows - sum(e["rows"][1] - e["rows"][0] for e in done.values())
+        if done:
+            print(f"resuming {plan.out_dir}: {len(done)}/{plan.n_shards} shards complete, {remaining} rows to go",
+                  file=sys.stderr)
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=remaining, unit="prompt", dynamic_ncols=True, file=sys.stderr)
+        self.t0 = time.perf_counter()
+
+    def __call__(self, rows: int, tokens: int) -> None:
+        self.rows += rows
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.update(rows)
+            self.bar.set_postfix_str(f"{self.tokens / max(time.perf_counter() - self.t0, 1e-9):,.0f} tok/s", refresh=False)
+
+    def close(self) -> float:
+        if self.bar is not None:
+            self.bar.close()
+        return time.perf_counter() - self.t0
+
+
+def summary(store, bar: Bar, seconds: float) -> str:
+    m = store.manifest
+    bad = {k: v["values"] for k, v in m.get("nonfinite", {}).items()}
+    nonfinite = f"; NON-FINITE values stored in {len(bad)} keys (see manifest nonfinite)" if bad else "; no non-finite values"
+    return (f"extracted {bar.rows} rows, {bar.tokens:,} tokens in {seconds:.1f}s ({bar.tokens / max(seconds, 1e-9):,.0f} tok/s)"
+            f"; store: {len(store)} rows, {len(store.keys)} keys, {m['bytes'] / 1e6:,.1f} MB at {store.path}{nonfinite}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from undertow.activations import distributed, engine, load_model
+
+    config = load_config(args)
+    multi = distributed.is_distributed_launch()
+    device = distributed.init_from_env() if multi else config.device
+    rank0 = not multi or int(os.environ.get("RANK", "0")) == 0
+    dataset = resolve_dataset(config.dataset, config.seed)
+    handle = load_model(config.model, backend=config.backend, dtype=config.model_dtype, device=device)
+    bar = Bar(rank0 and not args.no_progress)
+    if multi:
+        bar.t0 = time.perf_counter()
+        store = distributed.extract_distributed(handle, dataset, config, resume=args.resume, overwrite=args.overwrite,
+                                                progress=bar)
+    else:
+        store = engine.extract(handle, dataset, config, resume=args.resume, overwrite=args.overwrite, progress=bar,
+                               on_plan=bar.start)
+    seconds = bar.close()
+    if rank0:
+        print(("rank 0 " if multi else "") + summary(store, bar, seconds))
+    return 0
+
+
+def add_subparsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="extract activations (hooks x positions) into a resumable store")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="undertow extract", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return run(args)
+    except UndertowError as e:
+        print(f"undertow: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
