@@ -1,0 +1,65 @@
+"""The shipped probes load, match their models, and are reproduced by the documented command."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from undertow.activations.registry import EMBEDDED
+from undertow.probes import ProbeError
+from undertow.probes.pretrained import list_pretrained, load_pretrained
+
+NAMES = [f"{m}/{c}" for m in ("gemma-3-270m", "smollm2-135m-instruct") for c in ("self_cessation", "stance")]
+
+
+def test_every_pretrained_probe_ships_and_loads():
+    assert list_pretrained() == sorted(NAMES)
+    for name in NAMES:
+        model, contrast = name.split("/")
+        p = load_pretrained(model, contrast)
+        assert p.d_model == EMBEDDED[model].d_model
+        assert p.extra["model"] == model and p.extra["contrast"] == contrast
+        assert p.position == ("last_prompt_token" if contrast == "self_cessation" else "mean_response")
+        assert p.metrics["val_auroc"] > 0.5 and p.threshold == p.threshold  # not NaN
+
+
+def test_unknown_pretrained_name_lists_close_matches():
+    with pytest.raises(ProbeError, match="did you mean gemma-3-270m/stance"):
+        load_pretrained("gemma-3-270m", "stanse")
+
+
+@pytest.mark.slow
+def test_pretrained_fingerprints_match_the_embedded_models():
+    from undertow.activations import load_model
+
+    for model in ("gemma-3-270m", "smollm2-135m-instruct"):
+        fp = load_model(model).fingerprint
+        for contrast in ("self_cessation", "stance"):
+            load_pretrained(model, contrast, expected_fingerprint=fp)
+
+
+def _train_module():
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_pretrained_probes.py"
+    spec = importlib.util.spec_from_file_location("train_pretrained_probes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_reproduction_matches_shipped_probe(tmp_path):
+    """Rerun the documented command for one model and contrast; same operating point, same direction."""
+    train = _train_module().train
+    train("smollm2-135m-instruct", tmp_path / "probes", tmp_path / "work", {"self_cessation": "last_prompt_token"})
+    shipped = load_pretrained("smollm2-135m-instruct", "self_cessation")
+    from undertow.probes import Probe
+
+    rebuilt = Probe.load(tmp_path / "probes" / "smollm2-135m-instruct" / "self_cessation")
+    assert (rebuilt.hook, rebuilt.probe_type) == (shipped.hook, shipped.probe_type)
+    cos = torch.dot(rebuilt.direction, shipped.direction).item()
+    assert cos > 0.999, cos
+    for key in ("val_auroc", "test_auroc"):
+        assert abs(rebuilt.metrics[key] - shipped.metrics[key]) < 5e-3, key
