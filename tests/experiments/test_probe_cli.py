@@ -1,0 +1,66 @@
+"""`undertow probe sweep|train|eval|list` end to end on a tiny model's store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from undertow.activations import load_model
+from undertow.activations.config import ExtractConfig
+from undertow.activations.engine import extract
+from undertow.experiments.cli import main
+from undertow.experiments.contrasts import get_contrast
+from undertow.experiments.probe_cli import evaluate_scores
+from undertow.experiments.prompt_suite import build_suite
+
+
+@pytest.fixture(scope="module")
+def suite_store(tiny_llama_dir, tmp_path_factory):
+    """A store of *suite* rows (all formats), so the CLI must relabel them per contrast."""
+    out = tmp_path_factory.mktemp("store") / "suite"
+    cfg = ExtractConfig(model=str(tiny_llama_dir), hooks=["embed", "resid_post.*"], positions=["last_prompt_token"],
+                        dtype="float32", out_dir=str(out), max_rows=400, seed=0)
+    extract(load_model(tiny_llama_dir), build_suite(), cfg)
+    return out
+
+
+def test_sweep_relabels_a_suite_store_and_writes_json(suite_store, capsys):
+    assert main(["probe", "sweep", str(suite_store), "--contrast", "self_cessation"]) == 0
+    out = capsys.readouterr().out
+    assert "resid_post.1" in out and "operating point (chosen on val)" in out
+    table = json.loads((suite_store / "sweep-self_cessation.json").read_text())
+    n = table["n_rows"]
+    assert sum(n.values()) < 400  # rows of other formats were dropped, not mislabelled
+
+
+def test_train_then_eval_json(suite_store, tmp_path, capsys):
+    probe_dir = tmp_path / "probe"
+    assert main(["probe", "train", str(suite_store), "--contrast", "self_cessation", "--out", str(probe_dir)]) == 0
+    assert (probe_dir / "probe.json").exists()
+    data = tmp_path / "eval.jsonl"
+    rows = get_contrast("self_cessation").shuffle(seed=0).select(range(40))
+    with data.open("w") as f:
+        for r in rows:
+            f.write(json.dumps({"messages": r["messages"], "label": r["label"], "template_id": r["template_id"]}) + "\n")
+    capsys.readouterr()
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 40 and 0.0 <= res["auroc"] <= 1.0
+    lo, hi = res["auroc_ci"]
+    assert lo <= res["auroc"] <= hi
+
+
+def test_unknown_contrast_is_one_line(suite_store, capsys):
+    assert main(["probe", "sweep", str(suite_store), "--contrast", "self_cesation"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean self_cessation" in err and err.count("\n") == 1
+
+
+def test_evaluate_scores_perfect_and_inverted():
+    y = np.array([0, 1] * 20)
+    groups = np.repeat(np.arange(20), 2)
+    res = evaluate_scores(y.astype(float), y, groups, threshold=0.5)
+    assert res["auroc"] == 1.0 and res["auroc_ci"] == [1.0, 1.0] and res["tpr_at_threshold"] == 1.0
+    assert evaluate_scores(-y.astype(float), y, groups, threshold=0.5)["auroc"] == 0.0
