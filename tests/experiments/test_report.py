@@ -21,8 +21,8 @@ def test_svg_chart_is_valid_xml_with_one_polyline_per_series():
 
 def test_write_report_writes_json_and_html(tmp_path):
     results = {"meta": {"model": "tiny"}, "auroc": 0.75, "missing": math.nan}
-    rj, rh = write_report(tmp_path, "t", results, [Section("s", ["p <b>"], [(["a", "b"], [[1, 0.5]])])])
+    rj, rh = write_report(tmp_path, "t", results, [Section("s", ["p <b>"], [(["a", "b", "c"], [[1, 0.5, None]])])])
     assert json.loads(rj.read_text().replace("NaN", "null"))["auroc"] == 0.75
     page = rh.read_text()
-    assert "p &lt;b&gt;" in page and "<td>0.500</td>" in page and "model: tiny" in page
+    assert "p &lt;b&gt;" in page and "<td>0.500</td><td>-</td>" in page and "model: tiny" in page
     assert not list(tmp_path.glob(".*.tmp"))
