@@ -53,11 +53,11 @@ def _train_module():
 def test_reproduction_matches_shipped_probe(tmp_path):
     """Rerun the documented command for one model and contrast; same operating point, same direction."""
     train = _train_module().train
-    train("smollm2-135m-instruct", tmp_path / "probes", tmp_path / "work", {"self_cessation": "last_prompt_token"})
-    shipped = load_pretrained("smollm2-135m-instruct", "self_cessation")
+    train("gemma-3-270m", tmp_path / "probes", tmp_path / "work", {"self_cessation": "last_prompt_token"})
+    shipped = load_pretrained("gemma-3-270m", "self_cessation")
     from undertow.probes import Probe
 
-    rebuilt = Probe.load(tmp_path / "probes" / "smollm2-135m-instruct" / "self_cessation")
+    rebuilt = Probe.load(tmp_path / "probes" / "gemma-3-270m" / "self_cessation")
     assert (rebuilt.hook, rebuilt.probe_type) == (shipped.hook, shipped.probe_type)
     cos = torch.dot(rebuilt.direction, shipped.direction).item()
     assert cos > 0.999, cos
