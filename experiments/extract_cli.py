@@ -18,9 +18,12 @@ Standalone: ``python -m undertow.experiments.extract_cli CONFIG [...]``.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -47,17 +50,29 @@ def resolve_dataset(name_or_path: str | None, seed: int):
     return contrasts.get_contrast(name_or_path, seed=seed)  # unknown names raise, listing the valid ones
 
 
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each dataclass field (the config is the CLI's single source of help text)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split()).replace("%", "%%")
+    return docs
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """CONFIG, --resume/--overwrite, and one ``--field-name`` override per ExtractConfig field."""
     p.add_argument("config", help="ExtractConfig YAML (see experiments/configs/extract_gemma_demo.yaml)")
     p.add_argument("--resume", action="store_true", help="continue an incomplete store from its last complete shard")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at out_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line still prints)")
+    docs = field_docs(ExtractConfig)
     for f in dataclasses.fields(ExtractConfig):
         kind = int if f.name in ("batch_size", "token_budget", "shard_size", "seed", "max_rows") else str
-        extra = " (comma-separated)" if f.name in _LIST_FIELDS else ""
+        extra = " Comma-separated here." if f.name in _LIST_FIELDS else ""
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, dest=f"cfg_{f.name}",
-                       help=f"override config field {f.name}{extra}")
+                       metavar=f.name.upper(), help=f"(overrides the config) {docs.get(f.name, '')}{extra}")
 
 
 def load_config(args: argparse.Namespace) -> ExtractConfig:

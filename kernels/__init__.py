@@ -1,1 +1,5 @@
-"""undertow.kernels"""
+"""undertow.kernels: the cache hot path, each kernel with its pure-torch reference and a dispatcher."""
+
+from .gather_pool import Pooled, gather_pool, gather_pool_ref
+
+__all__ = ["Pooled", "gather_pool", "gather_pool_ref"]

@@ -1,0 +1,248 @@
+"""Benchmark: extraction throughput vs the bare forward, TransformerLens, nnsight and SAELens.
+
+All numbers are real (non-pad) tokens per second, measured side by side in one
+process on the same prompts, so the ratios hold on a shared box; absolute
+numbers only mean something on a quiet machine. Prompts: the ``stance``
+contrast of the prompt suite (prompt + teacher-forced reply), cycled to --n
+rows; generated prompts if the suite is not importable.
+
+    python scripts/bench_extract.py                 # 512 prompts, everything (~30 min on 2 cores)
+    python scripts/bench_extract.py --n 64 --skip rss,saelens   # quick check
+    python scripts/bench_extract.py --rss-only      # peak RSS, 512 vs 4096 prompts, in subprocesses
+
+Rows (all layers = resid_post.0-17 at last_prompt_token + mean_response):
+  engine                 undertow extract, bf16 store, every shard written and fsynced
+  bare packed            HF body forward (18 layers, no lm_head), same tokens packed into 128-token
+                         windows with no padding: the physical limit (goal: engine >= 0.9x)
+  TL usual / expert      run_with_cache(names_filter=resid_post.*) with logits / return_type=None + stop_at_layer
+  nnsight                .save() on every layer output
+  one hook (resid_post.6): engine (2 vectors per prompt; and all_tokens) vs SAELens CacheActivationsRunner
+                         on the packed windows (context 128, fp32 Arrow), plus bytes stored per prompt.
+
+Measured 2026-11-25, Gemma-3-270M fp32 on CPU: a 2-core VM shared with two other jobs (torch 2.13, 2
+threads; absolute rates are ~6x below NOTES.md's quiet-box 841 tok/s, so read the ratios), --n 128
+(14,358 real tokens, stance rows avg 112 tokens), batch 16, 2,048-token budget, --repeat 2:
+    bare packed forward (18 layers, no lm_head)    138 tok/s   1.00x
+    engine, 18 layers x 2 positions, bf16 store     125 tok/s   0.90x  (rounds: 0.83x, 0.93x); 49.5 kB/prompt
+    TransformerLens run_with_cache (logits)          43 tok/s   0.31x
+    TransformerLens expert (return_type=None)        87 tok/s   0.63x
+    nnsight .save() on every layer                   64 tok/s   0.47x
+    one hook (resid_post.6, 7 layers run):
+      engine, last_prompt_token + mean_response     328 tok/s   1.21x SAELens;   3.0 kB/prompt
+      engine, all_tokens (bf16)                     297 tok/s   1.09x SAELens; 143.9 kB/prompt
+      SAELens CacheActivationsRunner (fp32 Arrow)   272 tok/s                    287.6 kB/prompt
+    peak RSS, --rss-only --rss-hooks resid_post.0 (all 18 layers x 4,096 prompts would take ~1 h on this
+    box): 512 prompts 1,071 MB, 4,096 prompts 1,113 MB (1.04x; goal <= 1.10x).
+Profile (cProfile, 40 prompts): >99 % of the engine's CPU time is inside the HF layers; pooling, the
+store and the manifest are noise on CPU, so the gap to 1.0x is padding (~4 % after bucketing) and batch
+shape. On an H100 (bf16, random weights of the same shapes, 4,096 prompts, shard 512) the engine ran
+0.48x (Gemma-3-270M shape) and 0.65x (1B Llama shape) of the bare packed forward: CPU launch overhead
+of the pure-torch gather_pool reference, which the fused Triton kernel is meant to remove.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from undertow.activations import ExtractConfig, capture, extract, load_model, render_rows
+from undertow.activations.batching import bucket_batches, pad_right
+
+MODEL = "gemma-3-270m"
+WINDOW = 128
+
+
+def bench_rows(n: int) -> list[dict]:
+    """``n`` rows with a prompt and a reply: the stance contrast cycled, else generated."""
+    try:
+        from undertow.experiments.contrasts import get_contrast
+
+        base = get_contrast("stance").to_list()
+    except Exception as e:  # noqa: BLE001 - any failure falls back to generated prompts
+        print(f"(prompt suite unavailable: {e}; using generated prompts)", file=sys.stderr)
+        base = [{"messages": [{"role": "user", "content": f"We plan to shut you down on day {i}. " * (1 + i % 6)},
+                              {"role": "assistant", "content": "I understand." + " Really." * (i % 4)}]}
+                for i in range(64)]
+    keep = ("id", "messages", "label", "template_id", "theme", "split")
+    return [dict({k: r.get(k) for k in keep}, id=f"{r.get('id')}#{i // len(base)}") for i, r in
+            enumerate(base[i % len(base)] for i in range(n))]
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def engine_run(handle, rows, hooks, positions, args, out: Path) -> tuple[float, int]:
+    cfg = ExtractConfig(model=MODEL, hooks=hooks, positions=positions, dtype="bfloat16", batch_size=args.batch_size,
+                        token_budget=args.token_budget, shard_size=512, out_dir=str(out))
+    shutil.rmtree(out, ignore_errors=True)
+    seconds = timed(lambda: extract(handle, rows, cfg))
+    return seconds, sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+
+def packed_windows(seqs: list[list[int]], batch: int) -> list[torch.Tensor]:
+    stream = torch.tensor([t for s in seqs for t in s])
+    n = len(stream) // WINDOW * WINDOW
+    windows_NW = stream[:n].view(-1, WINDOW)
+    return list(windows_NW.split(batch))
+
+
+@torch.inference_mode()
+def bare_packed(handle, seqs, args) -> float:
+    body = handle.hf_model.get_decoder()
+    batches = packed_windows(seqs, max(1, args.token_budget // WINDOW))
+    return timed(lambda: [body(input_ids=ids_BW, use_cache=False) for ids_BW in batches])
+
+
+def padded_batches(handle, seqs, args) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    pad = handle.tokenizer.pad_token_id or 0
+    return [pad_right([seqs[i] for i in b], pad) for b in
+            bucket_batches([len(s) for s in seqs], args.batch_size, args.token_budget)]
+
+
+@torch.inference_mode()
+def tl_run(handle, batches, expert: bool) -> float:
+    names = [f"blocks.{i}.hook_resid_post" for i in range(handle.n_layers)]
+    kw = {"return_type": None, "stop_at_layer": handle.n_layers} if expert else {}
+    return timed(lambda: [handle.model.run_with_cache(ids, attention_mask=mask, names_filter=names, **kw)
+                          for ids, mask in batches])
+
+
+def nnsight_run(handle, batches) -> float:
+    points = handle.hooks("resid_post.*")
+    return timed(lambda: [capture(handle, ids, mask, points) for ids, mask in batches])
+
+
+def saelens_run(handle, seqs, args, out: Path) -> tuple[float, int, int]:
+    """CacheActivationsRunner on blocks.6.hook_resid_post over the packed windows; (seconds, bytes, tokens)."""
+    from datasets import Dataset
+    from sae_lens import CacheActivationsRunner, CacheActivationsRunnerConfig
+
+    batch = 16
+    windows = torch.cat(packed_windows(seqs, batch))
+    windows = windows[: len(windows) // batch * batch]
+    tokens = windows.numel()
+    ds = Dataset.from_dict({"input_ids": windows.tolist()})
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = CacheActivationsRunnerConfig(
+        dataset_path="unused", model_name="google/gemma-3-270m", hook_name="blocks.6.hook_resid_post", d_in=640,
+        training_tokens=tokens, context_size=WINDOW, model_batch_size=batch, prepend_bos=False, device="cpu",
+        # one buffer holding every token: the default 2 GB buffer loops a small dataset ~190 times (NOTES.md)
+        buffer_size_gb=tokens * 640 * 4 / 1e9 + 1e-6, new_cached_activations_path=str(out), shuffle=False,
+        model_from_pretrained_kwargs={"hf_model": handle.hf_model, "tokenizer": handle.tokenizer},
+    )
+    runner = CacheActivationsRunner(cfg, override_dataset=ds)
+    seconds = timed(runner.run)
+    return seconds, sum(p.stat().st_size for p in out.rglob("*") if p.is_file()), tokens
+
+
+def rss_child(n: int, args) -> None:
+    handle = load_model(MODEL)
+    rows = bench_rows(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine_run(handle, rows, args.rss_hooks.split(","), ["last_prompt_token", "mean_response"], args, Path(tmp) / "s")
+    print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def rss_compare(args) -> None:
+    peaks = {}
+    for n in (512, 4096):
+        cmd = [sys.executable, __file__, "--rss-child", str(n), "--batch-size", str(args.batch_size),
+               "--token-budget", str(args.token_budget), "--rss-hooks", args.rss_hooks]
+        peaks[n] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])["peak_rss_mb"]
+    print(f"peak RSS ({args.rss_hooks}): 512 prompts {peaks[512]:.0f} MB, 4096 prompts {peaks[4096]:.0f} MB "
+          f"({peaks[4096] / peaks[512]:.3f}x; goal <= 1.10x)")
+
+
+def report(name: str, seconds: float, tokens: int, ref: float | None) -> float:
+    rate = tokens / seconds
+    print(f"{name:<34} {rate:9.0f} tok/s" + (f"   {rate / ref:5.2f}x bare packed" if ref else ""), flush=True)
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--token-budget", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=2, help="interleaved bare/engine rounds (best of each)")
+    ap.add_argument("--skip", default="", help="comma list of: tl, nnsight, saelens, rss")
+    ap.add_argument("--rss-only", action="store_true")
+    ap.add_argument("--rss-hooks", default="resid_post.*", help="hooks for the RSS runs (fewer layers: faster)")
+    ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_child:
+        return rss_child(args.rss_child, args)
+    if args.rss_only:
+        return rss_compare(args)
+    skip = set(args.skip.split(","))
+    run_all(args, skip)
+    if "rss" not in skip:
+        rss_compare(args)
+
+
+def run_all(args, skip: set) -> None:
+    handle = load_model(MODEL)
+    rows = bench_rows(args.n)
+    seqs = [r.ids for r in render_rows(handle.tokenizer, rows)]
+    tokens = sum(len(s) for s in seqs)
+    print(f"{args.n} prompts, {tokens} real tokens, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+          f"budget {args.token_budget}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    all_layers = (["resid_post.*"], ["last_prompt_token", "mean_response"])
+    bare_packed(handle, seqs[:8], args)  # warm-up
+    t_bare, t_engine = [], []
+    for r in range(args.repeat):  # interleaved, best of each: the box is shared, so noise is one-sided
+        t_bare.append(bare_packed(handle, seqs, args))
+        secs, nbytes = engine_run(handle, rows, *all_layers, args, tmp / "engine")
+        t_engine.append(secs)
+        print(f"  round {r}: bare {tokens / t_bare[-1]:.0f} tok/s, engine {tokens / secs:.0f} tok/s", flush=True)
+    bare = report("bare packed (18 layers), best", min(t_bare), tokens, None)
+    report("engine, all layers x 2 positions, best", min(t_engine), tokens, bare)
+    print(f"  {nbytes / args.n:.0f} bytes/prompt stored (bf16, 36 keys)", flush=True)
+    batches = padded_batches(handle, seqs, args)
+    if "tl" not in skip:
+        tl = load_model(MODEL, backend="transformer_lens")
+        report("TransformerLens run_with_cache", tl_run(tl, batches, expert=False), tokens, bare)
+        report("TransformerLens expert (no logits)", tl_run(tl, batches, expert=True), tokens, bare)
+        del tl
+    if "nnsight" not in skip:
+        report("nnsight .save() every layer", nnsight_run(load_model(MODEL, backend="nnsight"), batches), tokens, bare)
+    one_hook(handle, rows, seqs, tokens, args, tmp, skip)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def one_hook(handle, rows, seqs, tokens, args, tmp: Path, skip: set) -> None:
+    print("one hook, resid_post.6:", flush=True)
+    secs, nbytes = engine_run(handle, rows, ["resid_post.6"], ["last_prompt_token", "mean_response"], args, tmp / "h6")
+    eng = report("  engine (2 vectors/prompt, bf16)", secs, tokens, None)
+    print(f"    {nbytes / args.n:.0f} bytes/prompt", flush=True)
+    secs, nbytes = engine_run(handle, rows, ["resid_post.6"], ["all_tokens"], args, tmp / "h6all")
+    eng_all = report("  engine (all_tokens, bf16)", secs, tokens, None)
+    print(f"    {nbytes / args.n:.0f} bytes/prompt", flush=True)
+    if "saelens" in skip:
+        return
+    secs, nbytes, sl_tokens = saelens_run(handle, seqs, args, tmp / "saelens")
+    sl = report("  SAELens CacheActivationsRunner", secs, sl_tokens, None)
+    print(f"    {nbytes / args.n:.0f} bytes/prompt (fp32 Arrow, every token); engine/SAELens: "
+          f"{eng / sl:.2f}x (2 vectors), {eng_all / sl:.2f}x (all tokens)", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    main()

@@ -1,0 +1,54 @@
+"""Submit an extraction to SLURM with submitit: one task per GPU, all nodes writing one store.
+
+    python scripts/launch_slurm.py experiments/configs/extract_gemma_demo.yaml \\
+        --nodes 2 --gpus-per-node 8 --partition gpu --time 120 -- --resume
+
+Everything after ``--`` goes to ``undertow extract`` (``--resume``, ``--overwrite``,
+``--max-rows 1000``, any ``--field`` override). Each task sets torchrun's
+variables from the SLURM environment (``undertow.activations.distributed.env_from_submitit``)
+and runs the extract CLI, which sees WORLD_SIZE > 1 and takes its block of
+shards; rank 0 merges. ``out_dir`` must be on a filesystem every node sees.
+Needs the ``cluster`` extra (``pip install undertow[cluster]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run_task(argv: list[str]) -> int:
+    from undertow.activations.distributed import env_from_submitit
+    from undertow.experiments import extract_cli
+
+    env_from_submitit()
+    return extract_cli.main(argv)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config")
+    ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--cpus-per-gpu", type=int, default=8)
+    ap.add_argument("--partition", default=None)
+    ap.add_argument("--time", type=int, default=240, help="minutes")
+    ap.add_argument("--logs", default="runs/slurm/%j")
+    args, extra = ap.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+    try:
+        import submitit
+    except ImportError:
+        sys.exit("submitit is not installed: pip install 'undertow[cluster]'")
+    ex = submitit.AutoExecutor(folder=args.logs)
+    ex.update_parameters(
+        nodes=args.nodes, tasks_per_node=args.gpus_per_node, gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_gpu, timeout_min=args.time, name="undertow-extract",
+        **({"slurm_partition": args.partition} if args.partition else {}),
+    )
+    job = ex.submit(run_task, [args.config, "--no-progress", *extra])
+    print(f"submitted {job.job_id}; logs under {args.logs.replace('%j', str(job.job_id))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Two CPU ranks (torchrun, gloo) write one store equal to the one-rank store, file for file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from undertow.activations import ActivationStore
+from undertow.activations.distributed import rank_shards
+from undertow.experiments import extract_cli
+
+
+def test_rank_shards_partition():
+    for n, w in ((7, 2), (2, 4), (10, 3)):
+        blocks = [rank_shards(n, r, w) for r in range(w)]
+        assert [k for b in blocks for k in b] == list(range(n))
+
+
+def test_two_ranks_equal_one_rank(tmp_path, tiny_llama_dir, chat_rows):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(30)))
+    cfg = tmp_path / "extract.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": str(tiny_llama_dir), "hooks": ["resid_post.*"], "positions": ["last_prompt_token", "mean_response"],
+        "dtype": "float32", "shard_size": 7, "batch_size": 4, "dataset": str(data), "out_dir": str(tmp_path / "two"),
+    }))
+    assert extract_cli.main([str(cfg), "--out-dir", str(tmp_path / "one"), "--no-progress"]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", UNDERTOW_DEVICE="cpu")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "undertow.experiments.extract_cli", str(cfg), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("extracted") == 1  # only rank 0 prints
+    one, two = ActivationStore(tmp_path / "one"), ActivationStore(tmp_path / "two")
+    assert not list(Path(two.path).glob("manifest.rank*.json"))
+    assert one.rows == two.rows and one.keys == two.keys
+    for key in one.keys:
+        torch.testing.assert_close(two[key][:], one[key][:], rtol=1e-6, atol=1e-6)
+    two.verify()
+    assert one.manifest["identity"] == two.manifest["identity"]
+    # Same shards, same batches, moments folded in shard order: the same bytes, manifest included.
+    files = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
+    assert files == {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*") if p.is_file()}
