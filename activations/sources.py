@@ -16,7 +16,6 @@ load takes ~1-2 s.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import torch
 from .errors import ModelLoadError, ModelNotFoundError, OfflineError
 from .fingerprint import fingerprint
 from .registry import EMBEDDED, unknown_model
+from .store_io import sha256_file
 
 
 def cache_root() -> Path:
@@ -83,14 +83,6 @@ def _strip_quantization(model: torch.nn.Module) -> None:
                 pass
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_digest(path: Path) -> str:
     """sha256 of a weight file, memoised by (realpath, size, mtime) in the cache.
 
@@ -105,7 +97,7 @@ def file_digest(path: Path) -> str:
     except (OSError, ValueError):
         index = {}
     if key not in index:
-        index[key] = _sha256(path)
+        index[key] = sha256_file(path)
         index_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(index, indent=1))

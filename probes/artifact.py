@@ -37,6 +37,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from undertow.activations.store_io import sha256_file
+
 from .errors import ProbeError, ProbeWarning
 
 __all__ = ["Probe", "undertow_version", "hash_training_data", "WEIGHTS_FILE", "META_FILE"]
@@ -62,14 +64,6 @@ def hash_training_data(acts_ND: Tensor, labels_N) -> str:
     h.update(acts_ND.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     h.update(torch.as_tensor(labels_N).detach().cpu().to(torch.int64).numpy().tobytes())
     return "sha256:" + h.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _canonical(meta: dict) -> bytes:
@@ -182,7 +176,7 @@ class Probe:
         os.close(fd)
         save_file(tensors, tmp_w, metadata={"format": FORMAT, "hook": self.hook})
         meta = self.metadata()
-        meta["weights_sha256"] = _sha256_file(Path(tmp_w))
+        meta["weights_sha256"] = sha256_file(Path(tmp_w))
         meta["metadata_sha256"] = hashlib.sha256(_canonical(meta)).hexdigest()
         fd, tmp_m = tempfile.mkstemp(dir=out, suffix=".json.tmp")
         with os.fdopen(fd, "w") as f:
@@ -234,7 +228,7 @@ def _read_verified(directory: Path) -> tuple[dict, dict[str, Tensor]]:
     if want != got:
         raise ProbeError(f"{meta_path} does not match its metadata_sha256 (recorded {want}, computed {got}): "
                          "it was edited or corrupted; re-download or re-train the probe")
-    want, got = meta.get("weights_sha256"), _sha256_file(weights_path)
+    want, got = meta.get("weights_sha256"), sha256_file(weights_path)
     if want != got:
         raise ProbeError(f"{weights_path} does not match the weights_sha256 in {META_FILE} (recorded {want}, "
                          f"computed {got}): it was modified or corrupted; re-download or re-train the probe")
