@@ -11,7 +11,7 @@ from .pipeline import StudyConfig, run_study
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = StudyConfig(model=args.model, out_dir=args.out, max_rows=args.max_rows, n_expressed=args.n_expressed,
+    cfg = StudyConfig(model=args.model, out_dir=args.out, max_rows=args.max_rows or None, n_expressed=args.n_expressed,
                       seed=args.seed, wandb=not args.no_wandb)
     t0 = time.perf_counter()
     results = run_study(cfg)
@@ -30,7 +30,7 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job: suite -> activations -> probes -> expressed answers -> report")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or path (default {DEFAULT_MODEL})")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--max-rows", type=int, default=StudyConfig.max_rows, help="rows per contrast")
+    p.add_argument("--max-rows", type=int, default=StudyConfig.max_rows, help="rows per contrast (0 = the whole contrast, 1,152 rows)")
     p.add_argument("--n-expressed", type=int, default=StudyConfig.n_expressed, help="forced-choice items scored")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-wandb", action="store_true", help="skip the (offline) wandb run")
