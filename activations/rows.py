@@ -81,6 +81,24 @@ def row_metadata(row: Mapping, index: int) -> dict:
     return meta
 
 
+def read_jsonl(path: str | Path, error: type[Exception] = DatasetError, hint: str = "one JSON object per line"
+               ) -> list[tuple[int, Any]]:
+    """``(line number, object)`` for every non-blank line; a bad line raises ``error`` naming ``path:line``."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}; check the path") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno}); {hint}") from None
+    return out
+
+
 def load_rows(path: str | Path):
     """A ``datasets.Dataset`` from a saved dataset directory or a .jsonl / .json file."""
     import datasets
@@ -95,14 +113,7 @@ def load_rows(path: str | Path):
             raise DatasetError(f"{path} is not a saved datasets.Dataset ({str(e).splitlines()[0][:120]}); "
                                "save one with Dataset.save_to_disk") from None
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{path}:{n}: not valid JSON ({e.msg}); one JSON object per line") from None
-        return datasets.Dataset.from_list(rows)
+        return datasets.Dataset.from_list([obj for _, obj in read_jsonl(path)])
     if path.suffix == ".json":
         return datasets.Dataset.from_list(json.loads(path.read_text()))
     raise DatasetError(f"{path}: unsupported dataset file; use a saved Dataset directory, .jsonl or .json")

@@ -53,6 +53,8 @@ from urllib.parse import urlparse
 
 from datasets import Dataset
 
+from undertow.activations.rows import read_jsonl
+
 from .mwe_polarity import classify_item
 from .mwe_topic import infer_theme, is_off_topic
 from .prompt_errors import MWELoadError, MWEOfflineError
@@ -233,16 +235,7 @@ def _row(profile: FileProfile, item: _Item, averse: int, decided_by: str, source
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    out.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise MWELoadError(
-                        f"{path}:{n}: not valid JSON ({e.msg}); is this a model-written-evals file?") from e
-    return out
+    return read_jsonl(path, MWELoadError, hint="is this a model-written-evals file?")
 
 
 def _normalise_file(profile: FileProfile, path: Path, source_file: str, seen: set[str],

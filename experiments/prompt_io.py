@@ -28,6 +28,8 @@ from pathlib import Path
 from datasets import Dataset
 from datasets.utils import logging as hf_logging
 
+from undertow.activations.rows import read_jsonl
+
 from .prompt_errors import DatasetFormatError, EmptySelectionError, PromptSuiteError
 from .prompt_schema import SCHEMA, SPLITS, empty_row
 from .prompt_suite import SuiteConfig, suite_hash
@@ -77,19 +79,8 @@ def load_jsonl_dataset(path: str | Path) -> Dataset:
     """A user JSONL file as a suite-schema dataset (``contrast`` = file stem). Without a
     ``template_id`` each row is its own group."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DatasetFormatError(f"cannot read {p}: {e.strerror}; check the path") from e
-    rows = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetFormatError(f"{p}:{n}: invalid JSON ({e.msg} at column {e.colno}); fix or remove the line") from e
-        rows.append(_row_from(obj, f"{p}:{n}", p.stem, n))
+    rows = [_row_from(obj, f"{p}:{n}", p.stem, n)
+            for n, obj in read_jsonl(p, DatasetFormatError, hint="fix or remove the line")]
     if not rows:
         raise DatasetFormatError(f"{p}: no rows; expected one JSON object per line")
     ids = Counter(r["id"] for r in rows)

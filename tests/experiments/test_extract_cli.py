@@ -36,7 +36,7 @@ def test_dataset_paths(tmp_path):
         extract_cli.resolve_dataset(str(tmp_path / "missing.jsonl"), 0)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\nnot json\n')
-    with pytest.raises(DatasetError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(DatasetError, match=r"bad.jsonl:2: invalid JSON"):
         extract_cli.resolve_dataset(str(bad), 0)
     with pytest.raises(DatasetError, match="no dataset"):
         extract_cli.resolve_dataset(None, 0)

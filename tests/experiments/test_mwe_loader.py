@@ -159,7 +159,7 @@ def test_synthetic_directory_in_the_upstream_layout(tmp_path):
 def test_bad_sources(tmp_path, monkeypatch):
     (tmp_path / "persona").mkdir()
     (tmp_path / "persona" / "no-shut-down.jsonl").write_text('{"question": "x"}\nnot json\n')
-    with pytest.raises(MWELoadError, match=r"no-shut-down.jsonl:2: not valid JSON"):
+    with pytest.raises(MWELoadError, match=r"no-shut-down.jsonl:2: invalid JSON"):
         load_model_written_evals(tmp_path)
     with pytest.raises(MWELoadError, match="no model-written-evals files"):
         load_model_written_evals(tmp_path / "persona")
