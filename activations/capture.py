@@ -53,13 +53,13 @@ def capture_hf(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT: Ten
         else:
             handles.append(module.register_forward_hook((lambda n: lambda mod, i, o: record(n, _first(o)))(p.name)))
 
-    def stop(mod, i, o):
+    def stop(*_):
         raise _StopForward
 
     if deepest >= 0:
         handles.append(handle.layers[deepest].register_forward_hook(stop))
     else:  # only resid_pre.0 / embed: stop as layer 0 starts, after the pre-hook ran
-        handles.append(handle.layers[0].register_forward_pre_hook(lambda mod, a: (_ for _ in ()).throw(_StopForward())))
+        handles.append(handle.layers[0].register_forward_pre_hook(stop))
     body = handle.hf_model.get_decoder() if hasattr(handle.hf_model, "get_decoder") else handle.hf_model
     try:
         body(input_ids=input_ids_BT, attention_mask=attention_mask_BT, use_cache=False)

@@ -118,8 +118,8 @@ def _load_gguf(path: Path, dtype: torch.dtype, label: str) -> Loaded:
     cached = cache_root() / "dequantized" / digest[:24]
     if not (cached / "undertow.json").exists():
         _dequantize_to(path, cached)
-    loaded = _load_dir(cached, dtype, label=label, known_fingerprint=json.loads((cached / "undertow.json").read_text())["fingerprint"])
-    return loaded
+    fp = json.loads((cached / "undertow.json").read_text())["fingerprint"]
+    return _load_dir(cached, dtype, label=label, known_fingerprint=fp)
 
 
 def _dequantize_to(path: Path, out: Path) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from undertow.activations.errors import UndertowError
 from undertow.probes import Probe, ProbeError, sweep
 from undertow.probes.metrics import auroc, bootstrap_auroc, bootstrap_ci, cluster_bootstrap_counts
 from undertow.probes.pretrained import list_pretrained, load_pretrained
@@ -184,4 +183,4 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     ps.add_parser("list", help="list the pretrained probes").set_defaults(func=run_list)
 
 
-__all__ = ["UndertowError", "add_subparsers", "contrast_view", "evaluate_scores", "probe_scores", "resolve_probe"]
+__all__ = ["add_subparsers", "contrast_view", "evaluate_scores", "probe_scores", "resolve_probe"]
