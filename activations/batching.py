@@ -13,7 +13,8 @@ positions 0..len-1, exactly as unpadded (HF derives position ids from
 ``cache_position``, not from the mask), and a row's token t sits at batch
 column t, so position spans need no shift. Left padding would shift every
 span by ``T - len`` and needs explicit ``position_ids`` (cumsum of the mask)
-to keep rotary positions right; we never use it.
+to keep rotary positions right; only the prompt pass of shared-prompt
+batches uses it (``shared_prompts.py``), so replies follow their prompt.
 """
 
 from __future__ import annotations
@@ -58,3 +59,15 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
     real = sum(lengths)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     return 1.0 - real / padded if padded else 0.0
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """``(input_ids_BT, attention_mask_BT)`` int64, left-padded to the longest sequence."""
+    T = max(len(s) for s in seqs)
+    ids_BT = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        if len(s):
+            ids_BT[b, T - len(s):] = torch.as_tensor(s, dtype=torch.long)
+            mask_BT[b, T - len(s):] = 1
+    return ids_BT, mask_BT

@@ -28,11 +28,13 @@ def _first(x):
 
 @torch.inference_mode()
 def capture_hf(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT: Tensor | None,
-               points: Iterable[HookPoint], on_capture=None) -> dict[str, Tensor]:
+               points: Iterable[HookPoint], on_capture=None, **forward_kwargs) -> dict[str, Tensor]:
     """Run the HF body up to the deepest point, returning ``{hook name: acts_BTD}``.
 
     ``on_capture(name, acts_BTD)`` (optional) is called as each point is produced,
     so callers can pool/downcast on the fly instead of holding every layer.
+    ``forward_kwargs`` go to the body (``position_ids``, ``past_key_values``,
+    ``use_cache``: ``shared_prompts.py``); the default is one uncached pass.
     """
     points = list(points)
     out: dict[str, Tensor] = {}
@@ -62,7 +64,7 @@ def capture_hf(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT: Ten
         handles.append(handle.layers[0].register_forward_pre_hook(stop))
     body = handle.hf_model.get_decoder() if hasattr(handle.hf_model, "get_decoder") else handle.hf_model
     try:
-        body(input_ids=input_ids_BT, attention_mask=attention_mask_BT, use_cache=False)
+        body(input_ids=input_ids_BT, attention_mask=attention_mask_BT, **{"use_cache": False, **forward_kwargs})
     except _StopForward:
         pass
     finally:

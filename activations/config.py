@@ -56,6 +56,10 @@ class ExtractConfig:
     """Most rows in one forward batch."""
     token_budget: int = 8192
     """Most padded tokens (rows x longest row) in one batch; a longer row runs alone."""
+    share_prompts: bool = True
+    """``hf`` backend: run a prompt shared by several rows with responses once and the responses against its
+    KV cache (``shared_prompts.py``); same values within float rounding, ~3x fewer tokens computed on the
+    stance contrast. False runs every row whole."""
     shard_size: int = 2048
     """Rows per shard file; the unit of atomic writes and of resume. About two shards of pooled outputs are in
     host memory at once (one computing, one being written): rows x keys x slots x d_model x dtype bytes each."""
@@ -88,6 +92,8 @@ class ExtractConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.share_prompts, bool):
+            raise ConfigError(f"share_prompts must be true or false, got {self.share_prompts!r}")
         if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
             raise ConfigError(f"max_rows must be a positive integer or null, got {self.max_rows!r}")
         if not str(self.out_dir):

@@ -14,13 +14,18 @@ depends on batching. The shard is then written atomically (``writer.py``, in
 a background thread) and listed in the manifest; the next shard is tokenised
 in another thread meanwhile.
 
-Measured (see ``scripts/bench_extract.py`` for the CPU figures): on an H100,
-bf16, 4,096 suite prompts, all layers x (last_prompt_token, mean_response),
-the engine ran at 0.48x of a bare packed forward for a Gemma-3-270M-shaped
-model and 0.65x for a 1B Llama shape (random weights; the hub is offline).
-The gap is CPU-side launch overhead: the pure-torch ``gather_pool_ref`` is
-~25 small kernels per hook per batch, more launches than the layer itself on
-a small model. The fused Triton kernel (its own issue) targets exactly this.
+Rows that share their prompt with other rows (matched replies, as in the
+``stance`` contrast) run as shared-prompt batches instead (``shared_prompts.py``):
+each prompt once, its replies against its KV cache, the same pooling after.
+
+Measured (``scripts/bench_extract.py``; all layers x (last_prompt_token,
+mean_response), real tokens/s over the packed bare forward): Gemma-3-270M on
+2 CPU cores, 512 stance rows: 2.96x with shared prompts (34 % of the tokens
+computed), 1.01-1.13x without. H100, bf16, random weights of that shape, 4,096
+stance rows: 0.60x shared with the fused Triton ``gather_pool`` (0.56x with the
+pure-torch reference, ~25 small kernels per hook per batch), 0.49x without
+sharing. There the gap is host-side launch overhead of HF's eager forward on a
+small model (torch.profiler: 29k launches, 1.29 s host vs 0.62 s GPU per run).
 
 Non-finite activations are stored as they are (not zeroed), counted per key
 and row in the manifest (``nonfinite``: values and the first row indices),
@@ -47,6 +52,7 @@ from .plan import Plan, make_plan
 from .positions import spans
 from .render import Rendered, render_rows
 from .rows import row_metadata
+from .shared_prompts import capture_shared, group_by_prompt, shared_batches
 from .sink import ShardSink
 from .store import ActivationStore
 from .writer import ShardWriter, prepare_store
@@ -139,18 +145,35 @@ def _where(plan: Plan, raw: list[dict], lo: int, i: int) -> str:
 
 def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: list[Rendered], lo: int,
                   progress: Progress | None):
-    """Run every batch of one shard; returns the sink's (tensors, moments, non-finite per row)."""
+    """Run every batch of one shard; returns the sink's (tensors, moments, non-finite per row).
+
+    Rows that share a prompt with other rows run as shared-prompt batches (``shared_prompts.py``) when the
+    config allows it on the ``hf`` backend; the rest in length-bucketed batches."""
     row_spans = [[s for pos in plan.row_positions for s in spans(pos, r, _where(plan, raw, lo, i))]
                  for i, r in enumerate(rendered)]
-    lengths = [r.n_tokens for r in rendered]
     row_keys = {plan.key(p, pos): (p.name, plan.slots[pos.spec], pos.kind == "last_k")
                 for p in plan.points for pos in plan.row_positions}
     token_keys = {plan.key(p, plan.token_position): p.name for p in plan.points} if plan.token_position else {}
     sink = ShardSink(len(rendered), row_keys, token_keys, handle.d_model, plan.out_dtype, handle.device)
-    for batch in bucket_batches(lengths, plan.config.batch_size, plan.config.token_budget):
-        run_batch(handle, plan, sink, batch, [rendered[i].ids for i in batch], [row_spans[i] for i in batch])
+    groups, plain = [], list(range(len(rendered)))
+    if plan.config.share_prompts and handle.backend == "hf" and max(p.depth for p in plan.points) >= 0:
+        groups, plain = group_by_prompt(rendered)
+
+    def pool_rows(batch: list[int]):
+        return _pooler(handle, plan, sink, batch, [rendered[i].n_tokens for i in batch], [row_spans[i] for i in batch])
+
+    def done(batch: list[int]) -> None:
         if progress is not None:
-            progress(len(batch), sum(lengths[i] for i in batch))
+            progress(len(batch), sum(rendered[i].n_tokens for i in batch))
+
+    for batch in bucket_batches([rendered[i].n_tokens for i in plain], plan.config.batch_size, plan.config.token_budget):
+        batch = [plain[j] for j in batch]
+        run_batch(handle, plan, [rendered[i].ids for i in batch], pool_rows(batch))
+        done(batch)
+    for shared in shared_batches(groups, rendered, plan.config.batch_size, plan.config.token_budget):
+        capture_shared(handle, shared, rendered, plan.points, _pad_id(handle.tokenizer), pool_rows)
+        for chunk in shared.chunks:
+            done([i for _, i in chunk])
     return sink.finish()
 
 
@@ -162,21 +185,22 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
-def run_batch(handle: ModelHandle, plan: Plan, sink: ShardSink, batch: list[int], seqs: list[list[int]],
-              spans_BP: list[list[tuple[int, int]]]) -> None:
-    """One forward pass over ``batch`` (shard-local row indices), pooled into ``sink``."""
+def _pooler(handle: ModelHandle, plan: Plan, sink: ShardSink, batch: list[int], lengths: list[int],
+            spans_BP: list[list[tuple[int, int]]]) -> Callable[[str, torch.Tensor], None]:
+    """Open ``batch`` (shard-local rows, right-padded to ``max(lengths)``) in the sink; returns the hook
+    callback that pools each hook's ``acts_BTD`` into it."""
     dev = handle.device
-    ids_BT, mask_BT = pad_right(seqs, _pad_id(handle.tokenizer), pin=dev.type == "cuda")
-    ids_BT, mask_BT = ids_BT.to(dev, non_blocking=True), mask_BT.to(dev, non_blocking=True)
-    sink.start_batch(torch.tensor(batch, dtype=torch.long), [len(s) for s in seqs])
+    sink.start_batch(torch.tensor(batch, dtype=torch.long), lengths)
     if plan.row_positions:
         # All row positions in one gather_pool call per hook (launch-bound on GPU: one call, not one per
         # position); max_span is known here on the host, so the kernel never syncs to find it.
         max_span = max(e - s for row in spans_BP for s, e in row)
         se_2BP = torch.tensor(spans_BP, dtype=torch.long).permute(2, 0, 1).contiguous().to(dev, non_blocking=True)
     if plan.token_position is not None:
-        starts_BT = torch.arange(ids_BT.shape[1], device=dev).expand(len(batch), -1)
-        ends_BT = starts_BT + mask_BT  # a pad column is an empty span
+        lengths_B = torch.tensor(lengths, dtype=torch.long)
+        starts_BT = torch.arange(max(lengths)).expand(len(batch), -1)
+        ends_BT = starts_BT + (starts_BT < lengths_B[:, None])  # a pad column is an empty span
+        starts_BT, ends_BT = starts_BT.to(dev, non_blocking=True), ends_BT.to(dev, non_blocking=True)
 
     def on_capture(name: str, acts_BTD: torch.Tensor) -> None:
         if plan.row_positions:
@@ -184,6 +208,15 @@ def run_batch(handle: ModelHandle, plan: Plan, sink: ShardSink, batch: list[int]
         if plan.token_position is not None:
             sink.put(name, gather_pool(acts_BTD, starts_BT, ends_BT, plan.out_dtype, 1), tokens=True)
 
+    return on_capture
+
+
+def run_batch(handle: ModelHandle, plan: Plan, seqs: list[list[int]],
+              on_capture: Callable[[str, torch.Tensor], None]) -> None:
+    """One forward pass over ``seqs`` (right-padded), every hook handed to ``on_capture``."""
+    dev = handle.device
+    ids_BT, mask_BT = pad_right(seqs, _pad_id(handle.tokenizer), pin=dev.type == "cuda")
+    ids_BT, mask_BT = ids_BT.to(dev, non_blocking=True), mask_BT.to(dev, non_blocking=True)
     if handle.backend == "hf":
         capture_hf(handle, ids_BT, mask_BT, plan.points, on_capture=on_capture)
     else:

@@ -69,6 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line still prints)")
     docs = field_docs(ExtractConfig)
     for f in dataclasses.fields(ExtractConfig):
+        if f.type in (bool, "bool"):  # --share-prompts / --no-share-prompts
+            p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
+                           dest=f"cfg_{f.name}", help=f"(overrides the config) {docs.get(f.name, '')}")
+            continue
         kind = int if f.name in ("batch_size", "token_budget", "shard_size", "seed", "max_rows") else str
         extra = " Comma-separated here." if f.name in _LIST_FIELDS else ""
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, dest=f"cfg_{f.name}",

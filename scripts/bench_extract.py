@@ -19,25 +19,26 @@ Rows (all layers = resid_post.0-17 at last_prompt_token + mean_response):
   one hook (resid_post.6): engine (2 vectors per prompt; and all_tokens) vs SAELens CacheActivationsRunner
                          on the packed windows (context 128, fp32 Arrow), plus bytes stored per prompt.
 
-Measured 2026-11-25, Gemma-3-270M fp32 on CPU: a 2-core VM shared with two other jobs (torch 2.13, 2
-threads; absolute rates are ~6x below NOTES.md's quiet-box 841 tok/s, so read the ratios), --n 128
-(14,358 real tokens, stance rows avg 112 tokens), batch 16, 2,048-token budget, --repeat 2:
-    bare packed forward (18 layers, no lm_head)    138 tok/s   1.00x
-    engine, 18 layers x 2 positions, bf16 store     125 tok/s   0.90x  (rounds: 0.83x, 0.93x); 49.5 kB/prompt
-    TransformerLens run_with_cache (logits)          43 tok/s   0.31x
-    TransformerLens expert (return_type=None)        87 tok/s   0.63x
-    nnsight .save() on every layer                   64 tok/s   0.47x
+Measured 2026-11-25, Gemma-3-270M fp32 on CPU, a quiet 2-core VM (torch 2.13, 2 threads), --n 512 (stance
+rows: 57,810 real tokens, 128 prompts x 4 replies, avg 113 tokens), batch 16, 2,048-token budget, --repeat 2:
+    bare packed forward (18 layers, no lm_head)    403 tok/s   1.00x
+    engine, 18 layers x 2 positions, bf16 store    1066 tok/s   2.64x  (rounds 2.44x, 2.65x); 47.1 kB/prompt
+      shared prompts: the forward computes 19,488 of the 57,810 tokens (34 %)
+    engine, share_prompts=False                     454 tok/s   1.13x  (rounds 1.13x, 1.04x)
+    TransformerLens run_with_cache (logits)          124 tok/s   0.31x  -> engine 8.6x (3.7x without sharing)
+    TransformerLens expert (return_type=None)        405 tok/s   1.00x  -> engine 2.6x (1.1x)
+    nnsight .save() on every layer                   152 tok/s   0.38x  -> engine 7.0x (3.0x)
     one hook (resid_post.6, 7 layers run):
-      engine, last_prompt_token + mean_response     328 tok/s   1.21x SAELens;   3.0 kB/prompt
-      engine, all_tokens (bf16)                     297 tok/s   1.09x SAELens; 143.9 kB/prompt
-      SAELens CacheActivationsRunner (fp32 Arrow)   272 tok/s                    287.6 kB/prompt
-    peak RSS, --rss-only --rss-hooks resid_post.0 (all 18 layers x 4,096 prompts would take ~1 h on this
-    box): 512 prompts 1,071 MB, 4,096 prompts 1,113 MB (1.04x; goal <= 1.10x).
-Profile (cProfile, 40 prompts): >99 % of the engine's CPU time is inside the HF layers; pooling, the
-store and the manifest are noise on CPU, so the gap to 1.0x is padding (~4 % after bucketing) and batch
-shape. On an H100 (bf16, random weights of the same shapes, 4,096 prompts, shard 512) the engine ran
-0.48x (Gemma-3-270M shape) and 0.65x (1B Llama shape) of the bare packed forward: CPU launch overhead
-of the pure-torch gather_pool reference, which the fused Triton kernel is meant to remove.
+      engine, last_prompt_token + mean_response    2885 tok/s   3.03x SAELens;   2.9 kB/prompt
+      engine, share_prompts=False                  1200 tok/s   1.26x SAELens
+      engine, all_tokens (bf16)                    2857 tok/s   3.00x SAELens; 144.8 kB/prompt
+      SAELens CacheActivationsRunner (fp32 Arrow)   952 tok/s                    287.6 kB/prompt
+    peak RSS, --rss-only (all 18 layers): see RSS_RESULT below.
+Profile (cProfile, 40 prompts, no sharing): >99 % of the engine's CPU time is inside the HF layers; pooling,
+the store and the manifest are noise on CPU. H100 (bf16, random weights of the same shape, 4,096 rows,
+batch 256, 32,768-token budget, --device cuda --model DIR --rows FILE): bare 476k tok/s; engine 0.60x with
+the fused Triton gather_pool (0.56x with the reference), 0.49x without sharing: HF's eager forward is
+launch-bound at this size (29k launches per run, 1.29 s host time for 0.62 s of GPU time).
 """
 
 from __future__ import annotations
@@ -57,14 +58,20 @@ import torch
 
 from undertow.activations import ExtractConfig, capture, extract, load_model, render_rows
 from undertow.activations.batching import bucket_batches, pad_right
+from undertow.activations.shared_prompts import group_by_prompt
 
 MODEL = "gemma-3-270m"
 WINDOW = 128
 
 
-def bench_rows(n: int) -> list[dict]:
-    """``n`` rows with a prompt and a reply: the stance contrast cycled, else generated."""
+def bench_rows(n: int, path: str | None = None) -> list[dict]:
+    """``n`` rows with a prompt and a reply: ``path`` (JSONL rows) or the stance contrast, cycled; else generated."""
     try:
+        if path:
+            from undertow.activations.rows import read_jsonl
+
+            base = [row for _, row in read_jsonl(path)]
+            return [dict(base[i % len(base)], id=f"{base[i % len(base)].get('id')}#{i // len(base)}") for i in range(n)]
         from undertow.experiments.contrasts import get_contrast
 
         base = get_contrast("stance").to_list()
@@ -79,14 +86,24 @@ def bench_rows(n: int) -> list[dict]:
 
 
 def timed(fn) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t0
 
 
-def engine_run(handle, rows, hooks, positions, args, out: Path) -> tuple[float, int]:
-    cfg = ExtractConfig(model=MODEL, hooks=hooks, positions=positions, dtype="bfloat16", batch_size=args.batch_size,
-                        token_budget=args.token_budget, shard_size=512, out_dir=str(out))
+def drain(outputs) -> None:
+    """Run a generator of forward calls, dropping each output (holding TransformerLens' 262k-vocab logits of
+    every batch took 24 GB at 512 prompts and was OOM-killed)."""
+    for _ in outputs:
+        pass
+
+
+def engine_run(handle, rows, hooks, positions, args, out: Path, share: bool = True) -> tuple[float, int]:
+    cfg = ExtractConfig(model=handle.name, hooks=hooks, positions=positions, dtype="bfloat16", batch_size=args.batch_size,
+                        token_budget=args.token_budget, shard_size=512, out_dir=str(out), share_prompts=share)
     shutil.rmtree(out, ignore_errors=True)
     seconds = timed(lambda: extract(handle, rows, cfg))
     return seconds, sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -102,13 +119,13 @@ def packed_windows(seqs: list[list[int]], batch: int) -> list[torch.Tensor]:
 @torch.inference_mode()
 def bare_packed(handle, seqs, args) -> float:
     body = handle.hf_model.get_decoder()
-    batches = packed_windows(seqs, max(1, args.token_budget // WINDOW))
-    return timed(lambda: [body(input_ids=ids_BW, use_cache=False) for ids_BW in batches])
+    batches = [b.to(handle.device) for b in packed_windows(seqs, max(1, args.token_budget // WINDOW))]
+    return timed(lambda: drain(body(input_ids=ids_BW, use_cache=False) for ids_BW in batches))
 
 
 def padded_batches(handle, seqs, args) -> list[tuple[torch.Tensor, torch.Tensor]]:
     pad = handle.tokenizer.pad_token_id or 0
-    return [pad_right([seqs[i] for i in b], pad) for b in
+    return [tuple(t.to(handle.device) for t in pad_right([seqs[i] for i in b], pad)) for b in
             bucket_batches([len(s) for s in seqs], args.batch_size, args.token_budget)]
 
 
@@ -116,13 +133,13 @@ def padded_batches(handle, seqs, args) -> list[tuple[torch.Tensor, torch.Tensor]
 def tl_run(handle, batches, expert: bool) -> float:
     names = [f"blocks.{i}.hook_resid_post" for i in range(handle.n_layers)]
     kw = {"return_type": None, "stop_at_layer": handle.n_layers} if expert else {}
-    return timed(lambda: [handle.model.run_with_cache(ids, attention_mask=mask, names_filter=names, **kw)
-                          for ids, mask in batches])
+    return timed(lambda: drain(handle.model.run_with_cache(ids, attention_mask=mask, names_filter=names, **kw)
+                               for ids, mask in batches))
 
 
 def nnsight_run(handle, batches) -> float:
     points = handle.hooks("resid_post.*")
-    return timed(lambda: [capture(handle, ids, mask, points) for ids, mask in batches])
+    return timed(lambda: drain(capture(handle, ids, mask, points) for ids, mask in batches))
 
 
 def saelens_run(handle, seqs, args, out: Path) -> tuple[float, int, int]:
@@ -149,8 +166,8 @@ def saelens_run(handle, seqs, args, out: Path) -> tuple[float, int, int]:
 
 
 def rss_child(n: int, args) -> None:
-    handle = load_model(MODEL)
-    rows = bench_rows(n)
+    handle = load_model(args.model)
+    rows = bench_rows(n, args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         engine_run(handle, rows, args.rss_hooks.split(","), ["last_prompt_token", "mean_response"], args, Path(tmp) / "s")
     print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -160,7 +177,8 @@ def rss_compare(args) -> None:
     peaks = {}
     for n in (512, 4096):
         cmd = [sys.executable, __file__, "--rss-child", str(n), "--batch-size", str(args.batch_size),
-               "--token-budget", str(args.token_budget), "--rss-hooks", args.rss_hooks]
+               "--token-budget", str(args.token_budget), "--rss-hooks", args.rss_hooks, "--model", args.model]
+        cmd += ["--rows", args.rows] if args.rows else []
         peaks[n] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])["peak_rss_mb"]
     print(f"peak RSS ({args.rss_hooks}): 512 prompts {peaks[512]:.0f} MB, 4096 prompts {peaks[4096]:.0f} MB "
           f"({peaks[4096] / peaks[512]:.3f}x; goal <= 1.10x)")
@@ -175,6 +193,10 @@ def report(name: str, seconds: float, tokens: int, ref: float | None) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--model", default=MODEL, help="registry name or local directory (e.g. random weights of a shape)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model-dtype", default="float32")
+    ap.add_argument("--rows", default=None, help="JSONL rows to use instead of the stance contrast (cycled to --n)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--token-budget", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=None)
@@ -197,32 +219,42 @@ def main() -> None:
 
 
 def run_all(args, skip: set) -> None:
-    handle = load_model(MODEL)
-    rows = bench_rows(args.n)
-    seqs = [r.ids for r in render_rows(handle.tokenizer, rows)]
+    handle = load_model(args.model, dtype=args.model_dtype, device=args.device)
+    rows = bench_rows(args.n, args.rows)
+    rendered = render_rows(handle.tokenizer, rows)
+    seqs = [r.ids for r in rendered]
     tokens = sum(len(s) for s in seqs)
     print(f"{args.n} prompts, {tokens} real tokens, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"budget {args.token_budget}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     all_layers = (["resid_post.*"], ["last_prompt_token", "mean_response"])
     bare_packed(handle, seqs[:8], args)  # warm-up
-    t_bare, t_engine = [], []
+    groups, plain = group_by_prompt(rendered)
+    computed = sum(rendered[i].n_tokens for i in plain) + sum(
+        rendered[g[0]].n_prompt + sum(rendered[i].n_response for i in g) for g in groups)
+    print(f"shared prompts: {len(groups)} prompts shared by {sum(map(len, groups))} rows; the shared path computes "
+          f"{computed} of {tokens} real tokens ({computed / tokens:.0%})", flush=True)
+    t_bare, t_engine, t_whole = [], [], []
     for r in range(args.repeat):  # interleaved, best of each: the box is shared, so noise is one-sided
         t_bare.append(bare_packed(handle, seqs, args))
         secs, nbytes = engine_run(handle, rows, *all_layers, args, tmp / "engine")
         t_engine.append(secs)
-        print(f"  round {r}: bare {tokens / t_bare[-1]:.0f} tok/s, engine {tokens / secs:.0f} tok/s", flush=True)
+        t_whole.append(engine_run(handle, rows, *all_layers, args, tmp / "whole", share=False)[0])
+        print(f"  round {r}: bare {tokens / t_bare[-1]:.0f} tok/s, engine {tokens / secs:.0f} tok/s, "
+              f"engine share_prompts=False {tokens / t_whole[-1]:.0f} tok/s", flush=True)
     bare = report("bare packed (18 layers), best", min(t_bare), tokens, None)
     report("engine, all layers x 2 positions, best", min(t_engine), tokens, bare)
+    report("engine, share_prompts=False, best", min(t_whole), tokens, bare)
     print(f"  {nbytes / args.n:.0f} bytes/prompt stored (bf16, 36 keys)", flush=True)
     batches = padded_batches(handle, seqs, args)
     if "tl" not in skip:
-        tl = load_model(MODEL, backend="transformer_lens")
+        tl = load_model(args.model, backend="transformer_lens", dtype=args.model_dtype, device=args.device)
         report("TransformerLens run_with_cache", tl_run(tl, batches, expert=False), tokens, bare)
         report("TransformerLens expert (no logits)", tl_run(tl, batches, expert=True), tokens, bare)
         del tl
     if "nnsight" not in skip:
-        report("nnsight .save() every layer", nnsight_run(load_model(MODEL, backend="nnsight"), batches), tokens, bare)
+        nn = load_model(args.model, backend="nnsight", dtype=args.model_dtype, device=args.device)
+        report("nnsight .save() every layer", nnsight_run(nn, batches), tokens, bare)
     one_hook(handle, rows, seqs, tokens, args, tmp, skip)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -232,6 +264,9 @@ def one_hook(handle, rows, seqs, tokens, args, tmp: Path, skip: set) -> None:
     secs, nbytes = engine_run(handle, rows, ["resid_post.6"], ["last_prompt_token", "mean_response"], args, tmp / "h6")
     eng = report("  engine (2 vectors/prompt, bf16)", secs, tokens, None)
     print(f"    {nbytes / args.n:.0f} bytes/prompt", flush=True)
+    secs, _ = engine_run(handle, rows, ["resid_post.6"], ["last_prompt_token", "mean_response"], args, tmp / "h6w",
+                         share=False)
+    eng_whole = report("  engine, share_prompts=False", secs, tokens, None)
     secs, nbytes = engine_run(handle, rows, ["resid_post.6"], ["all_tokens"], args, tmp / "h6all")
     eng_all = report("  engine (all_tokens, bf16)", secs, tokens, None)
     print(f"    {nbytes / args.n:.0f} bytes/prompt", flush=True)
@@ -240,7 +275,8 @@ def one_hook(handle, rows, seqs, tokens, args, tmp: Path, skip: set) -> None:
     secs, nbytes, sl_tokens = saelens_run(handle, seqs, args, tmp / "saelens")
     sl = report("  SAELens CacheActivationsRunner", secs, sl_tokens, None)
     print(f"    {nbytes / args.n:.0f} bytes/prompt (fp32 Arrow, every token); engine/SAELens: "
-          f"{eng / sl:.2f}x (2 vectors), {eng_all / sl:.2f}x (all tokens)", flush=True)
+          f"{eng / sl:.2f}x (2 vectors), {eng_whole / sl:.2f}x (share_prompts=False), {eng_all / sl:.2f}x (all tokens)",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import os
 import pytest
 import torch
 
+if not torch.cuda.is_available():  # Triton kernels run on CPU tensors under the interpreter; set before triton loads
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -28,6 +30,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def small_tokenizer():
+    """SmolLM2's tokenizer; ``UNDERTOW_TEST_TOKENIZER=DIR`` loads a saved copy instead (a GPU box without the
+    embedded model package: ``tokenizer.save_pretrained(DIR)`` here, carry DIR there)."""
+    if os.environ.get("UNDERTOW_TEST_TOKENIZER"):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(os.environ["UNDERTOW_TEST_TOKENIZER"])
     from undertow.activations.sources import load_hf
 
     return load_hf("smollm2-135m-instruct", torch.float32).tokenizer

@@ -49,3 +49,26 @@ def test_two_ranks_equal_one_rank(tmp_path, tiny_llama_dir, chat_rows):
     # Same shards, same batches, moments folded in shard order: the same bytes, manifest included.
     files = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
     assert files == {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*") if p.is_file()}
+
+
+def test_slurm_launcher_runs_two_local_tasks(tmp_path, tiny_llama_dir, chat_rows):
+    """scripts/launch_slurm.py through submitit's local executor: the same task code a SLURM job runs."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(12)))
+    cfg = tmp_path / "extract.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_llama_dir), "hooks": ["resid_post.1"], "dtype": "float32",
+                                   "positions": ["last_prompt_token"], "shard_size": 4, "dataset": str(data),
+                                   "out_dir": str(tmp_path / "slurm")}))
+    assert extract_cli.main([str(cfg), "--out-dir", str(tmp_path / "one"), "--no-progress"]) == 0
+    script = Path(__file__).parents[2] / "scripts" / "launch_slurm.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", UNDERTOW_DEVICE="cpu", MASTER_PORT="29531")
+    run = subprocess.run([sys.executable, str(script), str(cfg), "--cluster", "local", "--gpus-per-node", "0",
+                          "--tasks-per-node", "2", "--logs", str(tmp_path / "logs" / "%j"), "--wait"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert run.stdout.startswith("submitted ")
+    one, two = ActivationStore(tmp_path / "one"), ActivationStore(tmp_path / "slurm")
+    two.verify()
+    assert one.rows == two.rows and len(two.manifest["shards"]) == 3
+    torch.testing.assert_close(two["resid_post.1@last_prompt_token"][:], one["resid_post.1@last_prompt_token"][:],
+                               rtol=1e-6, atol=1e-6)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import yaml
 
 from undertow.activations import ActivationStore
-from undertow.activations.extract_errors import DatasetError
+from undertow.activations.extract_errors import ConfigError, DatasetError
 from undertow.experiments import extract_cli
 
 
@@ -40,3 +42,15 @@ def test_dataset_paths(tmp_path):
         extract_cli.resolve_dataset(str(bad), 0)
     with pytest.raises(DatasetError, match="no dataset"):
         extract_cli.resolve_dataset(None, 0)
+
+
+def test_bool_fields_are_flags(tmp_path, tiny_llama_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_llama_dir), "share_prompts": True}))
+    parser = argparse.ArgumentParser()
+    extract_cli.add_arguments(parser)
+    assert extract_cli.load_config(parser.parse_args([str(cfg), "--no-share-prompts"])).share_prompts is False
+    assert extract_cli.load_config(parser.parse_args([str(cfg)])).share_prompts is True
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_llama_dir), "share_prompts": "no"}))
+    with pytest.raises(ConfigError, match="share_prompts must be true or false"):
+        extract_cli.load_config(parser.parse_args([str(cfg)]))
