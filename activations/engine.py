@@ -195,7 +195,7 @@ def trim_host_heap() -> None:
     Activations of every batch shape come and go; glibc's dynamic mmap threshold then serves them from the
     heap, and the holes left between live blocks are never returned, so peak RSS crept up with the number
     of prompts: Gemma-3-270M, all 18 layers on CPU, 512 prompts 1,529 MB vs 4,096 prompts 2,200 MB before this
-    (1.44x). The call costs ~1 ms against ~1 s of forward per batch on CPU."""
+    (1.44x), 1,827 vs 1,935 MB (1.06x) with it. The call costs ~0.2 ms against ~1 s of forward per batch."""
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
 

@@ -33,7 +33,8 @@ rows: 57,810 real tokens, 128 prompts x 4 replies, avg 113 tokens), batch 16, 2,
       engine, share_prompts=False                  1200 tok/s   1.26x SAELens
       engine, all_tokens (bf16)                    2857 tok/s   3.00x SAELens; 144.8 kB/prompt
       SAELens CacheActivationsRunner (fp32 Arrow)   952 tok/s                    287.6 kB/prompt
-    peak RSS, --rss-only (all 18 layers): see RSS_RESULT below.
+    peak RSS, --rss-only (all 18 layers x 2 positions, shared prompts): 512 prompts 1,827 MB, 4,096 prompts
+    1,935 MB (1.06x; goal <= 1.10x); 1,529 vs 2,200 MB (1.44x) before the engine called malloc_trim per batch.
 Profile (cProfile, 40 prompts, no sharing): >99 % of the engine's CPU time is inside the HF layers; pooling,
 the store and the manifest are noise on CPU. H100 (bf16, random weights of the same shape, 4,096 rows,
 batch 256, 32,768-token budget, --device cuda --model DIR --rows FILE): bare 476k tok/s; engine 0.60x with
