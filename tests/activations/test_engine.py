@@ -32,12 +32,13 @@ def test_batched_store_equals_single_row_forward(chat_rows, model, request, make
     im_start = handle.tokenizer.convert_tokens_to_ids("<|im_start|>")
     for i in (0, 5, 12):
         r = render_row(handle.tokenizer, rows[i])
-        ref = capture_hf(handle, torch.tensor([r.ids]), None, handle.hooks(["resid_post.*", "mlp_out.0"]))
+        ref = capture_hf(handle, torch.tensor([r.ids], device=handle.device), None,
+                         handle.hooks(["resid_post.*", "mlp_out.0"]))
         p = r.n_prompt
         marker = max(t for t in range(p) if r.ids[t] == im_start)
         off = store.token_offsets("resid_post.1@all_tokens")
         for hook, acts in ref.items():
-            a = acts[0]
+            a = acts[0].cpu()
             want = {"last_prompt_token": a[p - 1], "mean_response": a[p:].mean(0), "mean_prompt": a[:p].mean(0),
                     "last_k:3": a[p - 3:p], "token:<|im_start|>": a[marker]}
             for pos, w in want.items():

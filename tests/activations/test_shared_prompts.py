@@ -82,11 +82,12 @@ def test_select_cache_reads_rows_and_never_grows(tiny_llama):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=tiny_llama.hf_model.config)
-    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    dev = tiny_llama.device
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]], device=dev)
     tiny_llama.hf_model.get_decoder()(input_ids=ids, cache=cache, use_cache=True)
     keys0 = cache.layers[0].keys.clone()
-    view = select_cache(cache, torch.tensor([1, 1, 0]))
-    new_k = torch.randn(3, keys0.shape[1], 2, keys0.shape[3])
+    view = select_cache(cache, torch.tensor([1, 1, 0], device=dev))
+    new_k = torch.randn(3, keys0.shape[1], 2, keys0.shape[3], device=dev)
     k, v = view.layers[0].update(new_k, new_k.clone(), 0)
     assert k.shape == (3, keys0.shape[1], 5, keys0.shape[3])
     torch.testing.assert_close(k[2, :, :3], keys0[0])
@@ -107,7 +108,8 @@ def test_shared_store_equals_whole_rows(model, request, make_config, tmp_path):
         torch.testing.assert_close(shared[key][:], whole[key][:], rtol=1e-5, atol=1e-5)
     assert shared.rows["id"] == whole.rows["id"]
     r = render_row(handle.tokenizer, rows[4])  # one shared row against a single unpadded forward
-    ref = capture_hf(handle, torch.tensor([r.ids]), None, handle.hooks(["resid_post.1"]))["resid_post.1"][0]
+    ids = torch.tensor([r.ids], device=handle.device)
+    ref = capture_hf(handle, ids, None, handle.hooks(["resid_post.1"]))["resid_post.1"][0].cpu()
     torch.testing.assert_close(shared["resid_post.1@mean_response"][4], ref[r.n_prompt:].mean(0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(shared["resid_post.1@last_prompt_token"][4], ref[r.n_prompt - 1], rtol=1e-5, atol=1e-5)
 
