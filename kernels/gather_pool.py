@@ -129,6 +129,13 @@ except ImportError:  # pragma: no cover - exercised on platforms without triton
 if triton is not None:
 
     @triton.jit
+    def _chan_merge(n, mean, m2, n_j, mean_j, m2_j):
+        """Fold a partial (n_j, mean_j, M2_j) into (n, mean, M2); one row is the partial (1, x, 0) (Welford)."""
+        total = n + n_j
+        delta = mean_j - mean
+        return total, mean + delta * (n_j / total), m2 + m2_j + delta * delta * (n * n_j / total)
+
+    @triton.jit
     def _gather_pool_kernel(acts_ptr, starts_ptr, ends_ptr, out_ptr, nonfinite_ptr, part_n_ptr, part_mean_ptr,
                             part_m2_ptr, B, P, D, NB, stride_ab, stride_at, stride_ad,
                             ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -159,10 +166,7 @@ if triton is not None:
                 tl.store(out_ptr + slot * D + offs_d, pooled.to(out_ptr.dtype.element_ty), mask=in_d)
                 tl.store(nonfinite_ptr + slot, n_bad.to(tl.int64))
                 if (length > 0) & (n_bad == 0):
-                    n += 1.0
-                    delta = pooled - mean
-                    mean += delta / n
-                    m2 += delta * (pooled - mean)
+                    n, mean, m2 = _chan_merge(n, mean, m2, 1.0, pooled, 0.0)
         part = p * NB + j
         tl.store(part_n_ptr + part, n)
         tl.store(part_mean_ptr + part * D + offs_d, mean, mask=in_d)
@@ -185,11 +189,7 @@ if triton is not None:
             if n_j > 0:
                 mean_j = tl.load(part_mean_ptr + part * D + offs_d, mask=in_d, other=0.0)
                 m2_j = tl.load(part_m2_ptr + part * D + offs_d, mask=in_d, other=0.0)
-                total = n + n_j
-                delta = mean_j - mean
-                mean += delta * (n_j / total)
-                m2 += m2_j + delta * delta * (n * n_j / total)
-                n = total
+                n, mean, m2 = _chan_merge(n, mean, m2, n_j, mean_j, m2_j)
         tl.store(mean_ptr + p * D + offs_d, mean, mask=in_d)
         tl.store(m2_ptr + p * D + offs_d, m2, mask=in_d)
         if k == 0:
