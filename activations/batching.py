@@ -19,28 +19,32 @@ batches uses it (``shared_prompts.py``), so replies follow their prompt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 
-def bucket_batches(lengths: Sequence[int], batch_size: int, token_budget: int) -> list[list[int]]:
-    """Partition ``range(len(lengths))`` into batches (lists of indices), longest first."""
+def cut_longest_first(lengths: Sequence[int], fits: Callable[[int, int], bool]) -> list[list[int]]:
+    """Partition ``range(len(lengths))``: sort longest first (ties by index: deterministic), then cut greedily,
+    a batch growing while ``fits(rows, longest)`` holds (longest = its first item). An item that fits
+    nowhere runs alone."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
     for i in order:
-        longest_if = max(longest, lengths[i])
-        if current and (len(current) + 1 > batch_size or (len(current) + 1) * longest_if > token_budget):
+        if current and not fits(len(current) + 1, lengths[current[0]]):
             batches.append(current)
-            current, longest_if = [], lengths[i]
+            current = []
         current.append(i)
-        longest = longest_if
     if current:
         batches.append(current)
     return batches
+
+
+def bucket_batches(lengths: Sequence[int], batch_size: int, token_budget: int) -> list[list[int]]:
+    """Partition ``range(len(lengths))`` into batches (lists of indices), longest first."""
+    return cut_longest_first(lengths, lambda rows, longest: rows <= batch_size and rows * longest <= token_budget)
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, pin: bool = False) -> tuple[Tensor, Tensor]:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .batching import pad_left, pad_right
+from .batching import cut_longest_first, pad_left, pad_right
 from .capture import capture_hf
 from .handle import ModelHandle
 from .hooks import HookPoint
@@ -78,34 +78,17 @@ def shared_batches(groups: list[list[int]], rendered: Sequence[Rendered], batch_
     """Cut groups (longest prompt first) into pass-A batches of at most ``batch_size`` prompts and
     ``token_budget`` padded prompt tokens; cut each batch's replies into chunks of at most ``token_budget``
     padded reply tokens and ``KV_WIDTH_FACTOR x token_budget`` prompt + reply positions."""
-    order = sorted(groups, key=lambda g: (-rendered[g[0]].n_prompt, g[0]))
-    batches, current = [], []
-    for g in order:
-        n_prompt = rendered[(current or [g])[0][0]].n_prompt  # the batch's longest prompt
-        if current and (len(current) + 1 > batch_size or (len(current) + 1) * n_prompt > token_budget):
-            batches.append(current)
-            current = []
-        current.append(g)
-    if current:
-        batches.append(current)
-    return [SharedBatch(b, _chunks(b, rendered, token_budget)) for b in batches]
+    prompt_lens = [rendered[g[0]].n_prompt for g in groups]
+    cuts = cut_longest_first(prompt_lens, lambda n, p: n <= batch_size and n * p <= token_budget)
+    return [SharedBatch(b, _chunks(b, rendered, token_budget)) for b in ([groups[k] for k in cut] for cut in cuts)]
 
 
 def _chunks(groups: list[list[int]], rendered: Sequence[Rendered], token_budget: int) -> list[list[tuple[int, int]]]:
     n_prompt = max(rendered[g[0]].n_prompt for g in groups)
-    pairs = sorted(((k, i) for k, g in enumerate(groups) for i in g), key=lambda p: (-rendered[p[1]].n_response, p))
-    chunks, current, longest = [], [], 0
-    for k, i in pairs:
-        longest_if = max(longest, rendered[i].n_response)
-        n = len(current) + 1
-        if current and (n * longest_if > token_budget or n * (n_prompt + longest_if) > KV_WIDTH_FACTOR * token_budget):
-            chunks.append(current)
-            current, longest_if = [], rendered[i].n_response
-        current.append((k, i))
-        longest = longest_if
-    if current:
-        chunks.append(current)
-    return chunks
+    pairs = [(k, i) for k, g in enumerate(groups) for i in g]
+    cuts = cut_longest_first([rendered[i].n_response for _, i in pairs], lambda n, s: n * s <= token_budget
+                             and n * (n_prompt + s) <= KV_WIDTH_FACTOR * token_budget)
+    return [[pairs[j] for j in cut] for cut in cuts]
 
 
 def _read_prefix(layer, rows_R: Tensor, key_states: Tensor, value_states: Tensor, *args, **kwargs):
