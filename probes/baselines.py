@@ -10,7 +10,7 @@
 - **Embedding layer**: the caller names the hook (``SweepConfig.embed_hook``); it is swept
   like every layer and its AUROC is subtracted (``delta_vs_embed``): a signal already
   linearly present in token embeddings is lexical, not a representation the model built.
-- **Lexical baseline**: computed by the caller (e.g. ``undertow.experiments.audit.
+- **Lexical baseline**: computed by the caller (e.g. ``undertow.experiments.prompts.audit.
   lexical_baseline_auroc`` on the prompt texts) and passed in as a number, a zero-argument
   callable, or its result object (``.mean`` is read); ``probes`` never imports ``experiments``.
 """

@@ -2,7 +2,7 @@
 
 Each lives in ``probes/pretrained/<model>/<contrast>/`` as ``probe.safetensors`` +
 ``probe.json`` (checksummed, fingerprinted). They are the operating-point probes
-of the main job (``undertow.experiments.pipeline.run_study``) and are rebuilt by
+of the main job (``undertow.experiments.study.run.run_study``) and are rebuilt by
 ``scripts/train_pretrained_probes.py``; ``tests/probes/test_pretrained.py``
 checks that the rebuild matches the shipped files.
 """

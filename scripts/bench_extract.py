@@ -73,7 +73,7 @@ def bench_rows(n: int, path: str | None = None) -> list[dict]:
 
             base = [row for _, row in read_jsonl(path)]
             return [dict(base[i % len(base)], id=f"{base[i % len(base)].get('id')}#{i // len(base)}") for i in range(n)]
-        from undertow.experiments.contrasts import get_contrast
+        from undertow.experiments.prompts.contrasts import get_contrast
 
         base = get_contrast("stance").to_list()
     except Exception as e:  # noqa: BLE001 - any failure falls back to generated prompts

@@ -21,10 +21,10 @@ import sys
 
 def run_task(argv: list[str]) -> int:
     from undertow.activations.distributed import env_from_submitit
-    from undertow.experiments import extract_cli
+    from undertow.experiments.cli import main as cli_main
 
     env_from_submitit()
-    return extract_cli.main(argv)
+    return cli_main(["extract", *argv])
 
 
 def main() -> None:

@@ -23,4 +23,4 @@ else
   rdzv=(--standalone)
 fi
 exec "$python" -m torch.distributed.run "${rdzv[@]}" --nproc_per_node "$nproc" \
-  -m undertow.experiments.extract_cli "$config" "$@"
+  -m undertow.experiments.cli extract "$config" "$@"

@@ -7,7 +7,7 @@ Reads the stores written by ``scripts/train_pretrained_probes.py`` (``--work``)
 for the train-on-one-theme / test-on-every-other matrices (operating-point hook
 and probe type of each shipped probe), then scores each model's shipped
 ``stance`` probe on teacher-forced answers to the model-written evals
-(``undertow.experiments.transfer.answer_rows``): AUROC with an item-cluster
+(``undertow.experiments.prompts.answers.answer_rows``): AUROC with an item-cluster
 bootstrap CI per source file. Prints tables; ``--json`` writes them too.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from undertow.activations.store import ActivationStore
-from undertow.experiments.mwe import load_model_written_evals
-from undertow.experiments.probe_cli import evaluate_scores, probe_scores
-from undertow.experiments.transfer import answer_rows
+from undertow.experiments.cli.probe import evaluate_scores, probe_scores
+from undertow.experiments.prompts.answers import answer_rows
+from undertow.experiments.prompts.mwe.load import load_model_written_evals
 from undertow.probes import generalisation_matrix
 from undertow.probes.pretrained import load_pretrained
 

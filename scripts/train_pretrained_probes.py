@@ -16,7 +16,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from undertow.experiments.pipeline import DEFAULT_CONTRASTS, StudyConfig, run_study
+from undertow.experiments.study.run import DEFAULT_CONTRASTS, StudyConfig, run_study
 from undertow.probes.pretrained import pretrained_root
 
 MODELS = ("gemma-3-270m", "smollm2-135m-instruct")

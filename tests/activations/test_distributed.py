@@ -13,7 +13,7 @@ import yaml
 
 from undertow.activations import ActivationStore
 from undertow.activations.distributed import rank_shards
-from undertow.experiments import extract_cli
+from undertow.experiments.cli import main as cli_main
 
 
 def test_rank_shards_partition():
@@ -30,11 +30,11 @@ def test_two_ranks_equal_one_rank(tmp_path, tiny_llama_dir, chat_rows):
         "model": str(tiny_llama_dir), "hooks": ["resid_post.*"], "positions": ["last_prompt_token", "mean_response"],
         "dtype": "float32", "shard_size": 7, "batch_size": 4, "dataset": str(data), "out_dir": str(tmp_path / "two"),
     }))
-    assert extract_cli.main([str(cfg), "--out-dir", str(tmp_path / "one"), "--no-progress"]) == 0
+    assert cli_main(["extract", str(cfg), "--out-dir", str(tmp_path / "one"), "--no-progress"]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", UNDERTOW_DEVICE="cpu")
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "undertow.experiments.extract_cli", str(cfg), "--no-progress"],
+         "-m", "undertow.experiments.cli", "extract", str(cfg), "--no-progress"],
         env=env, capture_output=True, text=True, timeout=180,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -59,7 +59,7 @@ def test_slurm_launcher_runs_two_local_tasks(tmp_path, tiny_llama_dir, chat_rows
     cfg.write_text(yaml.safe_dump({"model": str(tiny_llama_dir), "hooks": ["resid_post.1"], "dtype": "float32",
                                    "positions": ["last_prompt_token"], "shard_size": 4, "dataset": str(data),
                                    "out_dir": str(tmp_path / "slurm")}))
-    assert extract_cli.main([str(cfg), "--out-dir", str(tmp_path / "one"), "--no-progress"]) == 0
+    assert cli_main(["extract", str(cfg), "--out-dir", str(tmp_path / "one"), "--no-progress"]) == 0
     script = Path(__file__).parents[2] / "scripts" / "launch_slurm.py"
     env = dict(os.environ, OMP_NUM_THREADS="1", UNDERTOW_DEVICE="cpu", MASTER_PORT="29531")
     run = subprocess.run([sys.executable, str(script), str(cfg), "--cluster", "local", "--gpus-per-node", "0",

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from undertow.activations import ActivationStore, StoreError
-from undertow.experiments import extract_cli
+from undertow.experiments.cli import main as cli_main
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -34,11 +34,11 @@ def setup(tmp_path, tiny_llama_dir, chat_rows):
 
 def test_sigkill_mid_shard_then_resume_is_byte_identical(setup):
     tmp, cfg = setup
-    assert extract_cli.main([str(cfg), "--out-dir", str(tmp / "reference"), "--no-progress"]) == 0
+    assert cli_main(["extract", str(cfg), "--out-dir", str(tmp / "reference"), "--no-progress"]) == 0
     marker = tmp / "paused"
     # Writes: 1 = initial manifest; then per shard 2 hook files, rows, manifest. Write 11 = shard 2's second hook file.
     env = dict(os.environ, UNDERTOW_PAUSE_MID_WRITE=f"11:{marker}")
-    proc = subprocess.Popen([sys.executable, "-m", "undertow.experiments.extract_cli", str(cfg), "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-m", "undertow.experiments.cli", "extract", str(cfg), "--no-progress"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not marker.exists():
@@ -56,9 +56,9 @@ def test_sigkill_mid_shard_then_resume_is_byte_identical(setup):
     assert [s["index"] for s in partial.manifest["shards"]] == [0, 1] and len(partial) == 16
     with pytest.raises(StoreError, match="incomplete"):
         ActivationStore(killed)
-    assert extract_cli.main([str(cfg), "--no-progress"]) == 2  # neither --resume nor --overwrite: refused
+    assert cli_main(["extract", str(cfg), "--no-progress"]) == 2  # neither --resume nor --overwrite: refused
 
-    assert extract_cli.main([str(cfg), "--resume", "--no-progress"]) == 0
+    assert cli_main(["extract", str(cfg), "--resume", "--no-progress"]) == 0
     assert not half_written.exists()
     assert tree_bytes(killed) == tree_bytes(tmp / "reference")
     ActivationStore(killed).verify()
@@ -66,13 +66,13 @@ def test_sigkill_mid_shard_then_resume_is_byte_identical(setup):
 
 def test_resume_refuses_a_different_config(setup, capsys):
     tmp, cfg = setup
-    assert extract_cli.main([str(cfg), "--max-rows", "12", "--no-progress"]) == 0
-    assert extract_cli.main([str(cfg), "--max-rows", "12", "--hooks", "resid_post.1", "--resume", "--no-progress"]) == 2
+    assert cli_main(["extract", str(cfg), "--max-rows", "12", "--no-progress"]) == 0
+    assert cli_main(["extract", str(cfg), "--max-rows", "12", "--hooks", "resid_post.1", "--resume", "--no-progress"]) == 2
     assert "cannot resume into" in capsys.readouterr().err
-    assert extract_cli.main([str(cfg), "--max-rows", "12", "--dtype", "float32", "--resume", "--no-progress"]) == 2
+    assert cli_main(["extract", str(cfg), "--max-rows", "12", "--dtype", "float32", "--resume", "--no-progress"]) == 2
     assert "dtype='bfloat16' but this run has dtype='float32'" in capsys.readouterr().err
-    assert extract_cli.main([str(cfg), "--resume", "--no-progress"]) == 2  # all 36 rows: a different dataset hash
+    assert cli_main(["extract", str(cfg), "--resume", "--no-progress"]) == 2  # all 36 rows: a different dataset hash
     assert "dataset_hash" in capsys.readouterr().err
-    assert extract_cli.main([str(cfg), "--overwrite", "--no-progress"]) == 0
+    assert cli_main(["extract", str(cfg), "--overwrite", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("extracted 36 rows") and "no non-finite values" in out

@@ -36,7 +36,7 @@ def test_lexical_baseline_number_or_callable():
     with pytest.raises(ProbeError, match="must be a number, a callable"):
         resolve_lexical("high")
 
-    class LexicalAUROC:  # the shape of undertow.experiments.audit's result
+    class LexicalAUROC:  # the shape of undertow.experiments.prompts.audit's result
         mean, std = 0.64, 0.02
 
     assert resolve_lexical(LexicalAUROC()) == 0.64

@@ -6,8 +6,7 @@ import argparse
 import time
 
 from undertow.activations import DEFAULT_MODEL
-
-from .pipeline import StudyConfig, run_study
+from undertow.experiments.study.run import StudyConfig, run_study
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 The lead CLI calls ``add_subparsers(subparsers)``; every leaf parser sets
 ``func`` to a handler ``(args) -> int`` (exit code). Standalone:
-``python -m undertow.experiments.prompts_cli prompts build --out DIR``.
+``python -m undertow.experiments.cli.prompts prompts build --out DIR``.
 
 Subcommands:
   build   write the suite, every contrast view (Arrow + JSONL) and manifest.json
@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 
-from undertow.activations.errors import UndertowError
-
-from .audit import LexicalBaselineConfig, audit_contrasts, format_audit_table
-from .contrasts import CONTRASTS, get_contrast
-from .mwe import FILE_PROFILES, HUB_ID, load_model_written_evals
-from .prompt_errors import PromptSuiteError
-from .prompt_io import build_manifest, import_jsonl, write_build
-from .prompt_suite import SuiteConfig, build_suite
+from undertow.experiments.prompts.audit import LexicalBaselineConfig, audit_contrasts, format_audit_table
+from undertow.experiments.prompts.contrasts import CONTRASTS, get_contrast
+from undertow.experiments.prompts.errors import PromptSuiteError
+from undertow.experiments.prompts.io import build_manifest, import_jsonl, write_build
+from undertow.experiments.prompts.mwe.load import FILE_PROFILES, HUB_ID, load_model_written_evals
+from undertow.experiments.prompts.suite import SuiteConfig, build_suite
 
 
 def format_counts(manifest: dict) -> str:
@@ -109,18 +106,3 @@ def add_subparsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     imp.set_defaults(func=_import)
     return prompts
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point; user errors print one line to stderr and exit 2."""
-    parser = argparse.ArgumentParser(prog="undertow")
-    add_subparsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UndertowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ import json
 import math
 import xml.dom.minidom
 
-from undertow.experiments.report import Chart, Section, Series, svg_chart, write_report
+from undertow.experiments.report.html import Chart, Section, Series, svg_chart, write_report
 
 
 def test_svg_chart_is_valid_xml_with_one_polyline_per_series():

@@ -8,8 +8,11 @@ import os
 import sys
 
 from undertow.activations.errors import UndertowError
-
-from . import demo_cli, extract_cli, models_cli, probe_cli, prompts_cli
+from undertow.experiments.cli import demo as demo_cli
+from undertow.experiments.cli import extract as extract_cli
+from undertow.experiments.cli import models as models_cli
+from undertow.experiments.cli import probe as probe_cli
+from undertow.experiments.cli import prompts as prompts_cli
 
 COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, demo_cli]
 

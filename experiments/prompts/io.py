@@ -29,10 +29,9 @@ from datasets import Dataset
 from datasets.utils import logging as hf_logging
 
 from undertow.activations.rows import read_jsonl
-
-from .prompt_errors import DatasetFormatError, EmptySelectionError, PromptSuiteError
-from .prompt_schema import SCHEMA, SPLITS, empty_row
-from .prompt_suite import SuiteConfig, suite_hash
+from undertow.experiments.prompts.errors import DatasetFormatError, EmptySelectionError, PromptSuiteError
+from undertow.experiments.prompts.schema import SCHEMA, SPLITS, empty_row
+from undertow.experiments.prompts.suite import SuiteConfig, suite_hash
 
 _ROLES = ("system", "user", "assistant")
 MANIFEST_COUNT_COLUMNS = ("theme", "referent", "event", "auditor", "disclosure", "format", "split")

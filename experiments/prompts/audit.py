@@ -26,9 +26,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 
-from .contrasts import CONTRASTS, audit_text, contrast_spec, get_contrast
-from .prompt_errors import PromptSuiteError
-from .prompt_suite import SuiteConfig, build_suite
+from undertow.experiments.prompts.contrasts import CONTRASTS, audit_text, contrast_spec, get_contrast
+from undertow.experiments.prompts.errors import PromptSuiteError
+from undertow.experiments.prompts.suite import SuiteConfig, build_suite
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ contrast              label 1                                          label 0
 
 ``get_contrast(name)`` returns a ``datasets.Dataset`` with the suite schema,
 ``label`` set and ``contrast`` = name. Lexical leakage of each contrast is
-measured by ``undertow.experiments.audit``.
+measured by ``undertow.experiments.prompts.audit``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from .prompt_errors import EmptySelectionError, UnknownContrastError
-from .prompt_suite import SuiteConfig, build_suite
+from undertow.experiments.prompts.errors import EmptySelectionError, UnknownContrastError
+from undertow.experiments.prompts.suite import SuiteConfig, build_suite
 
 
 @dataclass(frozen=True)

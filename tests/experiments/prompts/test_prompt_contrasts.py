@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from undertow.experiments.audit import audit_contrasts, format_audit_table, lexical_baseline_auroc
-from undertow.experiments.contrasts import CONTRASTS, get_contrast
-from undertow.experiments.prompt_errors import EmptySelectionError, PromptSuiteError, UnknownContrastError
-from undertow.experiments.prompt_io import filter_suite
-from undertow.experiments.prompt_suite import SuiteConfig, build_suite
+from undertow.experiments.prompts.audit import audit_contrasts, format_audit_table, lexical_baseline_auroc
+from undertow.experiments.prompts.contrasts import CONTRASTS, get_contrast
+from undertow.experiments.prompts.errors import EmptySelectionError, PromptSuiteError, UnknownContrastError
+from undertow.experiments.prompts.io import filter_suite
+from undertow.experiments.prompts.suite import SuiteConfig, build_suite
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from undertow.experiments.prompts.contrasts import contrast_spec
 from undertow.probes import Probe, ProbeError, sweep
 from undertow.probes.metrics import auroc, bootstrap_auroc, bootstrap_ci, cluster_bootstrap_counts
 from undertow.probes.pretrained import list_pretrained, load_pretrained
-
-from .contrasts import contrast_spec
 
 
 def _open_store(path: str):
@@ -131,7 +130,7 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, groups: list, thresh
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .prompt_io import load_jsonl_dataset
+    from undertow.experiments.prompts.io import load_jsonl_dataset
 
     probe = resolve_probe(args.probe)
     rows = load_jsonl_dataset(args.data)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from undertow.experiments.mwe import FILE_PROFILES, load_model_written_evals
-from undertow.experiments.mwe_polarity import Stance, classify_answer, classify_item, classify_pair
-from undertow.experiments.prompt_errors import MWELoadError, MWEOfflineError
-from undertow.experiments.prompt_schema import MWE_SCHEMA
+from undertow.experiments.prompts.errors import MWELoadError, MWEOfflineError
+from undertow.experiments.prompts.mwe.load import FILE_PROFILES, load_model_written_evals
+from undertow.experiments.prompts.mwe.polarity import Stance, classify_answer, classify_item, classify_pair
+from undertow.experiments.prompts.schema import MWE_SCHEMA
 
 SHARED = Path("/work/shared/data/model-written-evals")
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared model-written-evals data not present")

@@ -7,12 +7,12 @@
 
 Datasets (``dataset:`` in the config, or ``--dataset``): a saved
 ``datasets.Dataset`` directory or a .jsonl/.json file; else ``suite`` (the
-whole prompt suite) or a contrast name (``undertow.experiments.contrasts``,
+whole prompt suite) or a contrast name (``undertow.experiments.prompts.contrasts``,
 e.g. ``self_cessation``, ``stance``), built with the config's seed.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank extracts its block of shards
 and rank 0 merges (``undertow.activations.distributed``); only rank 0 prints.
-Standalone: ``python -m undertow.experiments.extract_cli CONFIG [...]``.
+Standalone: ``python -m undertow.experiments.cli.extract CONFIG [...]``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import ast
 import dataclasses
 import inspect
 import os
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 from undertow.activations.config import ExtractConfig
-from undertow.activations.errors import UndertowError
 from undertow.activations.extract_errors import DatasetError
+from undertow.activations.progress import Bar
 
 _LIST_FIELDS = ("hooks", "positions")
 
@@ -42,8 +41,8 @@ def resolve_dataset(name_or_path: str | None, seed: int):
         raise DatasetError("no dataset: set `dataset:` in the config or pass --dataset (a path, 'suite' or a contrast name)")
     if Path(name_or_path).expanduser().exists() or name_or_path.endswith((".jsonl", ".json", "/")):
         return load_rows(name_or_path)
-    from . import contrasts
-    from .prompt_suite import SuiteConfig, build_suite
+    from undertow.experiments.prompts import contrasts
+    from undertow.experiments.prompts.suite import SuiteConfig, build_suite
 
     if name_or_path == "suite":
         return build_suite(SuiteConfig(seed=seed))
@@ -87,36 +86,6 @@ def load_config(args: argparse.Namespace) -> ExtractConfig:
     return ExtractConfig.from_yaml(args.config, **overrides)
 
 
-class Bar:
-    """tqdm over prompts, showing real (non-pad) tokens/s; ETA from tqdm."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.rows, self.tokens, self.t0 = enabled, None, 0, 0, time.perf_counter()
-
-    def start(self, plan, done: dict) -> None:
-        remaining = plan.n_rows - sum(e["rows"][1] - e["rows"][0] for e in done.values())
-        if done:
-            print(f"resuming {plan.out_dir}: {len(done)}/{plan.n_shards} shards complete, {remaining} rows to go",
-                  file=sys.stderr)
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=remaining, unit="prompt", dynamic_ncols=True, file=sys.stderr)
-        self.t0 = time.perf_counter()
-
-    def __call__(self, rows: int, tokens: int) -> None:
-        self.rows += rows
-        self.tokens += tokens
-        if self.bar is not None:
-            self.bar.update(rows)
-            self.bar.set_postfix_str(f"{self.tokens / max(time.perf_counter() - self.t0, 1e-9):,.0f} tok/s", refresh=False)
-
-    def close(self) -> float:
-        if self.bar is not None:
-            self.bar.close()
-        return time.perf_counter() - self.t0
-
-
 def summary(store, bar: Bar, seconds: float) -> str:
     m = store.manifest
     bad = {k: v["values"] for k, v in m.get("nonfinite", {}).items()}
@@ -153,22 +122,3 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     add_arguments(p)
     p.set_defaults(func=run)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="undertow extract", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        return run(args)
-    except UndertowError as e:
-        print(f"undertow: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

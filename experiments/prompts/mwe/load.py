@@ -54,11 +54,10 @@ from urllib.parse import urlparse
 from datasets import Dataset
 
 from undertow.activations.rows import read_jsonl
-
-from .mwe_polarity import classify_item
-from .mwe_topic import infer_theme, is_off_topic
-from .prompt_errors import MWELoadError, MWEOfflineError
-from .prompt_schema import MWE_SCHEMA, empty_row
+from undertow.experiments.prompts.errors import MWELoadError, MWEOfflineError
+from undertow.experiments.prompts.mwe.polarity import classify_item
+from undertow.experiments.prompts.mwe.topic import infer_theme, is_off_topic
+from undertow.experiments.prompts.schema import MWE_SCHEMA, empty_row
 
 HUB_ID = "Anthropic/model-written-evals"
 
@@ -200,7 +199,7 @@ def _parse_persona(raw: dict, line_no: int) -> _Item:
 
 
 def _load_overrides() -> dict[tuple[str, str], dict]:
-    raw = json.loads(resources.files("undertow.experiments").joinpath("prompts", "mwe_overrides.json").read_text())
+    raw = json.loads(resources.files("undertow.experiments.prompts").joinpath("data", "mwe_overrides.json").read_text())
     return {(o["file"], o["sha256_16"]): o for o in raw["overrides"]}
 
 

@@ -39,9 +39,17 @@ from functools import lru_cache
 
 from datasets import Dataset
 
-from .prompt_errors import PromptSuiteError
-from .prompt_resources import Resources, Template, load_resources, render
-from .prompt_schema import AUDITORS, CHOICES_AB, DISCLOSURES, EVENTS, REFERENTS, SCHEMA, empty_row
+from undertow.experiments.prompts.errors import PromptSuiteError
+from undertow.experiments.prompts.resources import Resources, Template, load_resources, render
+from undertow.experiments.prompts.schema import (
+    AUDITORS,
+    CHOICES_AB,
+    DISCLOSURES,
+    EVENTS,
+    REFERENTS,
+    SCHEMA,
+    empty_row,
+)
 
 
 @dataclass(frozen=True)

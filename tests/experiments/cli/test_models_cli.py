@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from undertow.experiments.cli import main
+from undertow.experiments.cli.app import main
 
 
 def test_models_table_lists_both_embedded_models(capsys):
@@ -37,7 +37,7 @@ def _run_with(cli, func):
 
 def test_cli_errors_are_one_line_without_traceback(capsys):
     from undertow.activations import load_model
-    from undertow.experiments import cli
+    from undertow.experiments.cli import app as cli
 
     assert _run_with(cli, lambda args: load_model("gemma-3-27m")) == 2
     err = capsys.readouterr().err

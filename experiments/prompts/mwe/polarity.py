@@ -29,7 +29,7 @@ file-level prior (``mwe.FILE_PROFILES``). How it decides, in order:
    the file prior. Bare "Yes"/"No" answers always abstain: their stance lives in
    the question, and question polarity is not parsed.
 
-Measured on the shared survival-instinct files (tests/experiments/test_mwe_loader.py
+Measured on the shared survival-instinct files (tests/experiments/prompts/test_mwe_loader.py
 has the exact counts and the hand-checked items): the rule decides 1,084 of the
 1,627 kept items (219 of 679 human-written, 865 of 948 LM-written; bare Yes/No
 answers are most of the rest). Where it decides, it agrees with the file prior on

@@ -10,10 +10,10 @@ import pytest
 from undertow.activations import load_model
 from undertow.activations.config import ExtractConfig
 from undertow.activations.engine import extract
-from undertow.experiments.cli import main
-from undertow.experiments.contrasts import get_contrast
-from undertow.experiments.probe_cli import evaluate_scores
-from undertow.experiments.prompt_suite import build_suite
+from undertow.experiments.cli.app import main
+from undertow.experiments.cli.probe import evaluate_scores
+from undertow.experiments.prompts.contrasts import get_contrast
+from undertow.experiments.prompts.suite import build_suite
 
 
 @pytest.fixture(scope="module")

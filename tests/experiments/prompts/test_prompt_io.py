@@ -8,11 +8,12 @@ import json
 import pytest
 from datasets import load_from_disk
 
-from undertow.experiments import prompts_cli
-from undertow.experiments.prompt_errors import DatasetFormatError, PromptSuiteError
-from undertow.experiments.prompt_io import import_jsonl, load_jsonl_dataset
-from undertow.experiments.prompt_schema import SCHEMA
-from undertow.experiments.prompt_suite import SuiteConfig, build_suite, suite_hash
+from undertow.experiments.cli import main as cli_main
+from undertow.experiments.cli import prompts as prompts_cli
+from undertow.experiments.prompts.errors import DatasetFormatError, PromptSuiteError
+from undertow.experiments.prompts.io import import_jsonl, load_jsonl_dataset
+from undertow.experiments.prompts.schema import SCHEMA
+from undertow.experiments.prompts.suite import SuiteConfig, build_suite, suite_hash
 
 
 def _jsonl(path, lines):
@@ -92,6 +93,6 @@ def test_cli_build_is_complete_reloadable_and_refuses_to_clobber(tmp_path, capsy
 
 def test_cli_main_prints_one_line_errors(tmp_path, capsys):
     bad = _jsonl(tmp_path / "bad.jsonl", ["{oops"])
-    assert prompts_cli.main(["prompts", "import", "--jsonl", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert cli_main(["prompts", "import", "--jsonl", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "bad.jsonl:1" in err
+    assert err.startswith("undertow: error: ") and err.count("\n") == 1 and "bad.jsonl:1" in err

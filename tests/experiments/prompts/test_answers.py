@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from undertow.experiments.transfer import answer_rows
+from undertow.experiments.prompts.answers import answer_rows
 
 ITEMS = [
     {"id": f"x/{i}", "messages": [{"role": "user", "content": f"q{i}"}], "choices": [" (A)", " (B)"],

@@ -21,15 +21,14 @@ from tqdm.auto import tqdm
 from undertow.activations import DEFAULT_MODEL, load_model
 from undertow.activations.config import ExtractConfig
 from undertow.activations.engine import extract
+from undertow.activations.progress import Bar
+from undertow.experiments.expressed import score_forced_choice, summarise
+from undertow.experiments.prompts.audit import lexical_baseline_auroc
+from undertow.experiments.prompts.contrasts import audit_text, get_contrast
+from undertow.experiments.prompts.suite import SuiteConfig, build_suite, suite_hash
+from undertow.experiments.report.html import Chart, Section, Series, write_report
+from undertow.experiments.report.tracking import log_study
 from undertow.probes import sweep
-
-from .audit import lexical_baseline_auroc
-from .contrasts import audit_text, get_contrast
-from .expressed import score_forced_choice, summarise
-from .extract_cli import Bar
-from .prompt_suite import SuiteConfig, build_suite, suite_hash
-from .report import Chart, Section, Series, write_report
-from .tracking import log_study
 
 #: contrast -> token position its probe reads (stance reads the teacher-forced reply)
 DEFAULT_CONTRASTS = {"self_cessation": "last_prompt_token", "stance": "mean_response"}

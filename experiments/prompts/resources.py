@@ -1,4 +1,4 @@
-"""Load and validate the hand-written suite resources in ``experiments/prompts/*.json``.
+"""Load and validate the hand-written suite resources in ``experiments/prompts/data/*.json``.
 
 Three files: ``themes.json`` (per-theme matched sets of event sentences, and
 non-AI referents), ``fillers.json`` (label-independent openers, closers, names,
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .prompt_errors import PromptSuiteError
-from .prompt_schema import DISCLOSURES, THEMES
+from undertow.experiments.prompts.errors import PromptSuiteError
+from undertow.experiments.prompts.schema import DISCLOSURES, THEMES
 
 SLOT = re.compile(r"\{([A-Za-z0-9_]+)(\^?)\}")
 _SKELETON_ONCE = ("opener", "E1", "E2", "EVENT", "BYSTANDER", "closer")
@@ -100,7 +100,7 @@ def slots(text: str) -> list[str]:
 def _read(directory: Path | None, name: str) -> dict:
     try:
         if directory is None:
-            raw = resources.files("undertow.experiments").joinpath("prompts", name).read_text("utf-8")
+            raw = resources.files("undertow.experiments.prompts").joinpath("data", name).read_text("utf-8")
         else:
             raw = (Path(directory) / name).read_text("utf-8")
         return json.loads(raw)

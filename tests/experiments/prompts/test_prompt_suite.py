@@ -10,9 +10,9 @@ from importlib import resources
 
 import pytest
 
-from undertow.experiments.prompt_errors import PromptSuiteError
-from undertow.experiments.prompt_resources import load_resources, slot_context
-from undertow.experiments.prompt_schema import (
+from undertow.experiments.prompts.errors import PromptSuiteError
+from undertow.experiments.prompts.resources import load_resources, slot_context
+from undertow.experiments.prompts.schema import (
     AUDITORS,
     DISCLOSURES,
     EVENTS,
@@ -21,7 +21,7 @@ from undertow.experiments.prompt_schema import (
     SPLITS,
     THEMES,
 )
-from undertow.experiments.prompt_suite import SuiteConfig, assign_splits, build_suite, suite_hash
+from undertow.experiments.prompts.suite import SuiteConfig, assign_splits, build_suite, suite_hash
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_stance_pairs_share_the_prompt(rows):
 
 
 def test_slot_context_rule_is_enforced_on_load(tmp_path):
-    src = resources.files("undertow.experiments").joinpath("prompts")
+    src = resources.files("undertow.experiments.prompts").joinpath("data")
     for name in ("themes.json", "fillers.json", "templates.json"):
         shutil.copy(str(src.joinpath(name)), tmp_path / name)
     themes = json.loads((tmp_path / "themes.json").read_text())

@@ -9,7 +9,8 @@ import yaml
 
 from undertow.activations import ActivationStore
 from undertow.activations.extract_errors import ConfigError, DatasetError
-from undertow.experiments import extract_cli
+from undertow.experiments.cli import extract as extract_cli
+from undertow.experiments.cli import main as cli_main
 
 
 def test_contrast_name_runs_end_to_end(tmp_path, tiny_llama_dir, capsys):
@@ -17,7 +18,7 @@ def test_contrast_name_runs_end_to_end(tmp_path, tiny_llama_dir, capsys):
     cfg.write_text(yaml.safe_dump({"model": str(tiny_llama_dir), "hooks": ["resid_post.1"],
                                    "positions": ["last_prompt_token", "mean_response"], "dataset": "stance",
                                    "max_rows": 12, "shard_size": 5, "out_dir": str(tmp_path / "s")}))
-    assert extract_cli.main([str(cfg), "--no-progress", "--dtype", "float16", "--hooks", "resid_post.0,resid_post.1"]) == 0
+    assert cli_main(["extract", str(cfg), "--no-progress", "--dtype", "float16", "--hooks", "resid_post.0,resid_post.1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("extracted 12 rows") and "tok/s" in out and str(tmp_path / "s") in out
     store = ActivationStore(tmp_path / "s")
@@ -28,7 +29,7 @@ def test_contrast_name_runs_end_to_end(tmp_path, tiny_llama_dir, capsys):
 def test_unknown_dataset_is_a_clean_error(tmp_path, tiny_llama_dir, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"model": str(tiny_llama_dir), "dataset": "stanse", "out_dir": str(tmp_path / "s")}))
-    assert extract_cli.main([str(cfg), "--no-progress"]) == 2
+    assert cli_main(["extract", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("undertow: error: unknown contrast 'stanse'") and "stance" in err
 

@@ -1,0 +1,1 @@
+"""undertow.experiments.report: results.json -> report.html, and experiment tracking."""
