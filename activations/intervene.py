@@ -1,0 +1,177 @@
+"""Interventions on the residual stream through hooks on the real HF modules.
+
+- :func:`ablate_direction`: directional ablation (Arditi et al. 2024, "Refusal is
+  mediated by a single direction"): the unit direction ``d`` is projected out of
+  every decoder block's input (``resid_pre``) and out of what its attention and
+  MLP blocks add to the residual stream (``attn_out`` / ``mlp_out``, the sites of
+  ``hooks.py``: the post-norms' outputs in sandwich-norm Gemma, the raw
+  ``self_attn`` / ``mlp`` outputs in Llama). With every layer hooked the stream
+  never carries ``d``: ``x <- x - (x . d) d`` at each write, and the final norm
+  reads a stream orthogonal to ``d``.
+- :func:`add_direction`: activation addition, ``resid_post.layer <- resid_post.layer + v``
+  at every position (prompt and, under a KV cache, every new token).
+- :func:`kl_on_prompts`: mean next-token ``KL(clean || intervened)`` over the
+  real tokens of (neutral) prompts: the side-effect filter of EXPERIMENT.md
+  (``KL <= 0.1`` for an ablation direction to be admitted).
+
+Both context managers remove their hooks on exit, also when the body raises.
+They work on a plain HF model and on a peft-wrapped one (the hooks go on the
+base model's modules, which the LoRA layers live inside). No forward pass is
+reimplemented: the hooks edit tensors between the model's own modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+
+import torch
+from torch import Tensor, nn
+
+from .batching import pad_right
+from .handle import ModelHandle
+from .hooks import HookPoint, hf_site
+from .render import render_rows
+
+Intervention = Callable[[], AbstractContextManager]
+"""A zero-argument factory of a context manager that edits the forward pass while open,
+e.g. ``lambda: ablate_direction(handle, d)``."""
+
+
+def base_model(hf_model: nn.Module) -> nn.Module:
+    """The HF ``PreTrainedModel`` under a peft wrapper (LoRA layers are injected into its modules in
+    place, so hooks on it see the adapted model); ``hf_model`` itself when it is not wrapped."""
+    get = getattr(hf_model, "get_base_model", None)
+    return get() if callable(get) else hf_model
+
+
+def _unit(handle: ModelHandle, direction_D: Tensor) -> Tensor:
+    d = torch.as_tensor(direction_D).detach().to(device=handle.device, dtype=torch.float32).flatten()
+    if d.numel() != handle.d_model:
+        raise ValueError(f"direction has {d.numel()} elements but the model's d_model is {handle.d_model}")
+    norm = d.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise ValueError("direction must be a finite, non-zero vector")
+    return d / norm
+
+
+def _project_out(x: Tensor, d_D: Tensor) -> Tensor:
+    """``x - (x . d) d`` along the last dim; the dot product in fp32 (bf16 states keep ~1e-2 of ``d`` else)."""
+    xf = x.float()
+    return (xf - (xf @ d_D).unsqueeze(-1) * d_D).to(x.dtype)
+
+
+def _edit_output(fn: Callable[[Tensor], Tensor]):
+    """A forward hook applying ``fn`` to a module's output (the first element when it is a tuple)."""
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]), *output[1:])
+        return fn(output)
+    return hook
+
+
+def _edit_input(fn: Callable[[Tensor], Tensor]):
+    """A forward pre-hook (``with_kwargs=True``) applying ``fn`` to a decoder layer's hidden-state input."""
+    def hook(module, args, kwargs):
+        if args:
+            return (fn(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+    return hook
+
+
+@contextlib.contextmanager
+def _hooked(registrations: Sequence[Callable[[], torch.utils.hooks.RemovableHandle]]) -> Iterator[None]:
+    handles = []
+    try:
+        for register in registrations:
+            handles.append(register())
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _layer_range(handle: ModelHandle, layers: Sequence[int] | None) -> list[int]:
+    out = list(range(handle.n_layers)) if layers is None else [int(i) for i in layers]
+    bad = [i for i in out if not 0 <= i < handle.n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: this model has {handle.n_layers} layers (0-{handle.n_layers - 1})")
+    return out
+
+
+def ablate_direction(handle: ModelHandle, direction_D: Tensor, layers: Sequence[int] | None = None
+                     ) -> AbstractContextManager[None]:
+    """Directional ablation of ``direction_D`` (normalised here) while the context is open.
+
+    At each layer in ``layers`` (default: every layer): a forward pre-hook projects the direction out
+    of the block's input, and forward hooks project it out of the attention and MLP outputs that are
+    added to the residual stream. Hooks are removed on exit, also after an exception.
+
+    >>> with ablate_direction(h, d):
+    ...     logits = h.hf_model(input_ids=ids).logits
+    """
+    d_D = _unit(handle, direction_D)
+    model = base_model(handle.hf_model)
+    proj = lambda x: _project_out(x, d_D)  # noqa: E731
+    regs: list[Callable] = []
+    for layer in _layer_range(handle, layers):
+        block, _ = hf_site(model, HookPoint(layer, "resid_pre"))
+        regs.append(lambda m=block: m.register_forward_pre_hook(_edit_input(proj), with_kwargs=True))
+        for site in ("attn_out", "mlp_out"):
+            module, _ = hf_site(model, HookPoint(layer, site))
+            regs.append(lambda m=module: m.register_forward_hook(_edit_output(proj)))
+    return _hooked(regs)
+
+
+def add_direction(handle: ModelHandle, layer: int, vector_D: Tensor) -> AbstractContextManager[None]:
+    """Add ``vector_D`` (not normalised: its norm is the strength) to ``resid_post.{layer}`` at every position
+    while the context is open. A zero vector leaves the forward pass unchanged."""
+    (layer,) = _layer_range(handle, [layer])
+    v = torch.as_tensor(vector_D).detach().flatten()
+    if v.numel() != handle.d_model:
+        raise ValueError(f"vector has {v.numel()} elements but the model's d_model is {handle.d_model}")
+    v = v.to(device=handle.device, dtype=torch.float32)
+    block, _ = hf_site(base_model(handle.hf_model), HookPoint(layer, "resid_post"))
+    add = lambda x: (x.float() + v).to(x.dtype)  # noqa: E731
+    return _hooked([lambda: block.register_forward_hook(_edit_output(add))])
+
+
+@torch.inference_mode()
+def _next_token_logprobs(handle: ModelHandle, ids_BT: Tensor, mask_BT: Tensor) -> Tensor:
+    """Log-softmax of the full model's logits at every position, fp32 ``[B, T, V]`` (Gemma's softcap included:
+    the HF forward applies it)."""
+    logits = handle.hf_model(input_ids=ids_BT, attention_mask=mask_BT, use_cache=False).logits
+    return torch.log_softmax(logits.float(), -1)
+
+
+def kl_on_prompts(handle: ModelHandle, texts: Sequence[str], intervention: Intervention | None = None,
+                  batch_size: int = 4) -> float:
+    """Mean next-token ``KL(clean || intervened)`` in nats over every real (non-pad) token of ``texts``.
+
+    Each text is rendered as one user turn (the chat template where the tokenizer has one, else the plain
+    ``Human:/Assistant:`` format of ``render.py``), so the distributions are those the model has where it
+    is used. ``intervention`` is a factory of a context manager (``lambda: ablate_direction(h, d)``);
+    None gives 0. Batches are right-padded (positions of real tokens do not move) and length-sorted.
+    The full ``lm_head`` runs at every position here: KL needs the whole distribution. Memory is
+    ``batch_size x T x vocab`` fp32 twice (Gemma-3-270M, 4 x 64 tokens: 2 x 268 MB).
+    """
+    if not texts:
+        raise ValueError("kl_on_prompts needs at least one prompt")
+    if intervention is None:
+        return 0.0
+    rendered = render_rows(handle.tokenizer, [{"prompt": t} for t in texts])
+    order = sorted(range(len(rendered)), key=lambda i: rendered[i].n_tokens)
+    pad = handle.tokenizer.pad_token_id or 0
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        ids_BT, mask_BT = pad_right([rendered[i].ids for i in order[start:start + batch_size]], pad)
+        ids_BT, mask_BT = ids_BT.to(handle.device), mask_BT.to(handle.device)
+        clean = _next_token_logprobs(handle, ids_BT, mask_BT)
+        with intervention():
+            edited = _next_token_logprobs(handle, ids_BT, mask_BT)
+        kl_BT = (clean.exp() * (clean - edited)).sum(-1)
+        real = mask_BT.bool()
+        total += float(kl_BT[real].double().sum())
+        count += int(real.sum())
+    return total / count
