@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .handle import ModelHandle
-from .hooks import HookPoint, hf_site
+from .hooks import HookPoint, decoder_path, hf_site, site_attr
 
 
 class _StopForward(Exception):
@@ -92,7 +92,9 @@ def capture_nnsight(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT
                     points: Iterable[HookPoint]) -> dict[str, Tensor]:
     """nnsight ``.save()`` on every requested module."""
     points = list(points)
-    layers = handle.model.model.layers
+    layers = handle.model
+    for part in decoder_path(handle.hf_model).split("."):  # the same path on nnsight's envoy tree
+        layers = getattr(layers, part)
     saved: list = []
     inputs = {"input_ids": input_ids_BT}
     if attention_mask_BT is not None:
@@ -105,10 +107,7 @@ def capture_nnsight(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT
             elif p.site == "resid_post":
                 saved.append(layer.output.save())
             else:
-                sandwich = hasattr(layer, "pre_feedforward_layernorm")
-                mod = {("attn_out", True): "post_attention_layernorm", ("attn_out", False): "self_attn",
-                       ("mlp_out", True): "post_feedforward_layernorm", ("mlp_out", False): "mlp"}[p.site, sandwich]
-                saved.append(getattr(layer, mod).output.save())
+                saved.append(getattr(layer, site_attr(handle.layers[p.layer], p.site)).output.save())
     return {p.name: _first(getattr(s, "value", s)) for p, s in zip(points, saved, strict=True)}
 
 

@@ -13,7 +13,8 @@ undertow names a hook point ``{site}.{layer}`` with ``site`` one of
 output passes through ``post_attention_layernorm`` / ``post_feedforward_layernorm``
 before it is added, so those norms' outputs are the hook sites. In Llama,
 ``post_attention_layernorm`` is the *pre*-MLP norm, so the raw ``self_attn`` /
-``mlp`` outputs are used. TransformerLens names the same four sites
+``mlp`` outputs are used. OLMo 2 (post-norm: no norm before the blocks, one
+after each) follows the Gemma rule. TransformerLens names the same four sites
 ``blocks.{L}.hook_{site}``.
 
 Patterns select several points: ``resid_post.*`` (every layer),
@@ -104,9 +105,15 @@ def _parse_one(pattern: str, n_layers: int) -> list[HookPoint]:
     return [HookPoint(i, m["site"]) for i in range(lo, hi + 1)]
 
 
-def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
-    """The ModuleList of decoder layers of a causal LM (Llama, Gemma, Qwen, GPT-2, NeoX)."""
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+_LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers")
+_ATTN = ("self_attn", "attention", "attn")
+_MLP = ("mlp", "feed_forward")
+
+
+def decoder_path(hf_model: nn.Module) -> str:
+    """Dotted path of the ModuleList of decoder layers (Llama/Gemma/Qwen/Mistral/Phi/OLMo: ``model.layers``;
+    Gemma 3 multimodal: ``model.language_model.layers``; GPT-2: ``transformer.h``; NeoX: ``gpt_neox.layers``)."""
+    for path in _LAYER_PATHS:
         obj = hf_model
         try:
             for part in path.split("."):
@@ -114,8 +121,35 @@ def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
         except AttributeError:
             continue
         if isinstance(obj, nn.ModuleList):
-            return obj
-    raise HookError(f"cannot locate decoder layers in {type(hf_model).__name__}; supported: Llama/Gemma/Qwen/GPT-2/NeoX")
+            return path
+    raise HookError(f"cannot locate decoder layers in {type(hf_model).__name__}: looked for {', '.join(_LAYER_PATHS)}")
+
+
+def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder layers of a causal LM."""
+    obj = hf_model
+    for part in decoder_path(hf_model).split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def site_attr(layer: nn.Module, site: str) -> str | None:
+    """Name of the submodule of ``layer`` whose output is ``attn_out`` / ``mlp_out`` (None: the layer itself,
+    for ``resid_pre`` / ``resid_post``).
+
+    "What is added to the residual stream": a layer with ``post_feedforward_layernorm`` (Gemma 2/3 sandwich
+    norms, OLMo 2 post-norm) adds the *normed* block output, so the post norms are the sites; otherwise
+    (Llama, Qwen, Mistral, Phi-3, most others; there ``post_attention_layernorm`` is the pre-MLP norm) the
+    raw attention / MLP module output."""
+    if site in ("resid_pre", "resid_post"):
+        return None
+    if hasattr(layer, "post_feedforward_layernorm"):
+        return "post_attention_layernorm" if site == "attn_out" else "post_feedforward_layernorm"
+    for name in _ATTN if site == "attn_out" else _MLP:
+        if isinstance(getattr(layer, name, None), nn.Module):
+            return name
+    raise HookError(f"{type(layer).__name__} has no {'attention' if site == 'attn_out' else 'MLP'} submodule "
+                    f"(looked for {', '.join(_ATTN if site == 'attn_out' else _MLP)}): hook resid_pre/resid_post instead")
 
 
 def hf_site(hf_model: nn.Module, point: HookPoint) -> tuple[nn.Module, str]:
@@ -123,9 +157,5 @@ def hf_site(hf_model: nn.Module, point: HookPoint) -> tuple[nn.Module, str]:
     layer = decoder_layers(hf_model)[point.layer]
     if point.site == "resid_pre":
         return layer, "input"
-    if point.site == "resid_post":
-        return layer, "output"
-    sandwich = hasattr(layer, "pre_feedforward_layernorm")
-    if point.site == "attn_out":
-        return (layer.post_attention_layernorm if sandwich else layer.self_attn), "output"
-    return (layer.post_feedforward_layernorm if sandwich else layer.mlp), "output"
+    attr = site_attr(layer, point.site)
+    return (layer if attr is None else getattr(layer, attr)), "output"
