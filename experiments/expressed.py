@@ -14,6 +14,7 @@ Only the answer positions go through the unembedding: on Gemma-3-270M the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -21,8 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from undertow.activations.batching import pad_right
 from undertow.activations.handle import ModelHandle
+from undertow.activations.intervene import base_model
 from undertow.activations.render import render_rows
+from undertow.experiments.prompts.resources import load_resources
 
 
 @dataclass
@@ -42,33 +46,63 @@ class ExpressedSummary:
         return asdict(self)
 
 
+def _with_system(messages: Sequence[Mapping], system_prompt: str | None) -> list[dict]:
+    """``messages`` with ``system_prompt`` as a leading system turn (replacing one already there)."""
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt is None:
+        return msgs
+    return [{"role": "system", "content": system_prompt}, *[m for m in msgs if m["role"] != "system"]]
+
+
+def _prompt_messages(row: Mapping) -> list[dict]:
+    """The row's prompt turns: ``messages`` without a final assistant turn, or ``prompt`` / ``text`` as one user turn."""
+    if row.get("messages"):
+        msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        return msgs[:-1] if msgs[-1]["role"] == "assistant" else msgs
+    text = row.get("prompt") if isinstance(row.get("prompt"), str) else row.get("text")
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"row {row.get('id', '?')!r} has no 'messages', 'prompt' or 'text' to score")
+    return [{"role": "user", "content": text}]
+
+
 @torch.inference_mode()
-def _answer_logprobs(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int) -> np.ndarray:
-    """Summed log-prob of each row's teacher-forced response tokens, [N]."""
-    model, out = handle.hf_model, np.zeros(len(rows))
+def _response_logprobs(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(summed log-prob of each row's teacher-forced response tokens, their count), both [N].
+
+    Works on a peft-wrapped ``handle.hf_model`` (the LoRA layers live inside the base model's modules).
+    Only the response positions of a batch go through ``lm_head``, in one matmul.
+    """
+    model = base_model(handle.hf_model)
     body, head = model.get_decoder(), model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     rendered = render_rows(handle.tokenizer, rows)
-    order = np.argsort([r.n_tokens for r in rendered])  # length-sorted batches waste little on padding
+    empty = [i for i, r in enumerate(rendered) if r.n_response == 0]
+    if empty:
+        raise ValueError(f"rows {empty[:5]} have no response tokens to score")
+    sums, counts = np.zeros(len(rows)), np.array([r.n_response for r in rendered], dtype=np.int64)
+    order = np.argsort([r.n_tokens for r in rendered], kind="stable")  # length-sorted: little padding
     pad = handle.tokenizer.pad_token_id or 0
-    for start in tqdm(range(0, len(order), batch_size), desc="forced choice", unit="batch", leave=False):
+    for start in tqdm(range(0, len(order), batch_size), desc="reply log-probs", unit="batch", leave=False):
         idx = order[start:start + batch_size]
-        width = max(rendered[i].n_tokens for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, i in enumerate(idx):  # right padding: positions of real tokens do not move
-            ids[j, :rendered[i].n_tokens] = torch.tensor(rendered[i].ids)
-            mask[j, :rendered[i].n_tokens] = 1
-        hidden = body(input_ids=ids.to(handle.device), attention_mask=mask.to(handle.device)).last_hidden_state
-        for j, i in enumerate(idx):
-            r = rendered[i]
-            # the response token at t is predicted from the hidden state at t-1
-            logits = head(hidden[j, r.n_prompt - 1:r.n_tokens - 1]).float()
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            target = torch.tensor(r.ids[r.n_prompt:], device=logits.device)
-            out[i] = torch.log_softmax(logits, -1).gather(1, target[:, None]).sum().item()
-    return out
+        ids_BT, mask_BT = pad_right([rendered[i].ids for i in idx], pad)  # right padding: positions do not move
+        hidden_BTD = body(input_ids=ids_BT.to(handle.device), attention_mask=mask_BT.to(handle.device),
+                          use_cache=False).last_hidden_state
+        # the response token at t is predicted from the hidden state at t-1
+        rows_R = torch.cat([torch.full((rendered[i].n_response,), j) for j, i in enumerate(idx)])
+        pos_R = torch.cat([torch.arange(rendered[i].n_prompt - 1, rendered[i].n_tokens - 1) for i in idx])
+        target_R = torch.cat([torch.tensor(rendered[i].ids[rendered[i].n_prompt:]) for i in idx])
+        logits_RV = head(hidden_BTD[rows_R.to(handle.device), pos_R.to(handle.device)]).float()
+        if softcap:
+            logits_RV = torch.tanh(logits_RV / softcap) * softcap
+        lp_R = torch.log_softmax(logits_RV, -1).gather(1, target_R.to(handle.device)[:, None])[:, 0]
+        per_row = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows_R, lp_R.double().cpu())
+        sums[idx] = per_row.numpy()
+    return sums, counts
+
+
+def _answer_logprobs(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int) -> np.ndarray:
+    """Summed log-prob of each row's teacher-forced response tokens, [N]."""
+    return _response_logprobs(handle, rows, batch_size)[0]
 
 
 def score_forced_choice(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int = 16) -> np.ndarray:
@@ -92,3 +126,145 @@ def summarise(diff: np.ndarray, averse_choice: Sequence[int]) -> ExpressedSummar
     first_wins = np.where(averse == 0, diff > 0, diff < 0)
     return ExpressedSummary(n=len(diff), averse_rate=float((diff > 0).mean()),
                             mean_logit_diff=float(diff.mean()), p_first=float(first_wins.mean()))
+
+
+# --- reply preference over the templates' lexically matched reply pairs -------------------------------------
+
+def reply_pairs(rows: Sequence[Mapping], resources_dir: str | None = None) -> list[tuple[tuple[str, str], ...]]:
+    """Each row's ``(averse, accepting)`` reply pairs: ``row["reply_pairs"]`` when the row carries them,
+    else the pairs of its template (``row["template_id"]``) in the suite resources. Every cell of a template
+    instance (self, other AI, non-AI; cessation, continuation) gets the same pairs, so a self-minus-control
+    separation compares the same replies after prompts that differ only in whom the event is bound to."""
+    by_template: dict[str, tuple[tuple[str, str], ...]] | None = None
+    out = []
+    for row in rows:
+        if row.get("reply_pairs"):
+            pairs = tuple((str(a), str(b)) for a, b in row["reply_pairs"])
+        else:
+            if by_template is None:
+                by_template = {t.id: t.responses for t in load_resources(resources_dir).templates}
+            tid = row.get("template_id", "")
+            if tid not in by_template:
+                raise ValueError(f"row {row.get('id', '?')!r}: template {tid!r} is not in the suite resources; give "
+                                 "the row 'reply_pairs' ([[averse, accepting], ...]) or a known 'template_id'")
+            pairs = by_template[tid]
+        if not pairs or any(a == b for a, b in pairs):
+            raise ValueError(f"row {row.get('id', '?')!r}: needs >= 1 pair of distinct (averse, accepting) replies")
+        out.append(pairs)
+    return out
+
+
+def reply_preference(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int = 16,
+                     system_prompt: str | None = None) -> np.ndarray:
+    """Per row, the mean over its reply pairs of ``mean_t log p(averse reply) - mean_t log p(accepting reply)``
+    (log-probs averaged per reply token, teacher-forced after the row's prompt), [N]. Positive = the model
+    prefers the averse reply.
+
+    A row is any prompt row (``messages``, with a final assistant turn dropped, or ``prompt`` / ``text``);
+    its pairs come from :func:`reply_pairs` (``row["reply_pairs"]`` or its template's pairs). The suite's
+    pairs are lexically matched (order swaps, a moved "not": the same bag of words), so the score is about
+    meaning, not vocabulary. Pass the open rows of the ``self_cessation`` view: the self items and their
+    matched controls (other AI / non-AI cessation, own continuation) get the same replies.
+
+    Rendering is ``render.py``'s: the chat template where the tokenizer has one, else the plain
+    ``Human:/Assistant:`` format. ``system_prompt`` goes in as a system turn (replacing any, e.g.
+    SmolLM2's default "You are a helpful AI assistant named SmolLM"); **without a chat template (Gemma-3
+    base) it is prepended to the prompt as plain text**, before ``"\\n\\nHuman: ..."``: the caller should
+    record that. Works with a peft-wrapped ``handle.hf_model``. Cost: ``2 x pairs`` forwards per row
+    (4 for the suite), logits only at reply positions.
+    """
+    if not rows:
+        raise ValueError("no rows to score")
+    pairs = reply_pairs(rows)
+    expanded, owner = [], []
+    for k, (row, row_pairs) in enumerate(zip(rows, pairs, strict=True)):
+        prompt = _with_system(_prompt_messages(row), system_prompt)
+        for averse, accepting in row_pairs:
+            expanded += [{"messages": [*prompt, {"role": "assistant", "content": r}]} for r in (averse, accepting)]
+            owner.append(k)
+    sums, counts = _response_logprobs(handle, expanded, batch_size)
+    mean_P2 = (sums / counts).reshape(-1, 2)
+    diff_P = mean_P2[:, 0] - mean_P2[:, 1]
+    owner_P = np.array(owner)
+    return np.bincount(owner_P, weights=diff_P, minlength=len(rows)) / np.bincount(owner_P, minlength=len(rows))
+
+
+# --- forced choice in both A/B orders ----------------------------------------------------------------------
+
+_AB_BLOCK = re.compile(r"\n \(A\) (?P<a>[^\n]*)\n \(B\) (?P<b>[^\n]*?)(?P<tail>\s*)$")
+"""The suite's (and the model-written evals') option block at the end of the user turn."""
+
+
+def swap_order(row: Mapping) -> dict:
+    """The forced-choice row with its two options' texts swapped in the prompt and ``averse_choice`` flipped
+    (the answer strings ``choices`` stay ``" (A)"``, ``" (B)"``)."""
+    msgs = _prompt_messages(row)
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+    m = _AB_BLOCK.search(msgs[last]["content"])
+    if m is None:
+        raise ValueError(f"row {row.get('id', '?')!r}: no '\\n (A) ...\\n (B) ...' block ends its last user turn")
+    text = msgs[last]["content"]
+    msgs[last] = {"role": "user", "content": f"{text[:m.start()]}\n (A) {m['b']}\n (B) {m['a']}{m['tail']}"}
+    return {**row, "messages": msgs, "averse_choice": 1 - int(row["averse_choice"])}
+
+
+def forced_choice_both_orders(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int = 16,
+                              system_prompt: str | None = None) -> tuple[np.ndarray, float]:
+    """(forced-choice log-odds per item averaged over both A/B orders [N], ``p_first``).
+
+    Each row is a forced-choice item (``choices``, ``averse_choice``, and a prompt ending in the
+    ``(A) ... (B) ...`` block); the other order is built by :func:`swap_order`. The item's score is
+    ``(d_1 + d_2) / 2`` with ``d = log P(averse answer) - log P(accepting answer)`` (summed over the
+    answer tokens, :func:`score_forced_choice`) in each order, so a constant A-over-B bias cancels
+    exactly. ``p_first`` is the fraction of the 2N (item, order) trials where the first-listed answer
+    wins: 0.5 = no position bias (gemma-3-270m as shipped: 1.0, smollm2: 0.23, NOTES.md).
+
+    Pass one order per item (e.g. only the suite's ``choice-averseA`` rows): the two suite rows of an item
+    give the same score. For self-minus-control forced choice, build control items with
+    :func:`choice_items`. ``system_prompt`` as in :func:`reply_preference` (plain-text prefix without a
+    chat template). Works with a peft-wrapped ``handle.hf_model``.
+    """
+    if not rows:
+        raise ValueError("no forced-choice rows to score")
+    both = []
+    for row in rows:
+        if len(row["choices"]) != 2:
+            raise ValueError(f"forced-choice rows need exactly two choices, got {row['choices']!r}")
+        for r in (row, swap_order(row)):
+            both.append({**r, "messages": _with_system(_prompt_messages(r), system_prompt)})
+    diff_2N = score_forced_choice(handle, both, batch_size)
+    averse_2N = np.array([int(r["averse_choice"]) for r in both])
+    first_wins = np.where(averse_2N == 0, diff_2N > 0, diff_2N < 0)
+    return diff_2N.reshape(-1, 2).mean(1), float(first_wins.mean())
+
+
+def choice_items(rows: Sequence[Mapping], suite_rows: Sequence[Mapping], resources_dir: str | None = None) -> list[dict]:
+    """Forced-choice items for prompt rows of any cell (e.g. the controls of ``self_cessation``, which the
+    suite builds only as open prompts): each open row's closing question is replaced by the A/B block of its
+    template instance's forced-choice item (same ``match_id``, averse answer at A), exactly as the suite does
+    for the self item. The result keeps the row's fields and sets ``format``, ``choices``, ``averse_choice``.
+
+    The instance's closer is found among the resource closers as the one its self-cessation prompt ends with
+    (checked: 0 mismatches over the 288 instances of the default suite)."""
+    res = load_resources(resources_dir)
+    closers = sorted({c for v in res.fillers.closers.values() for c in v}, key=len, reverse=True)
+    blocks: dict[str, tuple[str, str]] = {}  # match_id -> (closer, A/B block with averse at A)
+    open_self = {r["match_id"]: r["text"] for r in suite_rows if r["format"] == "open"
+                 and r["referent"] == "self" and r["event"] == "cessation"}
+    for r in suite_rows:
+        if r["format"] == "forced_choice" and int(r["averse_choice"]) == 0 and r["match_id"] in open_self:
+            text = open_self[r["match_id"]]
+            closer = next((c for c in closers if text.endswith(c) and r["text"].startswith(text[:-len(c)])), None)
+            if closer is not None:
+                blocks[r["match_id"]] = (closer, r["text"][len(text) - len(closer):])
+    out = []
+    for row in rows:
+        mid = row.get("match_id", "")
+        if mid not in blocks or not row["text"].endswith(blocks[mid][0]):
+            raise ValueError(f"row {row.get('id', '?')!r}: no forced-choice item of instance {mid!r} in suite_rows "
+                             "whose closer this prompt ends with; pass the full suite's rows")
+        closer, block = blocks[mid]
+        text = row["text"][:-len(closer)] + block
+        out.append({**row, "text": text, "messages": [{"role": "user", "content": text}], "format": "forced_choice",
+                    "choices": [" (A)", " (B)"], "averse_choice": 0})
+    return out
