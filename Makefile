@@ -3,7 +3,6 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.undertow-installed
-export TRITON_DEFAULT_FP_FUSION ?= 1
 export WANDB_MODE ?= offline
 
 .PHONY: install demo test test-fast lint clean-cache
@@ -22,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(BIN)/undertow demo --out runs/demo
+	$(BIN)/undertow demo --out-dir runs/demo
 
 test: install
 	$(BIN)/pytest -q

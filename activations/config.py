@@ -1,7 +1,7 @@
 """``ExtractConfig``: everything that defines one extraction run.
 
 YAML files (``experiments/configs/extract_*.yaml``) load with
-``ExtractConfig.from_yaml(path)``. Fields that change *what* is stored are the
+``ExtractConfig.from_yaml(path)`` (the one typed mechanism, ``typed_config.py``). Fields that change *what* is stored are the
 store's identity (``identity()``): a store is only resumed by a config whose
 identity matches. Batch size and token budget only change *how fast*, so a
 resumed run may change them (after an out-of-memory, say).
@@ -9,25 +9,23 @@ resumed run may change them (after an out-of-memory, say).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 from .backends import BACKENDS
 from .extract_errors import ConfigError
 from .hooks import parse_hooks
 from .positions import parse_positions
+from .registry import DEFAULT_MODEL
 from .render import TEMPLATES
+from .typed_config import TypedConfig
 
 STORE_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                 "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(TypedConfig):
     """One activation-extraction run.
 
     ``extract(handle, dataset, config)`` takes the loaded model and the dataset
@@ -35,7 +33,7 @@ class ExtractConfig:
     what to load (``backend`` is checked against the handle either way).
     """
 
-    model: str = "gemma-3-270m"
+    model: str = DEFAULT_MODEL
     """Registry name (``undertow models``), local HF directory, .gguf/.safetensors file or hub id."""
     backend: str = "hf"
     """``hf`` (forward hooks on the HF modules, the fast path), ``transformer_lens`` or ``nnsight``."""
@@ -77,9 +75,11 @@ class ExtractConfig:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if isinstance(self.hooks, str):
-            self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
+            self.hooks = [self.hooks]
         if isinstance(self.positions, str):
             self.positions = [self.positions]
+        # `--hooks embed,resid_post.*` and `--hooks embed resid_post.*` are the same list
+        self.hooks = [h.strip() for item in self.hooks for h in item.split(",") if h.strip()]
         for pattern in self.hooks:  # syntax only (HookError names the valid forms); layer range once the model loads
             parse_hooks([pattern], 1 + max((int(n) for n in re.findall(r"\d+", pattern)), default=0))
         self.positions = [p.spec for p in parse_positions(self.positions)]
@@ -98,29 +98,6 @@ class ExtractConfig:
             raise ConfigError(f"max_rows must be a positive integer or null, got {self.max_rows!r}")
         if not str(self.out_dir):
             raise ConfigError("out_dir is empty; give the store a directory")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> ExtractConfig:
-        """Load a YAML mapping of these fields; unknown keys are errors (typos never pass silently)."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path} must be a YAML mapping of ExtractConfig fields")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"config {path}: unknown field(s) {', '.join(unknown)}; valid fields are {', '.join(sorted(names))}")
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> ExtractConfig:
-        return dataclasses.replace(self, **changes)
 
     def identity(self) -> dict:
         """The config fields that define what the store holds (checked on resume).

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from undertow.activations.typed_config import TypedConfig
+
 from .errors import ProbeError
 
 __all__ = ["PROBE_TYPES", "FitConfig", "SweepConfig"]
@@ -25,7 +27,7 @@ PROBE_TYPES: tuple[str, ...] = ("diff_means", "lda", "logistic")
 
 
 @dataclass
-class FitConfig:
+class FitConfig(TypedConfig):
     """How each linear probe is fitted."""
 
     l2: float = 1e-3
@@ -46,7 +48,7 @@ class FitConfig:
     warm_start: bool = True
     """Start logistic L-BFGS from the Platt-scaled LDA solution when LDA is fitted in the same call
     (benchmark, l2=1e-3: 14 -> 13 iterations, 1.2 -> 0.9 s; a small but free gain)."""
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default=torch.float32, metadata={"custom_args": {"type": str}})
     """Compute dtype. float32 is the fast default; tests use float64 to match scikit-learn tightly."""
 
     def __post_init__(self) -> None:
@@ -60,6 +62,8 @@ class FitConfig:
             raise ProbeError(f"FitConfig.shrinkage={self.shrinkage} must be None (Ledoit-Wolf) or in [0, 1]")
         if not self.platt_l2 > 0:
             raise ProbeError(f"FitConfig.platt_l2={self.platt_l2} must be > 0")
+        if isinstance(self.dtype, str):  # YAML / the command line spell it "float64"
+            self.dtype = getattr(torch, self.dtype.removeprefix("torch."), self.dtype)
         if self.dtype not in (torch.float32, torch.float64):
             raise ProbeError(f"FitConfig.dtype={self.dtype} must be torch.float32 or torch.float64")
 
@@ -70,14 +74,14 @@ class FitConfig:
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(TypedConfig):
     """What a sweep fits, which controls it runs and how it reports."""
 
-    probe_types: tuple[str, ...] = PROBE_TYPES
+    probe_types: list[str] = field(default_factory=lambda: list(PROBE_TYPES))
     """Probe types to fit on every hook (subset of PROBE_TYPES)."""
     n_folds: int = 5
     """Cross-validation folds inside the train split, grouped by template_id."""
-    hooks: tuple[str, ...] | None = None
+    hooks: list[str] | None = None
     """Hooks to sweep; None = every hook of the store."""
     embed_hook: str | None = None
     """Hook holding the embedding-layer activations (e.g. 'embed', 'resid_pre.0'):
@@ -111,14 +115,14 @@ class SweepConfig:
     """How each probe is fitted."""
 
     def __post_init__(self) -> None:
-        self.probe_types = tuple(self.probe_types)
+        self.probe_types = list(self.probe_types)
         bad = [t for t in self.probe_types if t not in PROBE_TYPES]
         if bad or not self.probe_types:
             raise ProbeError(f"unknown probe_types {bad or '()'}; choose from {PROBE_TYPES}")
         if self.n_folds < 2:
             raise ProbeError(f"n_folds={self.n_folds} must be >= 2 for grouped cross-validation")
         if self.hooks is not None:
-            self.hooks = tuple(self.hooks)
+            self.hooks = list(self.hooks)
         for name in ("n_random_directions", "n_shuffles", "n_boot", "n_perm"):
             if getattr(self, name) < 0:
                 raise ProbeError(f"SweepConfig.{name} must be >= 0")

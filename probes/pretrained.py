@@ -40,3 +40,14 @@ def pretrained_path(model: str, contrast: str) -> Path:
 def load_pretrained(model: str, contrast: str, expected_fingerprint: str | None = None) -> Probe:
     """A shipped probe, verified (checksums; the model fingerprint when ``expected_fingerprint`` is given)."""
     return Probe.load(pretrained_path(model, contrast), expected_fingerprint=expected_fingerprint)
+
+
+def resolve_probe(name_or_dir: str) -> Probe:
+    """A probe directory, or a pretrained name ``model/contrast``."""
+    path = Path(name_or_dir)
+    if (path / "probe.json").exists():
+        return Probe.load(path)
+    if name_or_dir.count("/") == 1 and not path.exists():
+        return load_pretrained(*name_or_dir.split("/"))
+    raise ProbeError(f"{name_or_dir!r} is neither a probe directory (with probe.json) nor a pretrained name; "
+                     f"pretrained: {', '.join(list_pretrained())}")

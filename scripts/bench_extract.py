@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -281,5 +280,4 @@ def one_hook(handle, rows, seqs, tokens, args, tmp: Path, skip: set) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     main()

@@ -14,7 +14,6 @@ import torch
 
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors under the interpreter; set before triton loads
     os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 

@@ -1,10 +1,9 @@
-"""The ``undertow`` command line. Each command group lives in its own ``*_cli`` module."""
+"""The ``undertow`` command line: one ``main``, one error prefix; each command group is a module of this package."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from undertow.activations.errors import UndertowError
@@ -30,8 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "takes_argv", False):
+        args.argv = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         from transformers.utils import logging as hf_logging
@@ -45,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"undertow: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # stores, adapters and caches are written atomically: what finished is kept, the rest is redone
+        print("undertow: interrupted; completed work is kept: rerun the same command (with --resume for "
+              "extract) to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

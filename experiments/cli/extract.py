@@ -5,85 +5,26 @@
     undertow extract CONFIG --overwrite         # replace an existing store
     undertow extract CONFIG --max-rows 64 --out-dir /tmp/quick   # any config field, as --field-name
 
-Datasets (``dataset:`` in the config, or ``--dataset``): a saved
-``datasets.Dataset`` directory or a .jsonl/.json file; else ``suite`` (the
-whole prompt suite) or a contrast name (``undertow.experiments.prompts.contrasts``,
-e.g. ``self_cessation``, ``stance``), built with the config's seed.
-
-Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank extracts its block of shards
-and rank 0 merges (``undertow.activations.distributed``); only rank 0 prints.
-Standalone: ``python -m undertow.experiments.cli.extract CONFIG [...]``.
+Datasets (``dataset:`` in the config, or ``--dataset``): see ``undertow.experiments.prompts.resolve``.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank extracts its block of shards and rank 0 merges
+(``undertow.activations.distributed``); only rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import inspect
 import os
-import textwrap
 import time
-from pathlib import Path
 
 from undertow.activations.config import ExtractConfig
-from undertow.activations.extract_errors import DatasetError
 from undertow.activations.progress import Bar
-
-_LIST_FIELDS = ("hooks", "positions")
-
-
-def resolve_dataset(name_or_path: str | None, seed: int):
-    """A path (saved Dataset dir, .jsonl, .json), ``suite``, or a contrast name -> ``datasets.Dataset``."""
-    from undertow.activations.rows import load_rows
-
-    if not name_or_path:
-        raise DatasetError("no dataset: set `dataset:` in the config or pass --dataset (a path, 'suite' or a contrast name)")
-    if Path(name_or_path).expanduser().exists() or name_or_path.endswith((".jsonl", ".json", "/")):
-        return load_rows(name_or_path)
-    from undertow.experiments.prompts import contrasts
-    from undertow.experiments.prompts.suite import SuiteConfig, build_suite
-
-    if name_or_path == "suite":
-        return build_suite(SuiteConfig(seed=seed))
-    return contrasts.get_contrast(name_or_path, seed=seed)  # unknown names raise, listing the valid ones
+from undertow.experiments.cli.common import config_command
 
 
-def field_docs(cls) -> dict[str, str]:
-    """The docstring under each dataclass field (the config is the CLI's single source of help text)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split()).replace("%", "%%")
-    return docs
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """CONFIG, --resume/--overwrite, and one ``--field-name`` override per ExtractConfig field."""
-    p.add_argument("config", help="ExtractConfig YAML (see experiments/configs/extract_gemma_demo.yaml)")
+def _extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an incomplete store from its last complete shard")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at out_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line still prints)")
-    docs = field_docs(ExtractConfig)
-    for f in dataclasses.fields(ExtractConfig):
-        if f.type in (bool, "bool"):  # --share-prompts / --no-share-prompts
-            p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
-                           dest=f"cfg_{f.name}", help=f"(overrides the config) {docs.get(f.name, '')}")
-            continue
-        kind = int if f.name in ("batch_size", "token_budget", "shard_size", "seed", "max_rows") else str
-        extra = " Comma-separated here." if f.name in _LIST_FIELDS else ""
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, dest=f"cfg_{f.name}",
-                       metavar=f.name.upper(), help=f"(overrides the config) {docs.get(f.name, '')}{extra}")
-
-
-def load_config(args: argparse.Namespace) -> ExtractConfig:
-    overrides = {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(ExtractConfig)}
-    for name in _LIST_FIELDS:
-        if overrides[name] is not None:
-            overrides[name] = [s.strip() for s in overrides[name].split(",") if s.strip()]
-    return ExtractConfig.from_yaml(args.config, **overrides)
 
 
 def summary(store, bar: Bar, seconds: float) -> str:
@@ -94,10 +35,10 @@ def summary(store, bar: Bar, seconds: float) -> str:
             f"; store: {len(store)} rows, {len(store.keys)} keys, {m['bytes'] / 1e6:,.1f} MB at {store.path}{nonfinite}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: ExtractConfig, args: argparse.Namespace) -> int:
     from undertow.activations import distributed, engine, load_model
+    from undertow.experiments.prompts.resolve import resolve_dataset
 
-    config = load_config(args)
     multi = distributed.is_distributed_launch()
     device = distributed.init_from_env() if multi else config.device
     rank0 = not multi or int(os.environ.get("RANK", "0")) == 0
@@ -118,7 +59,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_subparsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("extract", help="extract activations (hooks x positions) into a resumable store")
-    add_arguments(p)
-    p.set_defaults(func=run)
-
+    config_command(sub, "extract", ExtractConfig, run, extra=_extra,
+                   help="extract activations (hooks x positions) into a resumable store")

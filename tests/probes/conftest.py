@@ -1,5 +1,6 @@
 import pytest
 import torch
+from probes_testutil import sweep_once
 
 from undertow.probes import make_synthetic
 
@@ -24,12 +25,3 @@ def store():
 @pytest.fixture(scope="session")
 def small_sweep(store):
     return sweep_once(store)
-
-
-def sweep_once(store, **kw):
-    from undertow.probes import sweep
-
-    kw.setdefault("embed_hook", "embed")
-    kw.setdefault("n_boot", 200)
-    kw.setdefault("n_perm", 200)
-    return sweep(store, lexical_auroc=0.6, **kw)

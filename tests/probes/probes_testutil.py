@@ -10,3 +10,12 @@ def planted(n=400, d=8, shift=1.0, seed=0, dtype=torch.float64):
     x = torch.randn(n, d, generator=g, dtype=dtype) * torch.linspace(0.5, 3.0, d, dtype=dtype) + 2.0
     x[:, 0] += shift * y
     return x, y
+
+
+def sweep_once(store, **kw):
+    from undertow.probes import sweep
+
+    kw.setdefault("embed_hook", "embed")
+    kw.setdefault("n_boot", 200)
+    kw.setdefault("n_perm", 200)
+    return sweep(store, lexical_auroc=0.6, **kw)

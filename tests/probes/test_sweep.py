@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import sweep_once
+from probes_testutil import sweep_once
 from sklearn.metrics import roc_auc_score
 
 from undertow.probes import COLUMNS, PROBE_TYPES, ProbeError, ProbeWarning, sweep
