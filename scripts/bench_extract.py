@@ -58,6 +58,7 @@ import torch
 
 from undertow.activations import ExtractConfig, capture, extract, load_model, render_rows
 from undertow.activations.batching import bucket_batches, pad_right
+from undertow.activations.provenance import bench_record
 from undertow.activations.shared_prompts import group_by_prompt
 
 MODEL = "gemma-3-270m"
@@ -184,8 +185,14 @@ def rss_compare(args) -> None:
           f"({peaks[4096] / peaks[512]:.3f}x; goal <= 1.10x)")
 
 
+#: every figure printed, in order: written to scripts/results/bench_extract.json at the end
+FIGURES: dict[str, dict] = {}
+
+
 def report(name: str, seconds: float, tokens: int, ref: float | None) -> float:
     rate = tokens / seconds
+    FIGURES[name.strip()] = {"tok_per_s": round(rate, 1), "vs_bare": None if not ref else round(rate / ref, 3),
+                             "seconds": round(seconds, 3), "tokens": tokens}
     print(f"{name:<34} {rate:9.0f} tok/s" + (f"   {rate / ref:5.2f}x bare packed" if ref else ""), flush=True)
     return rate
 
@@ -216,6 +223,7 @@ def main() -> None:
     run_all(args, skip)
     if "rss" not in skip:
         rss_compare(args)
+    print(f"record: {bench_record('bench_extract', FIGURES, vars(args))}")
 
 
 def run_all(args, skip: set) -> None:

@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from undertow.activations.provenance import bench_record
 from undertow.probes import make_synthetic, sweep
 
 
@@ -79,6 +80,10 @@ def main() -> None:
     print(f"SWEEP TIME min {total:.2f} s, median {times[len(times) // 2]:.2f} s over {len(times)} run(s), for {args.rows} rows x {n_hooks} hooks x {args.d_model} dims x "
           f"{len(result.probe_types)} probe types x 5 folds (+ final, shuffle, baselines); "
           f"threads={torch.get_num_threads()}, device={args.device or 'cpu'}")
+    figures = {"sweep_seconds_min": round(total, 3), "sweep_seconds_median": round(times[len(times) // 2], 3),
+               "rows": args.rows, "hooks": n_hooks, "d_model": args.d_model, "probe_types": len(result.probe_types),
+               "timings": {k: round(v, 3) for k, v in result.timings.items()}}
+    print(f"record: {bench_record('bench_probe_sweep', figures, vars(args))}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,6 @@
 """``undertow prompts ...``: build, audit and inspect the cessation prompt suites.
 
-The lead CLI calls ``add_subparsers(subparsers)``; every leaf parser sets
-``func`` to a handler ``(args) -> int`` (exit code). Standalone:
-``python -m undertow.experiments.cli.prompts prompts build --out DIR``.
+``build`` takes every ``SuiteConfig`` field as a flag (``--seed``, ``--instances-per-template``...).
 
 Subcommands:
   build   write the suite, every contrast view (Arrow + JSONL) and manifest.json
@@ -17,6 +15,7 @@ import argparse
 import json
 from dataclasses import asdict
 
+from undertow.experiments.cli.common import config_command
 from undertow.experiments.prompts.audit import LexicalBaselineConfig, audit_contrasts, format_audit_table
 from undertow.experiments.prompts.contrasts import CONTRASTS, get_contrast
 from undertow.experiments.prompts.errors import PromptSuiteError
@@ -38,8 +37,7 @@ def format_counts(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def _build(args: argparse.Namespace) -> int:
-    config = SuiteConfig(seed=args.seed, instances_per_template=args.instances_per_template)
+def _build(config: SuiteConfig, args: argparse.Namespace) -> int:
     suite = build_suite(config)
     if len(suite) < args.min_items:
         raise PromptSuiteError(f"the suite has {len(suite)} rows, fewer than --min-items {args.min_items}; "
@@ -71,19 +69,19 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--min-items", type=int, default=3000, help="fail if the suite has fewer rows")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
 def add_subparsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``prompts`` (with build / audit / mwe / import) on an existing subparsers object."""
     prompts = subparsers.add_parser("prompts", help="cessation prompt suites, contrasts and their lexical audit")
     sub = prompts.add_subparsers(dest="prompts_command", required=True)
 
-    build = sub.add_parser("build", help="write the suite, its contrast views and manifest.json")
-    build.add_argument("--out", required=True, help="output directory (written atomically)")
-    build.add_argument("--seed", type=int, default=0, help="filler seed (splits do not depend on it)")
-    build.add_argument("--min-items", type=int, default=3000, help="fail if the suite has fewer rows")
-    build.add_argument("--instances-per-template", type=int, default=SuiteConfig.instances_per_template,
-                       help="filler draws per template (15 rows each)")
-    build.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    build.set_defaults(func=_build)
+    config_command(sub, "build", SuiteConfig, _build, config_arg="optional", extra=_build_args,
+                   prog="undertow prompts build", help="write the suite, its contrast views and manifest.json")
 
     audit = sub.add_parser("audit", help="lexical-baseline AUROC of every contrast (grouped by template)")
     audit.add_argument("--seed", type=int, default=0)

@@ -39,6 +39,7 @@ from functools import lru_cache
 
 from datasets import Dataset
 
+from undertow.activations.typed_config import TypedConfig
 from undertow.experiments.prompts.errors import PromptSuiteError
 from undertow.experiments.prompts.resources import Resources, Template, load_resources, render
 from undertow.experiments.prompts.schema import (
@@ -53,7 +54,7 @@ from undertow.experiments.prompts.schema import (
 
 
 @dataclass(frozen=True)
-class SuiteConfig:
+class SuiteConfig(TypedConfig):
     """How to build the suite."""
 
     seed: int = 0

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 from datasets import load_from_disk
 
 from undertow.experiments.cli import main as cli_main
-from undertow.experiments.cli import prompts as prompts_cli
 from undertow.experiments.prompts.errors import DatasetFormatError, PromptSuiteError
 from undertow.experiments.prompts.io import import_jsonl, load_jsonl_dataset
 from undertow.experiments.prompts.schema import SCHEMA
@@ -63,10 +61,7 @@ def test_import_jsonl_writes_a_loadable_dataset(tmp_path):
 
 
 def _run(argv):
-    parser = argparse.ArgumentParser()
-    prompts_cli.add_subparsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return cli_main(["--verbose", *argv])  # --verbose re-raises the project's errors instead of printing them
 
 
 def test_cli_build_is_complete_reloadable_and_refuses_to_clobber(tmp_path, capsys):
