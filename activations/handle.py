@@ -74,7 +74,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         device = os.environ.get("UNDERTOW_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {device!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device} requested but CUDA is not available here: use device='cpu'")
     return device
@@ -85,17 +88,20 @@ def load_model(
     backend: str = "hf",
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
+    allow_pickle: bool | None = None,
 ) -> ModelHandle:
     """Load a registry model, local checkpoint or hub id on one backend.
 
     >>> h = load_model("gemma-3-270m", backend="transformer_lens")
     >>> h.n_layers, h.d_model, h.hooks("resid_post.*")[:2]
+
+    ``allow_pickle``: also load ``pytorch_model.bin`` weights (pickles; None reads ``UNDERTOW_ALLOW_PICKLE``).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        raise DeviceError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    loaded = load_hf(name_or_path, dtype)
+    loaded = load_hf(name_or_path, dtype, allow_pickle)
     hf_model = loaded.hf_model.to(device).eval()
     cfg = hf_model.config
     model: Any = hf_model

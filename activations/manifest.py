@@ -25,8 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from .extract_errors import StoreError
+from .manifest_schema import check_manifest
 from .stats import Moments
 from .store_io import atomic_write, sha256_bytes
+from .validate import load_json
 
 FORMAT = "undertow.activations.store/1"
 MANIFEST = "manifest.json"
@@ -35,13 +37,11 @@ MAX_LISTED_ROWS = 100
 """At most this many row indices are listed per key for non-finite values."""
 
 
-def read_manifest(path: Path) -> dict | None:
+def read_manifest(path: Path) -> object | None:
+    """The parsed JSON at ``path`` (any shape: the caller checks it), or None when there is no file."""
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise StoreError(f"{path} is unreadable ({e}); restore it or start over with --overwrite") from None
+    return load_json(path, StoreError, "restore it, or delete the store directory and extract again")
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
@@ -49,10 +49,8 @@ def write_manifest(path: Path, manifest: dict) -> None:
 
 
 def check_identity(existing: dict, identity: dict, out_dir: Path) -> None:
-    """Refuse to resume into a store made for something else, naming the first differing field."""
-    if existing.get("format") != FORMAT:
-        raise StoreError(f"{out_dir} holds a store of format {existing.get('format')!r}, not {FORMAT}; "
-                         "use --overwrite or another out_dir")
+    """Refuse to resume into a store made for something else, naming the first differing field
+    (the caller has checked it is an undertow store: ``ownership.is_store_manifest``)."""
     have = existing.get("identity", {})
     for field in sorted(set(have) | set(identity)):
         if have.get(field) != identity.get(field):
@@ -71,11 +69,14 @@ def _files_ok(out_dir: Path, entry: dict) -> bool:
 
 
 def completed_shards(out_dir: Path) -> dict[int, dict]:
-    """Shards listed in ``manifest.json`` or any rank part whose files are all present at the listed size."""
+    """Shards listed in ``manifest.json`` or any rank part whose files are all present at the listed size
+    (a deleted or truncated file drops its shard, so ``--resume`` re-extracts it)."""
     done: dict[int, dict] = {}
     for path in [out_dir / MANIFEST, *sorted(out_dir.glob("manifest.rank*.json"))]:
         m = read_manifest(path)
-        for entry in (m or {}).get("shards", []):
+        if m is None:
+            continue
+        for entry in check_manifest(m, path)["shards"]:
             if _files_ok(out_dir, entry):
                 done[entry["index"]] = entry
     return done

@@ -25,14 +25,11 @@ from pathlib import Path
 
 import torch
 
+from .digests import cache_root, file_digest
 from .errors import ModelLoadError, ModelNotFoundError, OfflineError
 from .fingerprint import fingerprint
+from .model_dir import check_model_dir
 from .registry import EMBEDDED, unknown_model
-from .store_io import sha256_file
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("UNDERTOW_CACHE", Path.home() / ".cache" / "undertow"))
 
 
 @dataclass
@@ -46,20 +43,28 @@ class Loaded:
     """Human-readable description of where the weights came from."""
 
 
-def load_hf(name_or_path: str | os.PathLike, dtype: torch.dtype) -> Loaded:
-    """Load the HF model and tokenizer for any supported source (see module doc)."""
+def load_hf(name_or_path: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool | None = None) -> Loaded:
+    """Load the HF model and tokenizer for any supported source (see module doc).
+
+    Weights load from safetensors only: a ``pytorch_model.bin`` is a pickle that can run code when loaded.
+    ``allow_pickle=True`` (or ``UNDERTOW_ALLOW_PICKLE=1``; None reads it) opts in for a file you trust."""
     name = str(name_or_path)
+    if allow_pickle is None:
+        allow_pickle = os.environ.get("UNDERTOW_ALLOW_PICKLE", "0") not in ("0", "", "false")
     if name in EMBEDDED:
         gguf = EMBEDDED[name].locate()
         return _load_gguf(gguf, dtype, label=f"{EMBEDDED[name].package} ({gguf.name})")
     path = Path(name).expanduser()
     if path.exists():
+        if path.suffix in (".gguf", ".safetensors") and not path.is_file():
+            raise ModelNotFoundError(f"{path} is a directory, not a {path.suffix} file: pass the weight file itself, "
+                                     "or an HF model directory (config.json + *.safetensors)")
         if path.suffix == ".gguf":
             return _load_gguf(path, dtype, label=str(path))
         if path.suffix == ".safetensors":
-            return _load_dir(path.parent, dtype, label=str(path))
+            return _load_dir(path.parent, dtype, label=str(path), allow_pickle=allow_pickle)
         if (path / "config.json").exists():
-            return _load_dir(path, dtype, label=str(path))
+            return _load_dir(path, dtype, label=str(path), allow_pickle=allow_pickle)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return _load_gguf(ggufs[0], dtype, label=str(ggufs[0]))
@@ -83,31 +88,12 @@ def _strip_quantization(model: torch.nn.Module) -> None:
                 pass
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a weight file, memoised by (realpath, size, mtime) in the cache.
-
-    Hashing the 250 MB Gemma GGUF costs ~0.7 s on this CPU; the memo makes repeat
-    loads skip it (a changed file changes size or mtime and is hashed again).
-    """
-    index_path = cache_root() / "digests.json"
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, ValueError):
-        index = {}
-    if key not in index:
-        index[key] = sha256_file(path)
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        os.replace(tmp, index_path)
-    return index[key]
-
-
 def _check_gguf_header(path: Path) -> None:
-    with path.open("rb") as f:
-        magic = f.read(4)
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path} ({e.strerror or e}); check the path and its permissions") from None
     if magic != b"GGUF":
         raise ModelLoadError(f"{path} is not a GGUF file (magic {magic!r}); re-download or reinstall it")
 
@@ -149,20 +135,25 @@ def _dequantize_to(path: Path, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_dir(path: Path, dtype: torch.dtype, label: str, known_fingerprint: str | None = None) -> Loaded:
+def _load_dir(path: Path, dtype: torch.dtype, label: str, known_fingerprint: str | None = None,
+              allow_pickle: bool = False) -> Loaded:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_dir(path, allow_pickle)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as e:
-        reason = str(e).strip().splitlines()[0][:160]
-        raise ModelLoadError(f"cannot load model from {path}: {reason}") from None
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=None if allow_pickle else True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types on a bad directory
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        if "weights_only" in reason:  # torch's advice to unpickle is not ours to give
+            reason = "torch refused to unpickle the weights"
+        raise ModelLoadError(f"cannot load model from {path}: {reason}; check config.json and the weight files") from None
     _strip_quantization(model)
     model.eval()
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path} has no usable tokenizer ({str(e).splitlines()[0][:120]}); save one beside the weights") from None
+    except Exception as e:  # noqa: BLE001 - tokenizer loaders raise many types on bad files
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ModelLoadError(f"{path} has no usable tokenizer ({reason}); save one beside the weights") from None
     fp = known_fingerprint or fingerprint(model)
     return Loaded(model, tok, fp, label)
 

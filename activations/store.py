@@ -26,7 +26,9 @@ from safetensors.torch import load_file
 from .extract_errors import StoreError
 from .lazy import LazyActs
 from .manifest import MANIFEST, read_manifest
-from .store_io import sha256_file
+from .manifest_schema import check_manifest
+from .ownership import is_store_manifest
+from .verify import StoreFiles, StoreReport, repair_hint, verify_store
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -35,15 +37,27 @@ class ActivationStore:
     """A finished (or, with ``allow_incomplete``, partial) activation store."""
 
     def __init__(self, path: str | Path, allow_incomplete: bool = False):
+        """Open the store at ``path``: the manifest's fields are type-checked, every listed file must sit inside
+        the store at its listed size with the safetensors header the manifest implies (``verify.py``); each
+        file's sha256 is checked the first time it is read in full."""
         self.path = Path(path)
+        if self.path.is_file():
+            raise StoreError(f"{self.path} is a file; point at the store directory written by `undertow extract`")
         manifest = read_manifest(self.path / MANIFEST)
         if manifest is None:
             raise StoreError(f"{self.path} has no {MANIFEST}; point at a directory written by `undertow extract`")
+        if not is_store_manifest(manifest):
+            raise StoreError(f"{self.path}/{MANIFEST} is not an undertow activation store's (format "
+                             f"{manifest.get('format') if isinstance(manifest, dict) else None!r}); point at a "
+                             "directory written by `undertow extract`")
+        check_manifest(manifest, self.path / MANIFEST)
         if not manifest.get("complete") and not allow_incomplete:
             raise StoreError(f"store {self.path} is incomplete ({len(manifest['shards'])}/{manifest['n_shards']} shards): "
                              "finish it with `undertow extract CONFIG --resume`, or open it with allow_incomplete=True")
         self.manifest = manifest
         self._shards = sorted(manifest["shards"], key=lambda e: e["index"])
+        self._files = StoreFiles(self.path, manifest)
+        self._files.check_structure()
         self._rows: dict | None = None
 
     # --- what is stored -------------------------------------------------------------------------
@@ -102,8 +116,8 @@ class ActivationStore:
         parts = []
         for e in self._shards:
             n = e["tokens"] if spec["per_token"] else e["rows"][1] - e["rows"][0]
-            parts.append((self.path / e["files"][spec["hook"]]["path"], spec["position"], n))
-        return LazyActs(parts, spec["shape"], self.dtype)
+            parts.append((self._files.path(e["files"][spec["hook"]]), spec["position"], n))
+        return LazyActs(parts, spec["shape"], self.dtype, on_full_read=self._files.ensure)
 
     def __contains__(self, hook_or_key: str) -> bool:
         try:
@@ -128,34 +142,42 @@ class ActivationStore:
 
     @property
     def rows(self) -> dict[str, list]:
-        """Row metadata columns, joined from the per-shard ``rows/*.jsonl`` files."""
+        """Row metadata columns, joined from the per-shard ``rows/*.jsonl`` files (each sha256-checked)."""
         if self._rows is None:
             records = []
             for e in self._shards:
-                text = (self.path / e["files"]["__rows__"]["path"]).read_text()
-                records.extend(json.loads(line) for line in text.splitlines())
+                records.extend(self._shard_rows(e))
             names = sorted({k for r in records for k in r})
             self._rows = {k: [r.get(k) for r in records] for k in names}
         return self._rows
+
+    def _shard_rows(self, entry: dict) -> list[dict]:
+        p = self._files.path(entry["files"]["__rows__"])
+        self._files.ensure(p)
+        records = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()]
+        if len(records) != entry["rows"][1] - entry["rows"][0] or not all(isinstance(r, dict) for r in records):
+            raise StoreError(f"store {self.path}: shard {entry['index']}: {p.name} does not hold one row object per "
+                             f"stored row; {repair_hint(entry['files']['__rows__']['path'])}")
+        return records
 
     def stats(self, hook_or_key: str) -> dict[str, torch.Tensor]:
         """``{"count", "mean", "var"}`` of a key over every stored vector (fp32; non-finite ones excluded)."""
         key = self.key(hook_or_key)
         if not self.manifest.get("complete"):
             raise StoreError("stats are written when the store completes; finish it with --resume")
-        t = load_file(str(self.path / self.manifest["stats_file"]["path"]))
+        p = self._files.path(self.manifest["stats_file"])
+        self._files.ensure(p)
+        t = load_file(str(p))
         return {"count": t[f"{key}/count"][0], "mean": t[f"{key}/mean"], "var": t[f"{key}/var"]}
 
-    def verify(self) -> None:
-        """Re-hash every listed file; ``StoreError`` on the first mismatch."""
-        files = [f for e in self._shards for f in e["files"].values()]
-        if "stats_file" in self.manifest:
-            files.append(self.manifest["stats_file"])
-        for f in files:
-            p = self.path / f["path"]
-            if not p.is_file() or sha256_file(p) != f["sha256"]:
-                raise StoreError(f"{p} is missing or does not match its sha256 in the manifest; "
-                                 "re-extract that shard (delete it from the manifest and --resume)")
+    def verify(self) -> StoreReport:
+        """Re-hash every listed file (``verify_store``); ``StoreError`` naming the first bad shard and the fix."""
+        report = verify_store(self.path)
+        bad = [f.problem for s in report.shards for f in s.files if f.problem]
+        bad += [report.stats.problem] if report.stats is not None and report.stats.problem else []
+        if bad:
+            raise StoreError(f"store {self.path}: {bad[0]}" + (f" ({len(bad) - 1} more bad files)" if len(bad) > 1 else ""))
+        return report
 
 
 class StoreView:

@@ -86,13 +86,3 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def remove_tmp_files(root: Path) -> int:
-    """Delete leftover tmp files under ``root`` (from a killed writer); returns how many."""
-    n = 0
-    for p in root.rglob(".*.tmp-*"):
-        if p.is_file() and is_tmp(p):
-            p.unlink()
-            n += 1
-    return n

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import json
-import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +23,9 @@ from torch import Tensor
 
 from .extract_errors import StoreError, StoreWriteError
 from .manifest import MANIFEST, check_identity, completed_shards, read_manifest, write_manifest
-from .store_io import atomic_write, remove_tmp_files, sha256_bytes
+from .manifest_schema import check_manifest
+from .ownership import is_store_manifest, not_a_store, remove_own_tmp_files, remove_store
+from .store_io import atomic_write, sha256_bytes
 
 
 def _write_error(out_dir: Path, e: OSError, what: str, started: bool = True) -> StoreWriteError:
@@ -41,23 +42,30 @@ def _write_error(out_dir: Path, e: OSError, what: str, started: bool = True) -> 
 def prepare_store(out_dir: Path, header: dict, resume: bool, overwrite: bool) -> dict[int, dict]:
     """Create, resume or overwrite the store at ``out_dir``; returns the already complete shards.
 
-    Writes the initial manifest, so every store directory has one from the start.
+    Writes the initial manifest, so every store directory has one from the start. ``overwrite`` deletes
+    only an undertow store's own files (``ownership.py``). A store with no complete shard (a run that
+    failed on its first rows) holds nothing to lose, so it is replaced without asking: a corrected rerun
+    is never blocked by it.
     """
     existing = read_manifest(out_dir / MANIFEST)
-    if existing is None and out_dir.exists() and any(out_dir.iterdir()):
+    if existing is None and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StoreError(f"{out_dir} exists and is not an undertow store; choose an empty or new out_dir")
-    if existing is not None and overwrite:
-        shutil.rmtree(out_dir)
+    if existing is not None and not is_store_manifest(existing):
+        raise not_a_store(out_dir, existing)
+    if existing is not None and not overwrite:
+        check_manifest(existing, out_dir / MANIFEST)
+    if existing is not None and (overwrite or not completed_shards(out_dir)):
+        remove_store(out_dir, existing)
         existing = None
     if existing is not None:
-        complete = existing.get("complete", False)
         if not resume:
-            state = "a complete store" if complete else f"an incomplete store ({len(existing['shards'])}/{existing['n_shards']} shards)"
+            state = ("a complete store" if existing.get("complete")
+                     else f"an incomplete store ({len(existing['shards'])}/{existing['n_shards']} shards)")
             raise StoreError(f"{out_dir} already holds {state}: pass --resume to continue it, --overwrite to replace it, "
                              "or choose another out_dir")
         check_identity(existing, header["identity"], out_dir)
-        remove_tmp_files(out_dir)
-        return {e["index"]: e for e in existing["shards"]} if complete else completed_shards(out_dir)
+        remove_own_tmp_files(out_dir, existing)
+        return completed_shards(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(out_dir / MANIFEST, dict(header, shards=[], complete=False))
