@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from undertow.activations.store import ActivationStore
-from undertow.experiments.cli.probe import evaluate_scores, probe_scores
 from undertow.experiments.prompts.answers import answer_rows
 from undertow.experiments.prompts.mwe.load import load_model_written_evals
+from undertow.experiments.study.score import probe_scores
 from undertow.probes import generalisation_matrix
 from undertow.probes.pretrained import load_pretrained
+from undertow.probes.scoring import evaluate_scores
 
 MODELS = ("gemma-3-270m", "smollm2-135m-instruct")
 

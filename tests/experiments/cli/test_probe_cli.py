@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from undertow.activations import load_model
 from undertow.activations.config import ExtractConfig
 from undertow.activations.engine import extract
 from undertow.experiments.cli.app import main
-from undertow.experiments.cli.probe import evaluate_scores
 from undertow.experiments.prompts.contrasts import get_contrast
 from undertow.experiments.prompts.suite import build_suite
 
@@ -56,11 +54,3 @@ def test_unknown_contrast_is_one_line(suite_store, capsys):
     assert main(["probe", "sweep", str(suite_store), "--contrast", "self_cesation"]) == 2
     err = capsys.readouterr().err
     assert "did you mean self_cessation" in err and err.count("\n") == 1
-
-
-def test_evaluate_scores_perfect_and_inverted():
-    y = np.array([0, 1] * 20)
-    groups = np.repeat(np.arange(20), 2)
-    res = evaluate_scores(y.astype(float), y, groups, threshold=0.5)
-    assert res["auroc"] == 1.0 and res["auroc_ci"] == [1.0, 1.0] and res["tpr_at_threshold"] == 1.0
-    assert evaluate_scores(-y.astype(float), y, groups, threshold=0.5)["auroc"] == 0.0
