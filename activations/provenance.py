@@ -36,7 +36,8 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 def machine() -> dict:
     """CPU count, platform, Python, and the CUDA device when there is one."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
+            "processor": platform.processor() or platform.machine(),
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}  # other jobs sharing the cores
     try:
         import torch
 
