@@ -70,6 +70,9 @@ class ExtractConfig(TypedConfig):
     The Python API takes the Dataset object itself."""
     max_rows: int | None = None
     """Keep a seeded random subset of this many rows (in dataset order); None keeps all."""
+    truncate: bool = False
+    """A row longer than the model's context (``max_position_embeddings``): False refuses it, naming the row;
+    True keeps its first tokens up to the limit and records that (row ``truncated_tokens``, shard ``truncated``)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -92,8 +95,9 @@ class ExtractConfig(TypedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.share_prompts, bool):
-            raise ConfigError(f"share_prompts must be true or false, got {self.share_prompts!r}")
+        for name in ("share_prompts", "truncate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
             raise ConfigError(f"max_rows must be a positive integer or null, got {self.max_rows!r}")
         if not str(self.out_dir):

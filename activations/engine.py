@@ -47,9 +47,10 @@ from undertow.kernels import gather_pool
 from .batching import bucket_batches, pad_right
 from .capture import capture, capture_hf
 from .config import ExtractConfig
+from .context import fit_context
 from .handle import ModelHandle
 from .manifest import MANIFEST, finalize
-from .plan import Plan, make_plan
+from .plan import BATCHING_FIELDS, Plan, make_plan
 from .positions import spans
 from .render import Rendered, render_rows
 from .rows import row_metadata
@@ -96,14 +97,25 @@ def warn_nonfinite(manifest: dict) -> None:
                       stacklevel=3)
 
 
-def _render_shard(handle: ModelHandle, plan: Plan, k: int) -> tuple[list[dict], list[Rendered]]:
+def _render_shard(handle: ModelHandle, plan: Plan, k: int) -> tuple[list[dict], list[Rendered], list[int]]:
+    """(raw rows, rendered rows within the model's context, tokens cut per row) of shard ``k``."""
     lo, hi = plan.shard_rows(k)
     raw = plan.source.get(lo, hi)
-    return raw, render_rows(handle.tokenizer, raw, plan.config.template, offsets=plan.needs_offsets, first_index=lo)
+    rendered = render_rows(handle.tokenizer, raw, plan.config.template, offsets=plan.needs_offsets, first_index=lo)
+    return raw, *fit_context(rendered, plan.max_tokens, plan.config.truncate, lambda i: _where(plan, raw, lo, i))
+
+
+def _shard_extra(plan: Plan, lo: int, cut: list[int]) -> dict:
+    """What the shard's manifest entry records besides its files: the batching that computed it (batch size and
+    token budget change bf16 values, so a resumed run with other values is visible per shard) and truncation."""
+    extra: dict = {"batching": {k: getattr(plan.config, k) for k in BATCHING_FIELDS}}
+    if any(cut):
+        extra["truncated"] = {"rows": [lo + i for i, c in enumerate(cut) if c][:100], "tokens": sum(cut)}
+    return extra
 
 
 def _shard_files(plan: Plan, lo: int, raw: list[dict], rendered: list[Rendered], tensors: dict, moments: dict,
-                 nonfinite_S: dict) -> tuple[dict, list[dict], dict]:
+                 nonfinite_S: dict, cut: list[int]) -> tuple[dict, list[dict], dict]:
     """(tensors by hook file, row metadata, non-finite summary) of one extracted shard."""
     by_hook: dict[str, dict] = {p.name: {} for p in plan.points}
     for key, spec in plan.header["keys"].items():
@@ -114,6 +126,9 @@ def _shard_files(plan: Plan, lo: int, raw: list[dict], rendered: list[Rendered],
     meta = [dict(row_metadata(r, plan.source.indices[lo + i]), n_prompt_tokens=x.n_prompt,
                  n_response_tokens=x.n_response, n_tokens=x.n_tokens)
             for i, (r, x) in enumerate(zip(raw, rendered, strict=True))]
+    if plan.config.truncate:
+        for m, c in zip(meta, cut, strict=True):
+            m["truncated_tokens"] = c
     return by_hook, meta, nonfinite
 
 
@@ -126,13 +141,14 @@ def run_shards(handle: ModelHandle, plan: Plan, writer: ShardWriter, shard_ids: 
     try:
         nxt = renderer.submit(_render_shard, handle, plan, shard_ids[0]) if shard_ids else None
         for i, k in enumerate(shard_ids):
-            raw, rendered = nxt.result()
+            raw, rendered, cut = nxt.result()
             if i + 1 < len(shard_ids):
                 nxt = renderer.submit(_render_shard, handle, plan, shard_ids[i + 1])
             lo, hi = plan.shard_rows(k)
             tensors, moments, nonfinite_S = extract_shard(handle, plan, raw, rendered, lo, progress)
-            by_hook, meta, nonfinite = _shard_files(plan, lo, raw, rendered, tensors, moments, nonfinite_S)
-            writer.submit(k, (lo, hi), sum(x.n_tokens for x in rendered), by_hook, meta, nonfinite)
+            by_hook, meta, nonfinite = _shard_files(plan, lo, raw, rendered, tensors, moments, nonfinite_S, cut)
+            writer.submit(k, (lo, hi), sum(x.n_tokens for x in rendered), by_hook, meta, nonfinite,
+                          _shard_extra(plan, lo, cut))
         writer.wait()
     finally:
         renderer.shutdown(wait=True, cancel_futures=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .config import ExtractConfig
+from .context import context_limit
 from .extract_errors import ConfigError
 from .handle import ModelHandle
 from .hooks import HookPoint
@@ -16,6 +17,10 @@ from .manifest import FORMAT
 from .positions import Position, parse_positions
 from .rows import RowSource, select_rows
 
+BATCHING_FIELDS = ("batch_size", "token_budget", "share_prompts")
+"""Config fields that change how rows are batched, not which rows or positions are stored. They change bf16
+values by rounding, so a resumed run may change them (after an out-of-memory) but each shard's manifest entry
+records the ones that computed it (``batching``), and the header's ``config`` leaves them out."""
 STORE_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -43,6 +48,8 @@ class Plan:
     source: RowSource
     header: dict
     out_dtype: torch.dtype
+    max_tokens: int | None = None
+    """The model's context length (rows longer are refused or, with ``config.truncate``, cut); None: unknown."""
 
     @property
     def out_dir(self) -> Path:
@@ -97,6 +104,9 @@ def make_plan(handle: ModelHandle, dataset, config: ExtractConfig) -> Plan:
         "n_rows": len(source), "shard_size": config.shard_size, "backend": handle.backend,
         "model_dtype": str(handle.dtype).removeprefix("torch."), "template": config.template,
     }
+    max_tokens = context_limit(handle.hf_model)
+    if config.truncate:
+        identity["truncate_to"] = max_tokens
     header = {
         "format": FORMAT, "undertow_version": undertow_version(), "identity": identity,
         "model": {"name": handle.name, "fingerprint": handle.fingerprint, "n_layers": handle.n_layers,
@@ -104,7 +114,8 @@ def make_plan(handle: ModelHandle, dataset, config: ExtractConfig) -> Plan:
         "hooks": identity["hooks"], "positions": identity["positions"],
         "keys": _keys(points, positions, handle.d_model), "dtype": config.dtype, "n_rows": len(source),
         "shard_size": config.shard_size, "n_shards": math.ceil(len(source) / config.shard_size),
-        "config": {k: v for k, v in config.to_dict().items() if k != "out_dir"},
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("out_dir", *BATCHING_FIELDS)},
     }
     token_position = next((p for p in positions if p.per_token), None)
-    return Plan(config, points, row_positions, slots, token_position, source, header, STORE_TORCH_DTYPES[config.dtype])
+    return Plan(config, points, row_positions, slots, token_position, source, header, STORE_TORCH_DTYPES[config.dtype],
+                max_tokens)

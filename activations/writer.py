@@ -107,15 +107,16 @@ class ShardWriter:
             self._pool.shutdown(wait=True)
 
     def write_shard(self, index: int, rows: tuple[int, int], tokens: int, tensors_by_hook: dict[str, dict[str, Tensor]],
-                    meta_rows: list[dict], nonfinite: dict[str, dict]) -> dict:
-        """Write one shard's files and list it; returns its manifest entry."""
+                    meta_rows: list[dict], nonfinite: dict[str, dict], extra: dict | None = None) -> dict:
+        """Write one shard's files and list it; returns its manifest entry (``extra``: more fields of it)."""
         files = {}
         try:
             for hook, tensors in tensors_by_hook.items():
                 files[hook] = self._write(f"{hook}/{index:05d}.safetensors", st_save(tensors))
             rows_blob = "".join(json.dumps(r, sort_keys=True) + "\n" for r in meta_rows).encode()
             files["__rows__"] = self._write(f"rows/{index:05d}.jsonl", rows_blob)
-            entry = {"index": index, "rows": list(rows), "tokens": tokens, "files": files, "nonfinite": nonfinite}
+            entry = {"index": index, "rows": list(rows), "tokens": tokens, "files": files, "nonfinite": nonfinite,
+                     **(extra or {})}
             self.shards[index] = entry
             listed = [self.shards[k] for k in sorted(self.shards)]
             write_manifest(self.out_dir / self.part, dict(self.header, shards=listed, complete=False))
