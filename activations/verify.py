@@ -76,7 +76,10 @@ class StoreFiles:
     def _check_header(self, entry: dict, hook: str, p: Path) -> None:
         rel = entry["files"][hook]["path"]
         where = f"store {self.root}: shard {entry['index']} ({hook})"
-        header = safetensors_header(p, StoreError, repair_hint(rel))
+        try:
+            header = safetensors_header(p, StoreError, repair_hint(rel))
+        except StoreError as e:
+            raise StoreError(f"{where}: {str(e).removeprefix(f'{p}: ')}") from None
         n_rows = entry["rows"][1] - entry["rows"][0]
         want_dtype = _ST_DTYPE[self.manifest["dtype"]]
         for spec in self.manifest["keys"].values():
