@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from undertow.activations.store_io import sha256_file
+from undertow.activations.validate import expect, load_json, safetensors_header
 
 from .errors import ProbeError, ProbeWarning
 
@@ -210,30 +211,42 @@ class Probe:
                    undertow_version=meta.get("undertow_version", ""))
 
 
+_META_FIELDS = {"format_version": int, "hook": str, "probe_type": str, "d_model": int,
+                "threshold": (float, type(None)), "position": (str, type(None)),
+                "model_fingerprint": (str, type(None)), "training_data_hash": (str, type(None)),
+                "metrics": (dict, type(None)), "config": (dict, type(None)), "extra": (dict, type(None)),
+                "created": (str, type(None)), "undertow_version": (str, type(None))}
+_TENSORS = ("weight", "bias", "mean", "std")
+_FIX = "re-download or re-train the probe"
+
+
 def _read_verified(directory: Path) -> tuple[dict, dict[str, Tensor]]:
+    """Metadata and tensors of a saved probe, every field type-checked and both checksums verified; any
+    problem is one ``ProbeError`` naming the file, the field and the fix (``activations.validate``)."""
     meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
         raise ProbeError(f"{directory} is not a saved probe (needs {META_FILE} and {WEIGHTS_FILE}); "
                          "save one with Probe.save(dir)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProbeError(f"{meta_path} is not valid JSON ({e}); the file is corrupted, re-download or re-save it") from None
+    meta = load_json(meta_path, ProbeError, f"the file is corrupted, {_FIX}")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ProbeError(f"{meta_path} is not an undertow probe (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    expect(meta.get("format_version"), int, "format_version", str(meta_path), ProbeError, _FIX)
+    if meta["format_version"] > FORMAT_VERSION:
         raise ProbeError(f"{meta_path} has format_version {meta['format_version']}; upgrade undertow to load it")
     want = meta.get("metadata_sha256")
     got = hashlib.sha256(_canonical(meta)).hexdigest()
     if want != got:
         raise ProbeError(f"{meta_path} does not match its metadata_sha256 (recorded {want}, computed {got}): "
                          "it was edited or corrupted; re-download or re-train the probe")
+    for name, kinds in _META_FIELDS.items():
+        expect(meta.get(name), kinds, name, str(meta_path), ProbeError, _FIX)
     want, got = meta.get("weights_sha256"), sha256_file(weights_path)
     if want != got:
         raise ProbeError(f"{weights_path} does not match the weights_sha256 in {META_FILE} (recorded {want}, "
                          f"computed {got}): it was modified or corrupted; re-download or re-train the probe")
-    tensors = load_file(weights_path)
-    missing = {"weight", "bias", "mean", "std"} - set(tensors)
-    if missing:
-        raise ProbeError(f"{weights_path} lacks tensors {sorted(missing)}; the artifact is incomplete")
-    return meta, tensors
+    header = safetensors_header(weights_path, ProbeError, _FIX)
+    bad = [n for n in _TENSORS if n not in header or header[n]["dtype"] != "F32" or len(header[n]["shape"]) != 1]
+    if bad:
+        raise ProbeError(f"{weights_path}: tensors {bad} are missing or not 1-D float32; the artifact is "
+                         f"incomplete, {_FIX}")
+    return meta, load_file(weights_path)
