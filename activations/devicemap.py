@@ -191,3 +191,22 @@ def load_mapped(name_or_path: str, device_map: dict, backend: str = "hf", dtype:
                           "of the weights on one device")
     handle = load_model(name_or_path, backend=backend, dtype=dtype, device="cpu")
     return dispatch(handle, device_map, offload_dir)
+
+
+def rank_devices(cluster: ClusterConfig, local_rank: int) -> list[str]:
+    """The GPUs of local rank ``local_rank``: ``gpus_per_rank`` consecutive ordinals (rank 1 of 2 x 4 GPUs:
+    cuda:4-7). Launch ``torchrun --nproc_per_node ranks_per_node``; each rank then splits its replica over these."""
+    first = local_rank * cluster.gpus_per_rank
+    return [f"cuda:{first + i}" for i in range(cluster.gpus_per_rank)]
+
+
+def rank_device_map(hf_model: torch.nn.Module, cluster: ClusterConfig, local_rank: int) -> dict[str, str] | None:
+    """The device map of one rank (None for ``device_map: none``): ``layers`` splits evenly by layer count,
+    ``auto`` balances weight bytes with accelerate over the rank's GPUs."""
+    devices = rank_devices(cluster, local_rank)
+    if cluster.device_map == "none":
+        return None
+    if cluster.device_map == "layers":
+        return layer_device_map(hf_model, devices)
+    free = {int(d.split(":")[1]): torch.cuda.mem_get_info(int(d.split(":")[1]))[0] for d in devices}
+    return auto_device_map(hf_model, free)
