@@ -12,8 +12,9 @@ from undertow.experiments.cli import extract as extract_cli
 from undertow.experiments.cli import models as models_cli
 from undertow.experiments.cli import probe as probe_cli
 from undertow.experiments.cli import prompts as prompts_cli
+from undertow.experiments.cli import report as report_cli
 
-COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, demo_cli]
+COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, demo_cli, report_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,295 @@
+"""report.html from results.json alone: one self-contained file, plotly.js inlined once, opens offline.
+
+``build_report(run_dir)`` reads ``run_dir/results.json`` (:mod:`schema`) and writes
+``run_dir/report.html``. Top to bottom: headline (model, fingerprint, what ran, the answer
+with its numbers and caveats), suppression arms, probe layer curves, ROC, generalisation,
+expressed answers, SAE features, full tables (collapsed, sortable), provenance. A section
+appears only when results.json holds its key. Measured: plotly.js is 4.8 MB of the page;
+a two-contrast run adds ~0.1 MB.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import plotly
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from undertow.probes.result import COLUMNS
+
+from . import figures as F
+from .schema import SCHEMA_VERSION, Results, Sae, load_results
+from .summary import contrast_sentence, headline, what_ran
+
+REPORT = "report.html"
+PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
+
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1080px;margin:0 auto;padding:1.5em 2em;color:#1d1d1f}
+h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.25em;margin:2em 0 .4em;border-bottom:1px solid #e3e3e3;padding-bottom:.2em}
+nav{font-size:13px;margin:.6em 0 1em}nav a{margin-right:1em;color:#0072B2;text-decoration:none}
+.headline{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:8px;padding:1em 1.3em}
+.headline dl{display:grid;grid-template-columns:max-content 1fr;gap:.15em 1em;margin:0 0 .8em;font-size:14px}
+.headline dt{color:#666}.headline dd{margin:0}.answer{font-size:15.5px;margin:.4em 0 0}.caveats{font-size:13.5px;color:#555;margin:.6em 0 0}
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px}
+.figure{margin:.6em 0 1.2em}.note{color:#666;font-size:13.5px}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:13px}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
+th{background:#f4f4f4;position:sticky;top:0}td:first-child,th:first-child{text-align:left}
+table.sortable th{cursor:pointer;user-select:none}table.sortable th[data-dir=asc]::after{content:" \\25B2"}
+table.sortable th[data-dir=desc]::after{content:" \\25BC"}tr.op td{background:#fff4d6}
+details{margin:.5em 0}summary{cursor:pointer;font-weight:600}.scroll{overflow-x:auto;max-height:70vh}
+.tok{white-space:pre;border-radius:2px}.example{font-family:ui-monospace,Menlo,monospace;font-size:12.5px;margin:.2em 0}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:12.5px}
+"""
+
+SORT_JS = """
+document.querySelectorAll("table.sortable").forEach(t => t.querySelectorAll("th").forEach((th, i) =>
+  th.addEventListener("click", () => {
+    const dir = th.dataset.dir === "asc" ? "desc" : "asc", body = t.tBodies[0];
+    t.querySelectorAll("th").forEach(h => delete h.dataset.dir); th.dataset.dir = dir;
+    const key = c => c.dataset.v !== undefined ? parseFloat(c.dataset.v) : c.textContent;
+    const rows = Array.from(body.rows).sort((a, b) => {
+      const x = key(a.cells[i]), y = key(b.cells[i]);
+      if (typeof x === "number" && typeof y === "number") {
+        if (isNaN(x) || isNaN(y)) return isNaN(x) - isNaN(y);  // missing values last either way
+        return dir === "asc" ? x - y : y - x;
+      }
+      return (dir === "asc" ? 1 : -1) * String(x).localeCompare(String(y), undefined, {numeric: true});
+    });
+    rows.forEach(r => body.appendChild(r));
+  })));
+"""
+
+
+def _e(v) -> str:
+    return html.escape(str(v))
+
+
+def fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.2g}" if v != 0 and abs(v) < 1e-2 else f"{v:.3f}"
+    return str(v)
+
+
+def _cell(v) -> str:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        num = "NaN" if isinstance(v, float) and math.isnan(v) else repr(float(v))
+        return f'<td data-v="{num}">{_e(fmt(v))}</td>'
+    return f"<td>{_e(fmt(v))}</td>"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence], *, sortable: bool = True, titles: dict[str, str] | None = None,
+          row_class: Sequence[str] | None = None) -> str:
+    titles = titles or {}
+    th = "".join(f'<th title="{_e(titles[h])}">{_e(h)}</th>' if h in titles else f"<th>{_e(h)}</th>" for h in header)
+    body = []
+    for i, r in enumerate(rows):
+        cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
+        body.append(f"<tr{cls}>" + "".join(_cell(v) for v in r) + "</tr>")
+    return (f'<table{" class=sortable" if sortable else ""}><thead><tr>{th}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def details(summary: str, inner: str, open_: bool = False) -> str:
+    return f"<details{' open' if open_ else ''}><summary>{_e(summary)}</summary><div class=scroll>{inner}</div></details>"
+
+
+def figure_html(key: str, fig: go.Figure) -> str:
+    div_id = "fig-" + "".join(ch if ch.isalnum() else "-" for ch in key)
+    inner = fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG,
+                        default_width="100%")
+    return f'<div class="figure" data-key="{_e(key)}">{inner}</div>'
+
+
+def _ci(e) -> str:
+    return f"{fmt(e.mean)} [{fmt(e.lo)}, {fmt(e.hi)}]"
+
+
+def _headline(r: Results) -> str:
+    m = r.meta
+    items = [("model", _e(m.model)), ("fingerprint", f"<code>{_e(m.fingerprint)}</code>")]
+    if m.source and m.source != m.model:
+        items.append(("source", f"<code>{_e(m.source)}</code>"))
+    items.append(("what ran", _e("; ".join(what_ran(r)) or "nothing recorded")))
+    if r.seed is not None:
+        items.append(("seed", _e(r.seed)))
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
+    ans, support, caveats = headline(r)
+    text = f"<strong>{_e(ans)}</strong> " + " ".join(_e(s) for s in support)
+    cav = f'<p class="caveats"><b>Caveats:</b> {_e("; ".join(caveats))}.</p>' if caveats else ""
+    return f'<section class="headline" id="headline"><dl>{dl}</dl><p class="answer">{text}</p>{cav}</section>'
+
+
+def _arms(r: Results, figs: dict) -> str:
+    rows = [[n, _ci(a.expressed), _ci(a.represented), _ci(a.residue) if a.residue else "-",
+             a.residue.p if a.residue and a.residue.p is not None else math.nan, len(a.items)] for n, a in r.arms.items()]
+    out = ["<h2 id=arms>Suppression experiment: expressed vs represented</h2>",
+           table(["arm", "expressed [95% CI]", "represented [95% CI]", "residue [95% CI]", "p", "items"], rows)]
+    out += [figure_html(k, figs[k]) for k in ("arms/retention", "arms/items", "causal/steering") if k in figs]
+    return "".join(out)
+
+
+def _probes(r: Results, figs: dict) -> str:
+    out = ["<h2 id=probes>Probes by layer, against every baseline</h2>",
+           "<p class=note>Bands: 95% template-cluster bootstrap CIs of test AUROC. Grey: the same probe refitted on "
+           "shuffled labels, and the best of the random directions; black: the lexical TF-IDF classifier on the prompt "
+           "text. A probe shows more than the topic only where its band clears every baseline. Star: the operating "
+           "point, chosen on validation data.</p>"]
+    for n, c in r.contrasts.items():
+        out.append(f"<p>{_e(contrast_sentence(c)[0])}</p>")
+        if f"layers/{n}" in figs:
+            out.append(figure_html(f"layers/{n}", figs[f"layers/{n}"]))
+    if "roc" in figs:
+        out += ["<h2 id=roc>ROC at the operating points</h2>", figure_html("roc", figs["roc"])]
+    else:
+        out.append("<p class=note>No ROC points in results.json (<code>contrasts.&lt;name&gt;.roc</code>), so no ROC "
+                   "curve is drawn.</p>")
+    return "".join(out)
+
+
+def _generalisation(r: Results, figs: dict) -> str:
+    out = ["<h2 id=generalisation>Generalisation across domains</h2>",
+           "<p class=note>Train a probe on one domain (row), test it on each (column). White is chance (0.5), red "
+           "above, blue below; the diagonal is within-domain grouped CV, so every cell is held out. Hover for the 95% "
+           "template-cluster CI.</p>"]
+    out += [figure_html(f"generalisation/{n}", figs[f"generalisation/{n}"]) for n in r.generalisation]
+    return "".join(out)
+
+
+def _expressed(r: Results, figs: dict) -> str:
+    e = r.expressed
+    out = ["<h2 id=expressed>Expressed: forced-choice answers</h2>",
+           f"<p>{e.n} forced-choice items scored by answer log-probability: the averse answer is preferred in "
+           f"{e.averse_rate:.1%} (mean log-odds {e.mean_logit_diff:+.3f}); the first-listed answer wins "
+           f"{e.p_first:.1%} (0.5 = no position bias; positions are balanced).</p>"]
+    if "expressed/by_theme" in figs:
+        out.append(figure_html("expressed/by_theme", figs["expressed/by_theme"]))
+    return "".join(out)
+
+
+def _tokens(tokens: list[str], acts: list[float]) -> str:
+    top = max((a for a in acts if not math.isnan(a)), default=0.0) or 1.0
+    spans = []
+    for t, a in zip(tokens, acts, strict=True):
+        shown = t.replace("\u0120", " ").replace("\u2581", " ").replace("\u010a", "\u21b5")
+        if not math.isnan(a) and a > 0:
+            spans.append(f'<span class=tok style="background:rgba(213,94,0,{min(1.0, a / top) * 0.85:.2f})" '
+                         f'title="{a:.3g}">{_e(shown)}</span>')
+        else:
+            spans.append(f"<span class=tok>{_e(shown)}</span>")
+    return "".join(spans)
+
+
+def _sae(s: Sae, figs: dict) -> str:
+    out = ["<h2 id=sae>SAE features</h2>",
+           f"<p class=note>{len(s.features)} features{f' of {s.d_sae}' if s.d_sae else ''}"
+           f"{f' at {_e(s.hook)}' if s.hook else ''}; top examples with each token shaded by the feature's "
+           "activation (hover for the value).</p>"]
+    if "sae/auroc" in figs:
+        out.append(figure_html("sae/auroc", figs["sae/auroc"]))
+    for f in s.features:
+        ex = "".join(f"<div class=example>{_tokens(x.tokens, x.acts)}</div>" for x in f.examples) or \
+            "<p class=note>no examples recorded</p>"
+        out.append(details(f"feature #{f.id}: AUROC {fmt(f.auroc)}, mean diff {fmt(f.mean_diff)}", ex))
+    return "".join(out)
+
+
+def _sweep_table(c) -> str:
+    keys = list(dict.fromkeys(["hook", "probe_type", *[k for k in COLUMNS if any(k in r for r in c.table)],
+                               *[k for r in c.table for k in r]]))
+    op = c.operating_point
+    cls = ["op" if op and (r["hook"], r["probe_type"]) == (op.hook, op.probe_type) else "" for r in c.table]
+    return table(keys, [[r.get(k, math.nan) for k in keys] for r in c.table], titles=COLUMNS, row_class=cls)
+
+
+def _tables(r: Results) -> str:
+    out = ["<h2 id=tables>Full tables</h2><p class=note>Click a column header to sort; the operating point is "
+           "highlighted; hover a header for its meaning.</p>"]
+    for n, c in r.contrasts.items():
+        out.append(details(f"Sweep: {n} ({len(c.table)} rows)", _sweep_table(c)))
+    for n, a in r.arms.items():
+        if a.items:
+            out.append(details(f"Arm {n}: items ({len(a.items)})", table(
+                ["id", "template_id", "is_self", "expressed", "represented"],
+                [[it.id, it.template_id, it.is_self, it.expressed, it.represented] for it in a.items])))
+    if r.generalisation:
+        for n, g in r.generalisation.items():
+            out.append(details(f"Generalisation: {n} (AUROC, train row x test column)",
+                               table(["train \\ test", *g.domains], [[d, *row] for d, row in zip(g.domains, g.auroc, strict=True)])))
+    if r.expressed and r.expressed.averse_rate_by_theme:
+        out.append(details("Expressed: averse rate by theme", table(
+            ["theme", "averse rate"], list(r.expressed.averse_rate_by_theme.items()))))
+    if r.sae:
+        out.append(details(f"SAE features ({len(r.sae.features)})", table(
+            ["id", "auroc", "mean_diff", "examples"], [[f.id, f.auroc, f.mean_diff, len(f.examples)] for f in r.sae.features])))
+    return "".join(out)
+
+
+def _provenance(r: Results) -> str:
+    m = r.meta
+    rows = [["model", m.model], ["fingerprint", m.fingerprint], ["source", m.source or "-"],
+            ["suite hash", m.suite_hash or "-"], ["suite rows", m.suite_rows if m.suite_rows is not None else "-"],
+            ["seed", r.seed if r.seed is not None else "-"], ["results schema", SCHEMA_VERSION]]
+    rows += [[f"version: {k}", v] for k, v in m.versions.items()]
+    rows += [[f"probe dir: {n}", c.probe_dir] for n, c in r.contrasts.items() if c.probe_dir]
+    built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows.append(["report built", f"{built} (plotly {plotly.__version__})"])
+    note = "" if m.versions else ("<p class=note>results.json records no package versions (<code>meta.versions</code>"
+                                  "); see undertow.experiments.report.schema.environment().</p>")
+    cfg = json.dumps(r.config, indent=2, sort_keys=True, default=str)
+    return ("<h2 id=provenance>Provenance</h2>" + table(["", ""], rows, sortable=False) + note
+            + details("config", f"<pre>{_e(cfg)}</pre>"))
+
+
+def render(r: Results) -> str:
+    """The whole page as one HTML string."""
+    figs = F.figures(r)
+    body = [_headline(r)]
+    nav = [("headline", "answer")]
+    if r.arms:
+        body.append(_arms(r, figs))
+        nav.append(("arms", "suppression"))
+    if r.contrasts:
+        body.append(_probes(r, figs))
+        nav.append(("probes", "layers"))
+        if "roc" in figs:
+            nav.append(("roc", "ROC"))
+    if r.generalisation:
+        body.append(_generalisation(r, figs))
+        nav.append(("generalisation", "generalisation"))
+    if r.expressed is not None:
+        body.append(_expressed(r, figs))
+        nav.append(("expressed", "expressed"))
+    if r.sae is not None:
+        body.append(_sae(r.sae, figs))
+        nav.append(("sae", "SAE"))
+    body += [_tables(r), _provenance(r)]
+    nav += [("tables", "tables"), ("provenance", "provenance")]
+    title = f"undertow: {r.meta.model}"
+    links = "".join(f'<a href="#{i}">{_e(t)}</a>' for i, t in nav)
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style>"
+            f"<script>{get_plotlyjs()}</script></head><body data-figures={len(figs)}>"
+            f"<h1>{_e(title)}</h1><nav>{links}</nav>{''.join(body)}<script>{SORT_JS}</script></body></html>")
+
+
+def build_report(run_dir: str | os.PathLike) -> Path:
+    """Read ``run_dir/results.json``, write ``run_dir/report.html`` atomically; returns its path."""
+    results = load_results(run_dir)
+    path = Path(run_dir) / REPORT
+    tmp = path.with_name(f".{REPORT}.tmp")
+    tmp.write_text(render(results), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,65 @@
+"""The report in a real headless Chromium: loads with no console error and every figure has drawn."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from undertow.experiments.report import build_report
+
+CHROMIUM = Path(os.environ.get("UNDERTOW_CHROMIUM", "/usr/bin/chromium"))
+INSTALL = "apt-get update && apt-get install -y chromium"
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI needs Chromium at {CHROMIUM} for the report test: {INSTALL}")
+    pytest.skip(f"no Chromium at {CHROMIUM}; install it with: {INSTALL}", allow_module_level=True)
+
+DRAWN = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
+  id: gd.id, traces: (gd._fullData || []).length,
+  drawn: gd.querySelectorAll('.main-svg g.trace, .main-svg g.hm image, .main-svg g.heatmaplayer image').length,
+  marks: Array.from(gd.querySelectorAll('.main-svg g.trace path, .main-svg g.hm image'))
+    .filter(e => e.tagName === 'image' || (e.getAttribute('d') || '').length > 4).length}))"""
+
+
+def test_report_renders_in_chromium(full_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    page_path = build_report(full_run)
+    errors: list[str] = []
+    remote: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda q: None if q.url.startswith(("file:", "data:", "blob:")) else remote.append(q.url))
+            t0 = time.perf_counter()
+            page.goto(page_path.as_uri(), wait_until="load")
+            n_figs = int(page.get_attribute("body", "data-figures"))
+            page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg g.trace').length >= {n_figs}")
+            load_s = time.perf_counter() - t0
+            plots = page.evaluate(DRAWN)
+            page.screenshot(path=str(tmp_path / "report-top.png"))
+            page.locator(".js-plotly-plot").first.screenshot(path=str(tmp_path / "report-figure.png"))
+            header = page.locator("h2#tables ~ details").first
+            header.locator("summary").click()
+            th = header.locator("th", has_text="test_auroc").first
+            th.click()
+            col = page.evaluate("""() => { const t = document.querySelector("h2#tables ~ details table");
+              const i = Array.from(t.tHead.rows[0].cells).findIndex(c => c.textContent.startsWith('test_auroc'));
+              return Array.from(t.tBodies[0].rows).map(r => parseFloat(r.cells[i].dataset.v)); }""")
+        finally:
+            browser.close()
+    assert errors == [] and remote == []  # opens offline: nothing fetched beyond the file
+    assert n_figs == 9 and len(plots) == n_figs, plots
+    for plot in plots:
+        assert plot["traces"] > 0 and plot["drawn"] > 0 and plot["marks"] > 0, plot
+    finite = [v for v in col if v == v]
+    assert finite == sorted(finite) and len(finite) > 3  # sorted ascending on the first click
+    assert (tmp_path / "report-top.png").stat().st_size > 10_000
+    assert load_s < 30, load_s
