@@ -123,6 +123,15 @@ def safetensors_header(path: Path, error: type[UndertowError], fix: str) -> dict
     body = size - 8 - n
     for name, spec in header.items():
         _check_tensor_entry(path, name, spec, body, error, fix)
+    spans = sorted(tuple(spec["data_offsets"]) for spec in header.values())
+    end = 0
+    for lo, hi in spans:  # safetensors' own rule: the tensors tile the data bytes exactly, in some order
+        if lo != end:
+            raise error(f"{path}: tensor data overlaps or leaves a gap at byte {min(lo, end):,}; the file is "
+                        f"corrupt, {fix}")
+        end = hi
+    if end != body:
+        raise error(f"{path}: tensors cover {end:,} of the file's {body:,} data bytes; the file is corrupt, {fix}")
     return header
 
 
