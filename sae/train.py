@@ -1,0 +1,148 @@
+"""Train an SAE with sae-lens' ``SAETrainer`` on any undertow data provider.
+
+``train_sae(cfg, provider, d_in=..., metadata=...)`` builds the sae-lens training SAE for
+``cfg.arch`` (looked up in sae-lens' registry, so every architecture it registers trains the same
+way), runs ``SAETrainer.fit`` (Adam, sae-lens' schedulers, input-norm scaling folded into the weights
+at the end, dead-feature tracking, its tqdm bar and its wandb logger), checkpoints through the
+trainer's own ``save_checkpoint`` (plus undertow's manifest, ``checkpoint.py``), and saves the final
+SAE in sae-lens' layout with undertow's provenance (``io.py``).
+
+``provider`` is an iterator of ``[batch, d_in]`` tensors, or a callable ``start_tokens -> iterator``
+so a resumed run can draw a fresh (seeded) data order rather than replaying the first one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sae_lens import SAE
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.sae import SAEMetadata, TrainingSAE
+from sae_lens.training.sae_trainer import SAETrainer
+
+from . import checkpoint
+from .config import ArchConfig, SAEConfig
+from .errors import SAEError
+from .io import save_sae
+
+Provider = Iterator[torch.Tensor] | Callable[[int], Iterator[torch.Tensor]]
+
+
+@dataclass
+class TrainResult:
+    """What one ``train_sae`` call did."""
+
+    sae: SAE
+    """The trained SAE as saved and reopened (``SAE.load_from_disk``): the inference architecture (a
+    BatchTopK SAE is a JumpReLU SAE here), normalisation folded in."""
+    path: Path
+    """Directory of the saved SAE (``sae_weights.safetensors`` + ``cfg.json``)."""
+    tokens: int
+    """Tokens trained in total (including before a resume)."""
+    seconds: float
+    """Wall time of this call's ``fit`` (excluding model/store loading)."""
+    resumed_from: Path | None
+    """Checkpoint this run continued from, if any."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+def training_sae(arch: ArchConfig, d_in: int, metadata: dict | None = None, device: str = "cpu") -> TrainingSAE:
+    """The sae-lens training SAE of ``arch`` for inputs of width ``d_in``."""
+    sae_cls, cfg_cls = get_sae_training_class(arch.architecture)
+    kwargs: dict = {"d_in": d_in, "d_sae": arch.d_sae, "dtype": arch.dtype, "device": device,
+                    "normalize_activations": arch.normalize_activations}
+    if arch.architecture in ("topk", "batchtopk"):
+        kwargs["k"] = arch.k
+        if arch.architecture == "batchtopk":
+            kwargs["topk_threshold_lr"] = arch.topk_threshold_lr
+    elif arch.architecture == "standard":
+        kwargs["l1_coefficient"] = arch.l1_coefficient
+    elif arch.architecture == "jumprelu":
+        kwargs.update(l0_coefficient=arch.l0_coefficient, jumprelu_init_threshold=arch.jumprelu_init_threshold,
+                      jumprelu_bandwidth=arch.jumprelu_bandwidth)
+    return sae_cls(cfg_cls(**kwargs, metadata=SAEMetadata(**(metadata or {}))))
+
+
+def identity(cfg: SAEConfig, d_in: int) -> dict:
+    """What a checkpoint must share with the run that resumes it."""
+    arch = json.dumps(cfg.arch.__dict__, sort_keys=True)
+    return {"arch": hashlib.sha256(arch.encode()).hexdigest()[:16], "d_in": d_in, "hook": cfg.data.hook,
+            "batch_size": cfg.train.batch_size}
+
+
+def trainer_config(cfg: SAEConfig, checkpoints: Path) -> SAETrainerConfig:
+    t = cfg.train
+    return SAETrainerConfig(
+        total_training_samples=t.total_tokens, train_batch_size_samples=t.batch_size, lr=t.lr, lr_end=t.lr / 10,
+        lr_warm_up_steps=t.lr_warm_up_steps, lr_decay_steps=t.lr_decay_steps, device=t.device,
+        dead_feature_window=t.dead_feature_window, feature_sampling_window=t.feature_sampling_window,
+        n_checkpoints=t.n_checkpoints, checkpoint_path=str(checkpoints), save_final_checkpoint=False,
+        # 1,000 batches (sae-lens' default) for the input-norm estimate is ~1M tokens: many epochs of a
+        # small store; 32 batches put the mean norm within ~1 % here.
+        n_batches_for_norm_estimate=32,
+        logger=LoggingConfig(log_to_wandb=t.log_to_wandb, wandb_project=t.wandb_project,
+                             wandb_log_frequency=t.wandb_log_frequency, log_weights_to_wandb=False),
+    )
+
+
+def train_sae(cfg: SAEConfig, provider: Provider, *, d_in: int, metadata: dict | None = None,
+              resume: bool = False) -> TrainResult:
+    """Train (or, with ``resume``, continue) an SAE per ``cfg``; saves it to ``cfg.train.out_dir``."""
+    torch.manual_seed(cfg.data.seed)
+    out = Path(cfg.train.out_dir)
+    ckpts = out / "checkpoints"
+    ident = identity(cfg, d_in)
+    start = checkpoint.latest(ckpts) if resume else None
+    if start is not None:
+        checkpoint.verify(start, ident)
+    elif (out / "cfg.json").exists():
+        raise SAEError(f"{out} already holds a trained SAE; use another train.out_dir or delete it")
+    sae = training_sae(cfg.arch, d_in, metadata, cfg.train.device)
+    trainer_cfg = trainer_config(cfg, ckpts)
+    data = _provider(provider, checkpoint.read_manifest(start)["n_training_samples"] if start else 0)
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data,
+                         save_checkpoint_fn=lambda checkpoint_path: _on_checkpoint(trainer, checkpoint_path, ident))
+    if start is not None:
+        sae.load_weights_from_checkpoint(start)
+        trainer.load_trainer_state(start)  # the same file verify() opened weights-only
+        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
+    os.environ.setdefault("WANDB_MODE", "offline")
+    if not cfg.train.progress:
+        os.environ["TQDM_DISABLE"] = "1"
+    if cfg.train.log_to_wandb:
+        import wandb
+
+        wandb.init(project=cfg.train.wandb_project, config=cfg.to_dict(), dir=str(out))
+    t0 = time.perf_counter()
+    try:
+        sae = trainer.fit()
+    finally:
+        if cfg.train.log_to_wandb:
+            import wandb
+
+            wandb.finish()
+    seconds = time.perf_counter() - t0
+    path = save_sae(sae, out, undertow_tokens_trained=trainer.n_training_samples, undertow_architecture=cfg.arch.architecture)
+    return TrainResult(SAE.load_from_disk(str(path), device=cfg.train.device), path, trainer.n_training_samples,
+                       seconds, start)
+
+
+def _provider(provider: Provider, start_tokens: int) -> Iterator[torch.Tensor]:
+    return provider(start_tokens) if callable(provider) and not hasattr(provider, "__next__") else provider
+
+
+def _on_checkpoint(trainer: SAETrainer, path: Path | None, ident: dict) -> None:
+    if path is not None:
+        checkpoint.write_manifest(Path(path), {"n_training_samples": trainer.n_training_samples,
+                                               "n_training_steps": trainer.n_training_steps, "identity": ident})
