@@ -22,6 +22,22 @@ from .errors import SAEError
 FINGERPRINT_KEY = "undertow_model_fingerprint"
 
 
+def provenance(model_name: str, fingerprint: str, hook: str, *, store=None, corpus_hash: str | None = None) -> dict:
+    """``cfg.metadata`` entries of an undertow SAE: sae-lens' keys (``hook_name`` as the TransformerLens
+    name its evals splice at, ``model_name``, ``prepend_bos``) plus undertow's provenance."""
+    from undertow.activations.hooks import parse_hooks
+
+    layer = int(hook.rsplit(".", 1)[-1]) if hook[-1].isdigit() else 0
+    point = parse_hooks([hook], layer + 1)[0]
+    meta = {"hook_name": point.tl_name, "model_name": model_name, "prepend_bos": True, "undertow_hook": point.name,
+            FINGERPRINT_KEY: fingerprint}
+    if store is not None:
+        meta.update(undertow_store=str(store.path), undertow_dataset_hash=store.dataset_hash)
+    if corpus_hash is not None:
+        meta["undertow_corpus_hash"] = corpus_hash
+    return meta
+
+
 def save_sae(sae, path: str | Path, **metadata) -> Path:
     """Save a (training or inference) SAE under ``path``; ``metadata`` keys are added to ``cfg.metadata``."""
     path = Path(path)

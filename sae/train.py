@@ -138,6 +138,24 @@ def train_sae(cfg: SAEConfig, provider: Provider, *, d_in: int, metadata: dict |
                        seconds, start)
 
 
+def train_from_store(cfg: SAEConfig, store, *, model_name: str | None = None, expected_fingerprint: str | None = None,
+                     corpus_hash: str | None = None, resume: bool = False) -> TrainResult:
+    """``train_sae`` fed by ``store`` (``cfg.data.hook`` at ``all_tokens``), held-out rows kept out."""
+    from .data import open_store_tokens, store_provider
+    from .io import provenance
+
+    d = cfg.data
+    tokens = open_store_tokens(store, d.hook, expected_fingerprint=expected_fingerprint, heldout_rows=d.heldout_rows)
+    meta = provenance(model_name or tokens.store.manifest["model"]["name"], tokens.store.model_fingerprint, d.hook,
+                      store=tokens.store, corpus_hash=corpus_hash)
+
+    def provider(start_tokens: int):
+        return store_provider(tokens, cfg.train.batch_size, chunk_tokens=d.chunk_tokens, buffer_tokens=d.buffer_tokens,
+                              mix_fraction=d.mix_fraction, seed=d.seed, start_epoch=start_tokens)
+
+    return train_sae(cfg, provider, d_in=tokens.d_model, metadata=meta, resume=resume)
+
+
 def _provider(provider: Provider, start_tokens: int) -> Iterator[torch.Tensor]:
     return provider(start_tokens) if callable(provider) and not hasattr(provider, "__next__") else provider
 
