@@ -42,7 +42,7 @@ def read_text(path: Path, error: type[UndertowError], fix: str) -> str:
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise error(f"{path}:{line}: not UTF-8 (byte {data[e.start]:#04x} at offset {e.start}); "
-                    f"save the file as UTF-8; {fix}") from None
+                    "save the file as UTF-8") from None
 
 
 def load_json(path: Path, error: type[UndertowError], fix: str) -> Any:
