@@ -14,6 +14,7 @@ Only the answer positions go through the unembedding: on Gemma-3-270M the
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -22,11 +23,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from undertow.activations.batching import pad_right
+from undertow.activations.batching import pad_left, pad_right
 from undertow.activations.handle import ModelHandle
 from undertow.activations.intervene import base_model
 from undertow.activations.render import render_rows
+from undertow.activations.shared_prompts import select_cache
 from undertow.experiments.prompts.resources import load_resources
+
+REPLY_CHUNK_FACTOR = 4
+"""Shared-prompt path: at most ``REPLY_CHUNK_FACTOR x batch_size`` responses per reply pass (the suite's 4 replies
+per item: one chunk per prompt batch)."""
 
 
 @dataclass
@@ -65,38 +71,96 @@ def _prompt_messages(row: Mapping) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-@torch.inference_mode()
-def _response_logprobs(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(summed log-prob of each row's teacher-forced response tokens, their count), both [N].
+def _gather_logprobs(head, softcap, hidden_RD: torch.Tensor, target_R: torch.Tensor) -> torch.Tensor:
+    """``log p(target)`` from hidden states at the predicting positions: one ``lm_head`` matmul, fp32."""
+    logits_RV = head(hidden_RD).float()
+    if softcap:
+        logits_RV = torch.tanh(logits_RV / softcap) * softcap
+    return torch.log_softmax(logits_RV, -1).gather(1, target_R.to(logits_RV.device)[:, None])[:, 0]
 
-    Works on a peft-wrapped ``handle.hf_model`` (the LoRA layers live inside the base model's modules).
-    Only the response positions of a batch go through ``lm_head``, in one matmul.
-    """
-    model = base_model(handle.hf_model)
+
+def _plain_batches(handle, model, rendered, batch_size, sums) -> None:
+    """One right-padded forward per length-sorted batch over prompt + response (positions do not move)."""
     body, head = model.get_decoder(), model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    rendered = render_rows(handle.tokenizer, rows)
-    empty = [i for i, r in enumerate(rendered) if r.n_response == 0]
-    if empty:
-        raise ValueError(f"rows {empty[:5]} have no response tokens to score")
-    sums, counts = np.zeros(len(rows)), np.array([r.n_response for r in rendered], dtype=np.int64)
-    order = np.argsort([r.n_tokens for r in rendered], kind="stable")  # length-sorted: little padding
+    order = np.argsort([r.n_tokens for r in rendered], kind="stable")
     pad = handle.tokenizer.pad_token_id or 0
     for start in tqdm(range(0, len(order), batch_size), desc="reply log-probs", unit="batch", leave=False):
         idx = order[start:start + batch_size]
-        ids_BT, mask_BT = pad_right([rendered[i].ids for i in idx], pad)  # right padding: positions do not move
+        ids_BT, mask_BT = pad_right([rendered[i].ids for i in idx], pad)
         hidden_BTD = body(input_ids=ids_BT.to(handle.device), attention_mask=mask_BT.to(handle.device),
                           use_cache=False).last_hidden_state
         # the response token at t is predicted from the hidden state at t-1
         rows_R = torch.cat([torch.full((rendered[i].n_response,), j) for j, i in enumerate(idx)])
         pos_R = torch.cat([torch.arange(rendered[i].n_prompt - 1, rendered[i].n_tokens - 1) for i in idx])
         target_R = torch.cat([torch.tensor(rendered[i].ids[rendered[i].n_prompt:]) for i in idx])
-        logits_RV = head(hidden_BTD[rows_R.to(handle.device), pos_R.to(handle.device)]).float()
-        if softcap:
-            logits_RV = torch.tanh(logits_RV / softcap) * softcap
-        lp_R = torch.log_softmax(logits_RV, -1).gather(1, target_R.to(handle.device)[:, None])[:, 0]
-        per_row = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows_R, lp_R.double().cpu())
-        sums[idx] = per_row.numpy()
+        lp_R = _gather_logprobs(head, softcap, hidden_BTD[rows_R.to(handle.device), pos_R.to(handle.device)], target_R)
+        sums[idx] = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows_R, lp_R.double().cpu()).numpy()
+
+
+def _shared_batches(handle, model, rendered, groups, batch_size, sums) -> None:
+    """Each distinct prompt once (left-padded, KV cache), then all its responses against the cache
+    (``activations/shared_prompts.py``'s layout: ``select_cache``, positions continuing from the prompt).
+    The first response token is predicted from the prompt pass's last state, the others from the reply pass."""
+    from transformers import DynamicCache
+
+    body, head = model.get_decoder(), model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    kv = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    pad, dev = handle.tokenizer.pad_token_id or 0, handle.device
+    groups = sorted(groups, key=lambda g: -rendered[g[0]].n_prompt)
+    for start in tqdm(range(0, len(groups), batch_size), desc="reply log-probs (shared prompts)", unit="batch",
+                      leave=False):
+        batch = groups[start:start + batch_size]
+        ids_GP, mask_GP = (t.to(dev) for t in pad_left([rendered[g[0]].ids[:rendered[g[0]].n_prompt] for g in batch], pad))
+        cache = DynamicCache(config=model.config)
+        last_GD = body(input_ids=ids_GP, attention_mask=mask_GP, position_ids=(mask_GP.cumsum(1) - 1).clamp(min=0),
+                       use_cache=True, **{kv: cache}).last_hidden_state[:, -1]
+        pairs = [(k, i) for k, g in enumerate(batch) for i in g]
+        for c in range(0, len(pairs), REPLY_CHUNK_FACTOR * batch_size):
+            chunk = pairs[c:c + REPLY_CHUNK_FACTOR * batch_size]
+            g_R = torch.tensor([k for k, _ in chunk], device=dev)
+            replies = [rendered[i].ids[rendered[i].n_prompt:] for _, i in chunk]
+            ids_RS, mask_RS = (t.to(dev) for t in pad_right(replies, pad))
+            pos_RS = mask_GP.sum(1).index_select(0, g_R)[:, None] + torch.arange(ids_RS.shape[1], device=dev)
+            hidden_RSD = body(input_ids=ids_RS, attention_mask=torch.cat([mask_GP.index_select(0, g_R), mask_RS], 1),
+                              position_ids=pos_RS, use_cache=True, **{kv: select_cache(cache, g_R)}).last_hidden_state
+            # token 0 of reply r from the prompt's last state; token t > 0 from reply state t - 1
+            states = torch.cat([torch.cat([last_GD[k][None], hidden_RSD[r, :len(s) - 1]])
+                                for r, ((k, _), s) in enumerate(zip(chunk, replies, strict=True))])
+            lp = _gather_logprobs(head, softcap, states, torch.tensor([t for s in replies for t in s]))
+            owner = torch.tensor([j for j, s in enumerate(replies) for _ in s])
+            sums[[i for _, i in chunk]] = torch.zeros(len(chunk), dtype=torch.float64).index_add_(
+                0, owner, lp.double().cpu()).numpy()
+
+
+@torch.inference_mode()
+def _response_logprobs(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int,
+                       share_prompts: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(summed log-prob of each row's teacher-forced response tokens, their count), both [N].
+
+    Rows that share a prompt (the replies of one item, the two answers of a forced choice) run the prompt
+    once and the responses against its KV cache (``share_prompts``; None = when prompts repeat 1.5x on
+    average). Measured on smollm2-135m-instruct, 16 test items x 4 suite replies (prompts ~110 tokens, replies
+    ~13), 2 cores at load average 16: 110 s shared vs 236 s plain (2.1x), max |diff| 4e-5 nats. Only the response
+    positions go through ``lm_head``. Works on a peft-wrapped ``handle.hf_model`` (the LoRA layers live
+    inside the base model's modules).
+    """
+    model = base_model(handle.hf_model)
+    rendered = render_rows(handle.tokenizer, rows)
+    empty = [i for i, r in enumerate(rendered) if r.n_response == 0]
+    if empty:
+        raise ValueError(f"rows {empty[:5]} have no response tokens to score")
+    sums, counts = np.zeros(len(rows)), np.array([r.n_response for r in rendered], dtype=np.int64)
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(rendered):
+        by_prompt.setdefault(tuple(r.ids[:r.n_prompt]), []).append(i)
+    if share_prompts is None:
+        share_prompts = len(rows) >= 1.5 * len(by_prompt)
+    if share_prompts:
+        _shared_batches(handle, model, rendered, list(by_prompt.values()), batch_size, sums)
+    else:
+        _plain_batches(handle, model, rendered, batch_size, sums)
     return sums, counts
 
 
