@@ -26,7 +26,7 @@ import traceback
 import torch
 
 from .config import ExtractConfig
-from .engine import Progress, run_shards, warn_nonfinite
+from .engine import Progress, check_room, run_shards, warn_nonfinite
 from .errors import UndertowError
 from .extract_errors import StoreError
 from .handle import ModelHandle
@@ -80,7 +80,7 @@ def extract_distributed(handle: ModelHandle, dataset, config: ExtractConfig, *, 
     error = None
     if rank == 0:
         try:
-            prepare_store(plan.out_dir, plan.header, resume, overwrite)
+            check_room(plan, prepare_store(plan.out_dir, plan.header, resume, overwrite))
         except UndertowError as e:
             error = str(e)
     _agree_on_error(error)

@@ -52,6 +52,7 @@ from .handle import ModelHandle
 from .manifest import MANIFEST, finalize
 from .plan import BATCHING_FIELDS, Plan, make_plan
 from .positions import spans
+from .preflight import check_free_space, store_bytes_estimate
 from .render import Rendered, render_rows
 from .rows import row_metadata
 from .shared_prompts import capture_shared, group_by_prompt, shared_batches
@@ -79,6 +80,7 @@ def extract(handle: ModelHandle, dataset, config: ExtractConfig, *, resume: bool
     torch.manual_seed(config.seed)
     plan = make_plan(handle, dataset, config)
     done = prepare_store(plan.out_dir, plan.header, resume, overwrite)
+    check_room(plan, done)
     if on_plan is not None:
         on_plan(plan, done)
     writer = ShardWriter(plan.out_dir, plan.header, MANIFEST, done)
@@ -86,6 +88,14 @@ def extract(handle: ModelHandle, dataset, config: ExtractConfig, *, resume: bool
     manifest = finalize(plan.out_dir, plan.header)
     warn_nonfinite(manifest)
     return ActivationStore(plan.out_dir)
+
+
+def check_room(plan: Plan, done: dict) -> None:
+    """Refuse to start when the disk cannot hold the shards still to write (fixed-size keys; ~5 % margin)."""
+    todo = plan.n_shards - len(done)
+    if todo > 0:
+        need = store_bytes_estimate(plan.header["keys"], plan.n_rows, plan.out_dtype.itemsize) * todo // plan.n_shards
+        check_free_space(plan.out_dir, int(need * 1.05))
 
 
 def warn_nonfinite(manifest: dict) -> None:

@@ -39,33 +39,46 @@ def _write_error(out_dir: Path, e: OSError, what: str, started: bool = True) -> 
     return StoreWriteError(f"cannot write {what} in {out_dir} ({e.strerror or e}): {fix}{tail}")
 
 
-def prepare_store(out_dir: Path, header: dict, resume: bool, overwrite: bool) -> dict[int, dict]:
-    """Create, resume or overwrite the store at ``out_dir``; returns the already complete shards.
+def store_action(out_dir: Path, resume: bool, overwrite: bool) -> tuple[str, dict | None]:
+    """What ``prepare_store`` will do at ``out_dir``: ``("create", None)``, ``("replace", manifest)`` or
+    ``("resume", manifest)``; refuses (``StoreError``) what it must not touch. Reads only; deletes nothing.
 
-    Writes the initial manifest, so every store directory has one from the start. ``overwrite`` deletes
-    only an undertow store's own files (``ownership.py``). A store with no complete shard (a run that
-    failed on its first rows) holds nothing to lose, so it is replaced without asking: a corrected rerun
-    is never blocked by it.
-    """
+    ``overwrite`` replaces only an undertow store (``ownership.py``). A store with no complete shard (a run
+    that failed on its first rows) holds nothing to lose, so it is replaced without asking: a corrected
+    rerun is never blocked by it."""
     existing = read_manifest(out_dir / MANIFEST)
-    if existing is None and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise StoreError(f"{out_dir} exists and is not an undertow store; choose an empty or new out_dir")
-    if existing is not None and not is_store_manifest(existing):
+    if existing is None:
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise StoreError(f"{out_dir} exists and is not an undertow store; choose an empty or new out_dir")
+        return "create", None
+    if not is_store_manifest(existing):
         raise not_a_store(out_dir, existing)
-    if existing is not None and not overwrite:
-        check_manifest(existing, out_dir / MANIFEST)
-    if existing is not None and (overwrite or not completed_shards(out_dir)):
-        remove_store(out_dir, existing)
-        existing = None
-    if existing is not None:
-        if not resume:
-            state = ("a complete store" if existing.get("complete")
-                     else f"an incomplete store ({len(existing['shards'])}/{existing['n_shards']} shards)")
-            raise StoreError(f"{out_dir} already holds {state}: pass --resume to continue it, --overwrite to replace it, "
-                             "or choose another out_dir")
+    if overwrite:
+        if out_dir.is_symlink():
+            raise StoreError(f"{out_dir} is a symlink (to {out_dir.resolve()}); nothing was deleted: pass the real "
+                             "directory as out_dir to replace the store there")
+        return "replace", existing
+    check_manifest(existing, out_dir / MANIFEST)
+    if not completed_shards(out_dir):
+        return "replace", existing
+    if not resume:
+        state = ("a complete store" if existing.get("complete")
+                 else f"an incomplete store ({len(existing['shards'])}/{existing['n_shards']} shards)")
+        raise StoreError(f"{out_dir} already holds {state}: pass --resume to continue it, --overwrite to replace it, "
+                         "or choose another out_dir")
+    return "resume", existing
+
+
+def prepare_store(out_dir: Path, header: dict, resume: bool, overwrite: bool) -> dict[int, dict]:
+    """Create, resume or overwrite the store at ``out_dir`` (``store_action``); returns the already complete
+    shards. Writes the initial manifest, so every store directory has one from the start."""
+    action, existing = store_action(out_dir, resume, overwrite)
+    if action == "resume":
         check_identity(existing, header["identity"], out_dir)
         remove_own_tmp_files(out_dir, existing)
         return completed_shards(out_dir)
+    if action == "replace":
+        remove_store(out_dir, existing)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(out_dir / MANIFEST, dict(header, shards=[], complete=False))

@@ -12,7 +12,7 @@ from .artifact import Probe, _json_safe
 from .config import SweepConfig
 from .errors import ProbeError
 
-__all__ = ["COLUMNS", "OperatingPoint", "ProbeWeights", "SweepResult"]
+__all__ = ["COLUMNS", "EXTERNAL_COLUMNS", "OperatingPoint", "ProbeWeights", "SweepResult"]
 
 COLUMNS: dict[str, str] = {
     "hook": "hook name",
@@ -42,6 +42,17 @@ COLUMNS: dict[str, str] = {
     "converged": "True if every fit of the layer (folds, final, shuffles) converged (always for closed forms)",
     "n_iter": "solver iterations of the layer batch",
     "shrinkage": "LDA covariance shrinkage of the final fit",
+}
+
+EXTERNAL_COLUMNS: dict[str, str] = {
+    "threshold_in_template": "the template-calibrated threshold, kept when a calibration set replaced it",
+    "<set>_auroc": "AUROC on an evaluation set's test rows (issue 10: 'independent', 'mwe'), never used to choose",
+    "<set>_auroc_lo": "lower bound of its cluster-bootstrap CI (clusters = the set's groups)",
+    "<set>_auroc_hi": "upper bound of that CI",
+    "<set>_val_auroc": "AUROC on the set's val rows (may take part in choosing the operating point)",
+    "<set>_tpr": "TPR on the set's test positives at the threshold",
+    "<set>_fpr": "FPR on the set's test negatives (or on the calibration set) at the threshold",
+    "<set>_flag": "'below_chance' (AUROC < 0.5), 'below_lexical' (below the set's lexical baseline) or ''",
 }
 
 
@@ -89,6 +100,13 @@ class SweepResult:
     position: str | None = None
     """Token position of the activations when the store says (a view's position or its only one)."""
     timings: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per stage; kept out of ``to_dict`` so two identical sweeps write identical JSON."""
+    flags: list[str] = field(default_factory=list)
+    """The operating point's loud flags (evaluation AUROC below chance or below its lexical baseline)."""
+    evaluations: dict[str, float | None] = field(default_factory=dict)
+    """Evaluation-set name -> its lexical baseline AUROC (None when not given)."""
+    calibration: dict | None = None
+    """``{"set", "sha256", "target_fpr"}`` of the calibration set that set the thresholds, or None."""
 
     def row(self, hook: str, probe_type: str) -> dict:
         for r in self.table:
@@ -113,11 +131,16 @@ class SweepResult:
         w = self.weights[(hook, probe_type)]
         is_op = op is not None and (op.hook, op.probe_type) == (hook, probe_type)
         metrics = {k: v for k, v in r.items() if k not in ("hook", "probe_type")}
+        from .selection import flags_of
+
+        extra = {"operating_point": is_op, "target_fpr": self.config.target_fpr, "dataset_hash": self.dataset_hash,
+                 "flags": flags_of(r, list(self.evaluations), self.evaluations),
+                 "evaluation_lexical_auroc": dict(self.evaluations), "calibration": self.calibration,
+                 "selection_rule": op.selected_by if op is not None else None}
         return Probe(weight=w.weight, bias=w.bias, mean=w.mean, std=w.std, hook=hook, probe_type=probe_type,
                      threshold=r["threshold"], model_fingerprint=model_fingerprint or self.model_fingerprint,
                      position=position or self.position, training_data_hash=self.data_hash.get(hook), metrics=metrics,
-                     config=self.config.to_dict(), extra={"operating_point": is_op, "target_fpr": self.config.target_fpr,
-                                                          "dataset_hash": self.dataset_hash})
+                     config=self.config.to_dict(), extra=extra)
 
     def to_dataframe(self):
         """The table as a pandas DataFrame (pandas is imported only here)."""
@@ -132,12 +155,15 @@ class SweepResult:
                            "hooks": self.hooks, "probe_types": self.probe_types, "config": self.config.to_dict(),
                            "n_rows": self.n_rows, "lexical_auroc": self.lexical_auroc,
                            "model_fingerprint": self.model_fingerprint, "dataset_hash": self.dataset_hash,
-                           "position": self.position, "timings": self.timings})
+                           "position": self.position, "flags": self.flags,
+                           "evaluations": self.evaluations, "calibration": self.calibration})
 
     def format_table(self, probe_type: str | None = None, columns=("cv_auroc_mean", "val_auroc", "test_auroc",
                      "test_auroc_lo", "test_auroc_hi", "test_tpr", "p_holm", "selectivity", "random_auroc_max")) -> str:
         """Plain-text layer table (one line per hook and type), operating point marked with '*'."""
         op = self.operating_point
+        for name in self.evaluations:
+            columns = (*columns, f"{name}_auroc", f"{name}_auroc_lo", f"{name}_flag")
         head = f"{'hook':<18} {'type':<10} " + " ".join(f"{c[:13]:>13}" for c in columns)
         lines = [head, "-" * len(head)]
         for r in self.table:
@@ -146,10 +172,13 @@ class SweepResult:
             mark = "*" if op is not None and (r["hook"], r["probe_type"]) == (op.hook, op.probe_type) else " "
             vals = " ".join(f"{_fmt(r.get(c)):>13}" for c in columns)
             lines.append(f"{mark}{r['hook']:<17} {r['probe_type']:<10} {vals}")
+        lines += [f"!! FLAG (operating point): {f}" for f in self.flags]
         return "\n".join(lines)
 
 
 def _fmt(v) -> str:
+    if v == "":
+        return "-"
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float):

@@ -37,8 +37,10 @@ def summary(store, bar: Bar, seconds: float) -> str:
 
 def run(config: ExtractConfig, args: argparse.Namespace) -> int:
     from undertow.activations import distributed, engine, load_model
+    from undertow.activations.preflight import check_store_target
     from undertow.experiments.prompts.resolve import resolve_dataset
 
+    check_store_target(config.out_dir, args.resume, args.overwrite)  # before the model loads
     multi = distributed.is_distributed_launch()
     device = distributed.init_from_env() if multi else config.device
     rank0 = not multi or int(os.environ.get("RANK", "0")) == 0

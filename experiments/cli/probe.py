@@ -33,16 +33,26 @@ def _sweep(cfg: SweepConfig, args: argparse.Namespace):
 
 
 def run_sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
+    from undertow.activations.preflight import check_writable
+    from undertow.activations.store_io import atomic_write
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_writable(out, "the sweep table")
     store, result = _sweep(cfg, args)
     print(result.format_table())
-    out = Path(args.json or Path(args.store) / f"sweep-{args.contrast}.json")
-    out.write_text(json.dumps(result.to_dict(), indent=1, default=str))
     op = result.operating_point
-    print(f"\noperating point (chosen on val): {op.hook} / {op.probe_type}; table written to {out}")
+    if out is not None:
+        atomic_write(out, (json.dumps(result.to_dict(), indent=1, sort_keys=True, default=str) + "\n").encode())
+    print(f"\noperating point (chosen on val): {op.hook} / {op.probe_type}"
+          + (f"; table written to {out}" if out is not None else ""))
     return 0
 
 
 def run_train(cfg: SweepConfig, args: argparse.Namespace) -> int:
+    from undertow.activations.preflight import check_writable
+
+    check_writable(Path(args.out) / "probe.json", "the probe")
     store, result = _sweep(cfg, args)
     probe = result.probe(hook=args.hook, probe_type=args.type)
     probe.extra.update(contrast=args.contrast, model=store.manifest.get("config", {}).get("model"))
@@ -89,7 +99,8 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     _store_args(p)
-    p.add_argument("--json", help="where to write the table (default STORE/sweep-CONTRAST.json)")
+    p.add_argument("--out", "--json", dest="out", help="JSON file to write the table to (none by default; "
+                   "nothing is written into the store)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:

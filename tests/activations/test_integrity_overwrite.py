@@ -102,3 +102,18 @@ def test_failed_first_shard_does_not_block_the_corrected_rerun(tmp_path, tiny_ll
     assert (tmp_path / "store" / "manifest.json").exists()  # the manifest-only store a failed run leaves...
     assert len(extract(tiny_llama, chat_rows(5), cfg)) == 5  # ...is replaced without --overwrite or --resume
     ActivationStore(cfg.out_dir).verify()
+
+
+def test_out_dir_checked_before_the_model_loads(tmp_path, capsys):
+    foreign = tmp_path / "build"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text('{"suite": 1}')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tmp_path / "no-such-model"), "dataset": "x.jsonl",
+                                   "out_dir": str(foreign)}))
+    assert cli_main(["extract", str(cfg), "--overwrite", "--no-progress"]) == 2
+    assert "is not an undertow activation store" in capsys.readouterr().err  # not the missing model or dataset
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert cli_main(["extract", str(cfg), "--out-dir", str(blocked / "store"), "--no-progress"]) == 2
+    assert "choose a writable location (checked before any work)" in capsys.readouterr().err

@@ -151,3 +151,15 @@ def test_verify_store_reports_per_shard(copy):
     assert lines[0].endswith(": ok") and "does not match its sha256" in lines[1] and "1 bad, 3 shards" in lines[-1]
     with pytest.raises(StoreError, match=r"shard 1 \(resid_post.1\)"):
         ActivationStore(copy).verify()
+
+
+def test_store_verify_cli(copy, capsys):
+    from undertow.experiments.cli import main as cli_main
+
+    assert cli_main(["store", "verify", str(copy)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 + 1 + 1 and out[-1].startswith(f"{copy}: OK, 3 shards")
+    (copy / "rows" / "00002.jsonl").write_text("{}\n{}\n")
+    assert cli_main(["store", "verify", str(copy)]) == 2
+    out = capsys.readouterr().out
+    assert "shard     2 rows 8-10: rows/00002.jsonl" in out and "1 bad, 3 shards" in out

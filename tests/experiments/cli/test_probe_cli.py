@@ -24,11 +24,17 @@ def suite_store(tiny_llama_dir, tmp_path_factory):
     return out
 
 
-def test_sweep_relabels_a_suite_store_and_writes_json(suite_store, capsys):
-    assert main(["probe", "sweep", str(suite_store), "--contrast", "self_cessation"]) == 0
+def test_sweep_relabels_a_suite_store_and_writes_json(suite_store, tmp_path, capsys):
+    before = sorted(p.name for p in suite_store.iterdir())
+    out_json = tmp_path / "sweep.json"
+    assert main(["probe", "sweep", str(suite_store), "--contrast", "self_cessation", "--out", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert "resid_post.1" in out and "operating point (chosen on val)" in out
-    table = json.loads((suite_store / "sweep-self_cessation.json").read_text())
+    assert sorted(p.name for p in suite_store.iterdir()) == before  # nothing written into the input store
+    again = tmp_path / "again.json"
+    assert main(["probe", "sweep", str(suite_store), "--contrast", "self_cessation", "--out", str(again)]) == 0
+    assert again.read_bytes() == out_json.read_bytes()  # deterministic: no timings in the JSON
+    table = json.loads(out_json.read_text())
     n = table["n_rows"]
     assert sum(n.values()) < 400  # rows of other formats were dropped, not mislabelled
 
@@ -48,6 +54,15 @@ def test_train_then_eval_json(suite_store, tmp_path, capsys):
     assert res["n"] == 40 and 0.0 <= res["auroc"] <= 1.0
     lo, hi = res["auroc_ci"]
     assert lo <= res["auroc"] <= hi
+
+
+def test_unwritable_outputs_fail_before_the_work(suite_store, tmp_path, capsys):
+    blocked = tmp_path / "a_file"  # tests run as root here, so a file in the way stands in for a read-only dir
+    blocked.write_text("")
+    for argv in (["sweep", "--out", str(blocked / "t.json")], ["train", "--out", str(blocked / "probe")]):
+        assert main(["probe", argv[0], str(suite_store), "--contrast", "self_cessation", *argv[1:]]) == 2
+        err = capsys.readouterr().err
+        assert "choose a writable location (checked before any work)" in err and err.count("\n") == 1
 
 
 def test_unknown_contrast_is_one_line(suite_store, capsys):
