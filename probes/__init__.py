@@ -3,7 +3,9 @@
 Fit, evaluate, control and save linear probes on activations (tensors or an
 activation store); no model loading here. Main entry points:
 
-- :func:`sweep` - every hook x probe type, grouped CV, baselines, CIs, operating point.
+- :func:`sweep` - every hook x probe type, grouped CV, baselines, CIs, operating point; with
+  ``evaluations=[eval_set(...)]`` and ``calibration=calibration_set(...)`` also the AUROCs on
+  independently written / external sets and thresholds set on ordinary chat (issue 10).
 - :func:`generalisation_matrix`, :func:`transfer` - train on one domain / dataset, test on others.
 - :func:`fit_probe` - one probe on ``acts[N, D]``; :class:`Probe` - the saved artifact.
 - :mod:`undertow.probes.metrics` - AUROC, AUPRC, TPR@FPR, cluster bootstrap, permutations, Holm/BH.
@@ -23,6 +25,7 @@ The online monitor lives in :mod:`undertow.probes.monitor` (imported on demand: 
 from .artifact import Probe, hash_training_data
 from .config import PROBE_TYPES, FitConfig, SweepConfig
 from .errors import ProbeError, ProbeWarning
+from .external import CalibrationSet, EvalSet, calibration_set, eval_set, require_calibration
 from .folds import grouped_folds, make_splits
 from .generalisation import GeneralisationResult, TransferResult, generalisation_matrix, transfer
 from .layers import LayerFit, fit_layers, fit_probe
@@ -53,4 +56,5 @@ __all__ = [
     "ActivationSource", "TensorStore", "SyntheticStore", "make_synthetic", "auroc", "auprc", "threshold_at_fpr",
     "tpr_at_fpr", "cluster_bootstrap_counts", "cluster_bootstrap_weights", "bootstrap_auroc", "bootstrap_ci",
     "permute_labels", "auroc_permutation_null", "permutation_pvalue", "holm", "benjamini_hochberg",
+    "EvalSet", "CalibrationSet", "eval_set", "calibration_set", "require_calibration",
 ]

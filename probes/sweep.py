@@ -12,6 +12,7 @@ import hashlib
 import math
 import time
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,18 +23,21 @@ from .baselines import resolve_lexical
 from .config import SweepConfig
 from .errors import ProbeError, ProbeWarning
 from .evaluate import evaluate_fit, evaluate_random
+from .external import CalibrationSet, EvalSet
 from .fit import fit_types
 from .metrics import benjamini_hochberg, holm
 from .plan import SweepPlan, make_plan
 from .problems import Prepared, standardisation
 from .result import OperatingPoint, SweepResult, weights_from_fit
+from .selection import add_external, choose, warn_flags
 from .store import ProbeData, resolve_data
 
 __all__ = ["sweep", "nonfinite_rows"]
 
 
 def sweep(source, labels=None, groups=None, splits=None, *, config: SweepConfig | None = None,
-          lexical_auroc=None, **overrides) -> SweepResult:
+          lexical_auroc=None, evaluations: Sequence[EvalSet] = (), calibration: CalibrationSet | None = None,
+          select_rule: str = "mean", candidate_hooks: Sequence[str] | None = None, **overrides) -> SweepResult:
     """Fit and evaluate every (hook, probe type) of ``source``.
 
     ``source`` is an activation store (``hooks``, ``rows``, ``store[hook]``) or a dict
@@ -41,6 +45,13 @@ def sweep(source, labels=None, groups=None, splits=None, *, config: SweepConfig 
     explicit ``labels``/``groups``/``splits`` override the store's columns. Keyword
     ``overrides`` set :class:`SweepConfig` fields (``probe_types=..., n_folds=5, embed_hook='embed'``).
     ``lexical_auroc`` is the caller's lexical baseline (a number or a callable returning one).
+
+    Issue 10 (``external.py``, ``selection.py``): ``evaluations`` (:class:`EvalSet`, e.g. the independent
+    set and the model-written evals) add ``<name>_auroc`` [CI], ``<name>_val_auroc`` and ``<name>_flag``
+    columns; ``calibration`` (:class:`CalibrationSet`, ordinary chat) sets every threshold at
+    ``target_fpr`` on its scores. The operating point is ranked by ``select_rule`` ('val': the
+    in-template val metric alone; 'mean' / 'min' of it and each set's val AUROC) among
+    ``candidate_hooks`` (None = all), and never by a test column.
     """
     cfg = SweepConfig.from_overrides(config, overrides)
     lexical = resolve_lexical(lexical_auroc)  # fail before the work, not after
@@ -57,8 +68,17 @@ def sweep(source, labels=None, groups=None, splits=None, *, config: SweepConfig 
     order = {(t, h): i for i, (t, h) in enumerate((t, h) for t in cfg.probe_types for h in hooks)}
     rows.sort(key=lambda r: order[(r["probe_type"], r["hook"])])  # by type, then hook: independent of chunking
     _finalise(rows, cfg, lexical)
+    evaluations = list(evaluations)
+    if evaluations or calibration is not None or candidate_hooks is not None or select_rule != "mean":
+        op, flags = _external(data, plan, cfg, rows, weights, evaluations, calibration, select_rule, candidate_hooks)
+    else:  # the pre-issue-10 path, unchanged
+        op, flags = _select(rows, cfg, plan), []
     timings["total"] = time.perf_counter() - t0
-    return SweepResult(table=rows, operating_point=_select(rows, cfg, plan), hooks=hooks,
+    return SweepResult(table=rows, operating_point=op, hooks=hooks, flags=flags,
+                       evaluations={e.name: e.lexical_auroc for e in evaluations},
+                       calibration=None if calibration is None else {
+                           "set": calibration.name, "sha256": calibration.source_hash,
+                           "target_fpr": cfg.target_fpr},
                        probe_types=list(cfg.probe_types), config=cfg, n_rows=plan.n_rows(), lexical_auroc=lexical,
                        weights=weights, data_hash=hashes,
                        model_fingerprint=getattr(data.source, "model_fingerprint", None),
@@ -212,6 +232,26 @@ def _finalise(rows: list[dict], cfg: SweepConfig, lexical: float | None) -> None
             r["delta_vs_lexical"] = r["test_auroc"] - lexical if lexical is not None else math.nan
 
 
+def _external(data, plan, cfg, rows, weights, evaluations, calibration, rule, candidate_hooks):
+    """Evaluation columns, calibrated thresholds and the rule-chosen operating point (``selection.py``)."""
+    test_idx = plan.idx_eval[plan.test]
+    test_acts = {h: data.load(h, test_idx) for h in {r["hook"] for r in rows}} if calibration is not None else {}
+    add_external(rows, weights, test_acts, plan.y_eval[plan.test], evaluations, calibration, cfg.target_fpr,
+                 cfg.n_boot, cfg.ci_level, cfg.seed)
+    key = f"val_{cfg.select_by}"
+    if all(math.isnan(r[key]) for r in rows):
+        key = "cv_auroc_oof"
+    source = f"calibration:{calibration.name}" if calibration is not None else _threshold_source(plan)
+    names = [e.name for e in evaluations]
+    op = choose(rows, key, names, rule, candidate_hooks, cfg.target_fpr, source)
+    return op, warn_flags(op, rows, names, {e.name: e.lexical_auroc for e in evaluations})
+
+
+def _threshold_source(plan: SweepPlan) -> str:
+    return "control" if plan.n_control else ("val" if plan.n_val and bool((plan.y_eval[plan.val] == 0).any())
+                                              else "oof")
+
+
 def _select(rows: list[dict], cfg: SweepConfig, plan: SweepPlan) -> OperatingPoint | None:
     """Best (hook, type) by the validation metric; never looks at test columns."""
     key = f"val_{cfg.select_by}"
@@ -221,7 +261,6 @@ def _select(rows: list[dict], cfg: SweepConfig, plan: SweepPlan) -> OperatingPoi
     if not cands:
         return None
     best = max(cands, key=lambda r: r[key])  # max keeps the first of ties (earliest hook, type order)
-    source = "control" if plan.n_control else ("val" if plan.n_val and bool((plan.y_eval[plan.val] == 0).any())
-                                              else "oof")
     return OperatingPoint(hook=best["hook"], probe_type=best["probe_type"], threshold=best["threshold"],
-                          target_fpr=cfg.target_fpr, threshold_source=source, selected_by=key, value=best[key])
+                          target_fpr=cfg.target_fpr, threshold_source=_threshold_source(plan), selected_by=key,
+                          value=best[key])

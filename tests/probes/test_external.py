@@ -1,0 +1,126 @@
+"""Evaluation sets, control calibration and the operating-point rule of issue 10 (synthetic stores)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from probes_testutil import sweep_once
+
+from undertow.probes import (
+    Probe,
+    ProbeError,
+    ProbeWarning,
+    calibration_set,
+    eval_set,
+    require_calibration,
+)
+
+
+def _subset(store, mask: np.ndarray) -> dict[str, torch.Tensor]:
+    idx = torch.as_tensor(np.flatnonzero(mask))
+    return {h: store[h].index_select(0, idx) for h in store.hooks}
+
+
+def _test_rows_as_eval(store, flip: bool = False, lexical=None, name="independent"):
+    """The sweep's own test rows as an evaluation set (half their templates val, half test)."""
+    rows = store.rows
+    test = rows["split"] == "test"
+    templates = np.asarray(rows["template_id"])[test]
+    uniq = sorted(set(templates.tolist()))
+    splits = np.array(["val" if uniq.index(t) % 2 == 0 else "test" for t in templates])
+    y = np.asarray(rows["label"])[test]
+    return eval_set(name, _subset(store, test), labels=1 - y if flip else y, groups=templates, splits=splits,
+                    lexical_auroc=lexical)
+
+
+@pytest.fixture(scope="module")
+def calibrated(store):
+    control = np.asarray(store.rows["split"]) == "control"
+    cal = calibration_set("control_chat", _subset(store, control), "sha256:" + "ab" * 32)
+    return sweep_once(store, evaluations=[_test_rows_as_eval(store)], calibration=cal)
+
+
+def test_evaluation_auroc_matches_a_direct_computation(store, calibrated):
+    from sklearn.metrics import roc_auc_score
+
+    from undertow.probes.external import score_weights
+
+    ev = _test_rows_as_eval(store)
+    for r in calibrated.table[::5]:
+        s = score_weights(ev.source[r["hook"]], calibrated.weights[(r["hook"], r["probe_type"])]).numpy()
+        t, v = ev.splits == "test", ev.splits == "val"
+        assert r["independent_auroc"] == pytest.approx(roc_auc_score(ev.labels[t], s[t]), abs=1e-9)
+        assert r["independent_val_auroc"] == pytest.approx(roc_auc_score(ev.labels[v], s[v]), abs=1e-9)
+        assert r["independent_auroc_lo"] <= r["independent_auroc"] <= r["independent_auroc_hi"]
+
+
+def test_control_calibration_reproduces_the_in_sweep_control_threshold(calibrated):
+    """The store's own control rows passed as the calibration set give the sweep's control threshold."""
+    for r in calibrated.table:
+        assert r["threshold"] == pytest.approx(r["threshold_in_template"], rel=1e-4, abs=1e-4)
+        assert r["control_chat_fpr"] <= 0.01
+    op = calibrated.operating_point
+    assert op.threshold_source == "calibration:control_chat"
+    assert op.selected_by == "mean(val_auroc, independent_val_auroc)"
+    assert calibrated.calibration == {"set": "control_chat", "sha256": "sha256:" + "ab" * 32, "target_fpr": 0.01}
+
+
+def test_probe_json_records_every_auroc_and_the_calibration_hash(calibrated, tmp_path):
+    p = Probe.load(calibrated.probe().save(tmp_path / "p"))
+    for key in ("test_auroc", "independent_auroc", "independent_auroc_lo", "independent_val_auroc"):
+        assert math.isfinite(p.metrics[key])
+    assert require_calibration(p)["sha256"] == "sha256:" + "ab" * 32
+    assert p.extra["flags"] == [] and p.extra["selection_rule"].startswith("mean(")
+
+
+def test_below_chance_and_below_lexical_are_flagged_loudly(store):
+    with pytest.warns(ProbeWarning, match="below chance"):
+        r = sweep_once(store, evaluations=[_test_rows_as_eval(store, flip=True)], select_rule="val")
+    assert r.flags and "below chance" in r.flags[0] and "!! FLAG" in r.format_table()
+    assert "below chance" in r.probe().extra["flags"][0]
+    with pytest.warns(ProbeWarning, match="below its lexical baseline 0.999"):
+        r = sweep_once(store, evaluations=[_test_rows_as_eval(store, lexical=0.999)])
+    assert r.row(r.operating_point.hook, r.operating_point.probe_type)["independent_flag"] == "below_lexical"
+
+
+def test_evaluation_test_rows_never_choose_the_operating_point(store):
+    ev = _test_rows_as_eval(store)
+    scrambled = eval_set("independent", ev.source, labels=np.where(ev.splits == "test", 1 - ev.labels, ev.labels),
+                         groups=ev.groups, splits=ev.splits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)
+        a = sweep_once(store, evaluations=[ev]).operating_point
+        b = sweep_once(store, evaluations=[scrambled]).operating_point
+    assert (a.hook, a.probe_type, a.value) == (b.hook, b.probe_type, b.value)
+
+
+def test_candidate_hooks_restrict_the_choice(store):
+    r = sweep_once(store, candidate_hooks=["resid_post.4"])
+    assert r.operating_point.hook == "resid_post.4" and "1 candidate hooks" in r.operating_point.selected_by
+
+
+def test_bad_evaluation_inputs_fail_with_one_line(store):
+    ev = _test_rows_as_eval(store)
+    with pytest.raises(ProbeError, match=r"evaluation set 'x' has one class only \(label 1 in all"):
+        eval_set("x", ev.source, labels=np.ones(len(ev.labels), int), groups=ev.groups, splits=ev.splits)
+    with pytest.raises(ProbeError, match=r"evaluation set 'x': labels must be 0 or 1, got values \[0, 1, 2\]"):
+        eval_set("x", ev.source, labels=np.r_[ev.labels[:-1], 2], groups=ev.groups, splits=ev.splits)
+    with pytest.raises(ProbeError, match="calibration set 'c' has no source_hash"):
+        calibration_set("c", ev.source, "")
+    with pytest.raises(ProbeError, match="lacks hooks"):
+        sweep_once(store, evaluations=[eval_set("x", {"embed": ev.source["embed"]}, labels=ev.labels,
+                                                groups=ev.groups, splits=ev.splits)])
+
+
+def test_a_probe_without_calibration_is_refused_by_name(small_sweep):
+    p = small_sweep.probe()
+    p.extra.pop("calibration", None)
+    with pytest.raises(ProbeError, match=r"probe resid_post\.\d/\w+ has no calibration set"):
+        require_calibration(p)
+    p.extra["calibration"] = {"sha256": "sha256:" + "0" * 64}
+    with pytest.raises(ProbeError, match="was calibrated on control set"):
+        require_calibration(p, expected_hash="sha256:" + "1" * 64)
