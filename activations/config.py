@@ -9,7 +9,6 @@ resumed run may change them (after an out-of-memory, say).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from .backends import BACKENDS
@@ -84,7 +83,7 @@ class ExtractConfig(TypedConfig):
         # `--hooks embed,resid_post.*` and `--hooks embed resid_post.*` are the same list
         self.hooks = [h.strip() for item in self.hooks for h in item.split(",") if h.strip()]
         for pattern in self.hooks:  # syntax only (HookError names the valid forms); layer range once the model loads
-            parse_hooks([pattern], 1 + max((int(n) for n in re.findall(r"\d+", pattern)), default=0))
+            parse_hooks([pattern], None)
         self.positions = [p.spec for p in parse_positions(self.positions)]
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"store dtype {self.dtype!r}: use one of {', '.join(STORE_DTYPES)}")

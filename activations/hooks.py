@@ -64,11 +64,13 @@ def all_hook_names(n_layers: int) -> list[str]:
     return ["embed"] + [f"{s}.{i}" for i in range(n_layers) for s in SITES]
 
 
-def parse_hooks(patterns: str | list[str], n_layers: int) -> list[HookPoint]:
+def parse_hooks(patterns: str | list[str], n_layers: int | None) -> list[HookPoint]:
     """Expand hook names/patterns into sorted, deduplicated ``HookPoint``s.
 
     Raises ``HookError`` naming the valid sites/layers (and close matches) on a
-    bad name or an out-of-range layer.
+    bad name or an out-of-range layer. ``n_layers=None`` checks the syntax only
+    (a config before its model loads): no range check, ``*`` expands to nothing,
+    and a hint never invents a layer range.
     """
     if isinstance(patterns, str):
         patterns = [p.strip() for p in patterns.split(",") if p.strip()]
@@ -85,20 +87,26 @@ def _parse_one(pattern: str, n_layers: int) -> list[HookPoint]:
         return [HookPoint(0, "resid_pre")]
     m = _NAME_RE.match(pattern)
     if m is None or m["site"] not in SITES:
-        close = difflib.get_close_matches(pattern, all_hook_names(n_layers), n=3)
+        guess = n_layers if n_layers is not None else 1 + max((int(n) for n in re.findall(r"\d+", pattern)), default=0)
+        close = difflib.get_close_matches(pattern, all_hook_names(guess), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
+        layers = f"layer 0-{n_layers - 1}" if n_layers is not None else "a layer number of the model"
         raise HookError(
             f"unknown hook {pattern!r}: valid hooks are 'embed' or '<site>.<layer>' with site in "
-            f"{', '.join(SITES)} and layer 0-{n_layers - 1} (or '*', or a range like 4-12).{hint}"
+            f"{', '.join(SITES)} and {layers} (or '*', or a range like 4-12).{hint}"
         )
     layer = m["layer"]
+    if layer == "*" and n_layers is None:
+        return []
     if layer == "*":
         lo, hi = 0, n_layers - 1
     elif "-" in layer:
         lo, hi = (int(x) for x in layer.split("-"))
     else:
         lo = hi = int(layer)
-    if lo > hi or hi >= n_layers:
+    if lo > hi and n_layers is None:
+        raise HookError(f"hook {pattern!r}: the layer range {lo}-{hi} is empty; write it low-high")
+    if n_layers is not None and (lo > hi or hi >= n_layers):
         raise HookError(
             f"hook {pattern!r}: layer out of range; this model has {n_layers} layers (0-{n_layers - 1})"
         )

@@ -137,8 +137,8 @@ def _check_finite(acts: Tensor, hook: str, idx: Tensor) -> None:
     if bad.numel():
         ids = idx[bad.cpu()].tolist()
         raise ProbeError(f"hook {hook!r} has {len(ids)} rows with NaN/inf (rows {ids[:8]}"
-                         f"{'...' if len(ids) > 8 else ''}); fix the extraction or pass drop_nan=True "
-                         "to drop those rows from every hook")
+                         f"{'...' if len(ids) > 8 else ''}); fix the extraction, or drop those rows from every "
+                         "hook with drop_nan=True (SweepConfig; CLI: --drop-nan true)")
 
 
 def _chunks(data: ProbeData, hooks: list[str], plan: SweepPlan, cfg: SweepConfig) -> list[list[str]]:

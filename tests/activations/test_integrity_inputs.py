@@ -140,3 +140,13 @@ def test_open_refuses_non_store_paths(tmp_path):
     with pytest.raises(Exception, match="is not an undertow activation store's") as e:
         ActivationStore(tmp_path)
     assert e.type.__name__ == "StoreError"
+
+
+def test_hook_hints_never_invent_a_layer_range(tiny_llama):
+    from undertow.activations import ExtractConfig, HookError
+
+    with pytest.raises(HookError, match="and a layer number of the model") as e:
+        ExtractConfig(hooks=["resid_mid.3"])
+    assert "0-3" not in str(e.value)
+    with pytest.raises(HookError, match="layer 0-1 "):  # once the model is known: its real range
+        tiny_llama.hooks(["resid_mid.3"])
