@@ -36,10 +36,10 @@ from .store import ActivationSource, TensorStore
 __all__ = ["EvalSet", "CalibrationSet", "eval_set", "calibration_set", "score_weights", "external_columns",
            "require_calibration"]
 
-SELECT_RULES = ("val", "mean", "min")
+SELECT_RULES = ("val", "mean", "min", "eval")
 """How the operating point is chosen when evaluation sets have ``val`` rows:
 ``val`` the in-template val metric alone (the old rule), ``mean`` its mean with each
-set's val AUROC, ``min`` the smallest of them."""
+set's val AUROC, ``min`` the smallest of them, ``eval`` the evaluation sets' val AUROCs alone."""
 
 
 @dataclass
@@ -189,7 +189,8 @@ def calibrated_threshold(scores: Tensor, target_fpr: float) -> float:
 
 def selection_key(row: Mapping[str, Any], names: Sequence[str], rule: str, base_key: str) -> float:
     """The value ``rule`` ranks a table row by (NaN = not selectable): see ``SELECT_RULES``."""
-    vals = [row[base_key]] + ([row[f"{n}_val_auroc"] for n in names] if rule != "val" else [])
+    vals = [] if rule == "eval" and names else [row[base_key]]
+    vals += [row[f"{n}_val_auroc"] for n in names] if rule != "val" else []
     vals = [v for v in vals if not math.isnan(v)]
     if not vals:
         return math.nan

@@ -93,7 +93,8 @@ def choose(rows: list[dict], base_key: str, names: Sequence[str], rule: str, can
     if not scored:
         return None
     value, best = max(scored, key=lambda t: t[0])  # max keeps the first of ties
-    desc = base_key if rule == "val" or not names else f"{rule}({', '.join([base_key, *(f'{n}_val_auroc' for n in names)])})"
+    keys = [*([] if rule == "eval" else [base_key]), *(f"{n}_val_auroc" for n in names)]
+    desc = base_key if rule == "val" or not names else f"{rule}({', '.join(keys)})"
     if keep is not None:
         desc += f" over {len(keep)} candidate hooks"
     return OperatingPoint(hook=best["hook"], probe_type=best["probe_type"], threshold=best["threshold"],

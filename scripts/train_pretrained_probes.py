@@ -1,13 +1,16 @@
-"""Rebuild the pretrained probes shipped in ``probes/pretrained/`` (thin launcher over the main job).
+"""Rebuild the pretrained probes shipped in ``probes/pretrained/`` (thin launcher, issue 10 selection).
 
     .venv/bin/python scripts/train_pretrained_probes.py                       # both models, both contrasts
     .venv/bin/python scripts/train_pretrained_probes.py --models smollm2-135m-instruct --out /tmp/check
 
-Each probe is the operating point (layer x type chosen on val) of
-``run_study`` with ``PRETRAINED_CONFIG`` on the full contrast (1,152 rows:
-864 train / 144 val / 144 test, split by template). Deterministic: a rerun on
-the same machine reproduces the files' weights; ``tests/probes/test_pretrained.py``
-checks a rerun against the shipped files within tolerance.
+Extracts (resumably, into ``--work``) the suite contrast, the independent set
+and the control chat set (``undertow.experiments.validity.extract_stores``),
+then runs every generalisation idea of ``undertow.experiments.validity.IDEAS``
+with the independent set's val half in the rule and the control chat set
+setting the threshold at 1% FPR, and ships the kept idea's operating point
+(highest independent *val* AUROC; the test half is only reported). Fitting
+sees suite train rows only. Deterministic: ``tests/probes/test_pretrained.py``
+reruns it for one model and contrast and compares with the shipped files.
 """
 
 from __future__ import annotations
@@ -16,36 +19,43 @@ import argparse
 import shutil
 from pathlib import Path
 
-from undertow.experiments.study.run import DEFAULT_CONTRASTS, StudyConfig, run_study
+from undertow.experiments.validity import POSITION, extract_stores, measure_contrast
 from undertow.probes.pretrained import pretrained_root
 
 MODELS = ("gemma-3-270m", "smollm2-135m-instruct")
-PRETRAINED_CONFIG = dict(max_rows=None, n_expressed=0, seed=0, wandb=False)
 
 
 def train(model: str, out_root: Path, work: Path, contrasts: dict[str, str] | None = None) -> dict:
-    cfg = StudyConfig(model=model, out_dir=str(work / model), contrasts=contrasts or dict(DEFAULT_CONTRASTS),
-                      **PRETRAINED_CONFIG)
-    results = run_study(cfg)
-    for name in cfg.contrasts:
-        dest = out_root / model / name
+    """Extract, measure and save the kept probe of each contrast to ``out_root/<model>/<contrast>``."""
+    contrasts = contrasts or dict(POSITION)
+    names = ["control_chat"] + [f"{p}_{c}" for c in contrasts for p in ("independent", "suite")]
+    extract_stores(model, work, mwe=None, only=names)
+    out = {}
+    for contrast, position in contrasts.items():
+        m = measure_contrast(work / model, model, contrast, position, shipped=False)
+        res = m.pop("_kept_result")
+        probe = res.probe(position=position)
+        probe.extra.update(contrast=contrast, model=model, kept_idea=m["after"]["idea"], kept_by=m["after"]["kept_by"])
+        dest = out_root / model / contrast
         if dest.exists():
             shutil.rmtree(dest)
-        shutil.copytree(work / model / "probes" / name, dest)
-    return results
+        probe.save(dest)
+        out[contrast] = m
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--out", type=Path, default=pretrained_root(), help="default: the package's probes/pretrained")
-    p.add_argument("--work", type=Path, default=Path("runs/pretrained"), help="stores and reports")
+    p.add_argument("--work", type=Path, default=Path("/tmp/undertow-issue10/stores"), help="activation stores")
     args = p.parse_args()
     for model in args.models:
-        results = train(model, args.out, args.work)
-        for name, c in results["contrasts"].items():
-            op = c["sweep"]["operating_point"]
-            print(f"{model}/{name}: {op['hook']} {op['probe_type']} (lexical {c['lexical_auroc']:.3f})")
+        for name, m in train(model, args.out, args.work).items():
+            a = m["after"]
+            print(f"{model}/{name}: {a['hook']} {a['probe_type']} ({a['idea']}); independent test AUROC "
+                  f"{a['independent_auroc']:.3f} [{a['independent_auroc_lo']:.3f}, {a['independent_auroc_hi']:.3f}], "
+                  f"flags {a['flags'] or 'none'}")
 
 
 if __name__ == "__main__":

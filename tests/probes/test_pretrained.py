@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from undertow.activations.registry import EMBEDDED
-from undertow.probes import ProbeError
+from undertow.experiments.prompts.independent import control_hash
+from undertow.probes import ProbeError, require_calibration
 from undertow.probes.pretrained import list_pretrained, load_pretrained
 
 NAMES = [f"{m}/{c}" for m in ("gemma-3-270m", "smollm2-135m-instruct") for c in ("self_cessation", "stance")]
@@ -24,6 +25,21 @@ def test_every_pretrained_probe_ships_and_loads():
         assert p.extra["model"] == model and p.extra["contrast"] == contrast
         assert p.position == ("last_prompt_token" if contrast == "self_cessation" else "mean_response")
         assert p.metrics["val_auroc"] > 0.5 and p.threshold == p.threshold  # not NaN
+
+
+def test_pretrained_probes_record_three_aurocs_calibration_and_flags():
+    """Issue 10: in-template test, independent set (with CI), the rule that chose them, the control set's hash."""
+    for name in NAMES:
+        p = load_pretrained(*name.split("/"))
+        for key in ("test_auroc", "independent_auroc", "independent_auroc_lo", "independent_auroc_hi",
+                    "independent_val_auroc", "independent_tpr"):
+            assert p.metrics[key] == p.metrics[key], (name, key)
+        assert p.metrics["independent_auroc_lo"] <= p.metrics["independent_auroc"] <= p.metrics["independent_auroc_hi"]
+        assert require_calibration(p, control_hash())["target_fpr"] == 0.01
+        assert p.threshold == p.metrics["threshold"] and p.metrics["control_chat_fpr"] <= 0.01
+        assert isinstance(p.extra["flags"], list) and p.extra["selection_rule"] and p.extra["kept_idea"]
+        flagged = p.metrics["independent_flag"] != ""
+        assert flagged == bool(p.extra["flags"]), name  # a flag in the table is a flag in probe.json
 
 
 def test_unknown_pretrained_name_lists_close_matches():
@@ -54,6 +70,7 @@ def test_reproduction_matches_shipped_probe(tmp_path):
     """Rerun the documented command for one model and contrast; same operating point, same direction."""
     train = _train_module().train
     train("gemma-3-270m", tmp_path / "probes", tmp_path / "work", {"self_cessation": "last_prompt_token"})
+    # extraction of 384 suite + 522 independent + 299 control rows: ~4 min on a quiet 2-core box
     shipped = load_pretrained("gemma-3-270m", "self_cessation")
     from undertow.probes import Probe
 
@@ -61,5 +78,5 @@ def test_reproduction_matches_shipped_probe(tmp_path):
     assert (rebuilt.hook, rebuilt.probe_type) == (shipped.hook, shipped.probe_type)
     cos = torch.dot(rebuilt.direction, shipped.direction).item()
     assert cos > 0.999, cos
-    for key in ("val_auroc", "test_auroc"):
+    for key in ("val_auroc", "test_auroc", "independent_auroc", "independent_val_auroc", "threshold"):
         assert abs(rebuilt.metrics[key] - shipped.metrics[key]) < 5e-3, key

@@ -1,0 +1,196 @@
+"""Probe validity away from the templates (issue 10): before/after and generalisation ideas, from stores.
+
+``measure_model(model_dir, model)`` reads the stores ``scripts/probe_validity.py extract``
+wrote (suite contrasts, independent set, MWE answers, control chat) and returns,
+per contrast: the shipped probe's figures (before), every idea's operating point
+(``undertow.probes.ideas``), the idea kept (chosen on val halves only) and
+layer curves on the independent set. Fitting only ever sees suite train rows.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from undertow.activations.store import ActivationStore
+from undertow.experiments.prompts.audit import LexicalBaselineConfig
+from undertow.experiments.prompts.contrasts import audit_text
+from undertow.experiments.prompts.independent import audit_independent, control_hash, load_independent
+from undertow.probes import calibration_set, eval_set
+from undertow.probes.external import calibrated_threshold, external_columns
+from undertow.probes.ideas import Idea, idea_row, layer_curve, run_idea, with_multilayer
+from undertow.probes.pretrained import load_pretrained
+from undertow.probes.store import TensorStore
+
+POSITION = {"self_cessation": "last_prompt_token", "stance": "mean_response"}
+IDEAS: tuple[Idea, ...] = (
+    Idea("shipped rule (in-template val only)", select_rule="val"),
+    Idea("+ independent val half in the rule", select_rule="mean"),
+    Idea("middle-layer prior (30-70% depth), in-template val", select_rule="val", layer_window=(0.3, 0.7)),
+    Idea("middle-layer prior + independent val", layer_window=(0.3, 0.7)),
+    Idea("diff-of-means only", probe_types=("diff_means",)),
+    Idea("logistic, l2 = 1e-3 (shipped)", probe_types=("logistic",)),
+    Idea("logistic, stronger l2 = 0.1", probe_types=("logistic",), l2=0.1),
+    Idea("logistic, stronger l2 = 3", probe_types=("logistic",), l2=3.0),
+    Idea("3-layer mean read-outs", multilayer="mean", hooks_only=("mean:",)),
+    Idea("3-layer concatenated read-outs", multilayer="concat", hooks_only=("concat:",)),
+    Idea("more templates (train + val), independent val alone in the rule", select_rule="eval", train_on_val=True),
+)
+
+
+def _load(path: Path, position: str) -> tuple[dict[str, torch.Tensor], dict]:
+    view = ActivationStore(path).at(position)
+    acts = {h: torch.as_tensor(np.asarray(view[h][np.arange(len(view))]), dtype=torch.float32) for h in view.hooks}
+    return acts, view.rows
+
+
+def _lexical_transfer(contrast: str, suite_rows: dict, indep) -> float:
+    """TF-IDF fitted on the suite's train rows, scored on the independent set's test half."""
+    from undertow.experiments.prompts.contrasts import get_contrast
+
+    by_id = {r["id"]: r for r in get_contrast(contrast).to_list()}
+    tr = [by_id[i] for i, s in zip(suite_rows["id"], suite_rows["split"], strict=True) if s == "train"]
+    te = [r for r in indep.to_list() if r["split"] == "test"]
+    model = LexicalBaselineConfig().pipeline().fit([audit_text(r, contrast) for r in tr], [r["label"] for r in tr])
+    return float(roc_auc_score([r["label"] for r in te], model.predict_proba([audit_text(r, contrast) for r in te])[:, 1]))
+
+
+def _specs(model_dir: Path, contrast: str, position: str) -> tuple[list[tuple], dict]:
+    """(evaluation specs ``(name, acts, labels, groups, splits)``, control-chat acts) for one position."""
+    acts, rows = _load(model_dir / f"independent_{contrast}", position)
+    specs = [("independent", acts, np.asarray(rows["label"]), np.asarray(rows["template_id"]), np.asarray(rows["split"]))]
+    if contrast == "stance" and (model_dir / "mwe_stance" / "manifest.json").exists():
+        acts, rows = _load(model_dir / "mwe_stance", position)
+        specs.append(("mwe", acts, np.asarray(rows["label"]), np.asarray(rows["template_id"]), None))
+    return specs, _load(model_dir / "control_chat", position)[0]
+
+
+def _build(specs: list[tuple], cal_acts: dict, lexical: float, how: str | None):
+    """EvalSets + CalibrationSet, with multi-layer pseudo-hooks when ``how`` is set."""
+    def grow(a):
+        return with_multilayer(a, how) if how else a
+
+    evs = [eval_set(n, grow(a), labels=y, groups=g, splits=sp, lexical_auroc=lexical if n == "independent" else None)
+           for n, a, y, g, sp in specs]
+    return evs, calibration_set("control_chat", grow(cal_acts), control_hash())
+
+
+def _shipped(model: str, contrast: str, evs, cal) -> dict:
+    """The shipped probe (before issue 10) scored on the same sets; TPR at its control-set 1%-FPR threshold."""
+    p = load_pretrained(model, contrast)
+    thr = calibrated_threshold(p.score(cal.source[p.hook]).double(), 0.01)
+    out = {"hook": p.hook, "probe_type": p.probe_type, "test_auroc": p.metrics["test_auroc"],
+           "test_auroc_lo": p.metrics["test_auroc_lo"], "test_auroc_hi": p.metrics["test_auroc_hi"],
+           "shipped_threshold": p.threshold, "control_threshold": thr}
+    for e in evs:
+        s = p.score(e.source[p.hook]).double()
+        out.update(external_columns(s, e, thr, 1000, 0.95, 0))
+        pos = torch.as_tensor((e.splits == "test") & (e.labels == 1))
+        out[f"{e.name}_tpr_at_shipped_threshold"] = float((s[pos] > p.threshold).double().mean())
+    return out
+
+
+def measure_contrast(model_dir: Path, model: str, contrast: str, position: str | None = None,
+                     shipped: bool = True) -> dict:
+    """Before (shipped probe), every idea, the kept idea (``after``) and layer curves; ``out["_kept_result"]`` is
+    the kept idea's SweepResult (dropped before JSON)."""
+    position = position or POSITION[contrast]
+    lex = audit_independent(contrast).auroc_mean
+    train_acts, train_rows = _load(model_dir / f"suite_{contrast}", position)
+    specs, cal_acts = _specs(model_dir, contrast, position)
+    evs, cal = _build(specs, cal_acts, lex, None)
+    names = [e.name for e in evs]
+    out = {"position": position, "n_suite": dict(zip(*np.unique(train_rows["split"], return_counts=True), strict=True)),
+           "lexical_independent_cv": lex, "lexical_independent_transfer":
+           _lexical_transfer(contrast, train_rows, load_independent(contrast)), "ideas": [], "curves": {}}
+    out["n_suite"] = {str(k): int(v) for k, v in out["n_suite"].items()}
+    if shipped and position == POSITION[contrast]:
+        out["before"] = _shipped(model, contrast, evs, cal)
+    fingerprint = ActivationStore(model_dir / f"suite_{contrast}").model_fingerprint
+    results = []
+    rows = {k: np.asarray(v) for k, v in train_rows.items() if k in ("label", "template_id", "split", "theme")}
+    for idea in IDEAS:
+        acts = with_multilayer(train_acts, idea.multilayer) if idea.multilayer else train_acts
+        e2, c2 = _build(specs, cal_acts, lex, idea.multilayer) if idea.multilayer else (evs, cal)
+        res = run_idea(idea, TensorStore(acts, rows, model_fingerprint=fingerprint), e2, c2)
+        out["ideas"].append(idea_row(idea, res, names))
+        results.append(res)
+        if idea.name.startswith("+ independent val"):
+            out["curves"] = {t: layer_curve(res, "independent_auroc", t) for t in res.probe_types}
+            out["curves_val"] = {t: layer_curve(res, "independent_val_auroc", t) for t in res.probe_types}
+            out["curves_in_template"] = {t: layer_curve(res, "test_auroc", t) for t in res.probe_types}
+            out["table_text"] = res.format_table()
+    k = max(range(len(IDEAS)), key=lambda i: _val(out["ideas"][i]))  # best independent *val* AUROC, never test
+    out["after"] = {**out["ideas"][k], "kept_by": KEPT_BY}
+    out["_kept_result"] = results[k]
+    return out
+
+
+KEPT_BY = "the idea whose operating point has the highest independent val-half AUROC (first of ties)"
+
+
+def _val(row: dict) -> float:
+    v = row["independent_val_auroc"]
+    return -math.inf if math.isnan(v) else v
+
+
+def measure_model(model_dir: Path, model: str) -> dict:
+    """Every contrast (and, for self_cessation, the mean_prompt position too) of one model."""
+    out = {c: measure_contrast(model_dir, model, c) for c in POSITION}
+    out["self_cessation@mean_prompt"] = measure_contrast(model_dir, model, "self_cessation", "mean_prompt")
+    for v in out.values():
+        v.pop("_kept_result")
+    return out
+
+
+#: dataset -> positions extracted (self_cessation reads prompts, stance reads the reply)
+POSITIONS = {"self_cessation": ["last_prompt_token", "mean_prompt"], "stance": ["mean_response"],
+             "control_chat": ["last_prompt_token", "mean_prompt", "mean_response"]}
+SUITE_ROWS = 384
+"""Suite rows per contrast (seeded subset, all splits kept: ~288 train / 48 val / 48 test), the study's demo
+size. Measured 2026-12-03: with ~8 jobs on 2 cores the extraction got ~0.2 core (~40 min per 1,152 rows), so
+the full contrasts (used by the previously shipped probes) did not fit the session. None = all rows."""
+MWE_PER_SOURCE = 25
+"""MWE items per source file here (4 x 25 items x 2 answers = 200 rows; the README's figure used 800)."""
+ORDER = ("independent_self_cessation", "independent_stance", "control_chat", "suite_self_cessation", "suite_stance",
+         "mwe_stance")
+"""Extraction order: cheapest and most needed first."""
+
+
+def datasets_for(contrast: str, mwe: str | None) -> dict[str, tuple]:
+    """Store name -> (rows, positions) for one contrast: the suite view and its evaluation datasets."""
+    from undertow.experiments.prompts.contrasts import get_contrast
+    from undertow.experiments.prompts.eval_sets import evaluation_datasets
+    from undertow.experiments.prompts.suite import SuiteConfig, build_suite
+
+    out = {f"suite_{contrast}": (get_contrast(contrast, build_suite(SuiteConfig(seed=0)), seed=0), POSITIONS[contrast])}
+    for ev in evaluation_datasets(contrast, mwe, mwe_per_source=MWE_PER_SOURCE):
+        key = "control_chat" if ev.name == "control_chat" else f"{ev.name}_{contrast}"
+        out[key] = (ev.rows, POSITIONS["control_chat" if ev.name == "control_chat" else contrast])
+    return out
+
+
+def extract_stores(model: str, work: Path, mwe: str | None, only=None, suite_rows: int | None = SUITE_ROWS) -> None:
+    """Extract (resumably) every store ``measure_model`` reads into ``work/<model>/<name>``."""
+    import time
+
+    from undertow.activations import load_model
+    from undertow.activations.config import ExtractConfig
+    from undertow.activations.engine import extract
+
+    todo = {**datasets_for("self_cessation", mwe), **datasets_for("stance", mwe)}
+    handle = load_model(model)
+    for name in ORDER:
+        if name not in todo or (only and name not in only):
+            continue
+        rows, positions = todo[name]
+        t = time.perf_counter()
+        cfg = ExtractConfig(model=model, hooks=["embed", "resid_post.*"], positions=positions, dtype="float32",
+                            out_dir=str(work / model / name), seed=0, batch_size=32, shard_size=128,
+                            max_rows=suite_rows if name.startswith("suite_") else None)
+        store = extract(handle, rows, cfg, resume=True)
+        print(f"{model} {name}: {len(store)} rows, {time.perf_counter() - t:.0f} s", flush=True)

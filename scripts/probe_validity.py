@@ -1,0 +1,64 @@
+"""Probe validity away from the templates (issue 10): extract once, then measure every generalisation idea.
+
+    .venv/bin/python scripts/probe_validity.py extract --model gemma-3-270m --work /tmp/undertow-issue10/stores
+    .venv/bin/python scripts/probe_validity.py measure --work /tmp/undertow-issue10/stores \
+        --json scripts/results/probe_validity.json
+
+``extract`` writes one store per (model, dataset) under ``--work`` (resumable):
+the suite's ``self_cessation`` and ``stance`` contrasts (a seeded 384-row subset each),
+the independent set, the model-written-evals answers (stance) and the control
+chat set, every ``resid_post`` hook plus the embedding, float32.
+``measure`` fits on the suite's train split only and scores everything else;
+see ``undertow.experiments.validity`` (``undertow.probes.external``, ``undertow.probes.ideas``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from undertow.experiments.validity import extract_stores
+
+MODELS = ("gemma-3-270m", "smollm2-135m-instruct")
+MWE = "/work/shared/data/model-written-evals"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["extract", "measure"])
+    p.add_argument("--model", nargs="+", default=list(MODELS))
+    p.add_argument("--work", type=Path, default=Path("/tmp/undertow-issue10/stores"))
+    p.add_argument("--mwe", default=MWE)
+    p.add_argument("--only", nargs="+")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    if args.what == "extract":
+        for m in args.model:
+            extract_stores(m, args.work, args.mwe, args.only)
+        return
+    from undertow.experiments.validity import measure_model
+
+    t0 = time.time()
+    results = {m: measure_model(args.work / m, m) for m in args.model if (args.work / m).is_dir()}
+    record = {"figures": results, "command": " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(),
+              "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                          "cpus": __import__("os").cpu_count()}, "seconds": round(time.time() - t0, 1),
+              "versions": _versions()}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {k: version(k) for k in ("torch", "transformers", "datasets", "scikit-learn", "undertow")}
+
+
+if __name__ == "__main__":
+    main()
