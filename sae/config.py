@@ -86,11 +86,13 @@ class DataConfig:
     """Prose windows are cut to about this many tokens (characters / 4)."""
     heldout_rows: int = 64
     """Rows at the end of the store kept out of training for evaluation."""
-    chunk_tokens: int = 2048
+    chunk_tokens: int = 4096
     """Contiguous tokens read per store access (one memory-mapped slice); chunks are visited in a seeded
     random order, then shuffled token-wise by sae-lens' mixing buffer."""
-    buffer_tokens: int = 32768
-    """sae-lens mixing-buffer size in tokens (memory: buffer_tokens x d_in x 4 bytes)."""
+    buffer_tokens: int = 65536
+    """sae-lens mixing-buffer size in tokens (memory: buffer_tokens x d_in x 4 bytes; 168 MB at d 640).
+    Its refill concatenates per chunk (O(buffer) copies), so chunks should not be much smaller than
+    buffer/16."""
     mix_fraction: float = 0.5
     """Fraction of the mixing buffer kept back for mixing with newer chunks."""
     model_batch_rows: int = 16

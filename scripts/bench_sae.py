@@ -90,8 +90,28 @@ def cmd_store(args) -> None:
                      "tokens_per_s": store.manifest["tokens"] / seconds, "corpus_hash": digest, "out": args.out})
 
 
+def tl_only():
+    """The TransformerLens model alone: the HF copy it was converted from is dropped (peak RSS 4.7 GB with
+    both alive plus 262k-vocab logits; TL alone leaves room under 3 GB)."""
+    import gc
+
+    from undertow.activations import load_model
+    from undertow.activations.engine import trim_host_heap
+
+    handle = load_model(MODEL, backend="transformer_lens")
+    tl = handle.model
+    del handle
+    gc.collect()
+    trim_host_heap()
+    return tl
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cmd_quality(args) -> None:
-    from undertow.activations import ActivationStore, load_model
+    from undertow.activations import ActivationStore
     from undertow.sae.data import open_store_tokens
     from undertow.sae.evals import evaluate_sae, pack_tokens
     from undertow.sae.train import train_from_store
@@ -100,19 +120,20 @@ def cmd_quality(args) -> None:
     heldout = open_store_tokens(store, HOOK, heldout_rows=64).heldout()
     rows, _ = mix_rows(args.prose, args.suite)
     tail = rows.select(range(len(rows) - 64, len(rows))).to_list()
-    tl = load_model(MODEL, backend="transformer_lens").model
+    tl = tl_only()
     windows = pack_tokens(tl.tokenizer, tail, 128, args.ce_windows)
     runs = []
-    for arch, d_sae, kw in [("topk", 2048, {}), ("topk", 8192, {}), ("jumprelu", 2048, {"l0_coefficient": args.l0}),
-                            ("jumprelu", 8192, {"l0_coefficient": args.l0})]:
+    small, large = args.sizes
+    for arch, d_sae, kw in [("topk", small, {}), ("topk", large, {}), ("jumprelu", small, {"l0_coefficient": args.l0}),
+                            ("jumprelu", large, {"l0_coefficient": args.l0})]:
         with tempfile.TemporaryDirectory() as tmp:
             res = train_from_store(sae_config(arch, d_sae, args.tokens, tmp, **kw), store)
             ev = evaluate_sae(res.sae, heldout, tl, windows, TL_HOOK)
         runs.append({"architecture": arch, "d_sae": d_sae, **kw, "tokens_trained": res.tokens,
                      "train_seconds": res.seconds, **ev.to_dict()})
-        print(runs[-1], flush=True)
+        print(runs[-1], f"peak RSS {rss_mb():.0f} MB", flush=True)
     record("quality", {"model": MODEL, "hook": HOOK, "store": args.store, "store_tokens": store.manifest["tokens"],
-                       "runs": runs})
+                       "runs": runs, "peak_rss_mb": rss_mb()})
 
 
 def runner_tokens_per_s(tl, windows, tokens: int, d_sae: int) -> float:
@@ -201,6 +222,7 @@ def main() -> None:
     p.add_argument("--suite", type=int, default=600, help="suite rows in the mix")
     p.add_argument("--tokens", type=int, default=200_000, help="tokens to train per SAE")
     p.add_argument("--d-sae", type=int, default=2048)
+    p.add_argument("--sizes", type=int, nargs=2, default=[2048, 4096], help="the two d_sae of the quality runs")
     p.add_argument("--l0", type=float, default=2.0, help="JumpReLU L0 coefficient")
     p.add_argument("--ce-windows", type=int, default=8, help="128-token held-out windows for CE loss")
     args = p.parse_args()

@@ -15,6 +15,6 @@ def text_rows(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         length = int(torch.randint(8, 40, (1,), generator=g))
         words = [WORDS[int(j)] for j in torch.randint(len(WORDS), (length,), generator=g)]
-        rows.append({"id": f"r{i}", "text": " ".join(words), "label": i % 2, "template_id": f"t{i % 6}",
+        rows.append({"id": f"r{i}", "text": " ".join(words), "label": (i // 4) % 2, "template_id": f"t{i % 6}",
                      "theme": "x", "split": ("train", "train", "val", "test")[i % 4]})
     return rows
