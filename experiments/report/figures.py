@@ -53,16 +53,21 @@ def layer_curves(c: Contrast) -> go.Figure | None:
     if not layers:
         return None
     fig = go.Figure()
+    # One band, the operating point's probe type: three overlapping bands read as one grey wash (looked at on
+    # gemma-3-270m); the other types' CIs are in their hover and the full table. Baselines follow the same type.
+    base = c.operating_point.probe_type if c.operating_point else c.probe_types[0]
+    low = 0.3
     for i, t in enumerate(c.probe_types):
         color = PALETTE[i % len(PALETTE)]
         y, lo, hi = (c.layer_column(t, k) for k in ("test_auroc", "test_auroc_lo", "test_auroc_hi"))
-        _band(fig, layers, lo, hi, color, t, t)
+        low = min([low, *(v for v in y if _clean(v) is not None)])
+        if t == base:
+            _band(fig, layers, lo, hi, color, t, t)
         fig.add_trace(go.Scatter(x=layers, y=[_clean(v) for v in y], mode="lines+markers", name=t, legendgroup=t,
                                  line={"color": color, "width": 2}, marker={"size": 5},
                                  customdata=[[_clean(a), _clean(b)] for a, b in zip(lo, hi, strict=True)],
                                  hovertemplate=f"{t} layer %{{x}}: %{{y:.3f}} [%{{customdata[0]:.3f}}, "
                                                "%{customdata[1]:.3f}]<extra></extra>"))
-    base = c.probe_types[0]
     for key, label, dash in [("shuffled_auroc", "shuffled labels", "dot"), ("random_auroc_max", "random dir. (max)", "dash")]:
         fig.add_trace(go.Scatter(x=layers, y=[_clean(v) for v in c.layer_column(base, key)], mode="lines", name=label,
                                  line={"color": BASELINE, "dash": dash, "width": 1.5},
@@ -71,15 +76,23 @@ def layer_curves(c: Contrast) -> go.Figure | None:
         fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[c.lexical_auroc] * 2, mode="lines",
                                  name=f"lexical TF-IDF ({c.lexical_auroc:.2f})",
                                  line={"color": "#000000", "dash": "longdash", "width": 1.5}))
+    embed = next((r for r in c.table if r.get("is_embed") is True and r["probe_type"] == base), None)
+    if embed is not None and _clean(embed["test_auroc"]) is not None:
+        fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[embed["test_auroc"]] * 2, mode="lines",
+                                 name=f"embedding layer ({embed['test_auroc']:.2f})",
+                                 line={"color": BASELINE, "dash": "dashdot", "width": 1.5},
+                                 hovertemplate=f"embedding {embed['hook']}: %{{y:.3f}}<extra>{base}</extra>"))
     op, row = c.operating_point, c.op_row()
     if op is not None and row is not None and op.hook.startswith("resid_post."):
         fig.add_trace(go.Scatter(x=[int(op.hook.split(".")[1])], y=[_clean(row["test_auroc"])], mode="markers",
                                  name=f"operating point ({op.probe_type})",
                                  marker={"symbol": "star", "size": 14, "color": "#E69F00", "line": {"width": 1}}))
     fig.add_hline(y=0.5, line={"color": "#cccccc", "width": 1})
-    fig.update_xaxes(title="layer (resid_post)", dtick=max(1, len(layers) // 18))
-    fig.update_yaxes(title="test AUROC", range=[0.3, 1.02])
-    return _layout(fig, f"{c.name}: test AUROC by layer, 95% template-cluster CI ({c.position}, {c.rows} rows)")
+    fig.update_xaxes(title="layer (resid_post)", dtick=max(1, len(layers) // 18),
+                     range=[layers[0] - 0.3, layers[-1] + 0.3])
+    fig.update_yaxes(title="test AUROC", range=[max(0.0, low - 0.05), 1.02])
+    return _layout(fig, f"{c.name}: test AUROC by layer; band: 95% template-cluster CI of {base} "
+                        f"({c.position}, {c.rows} rows)")
 
 
 def roc_curves(contrasts: dict[str, Contrast]) -> go.Figure | None:
@@ -97,7 +110,7 @@ def roc_curves(contrasts: dict[str, Contrast]) -> go.Figure | None:
                          if x)
         auc = f", AUROC {row['test_auroc']:.3f}" if row and _clean(row["test_auroc"]) is not None else ""
         fig.add_trace(go.Scatter(x=r.fpr, y=r.tpr, mode="lines", name=f"{c.name} ({where}{auc})",
-                                 line={"color": color, "width": 2, "shape": "hv"},
+                                 line={"color": color, "width": 2},
                                  hovertemplate="FPR %{x:.3f}, TPR %{y:.3f}<extra>" + c.name + "</extra>"))
         if row and _clean(row.get("test_fpr")) is not None and _clean(row.get("test_tpr")) is not None:
             fig.add_trace(go.Scatter(x=[row["test_fpr"]], y=[row["test_tpr"]], mode="markers", showlegend=False,
@@ -175,7 +188,7 @@ def causal(c: Causal) -> go.Figure | None:
     if c.kl:
         fig.add_trace(go.Scatter(x=c.alphas, y=c.kl, mode="lines", name="KL to unsteered",
                                  line={"color": PALETTE[2], "dash": "dash"}), secondary_y=True)
-        fig.update_yaxes(title="KL (nats)", secondary_y=True, showgrid=False)
+        fig.update_yaxes(title="KL (nats)", secondary_y=True, showgrid=False, rangemode="tozero", tickformat=".2g")
     fig.update_xaxes(title="steering scale alpha")
     fig.update_yaxes(title="stance (expressed aversion)", secondary_y=False)
     where = " at ".join(x for x in (c.contrast, c.hook) if x)

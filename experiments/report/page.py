@@ -29,6 +29,7 @@ from .schema import SCHEMA_VERSION, Results, Sae, load_results
 from .summary import contrast_sentence, headline, what_ran
 
 REPORT = "report.html"
+OPEN_FEATURES = 3
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
 
 CSS = """
@@ -47,7 +48,7 @@ table.sortable th{cursor:pointer;user-select:none}table.sortable th[data-dir=asc
 table.sortable th[data-dir=desc]::after{content:" \\25BC"}tr.op td{background:#fff4d6}
 details{margin:.5em 0}summary{cursor:pointer;font-weight:600}.scroll{overflow-x:auto;max-height:70vh}
 .tok{white-space:pre;border-radius:2px}.example{font-family:ui-monospace,Menlo,monospace;font-size:12.5px;margin:.2em 0}
-pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:12.5px}
+.kv td{text-align:left}.kv td:first-child{color:#666}pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:12.5px}
 """
 
 SORT_JS = """
@@ -98,8 +99,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence], *, sortable: bool = T
     for i, r in enumerate(rows):
         cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
         body.append(f"<tr{cls}>" + "".join(_cell(v) for v in r) + "</tr>")
-    return (f'<table{" class=sortable" if sortable else ""}><thead><tr>{th}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+    head = f"<thead><tr>{th}</tr></thead>" if any(header) else ""
+    return f'<table{" class=sortable" if sortable else ""}>{head}<tbody>{"".join(body)}</tbody></table>'
 
 
 def details(summary: str, inner: str, open_: bool = False) -> str:
@@ -144,7 +145,7 @@ def _arms(r: Results, figs: dict) -> str:
 def _probes(r: Results, figs: dict) -> str:
     out = ["<h2 id=probes>Probes by layer, against every baseline</h2>",
            "<p class=note>Bands: 95% template-cluster bootstrap CIs of test AUROC. Grey: the same probe refitted on "
-           "shuffled labels, and the best of the random directions; black: the lexical TF-IDF classifier on the prompt "
+           "shuffled labels, the best of the random directions, and the embedding layer; black: the lexical TF-IDF classifier on the prompt "
            "text. A probe shows more than the topic only where its band clears every baseline. Star: the operating "
            "point, chosen on validation data.</p>"]
     for n, c in r.contrasts.items():
@@ -199,10 +200,11 @@ def _sae(s: Sae, figs: dict) -> str:
            "activation (hover for the value).</p>"]
     if "sae/auroc" in figs:
         out.append(figure_html("sae/auroc", figs["sae/auroc"]))
-    for f in s.features:
+    for k, f in enumerate(s.features):  # the first OPEN_FEATURES open: active tokens visible without a click
         ex = "".join(f"<div class=example>{_tokens(x.tokens, x.acts)}</div>" for x in f.examples) or \
             "<p class=note>no examples recorded</p>"
-        out.append(details(f"feature #{f.id}: AUROC {fmt(f.auroc)}, mean diff {fmt(f.mean_diff)}", ex))
+        out.append(details(f"feature #{f.id}: AUROC {fmt(f.auroc)}, mean diff {fmt(f.mean_diff)}", ex,
+                           open_=k < OPEN_FEATURES))
     return "".join(out)
 
 
@@ -249,7 +251,7 @@ def _provenance(r: Results) -> str:
     note = "" if m.versions else ("<p class=note>results.json records no package versions (<code>meta.versions</code>"
                                   "); see undertow.experiments.report.schema.environment().</p>")
     cfg = json.dumps(r.config, indent=2, sort_keys=True, default=str)
-    return ("<h2 id=provenance>Provenance</h2>" + table(["", ""], rows, sortable=False) + note
+    return ("<h2 id=provenance>Provenance</h2><div class=kv>" + table(["", ""], rows, sortable=False) + "</div>" + note
             + details("config", f"<pre>{_e(cfg)}</pre>"))
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .figures import figures
-from .schema import RESULTS, Results, parse_results
+from .schema import RESULTS, SCHEMA_VERSION, Results, parse_results
 from .summary import metrics
 
 __all__ = ["Tracker", "NullTracker", "WandbTracker", "make_tracker", "log_results", "wandb_mode", "log_study"]
@@ -153,10 +153,13 @@ def _artifacts(r: Results, run_dir: Path) -> list[tuple[Path, str, str]]:
 def log_results(tracker: Tracker, results: dict | Results, run_dir: str | os.PathLike) -> None:
     """Log a run from its results: config, metrics (per contrast and arm), tables, figures, artifacts.
 
+    ``results`` is :class:`Results` or the dict written to results.json (``schema_version`` optional here).
     Artifacts: each contrast's probe dir, the SAE dir (``sae.dir``), results.json and report.html,
     each with the model fingerprint in its metadata; paths that do not exist are skipped.
     """
-    r = results if isinstance(results, Results) else parse_results(results)
+    if not isinstance(results, Results):  # an in-memory dict from this undertow is of this schema
+        results = parse_results({"schema_version": SCHEMA_VERSION, **results})
+    r = results
     run = Path(run_dir)
     tracker.log_config(r.config)
     tracker.log_metrics(metrics(r))
