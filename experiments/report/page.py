@@ -4,8 +4,9 @@
 ``run_dir/report.html``. Top to bottom: headline (model, fingerprint, what ran, the answer
 with its numbers and caveats), suppression arms, probe layer curves, ROC, generalisation,
 expressed answers, SAE features, full tables (collapsed, sortable), provenance. A section
-appears only when results.json holds its key. Measured: plotly.js is 4.8 MB of the page;
-a two-contrast run adds ~0.1 MB.
+appears only when results.json holds its key. Measured (gemma-3-270m, 18 layers x 3 probe types,
+two contrasts): 4.98 MB, of which plotly.js is 4.82 MB; built in 1.9 s; headless Chromium drew every
+figure 3-12 s after navigation on 2 shared cores (load average 20).
 """
 
 from __future__ import annotations
