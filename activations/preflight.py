@@ -58,7 +58,7 @@ def check_free_space(path: str | Path, need: int, what: str = "the store") -> No
 def check_store_target(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
     """Refuse, before the model loads, what ``prepare_store`` would refuse; then ``check_writable``."""
     store_action(Path(out_dir), resume, overwrite)
-    check_writable(Path(out_dir) / "manifest.json", "the store")
+    check_writable(out_dir, "the store")
 
 
 def store_bytes_estimate(keys: dict, n_rows: int, itemsize: int) -> int:
