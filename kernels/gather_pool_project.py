@@ -81,6 +81,14 @@ if triton is not None:
         return pooled
 
     @triton.jit
+    def _block_spans(starts_ptr, ends_ptr, B, P, p, j, BLOCK_R: tl.constexpr):
+        """(rows, rows < B, span starts, span lengths) of program (p, j)'s block."""
+        rows = j * BLOCK_R + tl.arange(0, BLOCK_R)
+        in_r = rows < B
+        start = tl.load(starts_ptr + rows * P + p, mask=in_r, other=0)
+        return rows, in_r, start, tl.load(ends_ptr + rows * P + p, mask=in_r, other=0) - start
+
+    @triton.jit
     def _chunk_partial(pooled, keep, n_keep, part_mean_ptr, part_m2_ptr, part, D, offs_d, in_d):
         """Two-pass mean and M2 over the kept rows of the block, for one d_model chunk."""
         x = tl.where(keep[:, None], pooled, 0.0)
@@ -97,10 +105,7 @@ if triton is not None:
         """Program (p, j): slot p of rows [j*BLOCK_R, (j+1)*BLOCK_R), d_model walked in BLOCK_D chunks."""
         p = tl.program_id(0)
         j = tl.program_id(1)
-        rows = j * BLOCK_R + tl.arange(0, BLOCK_R)
-        in_r = rows < B
-        start = tl.load(starts_ptr + rows * P + p, mask=in_r, other=0)
-        length = tl.load(ends_ptr + rows * P + p, mask=in_r, other=0) - start
+        rows, in_r, start, length = _block_spans(starts_ptr, ends_ptr, B, P, p, j, BLOCK_R)
         valid = in_r & (length > 0)
         longest = tl.max(length, axis=0)
         n_valid = tl.sum(valid.to(tl.float32), axis=0)
@@ -138,10 +143,7 @@ if triton is not None:
         loads). A kernel of its own: inside the first one this loop cost ~50 registers and spilled."""
         p = tl.program_id(0)
         j = tl.program_id(1)
-        rows = j * BLOCK_R + tl.arange(0, BLOCK_R)
-        in_r = rows < B
-        start = tl.load(starts_ptr + rows * P + p, mask=in_r, other=0)
-        length = tl.load(ends_ptr + rows * P + p, mask=in_r, other=0) - start
+        rows, in_r, start, length = _block_spans(starts_ptr, ends_ptr, B, P, p, j, BLOCK_R)
         bad = tl.load(nonfinite_ptr + rows.to(tl.int64) * P + p, mask=in_r, other=0)
         valid = in_r & (length > 0)
         keep = valid & (bad == 0)
