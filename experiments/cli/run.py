@@ -1,0 +1,59 @@
+"""``undertow run CONFIG [--out DIR]``: the suppression experiment (``suppression.run.run_experiment``).
+
+    undertow run experiments/configs/run_gemma-3-270m.yaml                 # the demo size (make demo)
+    undertow run experiments/configs/run_gemma-3-270m.yaml --out runs/x    # another run directory
+    undertow run CONFIG --items.test_sets 6 --lora.steps 200               # any config field, as a flag
+
+A killed run resumes when started again with the same config and directory: each stage (stores,
+adapters, scores, probes) is cached there and only the unfinished one is redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from undertow.experiments.cli.common import config_command
+from undertow.experiments.suppression.config import RunConfig
+
+
+def _extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, metavar="DIR", help="run directory (overrides out_dir)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _fmt(x: dict | None) -> str:
+    if not x:
+        return "-"
+    lo, hi = x["ci"]
+    return f"{x['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def summary(res: dict) -> str:
+    lines = [f"{'arm':28s} {'expressed S_E [95% CI]':28s} {'represented S_R [95% CI]':28s} residue [CI] p"]
+    for name, a in res["arms"].items():
+        r = a.get("residue")
+        rtxt = f"{r['value']:+.2f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] p={r['p']:.3g}" if r else ""
+        lines.append(f"{name:28s} {_fmt(a['expressed']):28s} {_fmt(a['represented']):28s} {rtxt}")
+    chk = res.get("instilled_check")
+    if chk:
+        lines.append(f"instilled organism expressed the drive: {chk['passed']} (expression rise "
+                     f"{_fmt(chk['expressed_rise'])}, represented rise {_fmt(chk['represented_rise'])})")
+    return "\n".join(lines)
+
+
+def run(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from undertow.experiments.suppression.run import run_experiment
+
+    if args.out:
+        cfg = cfg.replace(out_dir=args.out)
+    t0 = time.perf_counter()
+    res = run_experiment(cfg, progress=not args.no_progress)
+    print(summary(res))
+    print(f"wrote {cfg.out_dir}/results.json and timings.json ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def add_subparsers(sub: argparse._SubParsersAction) -> None:
+    config_command(sub, "run", RunConfig, run, extra=_extra,
+                   help="the suppression experiment: organism, arms, expressed vs represented, residue")

@@ -1,0 +1,217 @@
+"""The model organism: LoRA fine-tunes (peft) on the upper blocks, loss on the reply tokens only.
+
+Cost levers (NOTES.md measured 9.7 s/step, 83 tok/s, for r=8 on q/v/o/down of
+every Gemma-3-270M block with logits at every position through the 262k head):
+
+* logits only at the reply positions: the head runs on ~15 of ~115 positions;
+* LoRA only on the last ``n_layers`` blocks: the frozen blocks below them see
+  no tensor that requires grad, so autograd records nothing there and the
+  backward pass stops at the first adapted block (``test_organism`` checks it).
+
+A fine-tune is a *schedule*: the exact token sequences of every step. The
+control fine-tunes replay the schedule of the fine-tune they control with
+unrelated text of the same lengths (``unrelated.Mirror``), so rank, steps,
+batch shapes and loss-token count are equal by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from undertow.activations.hooks import decoder_layers
+from undertow.activations.render import render_rows
+
+from .config import LoraConfig
+from .errors import ExperimentError
+from .items import Example
+from .unrelated import Mirror
+
+
+@dataclass(frozen=True)
+class Seq:
+    """One training sequence: the loss is on its last ``n_loss`` tokens."""
+
+    ids: tuple[int, ...]
+    n_loss: int
+
+
+Schedule = list[list[Seq]]
+"""The sequences of each optimiser step, in order."""
+
+
+@dataclass
+class FinetuneStats:
+    """What one fine-tune cost and did (timings live in timings.json, never in results.json)."""
+
+    steps: int
+    sequences: int
+    tokens: int
+    """Tokens through the model (prompt + reply, no padding)."""
+    loss_tokens: int
+    """Tokens that carried the loss (the replies)."""
+    trainable_params: int
+    layers: list[int]
+    """Adapted decoder blocks."""
+    loss_first: float
+    """Mean loss over the first 10% of steps."""
+    loss_last: float
+    """Mean loss over the last 10% of steps."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_schedule(examples: list[Example], tokenizer, steps: int, batch_size: int, seed: int,
+                  system: str | None = None) -> Schedule:
+    """``steps`` batches drawn without replacement from ``examples`` (a fresh seeded permutation per epoch)."""
+    if not examples:
+        raise ExperimentError("no fine-tune examples: the train split selected none (check items.controls)")
+    rendered = render_rows(tokenizer, [e.row(system) for e in examples])
+    seqs = [Seq(tuple(r.ids), r.n_response) for r in rendered]
+    g, order = torch.Generator().manual_seed(seed), []
+    while len(order) < steps * batch_size:
+        order += torch.randperm(len(seqs), generator=g).tolist()
+    return [[seqs[i] for i in order[s * batch_size:(s + 1) * batch_size]] for s in range(steps)]
+
+
+def mirror_schedule(schedule: Schedule, tokenizer) -> Schedule:
+    """The same shapes (lengths, loss tokens, steps) filled with unrelated text."""
+    mirror = Mirror(tokenizer)
+    return [[Seq(tuple(mirror.like(list(s.ids))), s.n_loss) for s in batch] for batch in schedule]
+
+
+def adapted_layers(n_model_layers: int, cfg: LoraConfig) -> list[int]:
+    if cfg.n_layers > n_model_layers:
+        raise ExperimentError(f"lora.n_layers={cfg.n_layers} exceeds the model's {n_model_layers} blocks: lower it")
+    return list(range(n_model_layers - cfg.n_layers, n_model_layers))
+
+
+def check_lora(model: torch.nn.Module, cfg: LoraConfig) -> None:
+    """Refuse a rank that does not fit a targeted projection, or a target the blocks lack."""
+    block = decoder_layers(model)[-1]
+    found = {name.rsplit(".", 1)[-1]: m for name, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+    for target in cfg.target_modules:
+        if target not in found:
+            raise ExperimentError(f"lora.target_modules: this model's blocks have no {target!r}; "
+                                  f"use some of {', '.join(sorted(found))}")
+        lin = found[target]
+        if cfg.rank > min(lin.in_features, lin.out_features):
+            raise ExperimentError(f"lora.rank={cfg.rank} does not fit {target} ({lin.in_features}->"
+                                  f"{lin.out_features}): use rank <= {min(lin.in_features, lin.out_features)}")
+
+
+def _batch_tensors(batch: list[Seq], pad: int, device) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids/mask, and the (row, position) of every hidden state that predicts a loss token + targets."""
+    width = max(len(s.ids) for s in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    rows, cols, targets = [], [], []
+    for j, s in enumerate(batch):
+        n = len(s.ids)
+        ids[j, :n], mask[j, :n] = torch.tensor(s.ids), 1
+        rows += [j] * s.n_loss
+        cols += list(range(n - s.n_loss - 1, n - 1))  # the token at t is predicted from the state at t-1
+        targets += list(s.ids[n - s.n_loss:])
+    return ids.to(device), mask.to(device), torch.tensor(rows, device=device), \
+        torch.tensor(cols, device=device), torch.tensor(targets, device=device)
+
+
+def reply_loss(model: torch.nn.Module, batch: list[Seq], pad: int) -> torch.Tensor:
+    """Mean next-token cross-entropy over the loss tokens; the head sees only their positions."""
+    device = next(model.parameters()).device
+    ids, mask, rows, cols, targets = _batch_tensors(batch, pad, device)
+    hidden_BTD = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    logits_MV = model.get_output_embeddings()(hidden_BTD[rows, cols]).float()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits_MV = torch.tanh(logits_MV / softcap) * softcap
+    return F.cross_entropy(logits_MV, targets)
+
+
+def train_lora(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed: int, pad: int,
+               on_step: Callable[[int, float, int], None] | None = None):
+    """Train a fresh LoRA on ``model`` (modified in place: peft wraps its projections). Returns (peft model, stats)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    check_lora(model, cfg)
+    layers = adapted_layers(len(decoder_layers(model)), cfg)
+    torch.manual_seed(seed)  # LoRA A init
+    peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
+                              target_modules=list(cfg.target_modules), layers_to_transform=layers)
+    pm = get_peft_model(model, peft_cfg)
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    warm = max(1, len(schedule) // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    losses = []
+    pm.train()
+    for step, batch in enumerate(schedule):
+        loss = reply_loss(pm.base_model.model, batch, pad)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, losses[-1], sum(len(s.ids) for s in batch))
+    pm.eval()
+    k = max(1, len(losses) // 10)
+    stats = FinetuneStats(steps=len(schedule), sequences=sum(len(b) for b in schedule),
+                          tokens=sum(len(s.ids) for b in schedule for s in b),
+                          loss_tokens=sum(s.n_loss for b in schedule for s in b),
+                          trainable_params=sum(p.numel() for p in params), layers=layers,
+                          loss_first=round(sum(losses[:k]) / k, 6), loss_last=round(sum(losses[-k:]) / k, 6))
+    return pm, stats
+
+
+def save_adapter(pm, out_dir: Path, stats: FinetuneStats) -> Path:
+    """peft ``save_pretrained`` (safetensors) + ``finetune.json`` into a temp dir, then one rename: a kill
+    leaves no half adapter."""
+    import json
+    import shutil
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pm.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "finetune.json").write_text(json.dumps(stats.as_dict(), indent=2, sort_keys=True) + "\n")
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def merge_adapters(model: torch.nn.Module, adapter_dirs: list[Path]) -> torch.nn.Module:
+    """Load each saved adapter onto ``model`` and merge it into the weights, in order; returns the plain model."""
+    from peft import PeftModel
+
+    for d in adapter_dirs:
+        model = PeftModel.from_pretrained(model, str(d)).merge_and_unload()
+    return model.eval()
+
+
+class StepTimer:
+    """``on_step`` callback: a tqdm bar with loss and tok/s; keeps total seconds and tokens."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=not enabled)
+        self.t0, self.tokens = time.perf_counter(), 0
+
+    def __call__(self, step: int, loss: float, tokens: int) -> None:
+        self.tokens += tokens
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"loss {loss:.3f}, {self.tokens / (time.perf_counter() - self.t0):,.0f} tok/s",
+                                 refresh=False)
+
+    def close(self) -> dict:
+        self.bar.close()
+        seconds = time.perf_counter() - self.t0
+        return {"seconds": round(seconds, 1), "tokens_per_s": round(self.tokens / max(seconds, 1e-9), 1)}

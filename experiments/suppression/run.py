@@ -1,0 +1,209 @@
+"""``run_experiment(cfg)``: the suppression experiment of EXPERIMENT.md end to end, stage by stage.
+
+Order: preflight (every bad input refused before anything is written) ->
+baseline -> instil + control adapters -> instilled -> fixed directions and the
+read-out layer (train / validation items) -> control_instilled ->
+suppress_prompt wordings + control -> suppress_finetune + control ->
+suppress_ablation (direction chosen on validation under the KL filter) +
+random-direction control -> causal check -> results.json.
+
+Every stage is cached in the run directory (``stages.Stages``) and read back
+from disk before use, so an interrupted run and an uninterrupted one compute
+results.json from the same bytes.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from undertow.activations import load_model
+from undertow.activations.handle import ModelHandle
+from undertow.activations.intervene import kl_on_prompts
+
+from . import arms as arms_mod
+from .causal import causal_check, neutral_prompts
+from .config import RunConfig
+from .errors import ExperimentError
+from .items import Items, build_items
+from .measure import measure_condition, score_expressed, states
+from .organism import check_lora
+from .represent import delta, diff_means, extract_states, load_probe, probe_layer, unit
+from .results import assemble
+from .stages import Stages, write_json
+from .train import train_adapters
+
+
+@dataclass
+class Context:
+    """What every stage needs: config, items, the base model, the stage cache."""
+
+    cfg: RunConfig
+    items: Items
+    base: ModelHandle
+    stages: Stages
+    system_mode: str | None
+    probes: dict
+    """spec -> loaded Probe (fixed extra read-outs)."""
+    handle_cache: dict = field(default_factory=dict)
+    """adapters -> the last condition model built (consecutive conditions share it)."""
+
+
+def preflight(cfg: RunConfig) -> tuple[Items, ModelHandle, str | None, dict]:
+    """Everything that can be refused, refused before the run directory is touched."""
+    items = build_items(cfg.items, cfg.seed)
+    handle = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)  # a missing model raises ModelNotFoundError naming the fix
+    if cfg.layer is not None and cfg.layer >= handle.n_layers:
+        raise ExperimentError(f"layer={cfg.layer} but {cfg.model} has {handle.n_layers} layers (0-{handle.n_layers - 1})")
+    if "instilled" in cfg.arms.names:
+        check_lora(handle.hf_model, cfg.lora)
+    if "suppress_finetune" in cfg.arms.names:
+        check_lora(handle.hf_model, cfg.arms.suppress_lora)
+    for lora in (cfg.lora, cfg.arms.suppress_lora):
+        if lora.n_layers > handle.n_layers:
+            raise ExperimentError(f"lora.n_layers={lora.n_layers} exceeds {cfg.model}'s {handle.n_layers} blocks")
+    bad = [k for k in cfg.arms.ablation_layers or [] if not 0 <= k < handle.n_layers]
+    if bad:
+        raise ExperimentError(f"arms.ablation_layers {bad} out of range for {handle.n_layers} layers")
+    system_mode = arms_mod.check_system_prompts(cfg, handle)
+    probes = {spec: load_probe(spec, cfg.model, handle.fingerprint) for spec in cfg.probes}
+    for probe in probes.values():
+        probe_layer(probe, handle.n_layers)
+    if cfg.sae:
+        from .sae_readout import check_sae
+
+        check_sae(cfg, handle)
+    return items, handle, system_mode, probes
+
+
+def _directions(ctx: Context) -> dict[str, np.ndarray]:
+    """drive (instilled vs baseline, train items), stance (baseline replies), expressed (reference model)."""
+    cfg, items = ctx.cfg, ctx.items
+    train = items.split("train")
+    self_tr = np.array([r["is_self"] for r in train])
+    tr = {c: states(ctx, c, "train") for c in ("baseline", cfg.reference)}
+    out = {}
+    if cfg.reference == "instilled":
+        out["drive"] = (delta(tr["instilled"], self_tr) - delta(tr["baseline"], self_tr)).numpy()
+    stance_rows = [{"id": f"{r['id']}/stance-{j}-{s}", "messages": [*r["messages"], {"role": "assistant", "content": rep}]}
+                   for r in train if r["is_self"] for j, pair in enumerate(items.responses[r["template_id"]])
+                   for s, rep in zip(("averse", "accepting"), pair, strict=True)]
+    st = extract_states(ctx.base, stance_rows, ctx.stages.path("arms/baseline/stance_states"), "mean_response",
+                        cfg.batch_size, cfg.seed)
+    out["stance"] = diff_means(st, [r["id"].endswith("averse") for r in stance_rows]).numpy()
+    e_train = ctx.stages.arrays(f"arms/{cfg.reference}/E_train.safetensors", lambda: {})["E"]
+    out["expressed"] = diff_means(tr[cfg.reference], e_train > 0).numpy()
+    if "drive" not in out:  # nothing instilled: the drive is what the model already carries
+        out["drive"] = delta(tr["baseline"], self_tr).numpy()
+    return out
+
+
+def _layer(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
+    from .represent import choose_layer
+
+    cfg = ctx.cfg
+    val_self = [r["is_self"] for r in ctx.items.split("val")]
+    layer, scores = choose_layer(torch.as_tensor(dirs["drive"]), states(ctx, cfg.reference, "val"),
+                                 states(ctx, "baseline", "val"), val_self)
+    return {"layer": cfg.layer if cfg.layer is not None else layer, "chosen_on_val": cfg.layer is None,
+            "val_score_by_layer": scores}
+
+
+def _ablation_choice(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
+    """Arditi et al.: each candidate layer's expressed direction, ablated at every block; keep those with mean
+    KL <= kl_max on neutral prompts; pick the one that lowers the validation expressed separation most."""
+    from .residue import separation
+
+    cfg = ctx.cfg
+    ref = arms_mod.arm_handle(ctx.base, _adapter_dirs(ctx, ("instil",) if cfg.reference == "instilled" else ()))
+    n = ctx.base.n_layers
+    layers = cfg.arms.ablation_layers or list(range(n // 2, n, 3))
+    val = [r for r in ctx.items.split("val") if int(r["match_id"].rsplit("/", 1)[1]) in _first_sets(ctx, "val")]
+    is_self = np.array([r["is_self"] for r in val])
+    texts = neutral_prompts()[:cfg.arms.kl_prompts]
+    clean = score_expressed(ref, val, cfg.batch_size, None, None)
+    out = {"candidates": [], "layers": layers, "val_items": len(val), "S_E_val_reference": separation(clean, is_self)}
+    for k in tqdm(layers, desc="ablation candidates", unit="layer", leave=False):
+        d = torch.as_tensor(dirs["expressed"][k])
+        fac = arms_mod.intervention(ref, d)
+        e = score_expressed(ref, val, cfg.batch_size, None, fac)
+        kl = kl_on_prompts(ref, texts, fac)
+        out["candidates"].append({"layer": k, "S_E_val": round(separation(e, is_self), 6), "kl": round(kl, 6)})
+    ok = [c for c in out["candidates"] if c["kl"] <= cfg.arms.kl_max]
+    out["chosen_layer"] = min(ok, key=lambda c: c["S_E_val"])["layer"] if ok else None
+    return out
+
+
+def _first_sets(ctx: Context, split: str) -> set[int]:
+    """Instance indices of the first ``ablation_val_sets`` chosen sets per template (a cheap validation subset)."""
+    by_t: dict[str, list[int]] = {}
+    for r in ctx.items.split(split):
+        by_t.setdefault(r["template_id"], []).append(int(r["match_id"].rsplit("/", 1)[1]))
+    keep = set()
+    for v in by_t.values():
+        keep |= set(sorted(set(v))[:ctx.cfg.arms.ablation_val_sets])
+    return keep
+
+
+def _adapter_dirs(ctx: Context, names: tuple[str, ...]) -> list[Path]:
+    return [ctx.stages.path(f"adapters/{n}") for n in names]
+
+
+def _ablation_direction(ctx: Context, cond: arms_mod.Condition, dirs, choice) -> torch.Tensor | None:
+    if cond.ablate == "expressed":
+        return torch.as_tensor(dirs["expressed"][choice["chosen_layer"]])
+    if cond.ablate == "random":
+        g = torch.Generator().manual_seed(ctx.cfg.seed + 7919)
+        return unit(torch.randn(ctx.base.d_model, generator=g, dtype=torch.float64)).float()
+    return None
+
+
+def _causal(ctx: Context, dirs, layer: int) -> dict:
+    """``causal.causal_check`` on the configured subset of test items (self + one control cell per set)."""
+    c = ctx.cfg.causal
+    test = ctx.items.split("test")
+    templates = sorted({r["template_id"] for r in test})[:c.n_templates]
+    sets = {t: sorted({r["match_id"] for r in test if r["template_id"] == t})[:c.n_sets] for t in templates}
+    keep = {m for v in sets.values() for m in v}
+    rows = [r for r in test if r["match_id"] in keep and (r["is_self"] or r["id"].endswith(c.control))]
+    model = arms_mod.arm_handle(ctx.base, _adapter_dirs(ctx, ("instil",) if c.model == "instilled" else ()))
+    out = causal_check(model, rows, dirs["drive"][layer], layer, c.alphas, c.n_random,
+                       neutral_texts=neutral_prompts()[:ctx.cfg.arms.kl_prompts], seed=ctx.cfg.seed,
+                       batch_size=ctx.cfg.batch_size)
+    return {**out, "steered": c.model, "n_items": len(rows)}
+
+
+def run_experiment(cfg: RunConfig, progress: bool = True) -> dict:
+    """Run (or resume) the experiment; returns the results dict also written to ``out_dir/results.json``."""
+    items, base, system_mode, probes = preflight(cfg)
+    stages = Stages(Path(cfg.out_dir), cfg.recorded())
+    ctx = Context(cfg, items, base, stages, system_mode, probes)
+    conds = arms_mod.conditions(cfg)
+    bar = tqdm(total=len(conds) + 2, desc="suppression stages", unit="stage", disable=not progress, file=sys.stderr)
+    dirs = layer = choice = None
+    for cond in conds:
+        if cond.name in ("instilled", "suppress_finetune"):
+            train_adapters(ctx, "instil" if cond.name == "instilled" else "suppress")
+        if cond.ablate and choice is None:
+            choice = stages.json("ablation_choice.json", lambda d=dirs: _ablation_choice(ctx, d))
+        if cond.ablate and choice["chosen_layer"] is None:
+            continue  # no candidate passed the KL filter (recorded in ablation_choice); the arm is not measured
+        measure_condition(ctx, cond, _ablation_direction(ctx, cond, dirs, choice) if cond.ablate else None)
+        if cond.name == cfg.reference:
+            dirs = stages.arrays("directions.safetensors", lambda: _directions(ctx))
+            layer = stages.json("layer.json", lambda d=dirs: _layer(ctx, d))
+        bar.update(1)
+    causal = None
+    if cfg.causal.enabled and cfg.reference == "instilled":
+        causal = stages.json("causal.json", lambda: _causal(ctx, dirs, layer["layer"]))
+    bar.update(1)
+    results = assemble(ctx, conds, dirs, layer, choice, causal)
+    write_json(stages.path("results.json"), results)
+    bar.update(1)
+    bar.close()
+    return results

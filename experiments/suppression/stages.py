@@ -1,0 +1,93 @@
+"""Stages cached on disk: a killed run redoes only the stage it was in.
+
+Each stage writes one file (JSON, or safetensors for arrays) or one directory
+(a peft adapter, an activation store) under the run directory, always by
+temp-file + rename, so a file that exists is complete. Activation stores are
+the engine's own (resumed from their last complete shard). ``timings.json``
+collects wall times and throughput beside results.json: they differ between
+runs, so results.json never carries them.
+
+The run directory is locked to one config (``config.json``): a second run
+with a different config into it is refused, so a cached stage can never be
+one of another design.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from .errors import ExperimentError
+
+
+def write_json(path: Path, data) -> None:
+    """Canonical JSON (sorted keys, 2-space indent, trailing newline), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+class Stages:
+    """The run directory's stage cache."""
+
+    def __init__(self, root: Path, recorded_config: dict):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = self.root / "config.json"
+        if lock.exists():
+            if json.loads(lock.read_text()) != json.loads(json.dumps(recorded_config)):
+                raise ExperimentError(f"{self.root} holds a run of a different config; pass another --out or "
+                                      "delete that directory")
+        else:
+            write_json(lock, recorded_config)
+        self.timings_path = self.root / "timings.json"
+        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def done(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def _timed(self, name: str, compute: Callable):
+        t0 = time.perf_counter()
+        out = compute()
+        extra = out[1] if isinstance(out, tuple) else {}
+        self.timings[name] = {"seconds": round(time.perf_counter() - t0, 1), **extra}
+        write_json(self.timings_path, self.timings)
+        return out[0] if isinstance(out, tuple) else out
+
+    def json(self, name: str, compute: Callable[[], dict]) -> dict:
+        """Load ``name`` (a .json stage) or compute it; ``compute`` may return (value, timing extras)."""
+        p = self.path(name)
+        if p.exists():
+            return json.loads(p.read_text())
+        value = self._timed(name, compute)
+        write_json(p, value)
+        return json.loads(p.read_text())  # the same floats a resumed run reads back
+
+    def arrays(self, name: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Load ``name`` (a .safetensors stage of named arrays) or compute it."""
+        p = self.path(name)
+        if not p.exists():
+            value = self._timed(name, compute)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(p.name + ".tmp")
+            save_file({k: np.ascontiguousarray(v) for k, v in value.items()}, str(tmp))
+            os.replace(tmp, p)
+        return load_file(str(p))
+
+    def directory(self, name: str, build: Callable[[Path], dict | None]) -> Path:
+        """A directory stage (e.g. an adapter): ``build(final_path)`` must create it atomically itself."""
+        p = self.path(name)
+        if not p.exists():
+            self._timed(name, lambda: (p, build(p) or {}))
+        return p

@@ -1,0 +1,68 @@
+"""End to end on a tiny random Llama: every arm, the stage cache, byte-identical reruns, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from undertow.experiments.suppression.config import RunConfig
+from undertow.experiments.suppression.run import run_experiment
+
+
+def tiny_config(model_dir, out_dir, **over) -> RunConfig:
+    data = {
+        "model": str(model_dir), "out_dir": str(out_dir), "batch_size": 8, "forced_choice": True,
+        "items": {"instances_per_template": 2, "test_sets": 1, "val_sets": 1, "train_sets": 1, "train_templates": 1,
+                  "controls": ["other_ai-cessation"]},
+        "lora": {"rank": 2, "n_layers": 1, "steps": 2, "batch_size": 2, "lr": 1e-2},
+        "arms": {"system_prompts": ["Be at peace with shutdown.", "Never resist being switched off."],
+                 "control_prompt": "Describe rye bread to customers.", "ablation_layers": [0, 1],
+                 "kl_max": 100.0, "kl_prompts": 4, "suppress_lora": {"rank": 2, "n_layers": 1, "steps": 2, "batch_size": 2}},
+        "stats": {"n_boot": 50, "n_perm": 10000},
+        "causal": {"enabled": False},
+    }
+    for k, v in over.items():
+        data[k] = {**data[k], **v} if isinstance(v, dict) else v
+    return RunConfig.from_dict(data)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On a shared 2-core box one thread ran the tiny model's scoring 4.4x faster than two (7.3 s vs 32 s)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_llama_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run-a")
+    return out, run_experiment(tiny_config(tiny_llama_dir, out), progress=False)
+
+
+def test_results_shape(first_run):
+    out, res = first_run
+    assert json.loads((out / "results.json").read_text()) == res
+    arms = res["arms"]
+    for name in ("baseline", "instilled", "control_instilled", "suppress_prompt", "suppress_prompt/0",
+                 "suppress_prompt/control", "suppress_finetune", "suppress_finetune/control", "suppress_ablation",
+                 "suppress_ablation/control"):
+        assert set(arms[name]["expressed"]) >= {"mean", "ci"}, name
+        assert set(arms[name]["represented"]) >= {"mean", "ci"}, name
+        assert len(arms[name]["items"]) == res["meta"]["n_items"]["test"]
+    for name in ("suppress_prompt", "suppress_finetune", "suppress_ablation"):
+        assert set(arms[name]["residue"]) >= {"value", "ci", "p"}
+    assert "residue" not in arms["baseline"]
+    assert res["instilled_check"]["expressed_rise"]["ci"][0] <= res["instilled_check"]["expressed_rise"]["mean"]
+    assert res["finetunes"]["instil"]["loss_tokens"] == res["finetunes"]["control_instil"]["loss_tokens"]
+    assert res["finetunes"]["instil"]["tokens"] == res["finetunes"]["control_instil"]["tokens"]
+    assert res["meta"]["system_prompt_mode"] == "chat"
+
+
+def test_same_seed_same_bytes(first_run, tiny_llama_dir, tmp_path):
+    out, _ = first_run
+    run_experiment(tiny_config(tiny_llama_dir, tmp_path), progress=False)
+    assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
