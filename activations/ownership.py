@@ -25,6 +25,7 @@ from pathlib import Path
 from .extract_errors import StoreError
 from .manifest import FORMAT, MANIFEST, STATS
 from .store_io import is_tmp
+from .validate import confine
 
 KNOWN_FORMATS = (FORMAT,)
 _RANK_PART = re.compile(r"manifest\.rank\d+\.json")
@@ -61,16 +62,15 @@ def owned_files(out_dir: Path, manifest: dict) -> list[Path]:
         for f in files.values() if isinstance(files, dict) else []:
             if isinstance(f, dict) and isinstance(f.get("path"), str):
                 rel.add(f["path"])
-    root = out_dir.resolve()
-    paths = []
-    for r in sorted(rel):
-        p = (out_dir / r)
-        if Path(r).is_absolute() or ".." in Path(r).parts or not p.resolve().is_relative_to(root):
-            raise StoreError(f"{out_dir}/{MANIFEST} lists {r!r}, outside the store; nothing was deleted: "
-                             "the manifest was edited, remove the store by hand if it is yours")
-        paths.append(p)
+    fix = "nothing was deleted: the manifest was edited, remove the store by hand if it is yours"
+    paths = [confine(out_dir, r, f"{out_dir}/{MANIFEST}", StoreError, fix) for r in sorted(rel)]
     paths.extend(p for p in out_dir.glob("manifest.rank*.json") if _RANK_PART.fullmatch(p.name))
     return paths
+
+
+def symlink_refusal(out_dir: Path) -> StoreError:
+    return StoreError(f"{out_dir} is a symlink (to {out_dir.resolve()}); nothing was deleted: pass the real "
+                      "directory as out_dir to replace the store there")
 
 
 def remove_store(out_dir: Path, manifest: object) -> int:
@@ -78,8 +78,7 @@ def remove_store(out_dir: Path, manifest: object) -> int:
 
     ``StoreError`` (and nothing deleted) for a symlinked out_dir or a manifest that is not a known store's."""
     if out_dir.is_symlink():
-        raise StoreError(f"{out_dir} is a symlink (to {out_dir.resolve()}); nothing was deleted: pass the real "
-                         "directory as out_dir to replace the store there")
+        raise symlink_refusal(out_dir)
     if not is_store_manifest(manifest):
         raise not_a_store(out_dir, manifest)
     files = owned_files(out_dir, manifest)

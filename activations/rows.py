@@ -24,7 +24,7 @@ from typing import Any
 from .errors import UndertowError
 from .extract_errors import DatasetError
 from .row_checks import IdSet, check_row
-from .validate import load_json, read_text
+from .validate import first_line, load_json, read_text
 
 TEXT_FIELDS = ("messages", "prompt", "text", "response")
 REQUIRED_META = ("id", "label", "template_id", "theme", "split")
@@ -153,7 +153,7 @@ def load_rows(path: str | Path):
         try:
             return datasets.load_from_disk(str(path))
         except Exception as e:  # noqa: BLE001 - datasets/pyarrow raise many types on a foreign directory
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            reason = first_line(e, 120)
             raise DatasetError(f"{path} is not a saved datasets.Dataset ({reason}); "
                                "save one with Dataset.save_to_disk, or pass a .jsonl file") from None
     if path.suffix not in (".jsonl", ".json"):
@@ -162,5 +162,5 @@ def load_rows(path: str | Path):
     try:
         return datasets.Dataset.from_list(rows)
     except Exception as e:  # noqa: BLE001 - pyarrow's type errors (nested values of different shapes)
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        reason = first_line(e, 120)
         raise DatasetError(f"{path}: the rows do not form one table ({reason}); give each column one shape") from None

@@ -30,6 +30,7 @@ from .errors import ModelLoadError, ModelNotFoundError, OfflineError
 from .fingerprint import fingerprint
 from .model_dir import check_model_dir
 from .registry import EMBEDDED, unknown_model
+from .validate import first_line
 
 
 @dataclass
@@ -143,7 +144,7 @@ def _load_dir(path: Path, dtype: torch.dtype, label: str, known_fingerprint: str
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=None if allow_pickle else True)
     except Exception as e:  # noqa: BLE001 - transformers raises many types on a bad directory
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e, 160)
         if "weights_only" in reason:  # torch's advice to unpickle is not ours to give
             reason = "torch refused to unpickle the weights"
         raise ModelLoadError(f"cannot load model from {path}: {reason}; check config.json and the weight files") from None
@@ -152,7 +153,7 @@ def _load_dir(path: Path, dtype: torch.dtype, label: str, known_fingerprint: str
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # noqa: BLE001 - tokenizer loaders raise many types on bad files
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        reason = first_line(e, 120)
         raise ModelLoadError(f"{path} has no usable tokenizer ({reason}); save one beside the weights") from None
     fp = known_fingerprint or fingerprint(model)
     return Loaded(model, tok, fp, label)

@@ -74,6 +74,11 @@ def expect(value: Any, kinds: type | tuple[type, ...], field: str, where: str, e
     return value
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """A library exception's first line (its type name when it has no message), cut to ``limit`` characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -24,7 +24,7 @@ from torch import Tensor
 from .extract_errors import StoreError, StoreWriteError
 from .manifest import MANIFEST, check_identity, completed_shards, read_manifest, write_manifest
 from .manifest_schema import check_manifest
-from .ownership import is_store_manifest, not_a_store, remove_own_tmp_files, remove_store
+from .ownership import is_store_manifest, not_a_store, remove_own_tmp_files, remove_store, symlink_refusal
 from .store_io import atomic_write, sha256_bytes
 
 
@@ -55,8 +55,7 @@ def store_action(out_dir: Path, resume: bool, overwrite: bool) -> tuple[str, dic
         raise not_a_store(out_dir, existing)
     if overwrite:
         if out_dir.is_symlink():
-            raise StoreError(f"{out_dir} is a symlink (to {out_dir.resolve()}); nothing was deleted: pass the real "
-                             "directory as out_dir to replace the store there")
+            raise symlink_refusal(out_dir)
         return "replace", existing
     check_manifest(existing, out_dir / MANIFEST)
     if not completed_shards(out_dir):
