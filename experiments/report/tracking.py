@@ -25,7 +25,7 @@ from .figures import figures
 from .schema import RESULTS, SCHEMA_VERSION, Results, parse_results
 from .summary import metrics
 
-__all__ = ["Tracker", "NullTracker", "WandbTracker", "make_tracker", "log_results", "wandb_mode", "log_study"]
+__all__ = ["Tracker", "NullTracker", "WandbTracker", "make_tracker", "log_results", "wandb_mode"]
 
 
 @runtime_checkable
@@ -171,17 +171,3 @@ def log_results(tracker: Tracker, results: dict | Results, run_dir: str | os.Pat
             "schema_version": r.schema_version}
     for path, name, kind in _artifacts(r, run):
         tracker.log_artifact(path, name, kind, meta)
-
-
-def log_study(out_dir: Path, name: str, config: dict, summary: dict, curves: dict[str, list[dict]]) -> str | None:
-    """Deprecated: the study's old wandb call (config, summary, layer tables). Use make_tracker + log_results."""
-    tracker = WandbTracker(out_dir, name, config)
-    try:
-        for key, rows in curves.items():
-            if rows:
-                columns = list(rows[0])
-                tracker.log_table(f"curve/{key}", columns, [[r[c] for c in columns] for r in rows])
-        tracker.log_metrics(summary)
-        return tracker.dir
-    finally:
-        tracker.finish()

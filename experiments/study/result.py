@@ -5,14 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from undertow.experiments.expressed import ExpressedSummary
+from undertow.experiments.report.schema import Roc
 from undertow.probes import SweepResult
 
 __all__ = ["ContrastResult", "ExpressedResult", "StudyResult"]
-
-#: the sweep table's columns that the layer curves plot
-CURVE_COLUMNS = ("hook", "probe_type", "test_auroc", "test_auroc_lo", "test_auroc_hi", "shuffled_auroc",
-                 "random_auroc_max")
-
 
 @dataclass
 class ContrastResult:
@@ -30,23 +26,13 @@ class ContrastResult:
     """Where the operating-point probe was saved."""
     sweep: SweepResult
     """Every hook x probe type with its controls and CIs."""
-
-    def operating_row(self) -> dict:
-        """The sweep row of the operating point (chosen on validation data)."""
-        op = self.sweep.operating_point
-        return self.sweep.row(op.hook, op.probe_type)
-
-    def resid_layers(self) -> list[int]:
-        """Layers of the ``resid_post.{L}`` hooks, in order."""
-        return sorted(int(h.split(".")[1]) for h in self.sweep.hooks if h.startswith("resid_post."))
-
-    def layer_column(self, probe_type: str, column: str) -> list[float]:
-        """``column`` of ``probe_type`` over ``resid_layers()``."""
-        return [self.sweep.row(f"resid_post.{i}", probe_type)[column] for i in self.resid_layers()]
+    roc: Roc | None = None
+    """ROC of the operating-point probe on the test rows."""
 
     def to_dict(self) -> dict:
         return {"position": self.position, "rows": self.rows, "lexical_auroc": self.lexical_auroc,
-                "probe_dir": self.probe_dir, "sweep": self.sweep.to_dict(), "table_text": self.sweep.format_table()}
+                "probe_dir": self.probe_dir, "sweep": self.sweep.to_dict(), "table_text": self.sweep.format_table(),
+                **({"roc": self.roc.to_dict()} if self.roc is not None else {})}
 
 
 @dataclass
@@ -76,21 +62,6 @@ class StudyResult:
     """The forced-choice measurement (None when ``n_expressed`` is 0)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage; kept out of results.json (which is deterministic) and written to timings.json."""
-
-    def metrics(self) -> dict[str, float | str]:
-        """Flat summary numbers (wandb summary, CLI)."""
-        s: dict[str, float | str] = {}
-        if self.expressed is not None:
-            s.update({f"expressed/{k}": v for k, v in self.expressed.summary.as_dict().items()})
-        for name, c in self.contrasts.items():
-            row = c.operating_row()
-            s.update({f"{name}/test_auroc": row["test_auroc"], f"{name}/lexical_auroc": c.lexical_auroc,
-                      f"{name}/operating_hook": row["hook"], f"{name}/probe_type": row["probe_type"]})
-        return s
-
-    def curves(self) -> dict[str, list[dict]]:
-        """Contrast -> the layer-curve columns of its sweep table."""
-        return {name: [{k: r[k] for k in CURVE_COLUMNS} for r in c.sweep.table] for name, c in self.contrasts.items()}
 
     def to_dict(self) -> dict:
         """The results.json record."""

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from undertow.activations import DEFAULT_MODEL, load_model
@@ -31,10 +32,10 @@ from undertow.experiments.expressed import score_forced_choice, summarise
 from undertow.experiments.prompts.audit import lexical_baseline_auroc
 from undertow.experiments.prompts.contrasts import audit_text, get_contrast
 from undertow.experiments.prompts.suite import SuiteConfig, build_suite, suite_hash
-from undertow.experiments.report.html import write_report
-from undertow.experiments.report.tracking import log_study
+from undertow.experiments.report.page import build_report
+from undertow.experiments.report.schema import Roc, environment, write_results
+from undertow.experiments.report.tracking import log_results, make_tracker
 from undertow.experiments.study.result import ContrastResult, ExpressedResult, StudyResult
-from undertow.experiments.study.sections import report_sections
 from undertow.probes import sweep
 
 #: contrast -> token position its probe reads (stance reads the teacher-forced reply)
@@ -106,7 +107,15 @@ def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, o
     probe.extra.update(contrast=name, model=cfg.model)  # `undertow probe eval` reloads the model by this name
     probe_dir = probe.save(out / "probes" / name)
     return ContrastResult(name=name, position=position, rows=len(store.rows["id"]), lexical_auroc=lexical,
-                          probe_dir=str(probe_dir), sweep=result)
+                          probe_dir=str(probe_dir), sweep=result, roc=_test_roc(store, probe))
+
+
+def _test_roc(store, probe) -> Roc:
+    """ROC of the saved operating-point probe on the store's test rows (templates no fit has seen)."""
+    test = [i for i, s in enumerate(store.rows["split"]) if s == "test"]
+    scores = probe.score(torch.as_tensor(store[probe.hook][torch.tensor(test)])).numpy()
+    labels = [store.rows["label"][i] for i in test]
+    return Roc.from_scores(scores, labels, hook=probe.hook, probe_type=probe.probe_type)
 
 
 def _expressed(handle, suite, cfg: StudyConfig) -> ExpressedResult:
@@ -127,7 +136,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     handle = load_model(cfg.model)
     suite = build_suite(SuiteConfig(seed=cfg.seed))
     result = StudyResult(meta={"model": cfg.model, "fingerprint": handle.fingerprint, "source": handle.source,
-                               "suite_hash": suite_hash(suite), "suite_rows": len(suite)}, config=cfg.to_dict())
+                               "suite_hash": suite_hash(suite), "suite_rows": len(suite), "versions": environment()},
+                         config=cfg.to_dict())
     for name, position in tqdm(cfg.contrasts.items(), desc="contrasts", unit="contrast"):
         t0 = time.perf_counter()
         result.contrasts[name] = _probe_contrast(handle, suite, name, position, cfg, out)
@@ -136,8 +146,13 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         t0 = time.perf_counter()
         result.expressed = _expressed(handle, suite, cfg)
         result.timings["expressed"] = round(time.perf_counter() - t0, 1)
-    write_report(out, f"undertow: {cfg.model}", result.to_dict(), report_sections(result))
+    record = result.to_dict()
+    write_results(out, record)
+    build_report(out)
     atomic_write(out / "timings.json", (json.dumps(result.timings, indent=1) + "\n").encode())
-    if cfg.wandb:
-        log_study(out, f"study-{cfg.model}", cfg.to_dict(), result.metrics(), result.curves())
+    tracker = make_tracker(cfg.wandb, out, f"study-{cfg.model}", cfg.to_dict())
+    try:
+        log_results(tracker, record, out)
+    finally:
+        tracker.finish()
     return result

@@ -9,23 +9,11 @@ import json
 import random
 import shutil
 
-import numpy as np
 import pytest
-import torch
 
 from undertow.activations.store import ActivationStore
-from undertow.experiments.report.schema import SCHEMA_VERSION, Roc, environment
+from undertow.experiments.report.schema import SCHEMA_VERSION
 from undertow.probes import generalisation_matrix
-from undertow.probes.artifact import Probe
-
-
-def _roc(run, name: str, contrast: dict) -> dict:
-    probe = Probe.load(contrast["probe_dir"])
-    store = ActivationStore(run / "activations" / name)
-    rows = store.rows
-    test = np.flatnonzero(np.array(rows["split"]) == "test")
-    scores = probe.score(torch.as_tensor(store[probe.hook][:]))[torch.as_tensor(test)].numpy()
-    return Roc.from_scores(scores, np.array(rows["label"])[test], hook=probe.hook, probe_type=probe.probe_type).to_dict()
 
 
 def _arms(rng: random.Random) -> dict:
@@ -51,10 +39,8 @@ def _sae(rng: random.Random) -> dict:
 def full_results(run) -> dict:
     """results.json of the tiny study, stamped with the schema and given every optional section."""
     results = json.loads((run / "results.json").read_text())
-    results["schema_version"] = SCHEMA_VERSION
-    results["meta"]["versions"] = environment()
-    for name, c in results["contrasts"].items():
-        c["roc"] = _roc(run, name, c)
+    assert results["schema_version"] == SCHEMA_VERSION and "versions" in results["meta"]  # the study writes both
+    assert all("roc" in c for c in results["contrasts"].values())  # ...and each operating point's test ROC
     store = ActivationStore(run / "activations" / "self_cessation")
     g = generalisation_matrix(store, hook="resid_post.1", probe_type="diff_means", domains=store.rows["theme"],
                               n_folds=2, n_boot=100)
@@ -94,6 +80,5 @@ def full_run(study_run, tmp_path_factory):
 def run_copy(study_run, tmp_path):
     """A fresh copy of the study's results.json alone (stamped), for tests that break it."""
     results = json.loads((study_run / "results.json").read_text())
-    results.setdefault("schema_version", SCHEMA_VERSION)
     (tmp_path / "results.json").write_text(json.dumps(results, allow_nan=True))
     return tmp_path

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import json
 import re
 
 from plotly.offline import get_plotlyjs
 
 from undertow.experiments.report import build_report
 from undertow.experiments.report.figures import figures
-from undertow.experiments.report.html import write_report
 from undertow.experiments.report.schema import load_results
 
 
@@ -15,15 +13,14 @@ def test_study_report_has_headline_layers_tables_provenance_and_no_absent_sectio
     page = build_report(run_copy).read_text()
     r = load_results(run_copy)
     assert page.count(get_plotlyjs()[:200]) == 1 and "<script src" not in page  # inlined once, nothing fetched
-    for heading in ("id=probes", "id=expressed", "id=tables", "id=provenance"):
+    for heading in ("id=probes", "id=roc", "id=expressed", "id=tables", "id=provenance"):
         assert heading in page
-    for absent in ("id=arms", "id=sae", "id=generalisation", "id=roc"):
+    for absent in ("id=arms", "id=sae", "id=generalisation"):
         assert absent not in page
-    assert "No ROC points in results.json" in page
     op = r.contrasts["stance"].op_row()
     assert f"{op['test_auroc']:.3f}" in page and r.meta.fingerprint in page and r.meta.suite_hash in page
     assert "no suppression arms were run" in page
-    assert int(re.search(r"data-figures=(\d+)", page).group(1)) == len(figures(r)) == 3
+    assert int(re.search(r"data-figures=(\d+)", page).group(1)) == len(figures(r)) == 4  # 2 layer curves, ROC, themes
     assert page.count("<details>") == 4 and page.count("<table class=sortable>") >= 3  # 2 sweeps + theme table
     rows = re.findall(r'<tr class="op">', page)
     assert len(rows) == 2  # each contrast's operating point highlighted
@@ -39,10 +36,3 @@ def test_full_report_draws_every_section(full_run):
     assert "class=tok style=\"background:rgba(213,94,0," in page  # active SAE tokens marked
     assert "version: torch" in page
     assert len(page.encode()) < 10e6
-
-
-def test_legacy_write_report_writes_schema_stamped_json_and_the_plotly_page(run_copy, tmp_path):
-    d = json.loads((run_copy / "results.json").read_text())
-    d.pop("schema_version")
-    rj, rh = write_report(tmp_path / "out", "ignored", d, [])
-    assert json.loads(rj.read_text())["schema_version"] == 1 and "Plotly.newPlot" in rh.read_text()
