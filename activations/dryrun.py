@@ -49,6 +49,7 @@ from .shared_prompts import group_by_prompt, shared_batches
 _ST_DTYPES = {"int64": ("I64", 8, 3), "float32": ("F32", 4, 2), "bfloat16": ("BF16", 2, 1), "float16": ("F16", 2, 0)}
 """store dtype -> (safetensors name, bytes per element, rank in safetensors' order: wider dtypes first)."""
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_DTYPE = {4: torch.float32, 2: torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,13 @@ def model_config_and_tokenizer(name: str):
 
     from .registry import EMBEDDED
 
-    if name in EMBEDDED:
-        gguf = EMBEDDED[name].locate()
-        return (AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name),
-                AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
-    path = Path(name).expanduser()
+    path = EMBEDDED[name].locate() if name in EMBEDDED else Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
+        from .sources import cache_root, file_digest
+
+        cached = cache_root() / "dequantized" / file_digest(path)[:24]  # sources.py's copy: JSON, no GGUF parse
+        if (cached / "config.json").exists():
+            return AutoConfig.from_pretrained(str(cached)), AutoTokenizer.from_pretrained(str(cached))
         return (AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name),
                 AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
     if path.suffix == ".safetensors":
@@ -206,7 +208,9 @@ def meta_model(hf_config) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
-        return AutoModelForCausalLM.from_config(hf_config)
+        model = AutoModelForCausalLM.from_config(hf_config)
+    model.tie_weights()  # tied embeddings count once (Gemma, Llama 3.2): parameters() deduplicates shared tensors
+    return model
 
 
 def _param_bytes(module: torch.nn.Module, width: int) -> int:
@@ -232,6 +236,8 @@ class _Work:
     flops: float = 0.0
     tokens_computed: int = 0
     forwards: int = 0
+    length_sum: int = 0
+    """Sum over forwards of the padded length (mean batch shape = tokens_computed / length_sum rows)."""
 
 
 def _shard_work(rendered, config, n_layers_run: int, params_body: int, d_attn: int) -> _Work:
@@ -240,6 +246,7 @@ def _shard_work(rendered, config, n_layers_run: int, params_body: int, d_attn: i
 
     def forward(rows: int, length: int, context: int) -> None:
         work.tokens_computed += rows * length
+        work.length_sum += length
         work.flops += 2.0 * params_body * rows * length + 2.0 * n_layers_run * d_attn * rows * length * context
         work.forwards += 1
 
@@ -258,15 +265,28 @@ def _shard_work(rendered, config, n_layers_run: int, params_body: int, d_attn: i
     return work
 
 
-def measured_cpu_flops(d_model: int, d_mlp: int, tokens: int = 1024, dtype=torch.float32) -> float:
-    """FLOP/s of this CPU on the MLP GEMM shape of a batch (the forward's dominant op), best of 3."""
-    x, w = torch.randn(tokens, d_model, dtype=dtype), torch.randn(d_model, d_mlp, dtype=dtype)
-    best = math.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        torch.mm(x, w)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * tokens * d_model * d_mlp / best
+def measured_cpu_layer_seconds(text_config, rows: int, length: int, dtype: torch.dtype) -> float:
+    """Seconds per token per decoder layer on this CPU: the body forward of a 2-layer random-weight copy of the
+    config (vocab shrunk: the embedding is a lookup) on a [rows, length] batch, median of 3 after a warm-up.
+    It runs under whatever else loads the machine now, as the extraction will."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(text_config)
+    cfg.num_hidden_layers, cfg.vocab_size = 2, 256
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = list(cfg.layer_types[:2])
+    model = AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+    body = model.get_decoder()
+    ids = torch.randint(0, 256, (rows, length))
+    times = []
+    with torch.inference_mode():
+        for _ in range(4):
+            t0 = time.perf_counter()
+            body(input_ids=ids, use_cache=False)
+            times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[1] / (rows * length * 2)
 
 
 def _dims(cfg) -> tuple[int, int, int, int]:
@@ -347,12 +367,19 @@ def _report(config, hf_config, model, cluster, tm, gpu_name, source, tokens, n_s
     n_layers_run, d_model, d_mlp, width = dims
     layers = model.get_submodule(decoder_path(model))
     body_weight_bytes = sum(_param_bytes(layers[i], width) for i in range(n_layers_run))
-    n_params = sum(p.numel() for p in model.parameters())
     act_bytes = config.token_budget * (6 * d_model + 3 * d_mlp) * width
-    arch = (getattr(hf_config, "architectures", None) or [type(model).__name__])[0]
     if gpu_name == "cpu":
-        flops_per_s, bw, host, per_device = measured_cpu_flops(d_model, d_mlp), 0.0, False, [0]
-        label = f"cpu: measured fp32 GEMM {flops_per_s / 1e9:.0f} GFLOP/s at [1024 x {d_model}] x [{d_model} x {d_mlp}]"
+        tokens_c, lengths, forwards = (sum(getattr(w, f) for w in shard_work) for f in
+                                       ("tokens_computed", "length_sum", "forwards"))
+        length = max(1, round(lengths / max(forwards, 1)))
+        rows = max(1, round(tokens_c / max(lengths, 1)))
+        text = getattr(hf_config, "text_config", None) or hf_config
+        per_token_layer = measured_cpu_layer_seconds(text, rows, length, _DTYPE[width])
+        seconds = [w.tokens_computed * n_layers_run * per_token_layer for w in shard_work]
+        label = (f"cpu: {per_token_layer * 1e6:.1f} us per token-layer, measured now on a random 2-layer copy at the "
+                 f"mean batch [{rows} x {length}]")
+        return _finish(config, hf_config, model, cluster, source, tokens, n_shards, bytes_per_hook, shard_out_max,
+                       shard_work, seconds, [0], label, width, n_layers_run, gpu_name)
     else:
         if gpu_name not in GPUS:
             raise DryRunError(f"unknown GPU {gpu_name!r}: use one of {', '.join(GPUS)} or 'cpu'")
@@ -363,19 +390,45 @@ def _report(config, hf_config, model, cluster, tm, gpu_name, source, tokens, n_s
         label = (f"{g.name}: {peak / 1e12:.0f} TFLOP/s x MFU {tm.mfu}, {g.hbm_tbps} TB/s x {tm.hbm_efficiency}, "
                  f"host {tm.host_s_per_launch * 1e6:.0f} us x {tm.launches_per_layer} launches/layer/forward")
     seconds = [_forward_seconds(w, flops_per_s, body_weight_bytes, bw, n_layers_run, tm, host) for w in shard_work]
+    return _finish(config, hf_config, model, cluster, source, tokens, n_shards, bytes_per_hook, shard_out_max,
+                   shard_work, seconds, per_device, label, width, n_layers_run, gpu_name)
+
+
+def _finish(config, hf_config, model, cluster, source, tokens, n_shards, bytes_per_hook, shard_out_max, shard_work,
+            seconds, per_device, label, width, n_layers_run, gpu_name) -> DryRunReport:
     from .distributed import rank_shards
 
+    layers = model.get_submodule(decoder_path(model))
+    arch = (getattr(hf_config, "architectures", None) or [type(model).__name__])[0]
     per_rank = [sum(seconds[k] for k in rank_shards(n_shards, r, cluster.world_size)) for r in range(cluster.world_size)]
     wall = max(per_rank) if per_rank else 0.0
     notes = [] if cluster.gpus_per_rank == 1 else [
         f"layer-split over {cluster.gpus_per_rank} GPUs per rank: one computes at a time, all are counted"]
     return DryRunReport(
-        model=config.model, architecture=arch, n_params=n_params, n_params_body=body_weight_bytes // width,
+        model=config.model, architecture=arch, n_params=sum(p.numel() for p in model.parameters()),
+        n_params_body=sum(_param_bytes(layers[i], 1) for i in range(n_layers_run)),
         rows=len(source), tokens=tokens, tokens_computed=sum(w.tokens_computed for w in shard_work), shards=n_shards,
         bytes_per_hook=bytes_per_hook, host_bytes_per_rank=max(_param_bytes(model, width), 3 * shard_out_max),
         gpu_bytes_per_device=per_device, flops=sum(w.flops for w in shard_work), seconds_per_rank=wall,
         gpu_hours=wall * cluster.gpus / 3600 if gpu_name != "cpu" else 0.0, gpu=gpu_name, cluster=cluster,
         assumptions=label, batches=sum(w.forwards for w in shard_work), notes=notes)
+
+
+def load_cluster(path) -> ClusterConfig:
+    """The ClusterConfig of a cluster file (its ``extract:`` key, naming the extraction YAML, is skipped)."""
+    from pathlib import Path
+
+    import yaml
+
+    from .extract_errors import ConfigError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.pop("extract", None)
+        return ClusterConfig(**data)
+    except (OSError, yaml.YAMLError, TypeError, AttributeError) as e:
+        raise ConfigError(f"cannot read cluster config {path}: {str(e).splitlines()[0]}") from None
+
 
 
 def load_cluster_yaml(path):
@@ -396,9 +449,4 @@ def load_cluster_yaml(path):
         raise ConfigError(f"cannot read cluster config {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict) or "extract" not in data:
         raise ConfigError(f"cluster config {path}: needs `extract: <extraction YAML>` and ClusterConfig fields")
-    extract = path.parent / data.pop("extract")
-    try:
-        cluster = ClusterConfig(**data)
-    except TypeError as e:
-        raise ConfigError(f"cluster config {path}: {e}") from None
-    return ExtractConfig.from_yaml(extract), cluster
+    return ExtractConfig.from_yaml(path.parent / data["extract"]), load_cluster(path)
