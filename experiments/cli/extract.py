@@ -4,6 +4,7 @@
     undertow extract CONFIG --resume            # continue after a kill, from the last complete shard
     undertow extract CONFIG --overwrite         # replace an existing store
     undertow extract CONFIG --max-rows 64 --out-dir /tmp/quick   # any config field, as --field-name
+    undertow extract CONFIG --dry-run [--cluster experiments/configs/clusters/X.yaml | --gpu H100|cpu]
 
 Datasets (``dataset:`` in the config, or ``--dataset``): see ``undertow.experiments.prompts.resolve``.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank extracts its block of shards and rank 0 merges
@@ -25,6 +26,10 @@ def _extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an incomplete store from its last complete shard")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at out_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line still prints)")
+    p.add_argument("--dry-run", action="store_true", help="plan only: rows, tokens, bytes per hook, memory, GPU-hours "
+                   "(config + tokenizer, no weights; undertow.activations.dryrun)")
+    p.add_argument("--cluster", default=None, help="with --dry-run: a cluster file (experiments/configs/clusters/*.yaml)")
+    p.add_argument("--gpu", default="H100", help="with --dry-run and no --cluster: GPU model of the estimate, or cpu")
 
 
 def summary(store, bar: Bar, seconds: float) -> str:
@@ -40,6 +45,13 @@ def run(config: ExtractConfig, args: argparse.Namespace) -> int:
     from undertow.activations.preflight import check_store_target
     from undertow.experiments.prompts.resolve import resolve_dataset
 
+    if args.dry_run:
+        from undertow.activations.devicemap import ClusterConfig
+        from undertow.activations.dryrun import load_cluster, plan_extraction
+
+        cluster = load_cluster(args.cluster) if args.cluster else ClusterConfig(gpu=args.gpu)
+        print("\n".join(plan_extraction(config, resolve_dataset(config.dataset, config.seed), cluster=cluster).lines()))
+        return 0
     check_store_target(config.out_dir, args.resume, args.overwrite)  # before the model loads
     multi = distributed.is_distributed_launch()
     device = distributed.init_from_env() if multi else config.device
