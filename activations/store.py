@@ -39,7 +39,7 @@ class ActivationStore:
     def __init__(self, path: str | Path, allow_incomplete: bool = False):
         """Open the store at ``path``: the manifest's fields are type-checked, every listed file must sit inside
         the store at its listed size with the safetensors header the manifest implies (``verify.py``); each
-        file's sha256 is checked the first time it is read in full."""
+        file's sha256 is checked the first time any of it is read."""
         self.path = Path(path)
         if self.path.is_file():
             raise StoreError(f"{self.path} is a file; point at the store directory written by `undertow extract`")
@@ -117,7 +117,7 @@ class ActivationStore:
         for e in self._shards:
             n = e["tokens"] if spec["per_token"] else e["rows"][1] - e["rows"][0]
             parts.append((self._files.path(e["files"][spec["hook"]]), spec["position"], n))
-        return LazyActs(parts, spec["shape"], self.dtype, on_full_read=self._files.ensure)
+        return LazyActs(parts, spec["shape"], self.dtype, on_read=self._files.ensure)
 
     def __contains__(self, hook_or_key: str) -> bool:
         try:

@@ -4,7 +4,7 @@
   the store at its listed size; every shard file's safetensors header holds
   each of its keys' tensors with the store's dtype and the shard's row (or
   token) count, and its moments. Reads only the headers (a few KB per file).
-- On the first full read of a file (a whole shard of a key, a rows file, the
+- On the first read of a file (any rows of a shard of a key, a rows file, the
   stats file; ``StoreFiles.ensure``): its sha256 against the manifest's,
   memoised by (path, size, mtime_ns) in the user cache (``digests.py``), so a
   warm read of an unchanged store hashes nothing.

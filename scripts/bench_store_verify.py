@@ -58,7 +58,7 @@ def read_all(store, verified: bool = True) -> None:
     for key in store.keys:
         view = store[key]
         if not verified:
-            view._on_full_read = None
+            view._on_read = None
         view.to_tensor()
     _ = store.rows
 

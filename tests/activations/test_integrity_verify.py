@@ -37,13 +37,15 @@ def _edit_manifest(store, edit):
     (store / "manifest.json").write_text(json.dumps(m))
 
 
-def test_flipped_shard_byte_fails_the_first_full_read_naming_shard_and_fix(copy):
+def test_flipped_shard_byte_fails_the_first_read_naming_shard_and_fix(copy):
     f = copy / "resid_post.1" / "00001.safetensors"
     data = bytearray(f.read_bytes())
     data[-3] ^= 0xFF
     f.write_bytes(bytes(data))
     store = ActivationStore(copy)  # same size, intact header: opens
-    assert store["resid_post.1"][0:2].shape == (2, 64)  # a partial read of shard 0 is fine
+    assert store["resid_post.1"][0:2].shape == (2, 64)  # shard 0 is intact
+    with pytest.raises(StoreError, match=r"shard 1 \(resid_post.1\)"):
+        store["resid_post.1"][[0, 5]]  # a subset read touching shard 1 (a contrast out of a suite store)
     with pytest.raises(StoreError, match=r"shard 1 \(resid_post.1\): resid_post.1/00001.safetensors does not match "
                                          r"its sha256 .*delete resid_post.1/00001.safetensors and run `undertow "
                                          r"extract CONFIG --resume`"):
@@ -163,3 +165,30 @@ def test_store_verify_cli(copy, capsys):
     assert cli_main(["store", "verify", str(copy)]) == 2
     out = capsys.readouterr().out
     assert "shard     2 rows 8-10: rows/00002.jsonl" in out and "1 bad, 3 shards" in out
+
+
+@pytest.mark.parametrize("tamper", ["shard", "labels"])
+def test_issue_repro_probe_sweep_on_a_tampered_suite_store_is_one_line_exit_2(tmp_path, tiny_llama, tiny_llama_dir,
+                                                                              monkeypatch, capsys, tamper):
+    from undertow.activations import ExtractConfig
+    from undertow.experiments.cli import main as cli_main
+    from undertow.experiments.prompts.suite import build_suite
+
+    monkeypatch.setenv("UNDERTOW_CACHE", str(tmp_path / "cache"))
+    cfg = ExtractConfig(model=str(tiny_llama_dir), hooks=["resid_post.*"], dtype="bfloat16", shard_size=32,
+                        out_dir=str(tmp_path / "suite"), max_rows=96, seed=0)
+    store = extract(tiny_llama, build_suite(), cfg).path
+    if tamper == "shard":
+        f = store / "resid_post.1" / "00001.safetensors"
+        data = bytearray(f.read_bytes())
+        data[-5] ^= 0x40
+        f.write_bytes(bytes(data))
+    else:
+        f = store / "rows" / "00001.jsonl"  # two rows' metadata swapped (their labels with it): same size
+        lines = f.read_text().splitlines(keepends=True)
+        k = next(i for i in range(1, len(lines)) if json.loads(lines[i])["event"] != json.loads(lines[0])["event"])
+        lines[0], lines[k] = lines[k], lines[0]
+        f.write_text("".join(lines))
+    assert cli_main(["probe", "sweep", str(store), "--contrast", "self_cessation"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shard 1" in err and "does not match its sha256" in err
