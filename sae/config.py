@@ -1,19 +1,19 @@
 """``SAEConfig``: one SAE training run (architecture, data, optimisation), typed, one docstring per field.
 
-YAML files (``experiments/configs/sae_*.yaml``) load with ``SAEConfig.from_yaml(path)`` through
-simple-parsing's dataclass decoder (nested sections ``arch:``, ``data:``, ``train:``); unknown keys are
-errors. Validation lives in each ``__post_init__``, so a bad value fails on construction with one line.
+The project's one config mechanism (``undertow.activations.typed_config.TypedConfig``): YAML files
+(``experiments/configs/sae_*.yaml``, sections ``arch:``, ``data:``, ``train:``) load with
+``SAEConfig.from_yaml(path)``, values type-checked with file:line errors, unknown keys refused; CLI flags
+are generated from the same dataclasses by simple-parsing. Each ``__post_init__`` validates its section,
+so a bad value fails on construction with one line.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
+from undertow.activations.typed_config import TypedConfig
 
-from .errors import SAEError
+from .errors import SAEConfigError as SAEError
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 """The sae-lens training architectures undertow exposes (names as sae-lens registers them)."""
@@ -32,7 +32,7 @@ class ArchConfig:
     """Active features per token (``topk``) or per token on average over the batch (``batchtopk``)."""
     topk_threshold_lr: float = 0.01
     """``batchtopk``: EMA rate of the threshold the saved JumpReLU SAE uses (the smallest kept activation);
-    short runs need a larger rate (after 32 steps at 0.01 the threshold is still at 27 % of its value)."""
+    short runs need a larger rate (after 32 steps at 0.01 the threshold is still at 27 percent of its value)."""
     l1_coefficient: float = 5.0
     """L1 penalty of ``standard`` SAEs (on inputs normalised to norm sqrt(d_in))."""
     l0_coefficient: float = 2.0
@@ -161,7 +161,7 @@ class TrainConfig:
 
 
 @dataclass
-class SAEConfig:
+class SAEConfig(TypedConfig):
     """One SAE training run: ``arch`` (what), ``data`` (on what), ``train`` (how)."""
 
     arch: ArchConfig = field(default_factory=ArchConfig)
@@ -170,35 +170,3 @@ class SAEConfig:
     """Activation source and training mix."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation, checkpoints and logging."""
-
-    def __post_init__(self) -> None:
-        for name, cls in (("arch", ArchConfig), ("data", DataConfig), ("train", TrainConfig)):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, _build(cls, value, name))
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> SAEConfig:
-        """Load a YAML mapping with ``arch``/``data``/``train`` sections; unknown keys are errors."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise SAEError(f"cannot read SAE config {path}: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise SAEError(f"SAE config {path} must be a mapping with arch/data/train sections")
-        return _build(cls, data, str(path))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _build(cls, values: dict, where: str):
-    """``cls(**values)`` through simple-parsing's decoder, refusing unknown keys by name."""
-    from simple_parsing.helpers.serialization import from_dict
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise SAEError(f"{where}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return from_dict(cls, values, drop_extra_fields=False)

@@ -155,3 +155,25 @@ def training_mix(prose, suite=None, seed: int = 0):
                   "template_id": str(r.get("template_id")), "split": "train"} for r in suite.to_list()]
     random.Random(seed).shuffle(rows)
     return datasets.Dataset.from_list(rows)
+
+
+def build_corpus(corpus: str, *, prose_docs: int, max_chars: int, seed: int = 0, suite=None, load_path=None):
+    """``(rows, corpus_hash)`` for ``DataConfig.corpus``: ``mix`` (prose + ``suite``), ``prose``, ``suite``,
+    ``hub:<id>``, or a path read by ``load_path`` (``activations.rows.load_rows``). The suite is the
+    caller's (``undertow.sae`` never imports the experiments' prompt package)."""
+    if corpus.startswith("hub:"):
+        return load_hub(corpus.removeprefix("hub:"), prose_docs, max_chars)
+    if corpus in ("mix", "prose"):
+        prose, digest = load_prose(prose_docs, max_chars, seed)
+        if corpus == "prose":
+            return prose, digest
+        if suite is None:
+            raise SAEError("corpus: mix needs the prompt suite; pass suite=build_suite(...)")
+        return training_mix(prose, suite, seed), f"{digest}+suite"
+    if corpus == "suite":
+        if suite is None:
+            raise SAEError("corpus: suite needs the prompt suite; pass suite=build_suite(...)")
+        return suite, "suite"
+    if load_path is None:
+        raise SAEError(f"corpus {corpus!r}: use mix, prose, suite, hub:<id> or a dataset path")
+    return load_path(corpus), f"path:{corpus}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from undertow.activations.errors import UndertowError
+from undertow.activations.extract_errors import ConfigError
 
 
 class SAEError(UndertowError):
@@ -11,3 +12,7 @@ class SAEError(UndertowError):
 
 class CheckpointError(SAEError):
     """A checkpoint that is missing, truncated, tampered with or holds a pickle that is not plain tensors."""
+
+
+class SAEConfigError(SAEError, ConfigError):
+    """A bad ``SAEConfig`` value (``k`` > ``d_sae``, an unknown architecture...); carries the file:line prefix."""

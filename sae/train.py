@@ -33,6 +33,7 @@ from .config import ArchConfig, SAEConfig
 from .errors import SAEError
 from .io import save_sae
 
+CONFIG_FILE = "undertow_sae_config.yaml"
 Provider = Iterator[torch.Tensor] | Callable[[int], Iterator[torch.Tensor]]
 
 
@@ -134,6 +135,7 @@ def train_sae(cfg: SAEConfig, provider: Provider, *, d_in: int, metadata: dict |
             wandb.finish()
     seconds = time.perf_counter() - t0
     path = save_sae(sae, out, undertow_tokens_trained=trainer.n_training_samples, undertow_architecture=cfg.arch.architecture)
+    (path / CONFIG_FILE).write_text(cfg.to_yaml())  # `undertow sae eval` rebuilds the held-out rows from it
     return TrainResult(SAE.load_from_disk(str(path), device=cfg.train.device), path, trainer.n_training_samples,
                        seconds, start)
 

@@ -74,11 +74,11 @@ def extract_store(handle, rows, out: str, max_rows: int | None = None):
 def sae_config(arch: str, d_sae: int, tokens: int, out: str, **arch_kw):
     from undertow.sae import SAEConfig
 
-    return SAEConfig(arch={"architecture": arch, "d_sae": d_sae, "k": 32, **arch_kw},
-                     data={"hook": HOOK, "heldout_rows": 64},
-                     train={"total_tokens": tokens, "batch_size": 1024, "lr": 1e-3, "lr_warm_up_steps": 10,
-                            "lr_decay_steps": max(1, tokens // 1024 // 5), "n_checkpoints": 0, "out_dir": out,
-                            "progress": False, "dead_feature_window": 100})
+    return SAEConfig.from_dict({
+        "arch": {"architecture": arch, "d_sae": d_sae, "k": 32, **arch_kw}, "data": {"hook": HOOK, "heldout_rows": 64},
+        "train": {"total_tokens": tokens, "batch_size": 1024, "lr": 1e-3, "lr_warm_up_steps": 10,
+                  "lr_decay_steps": max(1, tokens // 1024 // 5), "n_checkpoints": 0, "out_dir": out,
+                  "progress": False, "dead_feature_window": 100}}, "bench_sae")
 
 
 def cmd_store(args) -> None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from undertow.sae import SAEConfig, SAEError
+from undertow.activations.extract_errors import ConfigError
+from undertow.sae import ArchConfig, SAEConfig, SAEError
 from undertow.sae.checkpoint import MANIFEST, read_manifest, write_manifest
 from undertow.sae.data import open_store_tokens, store_provider
 from undertow.sae.errors import CheckpointError
@@ -20,10 +21,11 @@ from undertow.sae.train import train_sae, training_sae
 
 
 def config(out_dir, arch="topk", total=6144, n_checkpoints=0, **arch_kw) -> SAEConfig:
-    return SAEConfig(arch={"architecture": arch, "d_sae": 128, "k": 8, **arch_kw},
-                     data={"hook": "resid_post.1", "heldout_rows": 16, "chunk_tokens": 256, "buffer_tokens": 1024},
-                     train={"total_tokens": total, "batch_size": 128, "lr": 3e-3, "n_checkpoints": n_checkpoints,
-                            "out_dir": str(out_dir), "progress": False, "dead_feature_window": 20})
+    return SAEConfig.from_dict({
+        "arch": {"architecture": arch, "d_sae": 128, "k": 8, **arch_kw},
+        "data": {"hook": "resid_post.1", "heldout_rows": 16, "chunk_tokens": 256, "buffer_tokens": 1024},
+        "train": {"total_tokens": total, "batch_size": 128, "lr": 3e-3, "n_checkpoints": n_checkpoints,
+                  "out_dir": str(out_dir), "progress": False, "dead_feature_window": 20}})
 
 
 def run(cfg: SAEConfig, store, resume=False):
@@ -152,7 +154,9 @@ def test_a_crafted_pickle_is_refused_even_with_matching_hashes(trained, store, t
 
 def test_k_larger_than_d_sae_is_one_clear_error():
     with pytest.raises(SAEError, match="k=300 is larger than d_sae=128"):
-        SAEConfig(arch={"architecture": "topk", "d_sae": 128, "k": 300})
+        ArchConfig(architecture="topk", d_sae=128, k=300)
+    with pytest.raises(ConfigError, match="^sae.yaml: arch: k=300 is larger than d_sae=128"):
+        SAEConfig.from_dict({"arch": {"architecture": "topk", "d_sae": 128, "k": 300}}, "sae.yaml")
 
 
 def test_retraining_into_a_finished_out_dir_is_refused(trained, store):
