@@ -89,6 +89,7 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     allow_pickle: bool | None = None,
+    device_map: dict | None = None,
 ) -> ModelHandle:
     """Load a registry model, local checkpoint or hub id on one backend.
 
@@ -96,13 +97,20 @@ def load_model(
     >>> h.n_layers, h.d_model, h.hooks("resid_post.*")[:2]
 
     ``allow_pickle``: also load ``pytorch_model.bin`` weights (pickles; None reads ``UNDERTOW_ALLOW_PICKLE``).
+    ``device_map``: ``{module: device}`` splitting the model over several devices (``activations.devicemap``;
+    checked before anything loads); ``device`` is then the first module's.
     """
     if backend not in BACKENDS:
         raise DeviceError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if device_map is not None:
+        from .devicemap import check_device_map, map_main_device
+
+        device_map = check_device_map(device_map, backend=backend)
+        device = map_main_device(device_map)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    loaded = load_hf(name_or_path, dtype, allow_pickle)
-    hf_model = loaded.hf_model.to(device).eval()
+    loaded = load_hf(name_or_path, dtype, allow_pickle, device_map=device_map)
+    hf_model = (loaded.hf_model if device_map else loaded.hf_model.to(device)).eval()
     cfg = hf_model.config
     model: Any = hf_model
     if backend == "transformer_lens":
@@ -112,5 +120,5 @@ def load_model(
     return ModelHandle(
         name=str(name_or_path), backend=backend, model=model, hf_model=hf_model, tokenizer=loaded.tokenizer,
         n_layers=cfg.num_hidden_layers, d_model=cfg.hidden_size, fingerprint=loaded.fingerprint,
-        source=loaded.source, device=device, dtype=dtype,
+        source=loaded.source, device=device, dtype=dtype, extra={"device_map": device_map} if device_map else {},
     )

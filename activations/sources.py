@@ -44,28 +44,30 @@ class Loaded:
     """Human-readable description of where the weights came from."""
 
 
-def load_hf(name_or_path: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool | None = None) -> Loaded:
+def load_hf(name_or_path: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool | None = None,
+            device_map: dict | None = None) -> Loaded:
     """Load the HF model and tokenizer for any supported source (see module doc).
 
     Weights load from safetensors only: a ``pytorch_model.bin`` is a pickle that can run code when loaded.
-    ``allow_pickle=True`` (or ``UNDERTOW_ALLOW_PICKLE=1``; None reads it) opts in for a file you trust."""
+    ``allow_pickle=True`` (or ``UNDERTOW_ALLOW_PICKLE=1``; None reads it) opts in for a file you trust.
+    ``device_map`` (``activations.devicemap``) goes to ``from_pretrained``: shards stream to their devices."""
     name = str(name_or_path)
     if allow_pickle is None:
         allow_pickle = os.environ.get("UNDERTOW_ALLOW_PICKLE", "0") not in ("0", "", "false")
     if name in EMBEDDED:
         gguf = EMBEDDED[name].locate()
-        return _load_gguf(gguf, dtype, label=f"{EMBEDDED[name].package} ({gguf.name})")
+        return _load_gguf(gguf, dtype, label=f"{EMBEDDED[name].package} ({gguf.name})", device_map=device_map)
     path = Path(name).expanduser()
     if path.exists():
         if path.suffix in (".gguf", ".safetensors") and not path.is_file():
             raise ModelNotFoundError(f"{path} is a directory, not a {path.suffix} file: pass the weight file itself, "
                                      "or an HF model directory (config.json + *.safetensors)")
         if path.suffix == ".gguf":
-            return _load_gguf(path, dtype, label=str(path))
+            return _load_gguf(path, dtype, label=str(path), device_map=device_map)
         if path.suffix == ".safetensors":
-            return _load_dir(path.parent, dtype, label=str(path), allow_pickle=allow_pickle)
+            return _load_dir(path.parent, dtype, label=str(path), allow_pickle=allow_pickle, device_map=device_map)
         if (path / "config.json").exists():
-            return _load_dir(path, dtype, label=str(path), allow_pickle=allow_pickle)
+            return _load_dir(path, dtype, label=str(path), allow_pickle=allow_pickle, device_map=device_map)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return _load_gguf(ggufs[0], dtype, label=str(ggufs[0]))
@@ -99,14 +101,14 @@ def _check_gguf_header(path: Path) -> None:
         raise ModelLoadError(f"{path} is not a GGUF file (magic {magic!r}); re-download or reinstall it")
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, label: str) -> Loaded:
+def _load_gguf(path: Path, dtype: torch.dtype, label: str, device_map: dict | None = None) -> Loaded:
     _check_gguf_header(path)
     digest = file_digest(path)
     cached = cache_root() / "dequantized" / digest[:24]
     if not (cached / "undertow.json").exists():
         _dequantize_to(path, cached)
     fp = json.loads((cached / "undertow.json").read_text())["fingerprint"]
-    return _load_dir(cached, dtype, label=label, known_fingerprint=fp)
+    return _load_dir(cached, dtype, label=label, known_fingerprint=fp, device_map=device_map)
 
 
 def _dequantize_to(path: Path, out: Path) -> None:
@@ -137,12 +139,13 @@ def _dequantize_to(path: Path, out: Path) -> None:
 
 
 def _load_dir(path: Path, dtype: torch.dtype, label: str, known_fingerprint: str | None = None,
-              allow_pickle: bool = False) -> Loaded:
+              allow_pickle: bool = False, device_map: dict | None = None) -> Loaded:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_dir(path, allow_pickle)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=None if allow_pickle else True)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=None if allow_pickle else True,
+                                                     **({"device_map": device_map} if device_map else {}))
     except Exception as e:  # noqa: BLE001 - transformers raises many types on a bad directory
         reason = first_line(e, 160)
         if "weights_only" in reason:  # torch's advice to unpickle is not ours to give
