@@ -81,9 +81,15 @@ def _device(value) -> str:
     return "cuda:0" if value == "cuda" else value
 
 
-def check_device_map(device_map: dict, visible_gpus: int | None = None) -> dict[str, str]:
+_TL_REFUSAL = ("device_map works on backend 'hf' or 'nnsight'; transformer_lens keeps its own copy of the weights "
+               "on one device")
+
+
+def check_device_map(device_map: dict, visible_gpus: int | None = None, backend: str = "hf") -> dict[str, str]:
     """Normalised ``{module: device}``; a device that is not here raises ``DeviceError`` in one line, naming
-    the first module placed on it and what is visible."""
+    the first module placed on it and what is visible (and the transformer_lens backend is refused)."""
+    if backend == "transformer_lens":
+        raise DeviceError(_TL_REFUSAL)
     visible = torch.cuda.device_count() if visible_gpus is None else visible_gpus
     out = {}
     for module, value in device_map.items():
@@ -105,6 +111,11 @@ def check_device_map(device_map: dict, visible_gpus: int | None = None) -> dict[
                               "fix the map, or CUDA_VISIBLE_DEVICES")
         out[module] = dev
     return out
+
+
+def map_main_device(device_map: dict[str, str]) -> str:
+    """Where inputs go: the first module's device that computes (``disk`` weights compute on the CPU)."""
+    return next((d for d in device_map.values() if d not in ("disk", "meta")), "cpu")
 
 
 def layer_device_map(hf_model: torch.nn.Module, devices: list[str]) -> dict[str, str]:
@@ -164,31 +175,26 @@ def dispatch(handle, device_map: dict, offload_dir: str | None = None):
     is refused."""
     from accelerate import dispatch_model
 
-    if handle.backend == "transformer_lens":
-        raise DeviceError("device_map works on backend 'hf' or 'nnsight'; transformer_lens keeps its own copy "
-                          "of the weights on one device")
-    device_map = check_device_map(device_map)
+    device_map = check_device_map(device_map, backend=handle.backend)
     if "disk" in device_map.values() and offload_dir is None:
         offload_dir = tempfile.mkdtemp(prefix="undertow-offload-")
     dispatch_model(handle.hf_model, device_map, offload_dir=offload_dir, force_hooks=True)
-    first = next(d for d in device_map.values() if d != "disk")
-    handle.device = torch.device(first)
+    handle.device = torch.device(map_main_device(device_map))
     handle.extra["device_map"] = device_map
     return handle
 
 
 def load_mapped(name_or_path: str, device_map: dict, backend: str = "hf", dtype: str = "float32",
                 offload_dir: str | None = None):
-    """``load_model`` split over ``device_map``: the map is checked before anything is read, the model loads
-    to host memory, then accelerate dispatches it. (Loading to host first costs host RAM of one replica,
-    141 GB for Llama-3.3-70B in bf16; passing ``device_map`` to ``from_pretrained`` in ``sources.py`` would
-    stream shards straight to the GPUs instead.)"""
+    """``load_model`` split over ``device_map``, the map checked before anything is read. Without ``disk``
+    entries the map goes to ``from_pretrained`` (``load_model(device_map=...)``: each shard streams to its
+    device, no host copy of the replica); with them the model loads to host memory first (the fingerprint
+    reads every weight) and accelerate dispatches it, offloading those groups to ``offload_dir``."""
     from .handle import load_model
 
-    device_map = check_device_map(device_map)
-    if backend == "transformer_lens":
-        raise DeviceError("device_map works on backend 'hf' or 'nnsight'; transformer_lens keeps its own copy "
-                          "of the weights on one device")
+    device_map = check_device_map(device_map, backend=backend)
+    if "disk" not in device_map.values():
+        return load_model(name_or_path, backend=backend, dtype=dtype, device_map=device_map)
     handle = load_model(name_or_path, backend=backend, dtype=dtype, device="cpu")
     return dispatch(handle, device_map, offload_dir)
 

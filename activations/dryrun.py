@@ -21,8 +21,9 @@ Estimated, from a stated model (``TimeModel``, ``GPUS``):
 - memory: per device, the weights the device map puts there + the batch's
   activations (token_budget x (6 d_model + 3 d_mlp) x dtype bytes: residual,
   norms, attention out, gate/up/act; SDPA keeps no T x T scores) + 2 GiB of CUDA
-  context and allocator slack; per rank on the host, max(one replica at load,
-  three copies of a shard's pooled outputs: staged, ordered, serialised).
+  context and allocator slack; per rank on the host, max(one replica at load
+  when the rank has one device (a device map streams shards to the GPUs), three
+  copies of a shard's pooled outputs: staged, ordered, serialised).
 
 ``gpu="cpu"`` times this machine instead: peak = a measured fp32 GEMM at the
 batch's shapes (~0.3 s, under the current load of a shared box), MFU 1.
@@ -217,6 +218,12 @@ def _param_bytes(module: torch.nn.Module, width: int) -> int:
     return sum(p.numel() for p in module.parameters()) * width
 
 
+def _host_load_bytes(model: torch.nn.Module, cluster: ClusterConfig, width: int) -> int:
+    """Host memory at load: one replica for a one-device rank (loaded, then moved); none for a device map
+    (``from_pretrained`` streams each shard to its device)."""
+    return _param_bytes(model, width) if cluster.device_map == "none" else 0
+
+
 def _device_bytes(model: torch.nn.Module, cluster: ClusterConfig, width: int) -> list[int]:
     """Weight bytes per device of one rank: whole model on one device, or the layer-split map's groups."""
     if cluster.gpus_per_rank == 1:
@@ -408,7 +415,7 @@ def _finish(config, hf_config, model, cluster, source, tokens, n_shards, bytes_p
         model=config.model, architecture=arch, n_params=sum(p.numel() for p in model.parameters()),
         n_params_body=sum(_param_bytes(layers[i], 1) for i in range(n_layers_run)),
         rows=len(source), tokens=tokens, tokens_computed=sum(w.tokens_computed for w in shard_work), shards=n_shards,
-        bytes_per_hook=bytes_per_hook, host_bytes_per_rank=max(_param_bytes(model, width), 3 * shard_out_max),
+        bytes_per_hook=bytes_per_hook, host_bytes_per_rank=max(_host_load_bytes(model, cluster, width), 3 * shard_out_max),
         gpu_bytes_per_device=per_device, flops=sum(w.flops for w in shard_work), seconds_per_rank=wall,
         gpu_hours=wall * cluster.gpus / 3600 if gpu_name != "cpu" else 0.0, gpu=gpu_name, cluster=cluster,
         assumptions=label, batches=sum(w.forwards for w in shard_work), notes=notes)

@@ -80,6 +80,24 @@ def test_split_model_hooks_every_layer_and_matches_the_unsplit_model(tiny4_dir, 
         assert torch.equal(a[key][:], b[key][:]), key
 
 
+def test_device_map_through_load_model_streams_to_the_mapped_devices(tiny4_dir, chat_rows, tmp_path):
+    """Without disk groups the map goes to from_pretrained (shards straight to their devices)."""
+    from undertow.activations import ExtractConfig
+
+    plain = load_model(str(tiny4_dir))
+    dmap = layer_device_map(plain.hf_model, ["cpu", "cpu"])
+    mapped = load_model(str(tiny4_dir), device_map=dmap)
+    assert mapped.extra["device_map"] == dmap  # transformers sets hf_device_map only over 2+ devices
+    assert mapped.fingerprint == plain.fingerprint and mapped.device == torch.device("cpu")
+    base = dict(model=str(tiny4_dir), hooks=["resid_post.1", "mlp_out.3"], positions=["mean_response"], dtype="float32",
+                shard_size=5, batch_size=2)
+    a = extract(plain, chat_rows(7), ExtractConfig(**base, out_dir=str(tmp_path / "a")))
+    b = extract(mapped, chat_rows(7), ExtractConfig(**base, out_dir=str(tmp_path / "b")))
+    assert all(torch.equal(a[k][:], b[k][:]) for k in a.keys)
+    with pytest.raises(DeviceError, match="transformer_lens keeps its own copy"):
+        load_model(str(tiny4_dir), backend="transformer_lens", device_map=dmap)
+
+
 def test_device_map_naming_a_missing_gpu_is_one_line_before_loading(tmp_path):
     visible = torch.cuda.device_count()
     bad = {"model.embed_tokens": "cpu", "model.layers.0": f"cuda:{visible + 3}"}
