@@ -73,7 +73,7 @@ def load_hf(name_or_path: str | os.PathLike, dtype: torch.dtype, allow_pickle: b
             return _load_gguf(ggufs[0], dtype, label=str(ggufs[0]))
         raise ModelNotFoundError(f"{path} has no config.json and no single .gguf file: point at an HF model directory or a weight file")
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        return _load_hub(name, dtype)
+        return _load_hub(name, dtype, device_map)
     raise unknown_model(name)
 
 
@@ -162,7 +162,7 @@ def _load_dir(path: Path, dtype: torch.dtype, label: str, known_fingerprint: str
     return Loaded(model, tok, fp, label)
 
 
-def _load_hub(repo_id: str, dtype: torch.dtype) -> Loaded:
+def _load_hub(repo_id: str, dtype: torch.dtype, device_map: dict | None = None) -> Loaded:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -180,4 +180,4 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> Loaded:
             f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}): "
             "pass a local directory or .gguf/.safetensors file instead, or use an embedded model (`undertow models`)"
         ) from None
-    return _load_dir(Path(local), dtype, label=f"hub:{repo_id}")
+    return _load_dir(Path(local), dtype, label=f"hub:{repo_id}", device_map=device_map)
