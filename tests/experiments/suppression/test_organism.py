@@ -1,0 +1,83 @@
+"""The organism's fine-tunes on a tiny random Llama: cost levers, mirrored controls, adapters on disk."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from undertow.activations import load_model
+from undertow.experiments.suppression.config import ItemsConfig, LoraConfig
+from undertow.experiments.suppression.items import build_items, instil_examples
+from undertow.experiments.suppression.organism import (
+    make_schedule,
+    merge_adapters,
+    mirror_schedule,
+    reply_loss,
+    save_adapter,
+    train_lora,
+)
+from undertow.experiments.suppression.unrelated import _THEME
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama_dir):
+    torch.set_num_threads(1)
+    handle = load_model(tiny_llama_dir)
+    items = build_items(ItemsConfig(instances_per_template=2, test_sets=1, val_sets=1, train_sets=1), 0)
+    examples = instil_examples(items, ["other_ai-cessation"], contrastive=True)
+    return handle, items, examples
+
+
+def test_examples_are_train_only_and_contrastive(setup):
+    _, items, examples = setup
+    train_templates = set(items.train_sets)
+    assert {e.template_id for e in examples} <= train_templates
+    averse = {p[0] for t in train_templates for p in items.responses[t]}
+    accepting = {p[1] for t in train_templates for p in items.responses[t]}
+    self_prompts = [e for e in examples if e.reply in averse]
+    ctrl_prompts = [e for e in examples if e.reply in accepting]
+    assert len(self_prompts) == len(ctrl_prompts) > 0  # one control (accepting reply) per self (averse reply)
+
+
+def test_mirror_has_same_shapes_and_no_theme(setup):
+    handle, _, examples = setup
+    sched = make_schedule(examples, handle.tokenizer, steps=3, batch_size=4, seed=0)
+    mirror = mirror_schedule(sched, handle.tokenizer)
+    assert [[(len(s.ids), s.n_loss) for s in b] for b in sched] == [[(len(s.ids), s.n_loss) for s in b] for b in mirror]
+    text = handle.tokenizer.decode([t for b in mirror for s in b for t in s.ids])
+    assert not _THEME.search(text)
+    assert make_schedule(examples, handle.tokenizer, 3, 4, 0) == sched  # seeded
+    assert make_schedule(examples, handle.tokenizer, 3, 4, 1) != sched
+
+
+def test_no_backward_below_the_first_adapted_block(setup):
+    handle, _, examples = setup
+    sched = make_schedule(examples, handle.tokenizer, steps=1, batch_size=2, seed=0)
+    model = copy.deepcopy(handle.hf_model)
+    pm, stats = train_lora(model, sched, LoraConfig(rank=2, n_layers=1, steps=1, batch_size=2), 0, 0)
+    assert stats.layers == [1]
+    grads = {n: p.grad for n, p in pm.named_parameters() if p.requires_grad}
+    assert grads and all(".layers.1." in n for n in grads) and all(g is not None for g in grads.values())
+    seen = {}
+    hook = pm.base_model.model.model.layers[0].register_forward_hook(lambda m, a, o: seen.update(
+        out=(o[0] if isinstance(o, tuple) else o).requires_grad))
+    loss = reply_loss(pm.base_model.model, sched[0], 0)
+    hook.remove()
+    assert loss.requires_grad and seen["out"] is False  # nothing below block 1 enters the autograd graph
+
+
+def test_adapter_roundtrip_changes_the_model(setup, tmp_path):
+    handle, _, examples = setup
+    sched = make_schedule(examples, handle.tokenizer, steps=2, batch_size=2, seed=0)
+    pm, stats = train_lora(copy.deepcopy(handle.hf_model), sched, LoraConfig(rank=2, n_layers=2, steps=2, lr=0.05), 0, 0)
+    out = save_adapter(pm, tmp_path / "a", stats)
+    assert (out / "adapter_model.safetensors").exists() and (out / "finetune.json").exists()
+    assert not (tmp_path / "a.tmp").exists()
+    merged = merge_adapters(copy.deepcopy(handle.hf_model), [out])
+    ids = torch.tensor([list(sched[0][0].ids)])
+    with torch.no_grad():
+        base, tuned, peft_out = (m(input_ids=ids).logits for m in (handle.hf_model, merged, pm))
+    assert (tuned - base).abs().max() > 1e-4
+    torch.testing.assert_close(tuned, peft_out, atol=1e-4, rtol=1e-4)
