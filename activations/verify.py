@@ -12,8 +12,14 @@
   for ``undertow store verify``.
 
 Every mismatch is one ``StoreError`` naming the shard, the file and the fix.
-Measured costs are in ``tests/activations/test_integrity_verify.py``'s
-module docstring and the issue's closing note.
+
+Measured (``scripts/bench_store_verify.py``, 2 shared cores, page cache warm):
+the demo's store (stance, Gemma-3-270M, 1,152 rows, 36 keys, 54.4 MB, 58
+files): open 0.02 s; reading every key + rows 1.81-1.96 s unverified, 1.96-
+2.07 s cold (hashing: +0.11-0.15 s), 1.77-1.79 s warm (memo: +0 within
+noise); ``verify_store`` 0.16-0.18 s. A 1.0 GB random store (11 shards, 210
+files): open 0.08 s; full read 6.3 s unverified, 7.4 s cold, 5.1 s warm;
+``verify_store`` 1.9 s (sha256 ~530 MB/s; 2.5-8 s under heavy CPU contention).
 """
 
 from __future__ import annotations
