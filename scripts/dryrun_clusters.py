@@ -74,7 +74,7 @@ def main() -> None:
             continue
         print(f"| {path.stem} | {config.model} | {cluster.gpus} x {cluster.gpu} | {r.rows:,} | {r.tokens:,} | "
               f"{r.bytes_on_disk / 1e12:.3f} | {r.host_bytes_per_rank / 2**30:.0f} | "
-              f"{max(r.gpu_bytes_per_device) / 2**30:.1f} | {r.seconds_per_rank / 3600:.3f} | {r.gpu_hours:.2f} |")
+              f"{max(r.gpu_bytes_per_device) / 2**30:.1f} | {r.seconds_per_rank / 3600:.4f} | {r.gpu_hours:.3f} |")
 
 
 if __name__ == "__main__":
