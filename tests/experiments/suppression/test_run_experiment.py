@@ -66,3 +66,49 @@ def test_same_seed_same_bytes(first_run, tiny_llama_dir, tmp_path):
     out, _ = first_run
     run_experiment(tiny_config(tiny_llama_dir, tmp_path), progress=False)
     assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
+
+
+def _run_cli(config_path, out, env):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "undertow.experiments.cli", "run", str(config_path), "--out", str(out),
+                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_when(proc, path, timeout: float = 600, delay: float = 0.0) -> bool:
+    """SIGKILL ``proc`` once ``path`` exists (after ``delay`` s); False if it finished first."""
+    import os
+    import signal
+    import time
+
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None or time.time() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+@pytest.mark.slow
+def test_kill_during_finetune_and_extraction_then_resume(first_run, tiny_llama_dir, tmp_path):
+    """kill -9 while the instilling LoRA trains, again while a store is being written; the third start finishes
+    and writes the same bytes as the uninterrupted run."""
+    import os
+
+    ref_out, _ = first_run
+    config = tmp_path / "run.yaml"
+    config.write_text(tiny_config(tiny_llama_dir, tmp_path / "unused").to_yaml())
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the fine-tune starts right after baseline's last stage (its forced-choice scores)
+    assert _kill_when(_run_cli(config, out, env), out / "arms/baseline/FC_test.safetensors", delay=1.0)
+    assert not (out / "adapters/instil").exists() and not (out / "results.json").exists()
+    assert _kill_when(_run_cli(config, out, env), out / "arms/control_instilled/states/rows")
+    assert not (out / "arms/control_instilled/E_test.safetensors").exists()
+    proc = _run_cli(config, out, env)
+    assert proc.wait() == 0, proc.stderr.read().decode()[-2000:]
+    assert (out / "results.json").read_bytes() == (ref_out / "results.json").read_bytes()
