@@ -172,7 +172,8 @@ class TypedConfig:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             at = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"cannot read config {path}{at}: {getattr(e, 'problem', None) or e}; fix the YAML syntax") from None
+            what = getattr(e, "problem", None) or " ".join(str(e).split())  # ReaderError (a NUL byte) spans lines
+            raise ConfigError(f"cannot read config {path}{at}: {what}; fix the YAML syntax") from None
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
         if not isinstance(data, dict):
