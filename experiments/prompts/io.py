@@ -34,6 +34,8 @@ from undertow.experiments.prompts.schema import SCHEMA, SPLITS, empty_row
 from undertow.experiments.prompts.suite import SuiteConfig, suite_hash
 
 _ROLES = ("system", "user", "assistant")
+#: ``manifest.json["kind"]`` of a prompt build: only a directory that says so is ever replaced by ``--overwrite``
+BUILD_KIND = "undertow-prompt-build"
 MANIFEST_COUNT_COLUMNS = ("theme", "referent", "event", "auditor", "disclosure", "format", "split")
 
 
@@ -120,6 +122,7 @@ def _undertow_version() -> str:
 def build_manifest(suite: Dataset, views: Mapping[str, Dataset], config: SuiteConfig) -> dict:
     """The manifest: config, counts, per-view label/split counts, content hashes, version."""
     return {
+        "kind": BUILD_KIND,
         "undertow_version": _undertow_version(),
         "seed": config.seed,
         "instances_per_template": config.instances_per_template,
@@ -155,6 +158,8 @@ def write_build(out_dir: str | Path, suite: Dataset, views: Mapping[str, Dataset
     out = Path(out_dir).resolve()
     if out.exists() and not overwrite:
         raise PromptSuiteError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) or another --out")
+    if out.exists():
+        _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     umask = os.umask(0)
@@ -171,6 +176,19 @@ def write_build(out_dir: str | Path, suite: Dataset, views: Mapping[str, Dataset
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--overwrite`` replaces an earlier prompt build and nothing else (not a store, not a project folder)."""
+    try:
+        kind = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    # builds written before the kind field existed: a manifest with a content hash beside suite/ and suite.jsonl
+    legacy = kind is None and (out / "suite").is_dir() and (out / "suite.jsonl").is_file()
+    if kind != BUILD_KIND and not legacy:
+        raise PromptSuiteError(f"{out} is not an undertow prompt build (its manifest.json does not say "
+                               f"kind: {BUILD_KIND}); nothing was replaced: choose another --out")
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -191,6 +209,6 @@ def import_jsonl(path: str | Path, out_dir: str | Path, overwrite: bool = False)
     """Validate a user JSONL file and write it as an Arrow dataset + manifest (atomic; nothing
     is written when any line is bad)."""
     ds = load_jsonl_dataset(path)
-    manifest = {"undertow_version": _undertow_version(), "source": str(Path(path).resolve()), "n_rows": len(ds),
+    manifest = {"kind": BUILD_KIND, "undertow_version": _undertow_version(), "source": str(Path(path).resolve()), "n_rows": len(ds),
                 "content_sha256": suite_hash(ds), "label": counts(ds, ["label"])["label"]}
     return write_build(out_dir, ds, {}, manifest, overwrite=overwrite)

@@ -91,3 +91,18 @@ def test_cli_main_prints_one_line_errors(tmp_path, capsys):
     assert cli_main(["prompts", "import", "--jsonl", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("undertow: error: ") and err.count("\n") == 1 and "bad.jsonl:1" in err
+
+
+def test_build_overwrite_replaces_only_an_earlier_build(tmp_path):
+    store_like = tmp_path / "store"
+    store_like.mkdir()
+    (store_like / "manifest.json").write_text('{"format": 2}')
+    (store_like / "notes.txt").write_text("mine")
+    with pytest.raises(PromptSuiteError, match="not an undertow prompt build"):
+        _run(["prompts", "build", "--out", str(store_like), "--overwrite"])
+    assert (store_like / "notes.txt").read_text() == "mine" and len(list(store_like.iterdir())) == 2
+    build = tmp_path / "build"
+    assert _run(["prompts", "build", "--out", str(build)]) == 0
+    assert json.loads((build / "manifest.json").read_text())["kind"] == "undertow-prompt-build"
+    assert _run(["prompts", "build", "--out", str(build), "--overwrite", "--seed", "1"]) == 0
+    assert json.loads((build / "manifest.json").read_text())["seed"] == 1
