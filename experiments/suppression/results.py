@@ -176,6 +176,7 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
         "residue_family": [a for a in MAIN_ARMS if a in res],
         "ablation_choice": choice,
         "causal": causal,
-        "instilled_check": _instilled_check(measured, boot),
+        "instilled_check": (check := _instilled_check(measured, boot)),
+        "suppression_readable": bool(check["passed"]) if check else None,
         "finetunes": finetunes,
     }
