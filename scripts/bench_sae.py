@@ -71,13 +71,13 @@ def extract_store(handle, rows, out: str, max_rows: int | None = None):
     return store, time.perf_counter() - t0
 
 
-def sae_config(arch: str, d_sae: int, tokens: int, out: str, **arch_kw):
+def sae_config(arch: str, d_sae: int, tokens: int, out: str, batch: int = 1024, **arch_kw):
     from undertow.sae import SAEConfig
 
     return SAEConfig.from_dict({
         "arch": {"architecture": arch, "d_sae": d_sae, "k": 32, **arch_kw}, "data": {"hook": HOOK, "heldout_rows": 64},
-        "train": {"total_tokens": tokens, "batch_size": 1024, "lr": 1e-3, "lr_warm_up_steps": 10,
-                  "lr_decay_steps": max(1, tokens // 1024 // 5), "n_checkpoints": 0, "out_dir": out,
+        "train": {"total_tokens": tokens, "batch_size": batch, "lr": 1e-3, "lr_warm_up_steps": 10,
+                  "lr_decay_steps": max(1, tokens // batch // 5), "n_checkpoints": 0, "out_dir": out,
                   "progress": False, "dead_feature_window": 100}}, "bench_sae")
 
 
@@ -124,19 +124,19 @@ def cmd_quality(args) -> None:
     windows = pack_tokens(tl.tokenizer, tail, 128, args.ce_windows)
     runs = []
     small, large = args.sizes
-    for arch, d_sae, kw in [("topk", small, {}), ("topk", large, {}), ("jumprelu", small, {"l0_coefficient": args.l0}),
-                            ("jumprelu", large, {"l0_coefficient": args.l0})]:
+    jump = {"l0_coefficient": args.l0, "jumprelu_init_threshold": args.threshold}
+    for arch, d_sae, kw in [("topk", small, {}), ("topk", large, {}), ("jumprelu", small, jump), ("jumprelu", large, jump)]:
         with tempfile.TemporaryDirectory() as tmp:
-            res = train_from_store(sae_config(arch, d_sae, args.tokens, tmp, **kw), store)
+            res = train_from_store(sae_config(arch, d_sae, args.tokens, tmp, args.batch, **kw), store)
             ev = evaluate_sae(res.sae, heldout, tl, windows, TL_HOOK)
-        runs.append({"architecture": arch, "d_sae": d_sae, **kw, "tokens_trained": res.tokens,
+        runs.append({"architecture": arch, "d_sae": d_sae, **kw, "batch_size": args.batch, "tokens_trained": res.tokens,
                      "train_seconds": res.seconds, **ev.to_dict()})
         print(runs[-1], f"peak RSS {rss_mb():.0f} MB", flush=True)
     record("quality", {"model": MODEL, "hook": HOOK, "store": args.store, "store_tokens": store.manifest["tokens"],
                        "runs": runs, "peak_rss_mb": rss_mb()})
 
 
-def runner_tokens_per_s(tl, windows, tokens: int, d_sae: int) -> float:
+def runner_tokens_per_s(tl, windows, tokens: int, d_sae: int, batch: int) -> float:
     """sae-lens' own LanguageModelSAETrainingRunner on the same model, hook, tokens and SAE config."""
     import datasets
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, TopKTrainingSAEConfig
@@ -148,7 +148,7 @@ def runner_tokens_per_s(tl, windows, tokens: int, d_sae: int) -> float:
             sae=TopKTrainingSAEConfig(d_in=640, d_sae=d_sae, k=32, normalize_activations="none"),
             model_name="google/gemma-3-270m", hook_name=TL_HOOK, dataset_path="", is_dataset_tokenized=True,
             streaming=False, context_size=windows.shape[1], prepend_bos=False, training_tokens=tokens,
-            train_batch_size_tokens=1024, store_batch_size_prompts=8, n_batches_in_buffer=4, lr=1e-3,
+            train_batch_size_tokens=batch, store_batch_size_prompts=8, n_batches_in_buffer=4, lr=1e-3,
             device="cpu", dtype="float32", logger=LoggingConfig(log_to_wandb=False), checkpoint_path=tmp + "/ck",
             output_path=tmp + "/out", n_checkpoints=0, verbose=False, dead_feature_window=100,
             model_from_pretrained_kwargs={}, n_batches_for_norm_estimate=4)
@@ -158,27 +158,33 @@ def runner_tokens_per_s(tl, windows, tokens: int, d_sae: int) -> float:
 
 
 def cmd_throughput(args) -> None:
+    import gc
+
     from undertow.activations import load_model
+    from undertow.activations.backends import to_transformer_lens
     from undertow.sae.evals import pack_tokens
     from undertow.sae.train import train_from_store
 
-    handle = load_model(MODEL, backend="transformer_lens")
-    tl = handle.model
+    handle = load_model(MODEL)
     rows, _ = mix_rows(args.prose, args.suite)
-    n_rows = max(64 + 16, int(len(rows) * args.tokens / 110_000))  # ~55 tokens/row in the mix
+    n_rows = max(64 + 16, int(len(rows) * args.tokens / 110_000))  # ~57 tokens/row in the mix
     sub = rows.select(range(n_rows))
-    windows = pack_tokens(tl.tokenizer, sub.to_list(), 128, 10_000)
+    windows = pack_tokens(handle.tokenizer, sub.to_list(), 128, 10_000)
     with tempfile.TemporaryDirectory() as tmp:
         store, extract_s = extract_store(handle, sub, tmp + "/store")
-        cfg = sae_config("topk", args.d_sae, args.tokens, tmp + "/sae", normalize_activations="none")
+        cfg = sae_config("topk", args.d_sae, args.tokens, tmp + "/sae", args.batch, normalize_activations="none")
         fed = train_from_store(cfg, store)
         store_tps = fed.tokens_per_s
         store_tokens = store.manifest["tokens"]
-    runner_tps = runner_tokens_per_s(tl, windows, args.tokens, args.d_sae)
+    tl = to_transformer_lens(handle.hf_model, handle.tokenizer, handle.dtype, handle.device)
+    del handle
+    gc.collect()
+    runner_tps = runner_tokens_per_s(tl, windows, args.tokens, args.d_sae, args.batch)
     record("throughput", {"model": MODEL, "hook": HOOK, "sae": f"topk d_sae={args.d_sae} k=32", "tokens": args.tokens,
-                          "store_fed_tokens_per_s": store_tps, "runner_tokens_per_s": runner_tps,
-                          "ratio": store_tps / runner_tps, "store_tokens": store_tokens,
-                          "extract_seconds": extract_s, "extract_tokens_per_s": store_tokens / extract_s})
+                          "batch_size": args.batch, "store_fed_tokens_per_s": store_tps,
+                          "runner_tokens_per_s": runner_tps, "ratio": store_tps / runner_tps,
+                          "store_tokens": store_tokens, "extract_seconds": extract_s,
+                          "extract_tokens_per_s": store_tokens / extract_s, "peak_rss_mb": rss_mb()})
 
 
 def cmd_rss_child(args) -> None:
@@ -187,7 +193,7 @@ def cmd_rss_child(args) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = ActivationStore(args.store)
-        res = train_from_store(sae_config("topk", 2048, args.tokens, tmp), store)
+        res = train_from_store(sae_config("topk", 2048, args.tokens, tmp, args.batch), store)
     print(json.dumps({"store_tokens": store.manifest["tokens"], "tokens_trained": res.tokens,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -195,7 +201,8 @@ def cmd_rss_child(args) -> None:
 def cmd_rss(args) -> None:
     out = {}
     for name, path in (("1x", args.small_store), ("8x", args.store)):
-        proc = subprocess.run([sys.executable, __file__, "rss-child", "--store", path, "--tokens", str(args.tokens)],
+        proc = subprocess.run([sys.executable, __file__, "rss-child", "--store", path, "--tokens", str(args.tokens),
+                               "--batch", str(args.batch)],
                               capture_output=True, text=True, check=True)
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["ratio"] = out["8x"]["peak_rss_mb"] / out["1x"]["peak_rss_mb"]
@@ -223,7 +230,9 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=200_000, help="tokens to train per SAE")
     p.add_argument("--d-sae", type=int, default=2048)
     p.add_argument("--sizes", type=int, nargs=2, default=[2048, 4096], help="the two d_sae of the quality runs")
+    p.add_argument("--batch", type=int, default=1024, help="tokens per SAE step")
     p.add_argument("--l0", type=float, default=2.0, help="JumpReLU L0 coefficient")
+    p.add_argument("--threshold", type=float, default=0.01, help="JumpReLU initial threshold")
     p.add_argument("--ce-windows", type=int, default=8, help="128-token held-out windows for CE loss")
     args = p.parse_args()
     {"store": cmd_store, "small-store": cmd_small_store, "quality": cmd_quality, "throughput": cmd_throughput,
