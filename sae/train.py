@@ -124,6 +124,7 @@ def train_sae(cfg: SAEConfig, provider: Provider, *, d_in: int, metadata: dict |
     if cfg.train.log_to_wandb:
         import wandb
 
+        out.mkdir(parents=True, exist_ok=True)
         wandb.init(project=cfg.train.wandb_project, config=cfg.to_dict(), dir=str(out))
     t0 = time.perf_counter()
     try:

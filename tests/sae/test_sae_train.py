@@ -20,12 +20,13 @@ from undertow.sae.io import load_sae
 from undertow.sae.train import train_sae, training_sae
 
 
-def config(out_dir, arch="topk", total=6144, n_checkpoints=0, **arch_kw) -> SAEConfig:
+def config(out_dir, arch="topk", total=6144, n_checkpoints=0, wandb=False, **arch_kw) -> SAEConfig:
     return SAEConfig.from_dict({
         "arch": {"architecture": arch, "d_sae": 128, "k": 8, **arch_kw},
         "data": {"hook": "resid_post.1", "heldout_rows": 16, "chunk_tokens": 256, "buffer_tokens": 1024},
         "train": {"total_tokens": total, "batch_size": 128, "lr": 3e-3, "n_checkpoints": n_checkpoints,
-                  "out_dir": str(out_dir), "progress": False, "dead_feature_window": 20}})
+                  "out_dir": str(out_dir), "progress": False, "dead_feature_window": 20,
+                  "log_to_wandb": wandb, "wandb_log_frequency": 5}})
 
 
 def run(cfg: SAEConfig, store, resume=False):
@@ -163,3 +164,12 @@ def test_retraining_into_a_finished_out_dir_is_refused(trained, store):
     result, _ = trained
     with pytest.raises(SAEError, match="already holds a trained SAE"):
         run(config(result.path), store)
+
+
+def test_wandb_logs_offline_through_sae_lens(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result, _ = run(config(tmp_path / "wb", total=1280, wandb=True), store)
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    assert result.tokens == 1280
