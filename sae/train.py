@@ -13,6 +13,7 @@ so a resumed run can draw a fresh (seeded) data order rather than replaying the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -119,8 +120,6 @@ def train_sae(cfg: SAEConfig, provider: Provider, *, d_in: int, metadata: dict |
         trainer.load_trainer_state(start)  # the same file verify() opened weights-only
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
     os.environ.setdefault("WANDB_MODE", "offline")
-    if not cfg.train.progress:
-        os.environ["TQDM_DISABLE"] = "1"
     if cfg.train.log_to_wandb:
         import wandb
 
@@ -128,7 +127,8 @@ def train_sae(cfg: SAEConfig, provider: Provider, *, d_in: int, metadata: dict |
         wandb.init(project=cfg.train.wandb_project, config=cfg.to_dict(), dir=str(out))
     t0 = time.perf_counter()
     try:
-        sae = trainer.fit()
+        with _quiet(not cfg.train.progress):
+            sae = trainer.fit()
     finally:
         if cfg.train.log_to_wandb:
             import wandb
@@ -157,6 +157,26 @@ def train_from_store(cfg: SAEConfig, store, *, model_name: str | None = None, ex
                               mix_fraction=d.mix_fraction, seed=d.seed, start_epoch=start_tokens)
 
     return train_sae(cfg, provider, d_in=tokens.d_model, metadata=meta, resume=resume)
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """sae-lens' tqdm bars off (``train.progress: false``): its modules bind ``tqdm`` at import, and tqdm reads
+    ``TQDM_DISABLE`` only at import too, so the name is rebound for the duration of ``fit``."""
+    if not enabled:
+        yield
+        return
+    import functools
+
+    from sae_lens.training import activation_scaler, sae_trainer
+
+    saved = sae_trainer.tqdm, activation_scaler.tqdm
+    sae_trainer.tqdm = functools.partial(saved[0], disable=True)
+    activation_scaler.tqdm = functools.partial(saved[1], disable=True)
+    try:
+        yield
+    finally:
+        sae_trainer.tqdm, activation_scaler.tqdm = saved
 
 
 def _provider(provider: Provider, start_tokens: int) -> Iterator[torch.Tensor]:
