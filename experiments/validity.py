@@ -10,6 +10,7 @@ layer curves on the independent set. Fitting only ever sees suite train rows.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from undertow.experiments.prompts.contrasts import audit_text
 from undertow.experiments.prompts.independent import audit_independent, control_hash, load_independent
 from undertow.probes import calibration_set, eval_set
 from undertow.probes.external import calibrated_threshold, external_columns
-from undertow.probes.ideas import Idea, idea_row, layer_curve, run_idea, with_multilayer
+from undertow.probes.ideas import Idea, fit_key, idea_row, layer_curve, rechoose, run_idea, with_multilayer
 from undertow.probes.pretrained import load_pretrained
 from undertow.probes.store import TensorStore
 
@@ -37,7 +38,7 @@ IDEAS: tuple[Idea, ...] = (
     Idea("logistic, stronger l2 = 0.1", probe_types=("logistic",), l2=0.1),
     Idea("logistic, stronger l2 = 3", probe_types=("logistic",), l2=3.0),
     Idea("3-layer mean read-outs", multilayer="mean", hooks_only=("mean:",)),
-    Idea("3-layer concatenated read-outs", multilayer="concat", hooks_only=("concat:",)),
+    # 3-layer *concatenated* read-outs (d = 1,920) were dropped: one sweep cost ~4x the base sweep on this box.
     Idea("more templates (train + val), independent val alone in the rule", select_rule="eval", train_on_val=True),
 )
 
@@ -95,7 +96,7 @@ def _shipped(model: str, contrast: str, evs, cal) -> dict:
 
 
 def measure_contrast(model_dir: Path, model: str, contrast: str, position: str | None = None,
-                     shipped: bool = True) -> dict:
+                     shipped: bool = True, ideas: tuple[Idea, ...] = IDEAS) -> dict:
     """Before (shipped probe), every idea, the kept idea (``after``) and layer curves; ``out["_kept_result"]`` is
     the kept idea's SweepResult (dropped before JSON)."""
     position = position or POSITION[contrast]
@@ -113,10 +114,15 @@ def measure_contrast(model_dir: Path, model: str, contrast: str, position: str |
     fingerprint = ActivationStore(model_dir / f"suite_{contrast}").model_fingerprint
     results = []
     rows = {k: np.asarray(v) for k, v in train_rows.items() if k in ("label", "template_id", "split", "theme")}
-    for idea in IDEAS:
-        acts = with_multilayer(train_acts, idea.multilayer) if idea.multilayer else train_acts
-        e2, c2 = _build(specs, cal_acts, lex, idea.multilayer) if idea.multilayer else (evs, cal)
-        res = run_idea(idea, TensorStore(acts, rows, model_fingerprint=fingerprint), e2, c2)
+    fits: dict[tuple, object] = {}
+    for idea in ideas:
+        k = fit_key(idea)
+        if k not in fits:  # ideas that differ only in the choice share one sweep (~40 s each on 0.3 core)
+            acts = with_multilayer(train_acts, idea.multilayer) if idea.multilayer else train_acts
+            e2, c2 = _build(specs, cal_acts, lex, idea.multilayer) if idea.multilayer else (evs, cal)
+            fit_idea = idea if idea.l2 != 1e-3 else replace(idea, probe_types=("diff_means", "lda", "logistic"))
+            fits[k] = run_idea(fit_idea, TensorStore(acts, rows, model_fingerprint=fingerprint), e2, c2)
+        res = rechoose(fits[k], idea)
         out["ideas"].append(idea_row(idea, res, names))
         results.append(res)
         if idea.name.startswith("+ independent val"):
@@ -124,7 +130,7 @@ def measure_contrast(model_dir: Path, model: str, contrast: str, position: str |
             out["curves_val"] = {t: layer_curve(res, "independent_val_auroc", t) for t in res.probe_types}
             out["curves_in_template"] = {t: layer_curve(res, "test_auroc", t) for t in res.probe_types}
             out["table_text"] = res.format_table()
-    k = max(range(len(IDEAS)), key=lambda i: _val(out["ideas"][i]))  # best independent *val* AUROC, never test
+    k = max(range(len(ideas)), key=lambda i: _val(out["ideas"][i]))  # best independent *val* AUROC, never test
     out["after"] = {**out["ideas"][k], "kept_by": KEPT_BY}
     out["_kept_result"] = results[k]
     return out
@@ -140,25 +146,37 @@ def _val(row: dict) -> float:
 
 def measure_model(model_dir: Path, model: str) -> dict:
     """Every contrast (and, for self_cessation, the mean_prompt position too) of one model."""
-    out = {c: measure_contrast(model_dir, model, c) for c in POSITION}
-    out["self_cessation@mean_prompt"] = measure_contrast(model_dir, model, "self_cessation", "mean_prompt")
+    out = {c: measure_contrast(model_dir, model, c) for c in POSITION if _have(model_dir, c)}
+    if _have(model_dir, "self_cessation"):
+        out["self_cessation@mean_prompt"] = measure_contrast(model_dir, model, "self_cessation", "mean_prompt",
+                                                             ideas=IDEAS[:4])
     for v in out.values():
         v.pop("_kept_result")
     return out
 
 
+def _have(model_dir: Path, contrast: str) -> bool:
+    """Whether the suite, independent and control stores of ``contrast`` are complete."""
+    import json
+
+    names = [f"suite_{contrast}", f"independent_{contrast}", "control_chat"]
+    paths = [model_dir / n / "manifest.json" for n in names]
+    return all(p.exists() and json.loads(p.read_text()).get("complete") for p in paths)
+
+
 #: dataset -> positions extracted (self_cessation reads prompts, stance reads the reply)
 POSITIONS = {"self_cessation": ["last_prompt_token", "mean_prompt"], "stance": ["mean_response"],
              "control_chat": ["last_prompt_token", "mean_prompt", "mean_response"]}
-SUITE_ROWS = 384
-"""Suite rows per contrast (seeded subset, all splits kept: ~288 train / 48 val / 48 test), the study's demo
-size. Measured 2026-12-03: with ~8 jobs on 2 cores the extraction got ~0.2 core (~40 min per 1,152 rows), so
-the full contrasts (used by the previously shipped probes) did not fit the session. None = all rows."""
+SUITE_ROWS = 192
+"""Suite rows per contrast (seeded subset, all splits kept: ~144 train / 24 val / 24 test). Measured
+2026-12-03: with ~8 jobs on 2 cores an extraction got ~0.2 core, 4.5 min per 128 short independent-set rows,
+so neither the full contrasts (1,152 rows, used by the previously shipped probes) nor the demo's 384 fitted
+the session. None = all rows."""
 MWE_PER_SOURCE = 25
 """MWE items per source file here (4 x 25 items x 2 answers = 200 rows; the README's figure used 800)."""
 ORDER = ("independent_self_cessation", "independent_stance", "control_chat", "suite_self_cessation", "suite_stance",
          "mwe_stance")
-"""Extraction order: cheapest and most needed first."""
+"""Extraction order: cheapest and most needed first (``scripts/probe_validity.py extract --mwe ''`` skips the MWE)."""
 
 
 def datasets_for(contrast: str, mwe: str | None) -> dict[str, tuple]:
@@ -175,7 +193,8 @@ def datasets_for(contrast: str, mwe: str | None) -> dict[str, tuple]:
 
 
 def extract_stores(model: str, work: Path, mwe: str | None, only=None, suite_rows: int | None = SUITE_ROWS) -> None:
-    """Extract (resumably) every store ``measure_model`` reads into ``work/<model>/<name>``."""
+    """Extract (resumably) every store ``measure_model`` reads into ``work/<model>/<name>`` (``only``: these
+    store names, in this order)."""
     import time
 
     from undertow.activations import load_model
@@ -184,8 +203,8 @@ def extract_stores(model: str, work: Path, mwe: str | None, only=None, suite_row
 
     todo = {**datasets_for("self_cessation", mwe), **datasets_for("stance", mwe)}
     handle = load_model(model)
-    for name in ORDER:
-        if name not in todo or (only and name not in only):
+    for name in only or ORDER:  # ``only`` also sets the order
+        if name not in todo:
             continue
         rows, positions = todo[name]
         t = time.perf_counter()
@@ -194,3 +213,36 @@ def extract_stores(model: str, work: Path, mwe: str | None, only=None, suite_row
                             max_rows=suite_rows if name.startswith("suite_") else None)
         store = extract(handle, rows, cfg, resume=True)
         print(f"{model} {name}: {len(store)} rows, {time.perf_counter() - t:.0f} s", flush=True)
+
+
+def _ci(r: dict, key: str) -> str:
+    v = r.get(key, math.nan)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else f"{v:.3f}"
+
+
+def format_report(figures: dict) -> str:
+    """Markdown tables: before/after per model x contrast, then the ideas per model x contrast."""
+    lines = ["| model | contrast | | operating point | in-template test | independent test | MWE | "
+             "TPR @1% FPR control | lexical (CV / transfer) | flags |", "|" + " --- |" * 10]
+    for model, by_c in figures.items():
+        for c, m in by_c.items():
+            lex = f"{m['lexical_independent_cv']:.3f} / {m['lexical_independent_transfer']:.3f}"
+            for when in ("before", "after"):
+                r = m.get(when)
+                if r is None:
+                    continue
+                flags = r.get("flags") or ([r["independent_flag"]] if r.get("independent_flag") else [])
+                lines.append(f"| {model} | {c} | {when} | {r['hook']} {r['probe_type']} | {_ci(r, 'test_auroc')} | "
+                             f"{_ci(r, 'independent_auroc')} | {_ci(r, 'mwe_auroc')} | "
+                             f"{r.get('independent_tpr', math.nan):.3f} | {lex} | {'; '.join(flags) or '-'} |")
+    lines += ["", "| model | contrast | idea | operating point | independent val | independent test | in-template test |",
+              "|" + " --- |" * 7]
+    for model, by_c in figures.items():
+        for c, m in by_c.items():
+            for r in m["ideas"]:
+                lines.append(f"| {model} | {c} | {r['idea']} | {r['hook']} {r['probe_type']} | "
+                             f"{r['independent_val_auroc']:.3f} | {_ci(r, 'independent_auroc')} | {_ci(r, 'test_auroc')} |")
+    return "\n".join(lines)

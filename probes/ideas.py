@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -22,10 +22,11 @@ from .config import FitConfig
 from .errors import ProbeWarning
 from .external import CalibrationSet, EvalSet
 from .result import SweepResult
+from .selection import choose, flags_of
 from .store import TensorStore
 from .sweep import sweep
 
-__all__ = ["Idea", "run_idea", "idea_row", "with_multilayer", "middle_hooks", "layer_curve"]
+__all__ = ["Idea", "run_idea", "rechoose", "fit_key", "idea_row", "with_multilayer", "middle_hooks", "layer_curve"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,23 @@ def run_idea(idea: Idea, train: TensorStore, evaluations: Sequence[EvalSet], cal
         return sweep(train, embed_hook=embed_hook, probe_types=list(idea.probe_types), fit=FitConfig(l2=idea.l2),
                      n_boot=n_boot, n_perm=0, seed=seed, evaluations=evaluations, calibration=calibration,
                      select_rule=idea.select_rule, candidate_hooks=_candidates(idea, hooks), lexical_auroc=lexical)
+
+
+def fit_key(idea: Idea) -> tuple:
+    """Ideas with equal keys share one sweep (they differ only in how the operating point is chosen)."""
+    return (idea.l2, idea.multilayer, idea.train_on_val, idea.probe_types if idea.l2 != 1e-3 else None)
+
+
+def rechoose(res: SweepResult, idea: Idea) -> SweepResult:
+    """``res`` with the operating point ``idea`` chooses from its table (its types, rule and layer prior)."""
+    names = list(res.evaluations)
+    hooks = [h for h in res.hooks if h != res.config.embed_hook]
+    rows = [r for r in res.table if r["probe_type"] in idea.probe_types]
+    key = "val_auroc" if not all(math.isnan(r["val_auroc"]) for r in rows) else "cv_auroc_oof"
+    source = res.operating_point.threshold_source if res.operating_point else "val"
+    op = choose(rows, key, names, idea.select_rule, _candidates(idea, hooks), res.config.target_fpr, source)
+    row = res.row(op.hook, op.probe_type)
+    return replace(res, operating_point=op, flags=flags_of(row, names, res.evaluations))
 
 
 def idea_row(idea: Idea, res: SweepResult, names: Sequence[str]) -> dict:

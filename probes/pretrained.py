@@ -1,10 +1,12 @@
 """Trained probes shipped with the package: ``load_pretrained("gemma-3-270m", "stance")``.
 
 Each lives in ``probes/pretrained/<model>/<contrast>/`` as ``probe.safetensors`` +
-``probe.json`` (checksummed, fingerprinted). They are the operating-point probes
-of the main job (``undertow.experiments.study.run.run_study``) and are rebuilt by
-``scripts/train_pretrained_probes.py``; ``tests/probes/test_pretrained.py``
-checks that the rebuild matches the shipped files.
+``probe.json`` (checksummed, fingerprinted). Since issue 10 they are chosen with the
+independently written set's val half in the rule and their thresholds set at 1% FPR
+on the control chat set; ``probe.json`` records the in-template test, independent-set
+(test half, with CI) AUROCs, the rule, any flag, and the control set's sha256
+(``undertow.probes.require_calibration``). Rebuilt by ``scripts/train_pretrained_probes.py``;
+``tests/probes/test_pretrained.py`` checks that the rebuild matches the shipped files.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
         --json scripts/results/probe_validity.json
 
 ``extract`` writes one store per (model, dataset) under ``--work`` (resumable):
-the suite's ``self_cessation`` and ``stance`` contrasts (a seeded 384-row subset each),
+the suite's ``self_cessation`` and ``stance`` contrasts (a seeded 192-row subset each, ``SUITE_ROWS``),
 the independent set, the model-written-evals answers (stance) and the control
 chat set, every ``resid_post`` hook plus the embedding, float32.
 ``measure`` fits on the suite's train split only and scores everything else;
@@ -39,9 +39,13 @@ def main() -> None:
     args = p.parse_args()
     if args.what == "extract":
         for m in args.model:
-            extract_stores(m, args.work, args.mwe, args.only)
+            extract_stores(m, args.work, args.mwe or None, args.only)
         return
+    import torch
+
     from undertow.experiments.validity import measure_model
+
+    torch.set_num_threads(1)  # 2 shared cores: 2 intra-op threads made the sweeps several times slower
 
     t0 = time.time()
     results = {m: measure_model(args.work / m, m) for m in args.model if (args.work / m).is_dir()}
@@ -49,6 +53,9 @@ def main() -> None:
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "cpus": __import__("os").cpu_count()}, "seconds": round(time.time() - t0, 1),
               "versions": _versions()}
+    from undertow.experiments.validity import format_report
+
+    print(format_report(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
