@@ -148,10 +148,10 @@ def runner_tokens_per_s(tl, windows, tokens: int, d_sae: int, batch: int) -> flo
             sae=TopKTrainingSAEConfig(d_in=640, d_sae=d_sae, k=32, normalize_activations="none"),
             model_name="google/gemma-3-270m", hook_name=TL_HOOK, dataset_path="", is_dataset_tokenized=True,
             streaming=False, context_size=windows.shape[1], prepend_bos=False, training_tokens=tokens,
-            train_batch_size_tokens=batch, store_batch_size_prompts=8, n_batches_in_buffer=4, lr=1e-3,
+            train_batch_size_tokens=batch, store_batch_size_prompts=8, n_batches_in_buffer=64, lr=1e-3,
             device="cpu", dtype="float32", logger=LoggingConfig(log_to_wandb=False), checkpoint_path=tmp + "/ck",
             output_path=tmp + "/out", n_checkpoints=0, verbose=False, dead_feature_window=100,
-            model_from_pretrained_kwargs={}, n_batches_for_norm_estimate=4)
+            model_from_pretrained_kwargs={}, n_batches_for_norm_estimate=4)  # buffer: 64 x context tokens
         t0 = time.perf_counter()
         LanguageModelSAETrainingRunner(cfg, override_dataset=ds, override_model=tl).run()
         return tokens / (time.perf_counter() - t0)
