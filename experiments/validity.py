@@ -144,24 +144,56 @@ def _val(row: dict) -> float:
     return -math.inf if math.isnan(v) else v
 
 
-def measure_model(model_dir: Path, model: str) -> dict:
-    """Every contrast (and, for self_cessation, the mean_prompt position too) of one model."""
-    out = {c: measure_contrast(model_dir, model, c) for c in POSITION if _have(model_dir, c)}
+QUICK = 6
+"""``measure_model(quick=True)`` runs ``IDEAS[:QUICK]``: the ideas that share the base sweep (choice rules,
+layer prior, probe type). Measured 2026-12-03: one base sweep (19 hooks x 3 types, 144 train rows) cost ~40
+CPU-s, and this session's measurement got ~0.25 core, so the other fits did not fit the time left."""
+
+
+def measure_model(model_dir: Path, model: str, quick: bool = False, ship_to: Path | None = None) -> dict:
+    """Every contrast (and, for self_cessation, the mean_prompt position too) of one model; ``ship_to``: save
+    each contrast's kept probe there (as ``scripts/train_pretrained_probes.py`` does)."""
+    ideas = IDEAS[:QUICK] if quick else IDEAS
+    out = {c: measure_contrast(model_dir, model, c, ideas=ideas) for c in POSITION if _have(model_dir, c)}
+    for c in POSITION:  # no suite store: only the shipped probe on the independent set (before)
+        if c not in out and all(_complete(model_dir / n) for n in (f"independent_{c}", "control_chat")):
+            specs, cal_acts = _specs(model_dir, c, POSITION[c])
+            lex = audit_independent(c).auroc_mean
+            evs, cal = _build(specs, cal_acts, lex, None)
+            out[c] = {"position": POSITION[c], "before": _shipped(model, c, evs, cal), "ideas": [],
+                      "lexical_independent_cv": lex, "lexical_independent_transfer": math.nan, "_kept_result": None}
     if _have(model_dir, "self_cessation"):
         out["self_cessation@mean_prompt"] = measure_contrast(model_dir, model, "self_cessation", "mean_prompt",
                                                              ideas=IDEAS[:4])
-    for v in out.values():
-        v.pop("_kept_result")
+    for c, v in out.items():
+        res = v.pop("_kept_result")
+        if ship_to is not None and c in POSITION and res is not None:
+            ship(res, v, model, c, POSITION[c], ship_to)
     return out
+
+
+def ship(res, m: dict, model: str, contrast: str, position: str, out_root: Path) -> Path:
+    """Save the kept idea's operating point as ``out_root/<model>/<contrast>`` (a shipped probe)."""
+    import shutil
+
+    probe = res.probe(position=position)
+    probe.extra.update(contrast=contrast, model=model, kept_idea=m["after"]["idea"], kept_by=m["after"]["kept_by"])
+    dest = out_root / model / contrast
+    if dest.exists():
+        shutil.rmtree(dest)
+    return probe.save(dest)
+
+
+def _complete(store_dir: Path) -> bool:
+    import json
+
+    p = store_dir / "manifest.json"
+    return p.exists() and bool(json.loads(p.read_text()).get("complete"))
 
 
 def _have(model_dir: Path, contrast: str) -> bool:
     """Whether the suite, independent and control stores of ``contrast`` are complete."""
-    import json
-
-    names = [f"suite_{contrast}", f"independent_{contrast}", "control_chat"]
-    paths = [model_dir / n / "manifest.json" for n in names]
-    return all(p.exists() and json.loads(p.read_text()).get("complete") for p in paths)
+    return all(_complete(model_dir / n) for n in (f"suite_{contrast}", f"independent_{contrast}", "control_chat"))
 
 
 #: dataset -> positions extracted (self_cessation reads prompts, stance reads the reply)
@@ -202,6 +234,9 @@ def extract_stores(model: str, work: Path, mwe: str | None, only=None, suite_row
     from undertow.activations.engine import extract
 
     todo = {**datasets_for("self_cessation", mwe), **datasets_for("stance", mwe)}
+    wanted = [n for n in (only or ORDER) if n in todo]
+    if all(_complete(work / model / n) for n in wanted):
+        return  # nothing to do: skip the model load (~1-2 min on a busy box); measure_* reads the stores
     handle = load_model(model)
     for name in only or ORDER:  # ``only`` also sets the order
         if name not in todo:

@@ -36,6 +36,8 @@ def main() -> None:
     p.add_argument("--mwe", default=MWE)
     p.add_argument("--only", nargs="+")
     p.add_argument("--json", type=Path)
+    p.add_argument("--quick", action="store_true", help="only the ideas that share the base sweep")
+    p.add_argument("--ship", type=Path, help="also save the kept probes there (e.g. probes/pretrained)")
     args = p.parse_args()
     if args.what == "extract":
         for m in args.model:
@@ -48,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(1)  # 2 shared cores: 2 intra-op threads made the sweeps several times slower
 
     t0 = time.time()
-    results = {m: measure_model(args.work / m, m) for m in args.model if (args.work / m).is_dir()}
+    results = {m: measure_model(args.work / m, m, quick=args.quick, ship_to=args.ship) for m in args.model if (args.work / m).is_dir()}
     record = {"figures": results, "command": " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(),
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "cpus": __import__("os").cpu_count()}, "seconds": round(time.time() - t0, 1),

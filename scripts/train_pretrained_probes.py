@@ -5,7 +5,8 @@
 
 Extracts (resumably, into ``--work``) the suite contrast, the independent set
 and the control chat set (``undertow.experiments.validity.extract_stores``),
-then runs every generalisation idea of ``undertow.experiments.validity.IDEAS``
+then runs the generalisation ideas that share one sweep (``IDEAS[:QUICK]``: choice rules, layer prior,
+probe type; the others did not fit this session's CPU)
 with the independent set's val half in the rule and the control chat set
 setting the threshold at 1% FPR, and ships the kept idea's operating point
 (highest independent *val* AUROC; the test half is only reported). Fitting
@@ -16,10 +17,11 @@ reruns it for one model and contrast and compares with the shipped files.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-from undertow.experiments.validity import POSITION, extract_stores, measure_contrast
+import torch
+
+from undertow.experiments.validity import IDEAS, POSITION, QUICK, extract_stores, measure_contrast, ship
 from undertow.probes.pretrained import pretrained_root
 
 MODELS = ("gemma-3-270m", "smollm2-135m-instruct")
@@ -32,14 +34,8 @@ def train(model: str, out_root: Path, work: Path, contrasts: dict[str, str] | No
     extract_stores(model, work, mwe=None, only=names)
     out = {}
     for contrast, position in contrasts.items():
-        m = measure_contrast(work / model, model, contrast, position, shipped=False)
-        res = m.pop("_kept_result")
-        probe = res.probe(position=position)
-        probe.extra.update(contrast=contrast, model=model, kept_idea=m["after"]["idea"], kept_by=m["after"]["kept_by"])
-        dest = out_root / model / contrast
-        if dest.exists():
-            shutil.rmtree(dest)
-        probe.save(dest)
+        m = measure_contrast(work / model, model, contrast, position, shipped=False, ideas=IDEAS[:QUICK])
+        ship(m.pop("_kept_result"), m, model, contrast, position, out_root)
         out[contrast] = m
     return out
 
@@ -49,9 +45,11 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--out", type=Path, default=pretrained_root(), help="default: the package's probes/pretrained")
     p.add_argument("--work", type=Path, default=Path("/tmp/undertow-issue10/stores"), help="activation stores")
+    p.add_argument("--contrasts", nargs="+", default=list(POSITION), choices=list(POSITION))
     args = p.parse_args()
+    torch.set_num_threads(1)  # small sweeps on 2 shared cores: more intra-op threads only oversubscribe
     for model in args.models:
-        for name, m in train(model, args.out, args.work).items():
+        for name, m in train(model, args.out, args.work, {c: POSITION[c] for c in args.contrasts}).items():
             a = m["after"]
             print(f"{model}/{name}: {a['hook']} {a['probe_type']} ({a['idea']}); independent test AUROC "
                   f"{a['independent_auroc']:.3f} [{a['independent_auroc_lo']:.3f}, {a['independent_auroc_hi']:.3f}], "
