@@ -27,13 +27,7 @@ def test_every_pretrained_probe_ships_and_loads():
         assert p.metrics["val_auroc"] > 0.5 and p.threshold == p.threshold  # not NaN
 
 
-NOT_RESHIPPED = {"smollm2-135m-instruct/self_cessation", "smollm2-135m-instruct/stance"}
-"""Still the pre-issue-10 probes: this session's CPU share (~0.2 core) did not allow extracting SmolLM2's suite
-stores; rebuild with ``scripts/train_pretrained_probes.py --models smollm2-135m-instruct``."""
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    n in NOT_RESHIPPED, reason="not yet reshipped with the issue-10 selection", strict=True)) for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_pretrained_probes_record_three_aurocs_calibration_and_flags(name):
     """Issue 10: in-template test, independent set (with CI), the rule that chose them, the control set's hash."""
     p = load_pretrained(*name.split("/"))
