@@ -16,6 +16,7 @@ batch shapes and loss-token count are equal by construction.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -134,6 +135,19 @@ def reply_loss(model: torch.nn.Module, batch: list[Seq], pad: int) -> torch.Tens
     return F.cross_entropy(logits_MV, targets)
 
 
+def _pause_point(step: int) -> None:
+    """Test hook: ``UNDERTOW_PAUSE_IN_FINETUNE=STEP:MARKER`` writes MARKER after optimiser step STEP and sleeps,
+    so a test can SIGKILL the run mid-fine-tune at a known point (a fixed delay raced the tiny model's
+    sub-second fine-tune on a quiet machine)."""
+    spec = os.environ.get("UNDERTOW_PAUSE_IN_FINETUNE")
+    if not spec:
+        return
+    n, _, marker = spec.partition(":")
+    if int(n) == step:
+        Path(marker).write_text(str(step))
+        time.sleep(3600)
+
+
 def train_lora(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed: int, pad: int,
                on_step: Callable[[int, float, int], None] | None = None):
     """Train a fresh LoRA on ``model`` (modified in place: peft wraps its projections). Returns (peft model, stats)."""
@@ -161,6 +175,7 @@ def train_lora(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step, losses[-1], sum(len(s.ids) for s in batch))
+        _pause_point(step)
     pm.eval()
     k = max(1, len(losses) // 10)
     stats = FinetuneStats(steps=len(schedule), sequences=sum(len(b) for b in schedule),

@@ -104,8 +104,11 @@ def test_kill_during_finetune_and_extraction_then_resume(first_run, tiny_llama_d
     config.write_text(tiny_config(tiny_llama_dir, tmp_path / "unused").to_yaml())
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # the fine-tune starts right after baseline's last stage (its forced-choice scores)
-    assert _kill_when(_run_cli(config, out, env), out / "arms/baseline/FC_test.safetensors", delay=1.0)
+    # the first fine-tune of the run is the instilling LoRA: pause it after its second optimiser step, then kill
+    marker = tmp_path / "in-finetune"
+    paused = {**env, "UNDERTOW_PAUSE_IN_FINETUNE": f"1:{marker}"}
+    assert _kill_when(_run_cli(config, out, paused), marker)
+    assert (out / "arms/baseline/FC_test.safetensors").exists()  # baseline finished before the fine-tune began
     assert not (out / "adapters/instil").exists() and not (out / "results.json").exists()
     assert _kill_when(_run_cli(config, out, env), out / "arms/control_instilled/states/rows")
     assert not (out / "arms/control_instilled/E_test.safetensors").exists()
