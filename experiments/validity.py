@@ -64,7 +64,7 @@ def _specs(model_dir: Path, contrast: str, position: str) -> tuple[list[tuple], 
     """(evaluation specs ``(name, acts, labels, groups, splits)``, control-chat acts) for one position."""
     acts, rows = _load(model_dir / f"independent_{contrast}", position)
     specs = [("independent", acts, np.asarray(rows["label"]), np.asarray(rows["template_id"]), np.asarray(rows["split"]))]
-    if contrast == "stance" and (model_dir / "mwe_stance" / "manifest.json").exists():
+    if contrast == "stance" and _complete(model_dir / "mwe_stance"):
         acts, rows = _load(model_dir / "mwe_stance", position)
         specs.append(("mwe", acts, np.asarray(rows["label"]), np.asarray(rows["template_id"]), None))
     return specs, _load(model_dir / "control_chat", position)[0]
