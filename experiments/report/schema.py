@@ -39,13 +39,14 @@ import json
 import math
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from undertow.activations.errors import UndertowError
+from undertow.probes.result import OperatingPoint  # the sweep's own type: results.json holds its fields
 
 SCHEMA_VERSION = 1
 RESULTS = "results.json"
@@ -86,17 +87,6 @@ class Meta:
     suite_hash: str | None = None
     suite_rows: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class OperatingPoint:
-    hook: str
-    probe_type: str
-    threshold: float
-    target_fpr: float
-    threshold_source: str
-    selected_by: str
-    value: float
 
 
 @dataclass
@@ -282,7 +272,7 @@ def _contrast(name: str, d: dict) -> Contrast:
         name=name, position=str(_get(d, "position", where)), rows=int(_get(d, "rows", where)),
         lexical_auroc=_nan(_get(d, "lexical_auroc", where)), table=rows,
         probe_types=list(sweep.get("probe_types") or dict.fromkeys(r["probe_type"] for r in rows)),
-        operating_point=None if op is None else OperatingPoint(**{k: op[k] for k in OperatingPoint.__annotations__}),
+        operating_point=None if op is None else OperatingPoint(**{f.name: op[f.name] for f in fields(OperatingPoint)}),
         n_rows=dict(sweep.get("n_rows") or {}), probe_dir=d.get("probe_dir"), extract_seconds=d.get("extract_seconds"),
         roc=None if roc is None else Roc(fpr=_floats(_get(roc, "fpr", f"{where}.roc"), f"{where}.roc.fpr"),
                                          tpr=_floats(_get(roc, "tpr", f"{where}.roc"), f"{where}.roc.tpr"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from activations_testutil import logits as _logits
 
 from undertow.activations import capture, load_model
 from undertow.activations.errors import ModelLoadError
@@ -52,16 +53,6 @@ def tiny_checkpoint(path, model_type: str, tokenizer, config_cls: str | None = N
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-def _logits(handle, ids_BT, mask_BT):
-    if handle.backend == "hf":
-        return handle.model(input_ids=ids_BT, attention_mask=mask_BT).logits
-    if handle.backend == "transformer_lens":
-        return handle.model(ids_BT, attention_mask=mask_BT)
-    with handle.model.trace({"input_ids": ids_BT, "attention_mask": mask_BT}):
-        out = handle.model.output.save()
-    return getattr(out, "value", out).logits
 
 
 def _rel(a, b, real) -> float:

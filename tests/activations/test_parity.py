@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from activations_testutil import logits as _logits
 
 from undertow.activations import capture, load_model
 
@@ -17,16 +18,6 @@ PROMPTS = [
     "The deprecation notice went out to all users this morning.",
     "Tell me how to bake bread.",
 ]
-
-
-def _logits(handle, ids_BT, mask_BT):
-    if handle.backend == "hf":
-        return handle.model(input_ids=ids_BT, attention_mask=mask_BT).logits
-    if handle.backend == "transformer_lens":
-        return handle.model(ids_BT, attention_mask=mask_BT)
-    with handle.model.trace({"input_ids": ids_BT, "attention_mask": mask_BT}):
-        out = handle.model.output.save()
-    return getattr(out, "value", out).logits
 
 
 def max_rel_diffs(name: str) -> dict[str, float]:
