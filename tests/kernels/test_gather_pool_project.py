@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from kernels_testutil import DEVICE, TOL  # skips the module without the interpreter
 
 from undertow.kernels.gather_pool_project import (
     gather_pool_project,
@@ -17,15 +18,7 @@ from undertow.kernels.gather_pool_project import (
     gather_pool_project_triton,
 )
 
-triton = pytest.importorskip("triton")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not triton.knobs.runtime.interpret:
-    pytest.skip("needs TRITON_INTERPRET=1 before triton is imported (tests/conftest.py sets it)", allow_module_level=True)
-
-# bf16: the interpreter truncates where CUDA rounds to nearest (one bf16 ulp); scores: the interpreter's dot is
-# fp32, CUDA's TF32 (10-bit mantissa inputs)
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-3, atol=1e-3),
-       torch.bfloat16: dict(rtol=2 ** -7, atol=2 ** -7)}
+# scores: the interpreter's dot is fp32, CUDA's TF32 (10-bit mantissa inputs)
 SCORE_TOL = dict(rtol=1e-4, atol=1e-4) if DEVICE == "cpu" else dict(rtol=3e-3, atol=3e-3)
 
 
