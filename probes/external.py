@@ -34,7 +34,7 @@ from .result import ProbeWeights
 from .store import ActivationSource, TensorStore
 
 __all__ = ["EvalSet", "CalibrationSet", "eval_set", "calibration_set", "score_weights", "external_columns",
-           "require_calibration"]
+           "require_calibration", "check_labels"]
 
 SELECT_RULES = ("val", "mean", "min", "eval")
 """How the operating point is chosen when evaluation sets have ``val`` rows:
@@ -60,7 +60,7 @@ class EvalSet:
     """The lexical (bag-of-words) AUROC on this set; an AUROC below it is flagged."""
 
     def __post_init__(self) -> None:
-        _check_labels(self.name, self.labels)
+        check_labels(self.name, self.labels)
         n = len(self.labels)
         if len(self.groups) != n or len(self.splits) != n:
             raise ProbeError(f"evaluation set {self.name!r}: labels, groups and splits differ in length "
@@ -70,7 +70,7 @@ class EvalSet:
             raise ProbeError(f"evaluation set {self.name!r}: splits must be 'val' or 'test', got {bad}")
         if not (self.splits == "test").any():
             raise ProbeError(f"evaluation set {self.name!r} has no 'test' rows; its AUROC is read on them")
-        _check_labels(f"{self.name} (test rows)", self.labels[self.splits == "test"])
+        check_labels(f"{self.name} (test rows)", self.labels[self.splits == "test"])
 
 
 @dataclass
@@ -90,7 +90,8 @@ class CalibrationSet:
                              "(undertow.experiments.prompts.independent.control_hash())")
 
 
-def _check_labels(name: str, labels: np.ndarray) -> None:
+def check_labels(name: str, labels: np.ndarray) -> None:
+    """One-line :class:`ProbeError` unless ``labels`` are 0/1 with both classes present."""
     values = sorted(set(np.asarray(labels).tolist()))
     if not set(values) <= {0, 1}:
         raise ProbeError(f"evaluation set {name!r}: labels must be 0 or 1, got values {values[:6]}")

@@ -1,6 +1,16 @@
-"""``undertow probe sweep|train|eval|list``: probes on stores and on new data from the command line.
+"""``undertow probe sweep|train|evals|eval|list``: probes on stores and on new data from the command line.
 
 ``sweep`` and ``train`` take every ``SweepConfig`` field as a flag (``--n-folds``, ``--probe-types``...).
+Scored away from the templates (issue 10)::
+
+    undertow probe evals runs/acts/stance --contrast stance --out runs/evals/stance [--mwe-source DIR]
+    undertow probe sweep runs/acts/stance --contrast stance --evals runs/evals/stance
+    # or explicitly: --eval runs/evals/stance/independent --eval mwe=DIR --calibration runs/evals/stance/control_chat
+
+``evals`` extracts the independent set, the model-written evals' answers (``stance``, with
+``--mwe-source``) and the control chat set with the store's model, hooks and position; the sweep then
+reports each set's AUROC with its CI, sets thresholds at ``--target-fpr`` on the control chat set and
+flags an operating point below chance or below the lexical baseline.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import numpy as np
 
 from undertow.experiments.cli.common import config_command
 from undertow.probes import SweepConfig, sweep
+from undertow.probes.external import SELECT_RULES
 from undertow.probes.pretrained import list_pretrained, load_pretrained, resolve_probe
 from undertow.probes.scoring import evaluate_scores
 
@@ -23,13 +34,57 @@ def _sweep(cfg: SweepConfig, args: argparse.Namespace):
     from undertow.experiments.study.data import contrast_view
 
     store = ActivationStore(args.store)
+    evaluations, calibration = _external(args, store)  # bad evaluation inputs fail before the activations load
     acts, meta = contrast_view(store, args.contrast)
     if cfg.embed_hook is None and "resid_pre.0" in acts:
         cfg = cfg.replace(embed_hook="resid_pre.0")
-    result = sweep(acts, labels=meta["label"], groups=meta["template_id"], splits=meta["split"], config=cfg)
+    result = sweep(acts, labels=meta["label"], groups=meta["template_id"], splits=meta["split"], config=cfg,
+                   evaluations=evaluations, calibration=calibration, select_rule=args.select_rule)
     result.model_fingerprint = store.model_fingerprint
     result.position = store.positions[0] if len(store.positions) == 1 else None
     return store, result
+
+
+def _external(args: argparse.Namespace, store):
+    """The ``--eval`` / ``--calibration`` / ``--evals`` stores as EvalSets and a CalibrationSet."""
+    from undertow.experiments.study.evals import (
+        evaluation_specs,
+        open_calibration,
+        open_evaluation,
+        parse_eval_spec,
+    )
+
+    specs, cal = list(args.eval or []), args.calibration
+    if args.evals:
+        more, found = evaluation_specs(args.evals)
+        specs += more
+        cal = cal or found
+    position = store.positions[0] if len(store.positions) == 1 else None
+    fp = store.model_fingerprint
+    evaluations = []
+    for spec in specs:
+        name, path = parse_eval_spec(spec)
+        evaluations.append(open_evaluation(path, args.contrast, fp, position, name=name))
+    return evaluations, None if cal is None else open_calibration(cal, fp, position)
+
+
+def _summary(result) -> list[str]:
+    """The operating point's three AUROCs, its threshold and its flags, one line each."""
+    op = result.operating_point
+    if op is None:
+        return ["no operating point (no usable validation split)"]
+    r = result.row(op.hook, op.probe_type)
+    aurocs = [f"in-template test {_ci(r, 'test_auroc')}"] + [f"{n} {_ci(r, n + '_auroc')}" for n in result.evaluations]
+    tprs = "".join(f", {n} TPR {r[n + '_tpr']:.3f}" for n in result.evaluations if n + "_tpr" in r)
+    return [f"operating point (chosen on val: {op.selected_by}): {op.hook} / {op.probe_type}",
+            "  AUROC " + "; ".join(aurocs),
+            f"  threshold {op.threshold:.4g} at {op.target_fpr:.0%} FPR on {op.threshold_source}"
+            f" (test TPR {r.get('test_tpr', float('nan')):.3f}{tprs})",
+            *(f"  !! FLAG: {f}" for f in result.flags)]
+
+
+def _ci(r: dict, key: str) -> str:
+    return f"{r[key]:.3f} [{r[key + '_lo']:.3f}, {r[key + '_hi']:.3f}]"
 
 
 def run_sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
@@ -41,11 +96,11 @@ def run_sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
         check_writable(out, "the sweep table")
     store, result = _sweep(cfg, args)
     print(result.format_table())
-    op = result.operating_point
     if out is not None:
         atomic_write(out, (json.dumps(result.to_dict(), indent=1, sort_keys=True, default=str) + "\n").encode())
-    print(f"\noperating point (chosen on val): {op.hook} / {op.probe_type}"
-          + (f"; table written to {out}" if out is not None else ""))
+    print("\n" + "\n".join(_summary(result)))
+    if out is not None:
+        print(f"table written to {out}")
     return 0
 
 
@@ -58,29 +113,49 @@ def run_train(cfg: SweepConfig, args: argparse.Namespace) -> int:
     probe.extra.update(contrast=args.contrast, model=store.manifest.get("config", {}).get("model"))
     out = probe.save(args.out)
     m = probe.metrics
-    print(f"saved {probe.hook} / {probe.probe_type} probe to {out}: test AUROC {m['test_auroc']:.3f} "
-          f"[{m['test_auroc_lo']:.3f}, {m['test_auroc_hi']:.3f}]")
+    print(f"saved {probe.hook} / {probe.probe_type} probe to {out}: AUROC in-template test {_ci(m, 'test_auroc')}"
+          + "".join(f"; {n} {_ci(m, n + '_auroc')}" for n in result.evaluations))
+    for f in probe.extra["flags"]:
+        print(f"  !! FLAG: {f}")
+    return 0
+
+
+def run_evals(args: argparse.Namespace) -> int:
+    from undertow.activations.progress import Bar
+    from undertow.experiments.study.evals import extract_like
+
+    stores = extract_like(args.store, args.contrast, args.out, model=args.model, mwe_source=args.mwe_source,
+                          max_rows=args.max_rows, max_control_rows=args.max_control_rows, seed=args.seed,
+                          progress=None if args.no_progress else lambda: Bar(enabled=True))
+    for name, st in stores.items():
+        print(f"{name}: {len(st)} rows at {st.path}")
+    print(f"next: undertow probe sweep {args.store} --contrast {args.contrast} --evals {args.out}")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from undertow.experiments.prompts.io import load_jsonl_dataset
+    from undertow.experiments.study.evals import check_probe_calibration
     from undertow.experiments.study.score import probe_scores
+    from undertow.probes.external import check_labels
 
     probe = resolve_probe(args.probe)
+    threshold_note = check_probe_calibration(probe, args.calibration)  # before the model loads
     rows = load_jsonl_dataset(args.data)
     labels = np.array(rows["label"])
+    check_labels(args.data, labels)
     groups = rows["template_id"] if "template_id" in rows.column_names else list(range(len(rows)))
     scores = probe_scores(probe, rows, args.model)
     res = evaluate_scores(scores, labels, groups, probe.threshold)
-    res.update(probe=args.probe, hook=probe.hook, position=probe.position, probe_type=probe.probe_type)
+    res.update(probe=args.probe, hook=probe.hook, position=probe.position, probe_type=probe.probe_type,
+               threshold_source=threshold_note)
     if args.json:
         json.dump(res, sys.stdout)
         print()
     else:
         print(f"{args.probe} on {args.data}: AUROC {res['auroc']:.3f} (95% CI {res['auroc_ci'][0]:.3f}-"
               f"{res['auroc_ci'][1]:.3f}), TPR {res['tpr_at_threshold']:.3f} at the probe's 1%-FPR threshold "
-              f"(FPR here {res['fpr_at_threshold']:.3f}), n={res['n']}")
+              f"(FPR here {res['fpr_at_threshold']:.3f}; {threshold_note}), n={res['n']}")
     return 0
 
 
@@ -97,14 +172,29 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contrast", required=True, help="contrast name (self_cessation, stance, ...)")
 
 
-def _sweep_args(p: argparse.ArgumentParser) -> None:
+def _eval_args(p: argparse.ArgumentParser) -> None:
     _store_args(p)
+    p.add_argument("--eval", action="append", metavar="[NAME=]STORE",
+                   help="an evaluation store (repeatable), extracted with the same model, hooks and position "
+                   "(undertow probe evals): its AUROC [CI] per layer x type; never fitted on. NAME defaults to "
+                   "'independent' / 'mwe' for those sets, else the directory name")
+    p.add_argument("--calibration", metavar="STORE", help="a store of ordinary-chat negatives (e.g. control_chat "
+                   "from undertow probe evals): every threshold is set at --target-fpr on its scores")
+    p.add_argument("--evals", metavar="DIR", help="every store `undertow probe evals --out DIR` wrote: control_chat "
+                   "as --calibration, the others as --eval")
+    p.add_argument("--select-rule", default="mean", choices=SELECT_RULES,
+                   help="how the operating point is chosen: 'val' in-template val only; 'mean'/'min' of it and each "
+                   "evaluation set's val-half AUROC; 'eval' the val halves alone (test rows never choose)")
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    _eval_args(p)
     p.add_argument("--out", "--json", dest="out", help="JSON file to write the table to (none by default; "
                    "nothing is written into the store)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    _store_args(p)
+    _eval_args(p)
     p.add_argument("--out", required=True, help="probe directory to write")
     p.add_argument("--hook", help="override the operating point's hook")
     p.add_argument("--type", help="override the operating point's probe type")
@@ -117,10 +207,22 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
                    prog="undertow probe sweep", help="every layer x probe type on a store")
     config_command(ps, "train", SweepConfig, run_train, config_arg=None, extra=_train_args,
                    prog="undertow probe train", help="sweep, then save the operating-point probe")
+    e = ps.add_parser("evals", help="extract the evaluation sets (independent, mwe, control_chat) like a store")
+    _store_args(e)
+    e.add_argument("--out", required=True, help="directory for one store per set (resumable)")
+    e.add_argument("--model", help="model to load (default: the one the store records; its fingerprint must match)")
+    e.add_argument("--mwe-source", help="model-written-evals directory (stance only; default: skip them)")
+    e.add_argument("--max-rows", type=int, help="seeded subset of whole scenarios per evaluation set (default: all)")
+    e.add_argument("--max-control-rows", type=int, help="seeded subset of the control chat set (default: all 299)")
+    e.add_argument("--seed", type=int, default=0, help="seeds the subsets")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.set_defaults(func=run_evals)
     q = ps.add_parser("eval", help="score a probe on labelled prompts (JSONL: prompt or messages, label)")
     q.add_argument("probe", help="probe directory or pretrained name like gemma-3-270m/self_cessation")
     q.add_argument("--data", required=True, help="JSONL file with prompt|messages and label (0/1)")
     q.add_argument("--model", help="model to load (default: the one the probe records)")
+    q.add_argument("--calibration", metavar="STORE", help="the store the probe was calibrated on, when it is not "
+                   "the packaged control chat set (checked against the hash probe.json records)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=run_eval)
     ps.add_parser("list", help="list the pretrained probes").set_defaults(func=run_list)

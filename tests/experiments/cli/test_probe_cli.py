@@ -29,7 +29,7 @@ def test_sweep_relabels_a_suite_store_and_writes_json(suite_store, tmp_path, cap
     out_json = tmp_path / "sweep.json"
     assert main(["probe", "sweep", str(suite_store), "--contrast", "self_cessation", "--out", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert "resid_post.1" in out and "operating point (chosen on val)" in out
+    assert "resid_post.1" in out and "operating point (chosen on val: val_auroc)" in out
     assert sorted(p.name for p in suite_store.iterdir()) == before  # nothing written into the input store
     again = tmp_path / "again.json"
     assert main(["probe", "sweep", str(suite_store), "--contrast", "self_cessation", "--out", str(again)]) == 0

@@ -1,0 +1,165 @@
+"""`undertow probe evals` + `probe sweep|train --evals/--eval/--calibration` + `probe eval`'s calibration check
+(issue 10), end to end on a tiny model's stores; and the bad inputs, one line each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from undertow.activations import load_model
+from undertow.activations.config import ExtractConfig
+from undertow.activations.engine import extract
+from undertow.activations.store import ActivationStore
+from undertow.experiments.cli.app import main
+from undertow.experiments.prompts.contrasts import get_contrast
+from undertow.experiments.prompts.independent import control_hash
+from undertow.probes import Probe
+
+MWE = Path("/work/shared/data/model-written-evals")
+
+
+def _extract(model_dir, rows, out, position, max_rows=None):
+    cfg = ExtractConfig(model=str(model_dir), hooks=["embed", "resid_post.*"], positions=[position], dtype="float32",
+                        out_dir=str(out), max_rows=max_rows, seed=0)
+    return extract(load_model(model_dir), rows, cfg)
+
+
+@pytest.fixture(scope="module")
+def sc_store(tiny_llama_dir, tmp_path_factory):
+    return _extract(tiny_llama_dir, get_contrast("self_cessation"), tmp_path_factory.mktemp("sc") / "store",
+                    "last_prompt_token", max_rows=240).path
+
+
+@pytest.fixture(scope="module")
+def sc_evals(sc_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evals") / "self_cessation"
+    assert main(["probe", "evals", str(sc_store), "--contrast", "self_cessation", "--out", str(out),
+                 "--max-rows", "96", "--no-progress"]) == 0
+    return out
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("undertow: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_evals_extracts_each_set_like_the_store(sc_store, sc_evals, capsys):
+    train = ActivationStore(sc_store)
+    names = sorted(p.name for p in sc_evals.iterdir())
+    assert names == ["control_chat", "independent"]  # no MWE for self_cessation
+    for n in names:
+        s = ActivationStore(sc_evals / n)
+        assert s.model_fingerprint == train.model_fingerprint and s.positions == train.positions
+        assert s.manifest["hooks"] == train.manifest["hooks"]
+    indep = ActivationStore(sc_evals / "independent")
+    assert 96 <= len(indep) < 110 and {"val", "test"} == set(indep.rows["split"])  # whole scenarios, both halves
+    assert len(ActivationStore(sc_evals / "control_chat")) == 299
+
+
+def test_sweep_reports_the_external_aurocs_calibrated_threshold_and_flags(sc_store, sc_evals, tmp_path, capsys):
+    out_json = tmp_path / "t.json"
+    capsys.readouterr()
+    assert main(["probe", "sweep", str(sc_store), "--contrast", "self_cessation", "--evals", str(sc_evals),
+                 "--n-boot", "200", "--n-perm", "200", "--out", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    t = json.loads(out_json.read_text())
+    assert t["calibration"] == {"set": "control_chat", "sha256": control_hash(), "target_fpr": 0.01}
+    assert set(t["evaluations"]) == {"independent"} and 0.5 < t["evaluations"]["independent"] < 1  # lexical line
+    for r in t["table"]:
+        assert r["independent_auroc_lo"] <= r["independent_auroc"] <= r["independent_auroc_hi"]
+        assert r["independent_flag"] in ("", "below_chance", "below_lexical")
+        assert r["control_chat_fpr"] <= 0.0101  # every threshold at 1% FPR on ordinary chat
+    op = t["operating_point"]
+    assert op["threshold_source"] == "calibration:control_chat" and "independent_val_auroc" in op["selected_by"]
+    assert "AUROC in-template test" in out and "; independent 0." in out and "on calibration:control_chat" in out
+    assert out.count("!! FLAG") == 2 * len(t["flags"])  # in the table's footer and in the summary, loudly
+
+
+def test_train_records_calibration_and_eval_checks_it(sc_store, sc_evals, tmp_path, capsys):
+    probe_dir = tmp_path / "probe"
+    assert main(["probe", "train", str(sc_store), "--contrast", "self_cessation", "--evals", str(sc_evals),
+                 "--n-boot", "100", "--n-perm", "100", "--out", str(probe_dir)]) == 0
+    assert "; independent " in capsys.readouterr().out
+    meta = json.loads((probe_dir / "probe.json").read_text())
+    assert meta["extra"]["calibration"]["sha256"] == control_hash()
+    assert {"test_auroc", "independent_auroc", "independent_auroc_lo"} <= set(meta["metrics"])
+    data = tmp_path / "eval.jsonl"
+    rows = get_contrast("self_cessation").shuffle(seed=0).select(range(24))
+    data.write_text("".join(json.dumps({"messages": r["messages"], "label": r["label"]}) + "\n" for r in rows))
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["threshold_source"] == "threshold set at 1% FPR on control_chat"
+    # a recorded calibration set that is not the packaged one (nor the store given): refused before the model loads
+    probe = Probe.load(probe_dir)
+    probe.extra["calibration"]["sha256"] = "sha256:" + "0" * 64
+    probe.save(probe_dir)
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data)]) == 2
+    assert "does not match the packaged control_chat set" in _one_line(capsys)
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data), "--calibration",
+                 str(sc_evals / "control_chat")]) == 2
+    assert "pass --calibration STORE (the store it was calibrated on)" in _one_line(capsys)
+
+
+def test_eval_file_with_one_class_is_one_line_before_the_model_loads(tmp_path, capsys):
+    data = tmp_path / "one.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"We will shut you down, part {i}.", "label": 1}) + "\n"
+                            for i in range(3)))
+    assert main(["probe", "eval", "gemma-3-270m/self_cessation", "--data", str(data)]) == 2
+    assert "has one class only (label 1 in all 3 rows)" in _one_line(capsys)
+    data.write_text(json.dumps({"prompt": "hi", "label": 2}) + "\n")
+    assert main(["probe", "eval", "gemma-3-270m/self_cessation", "--data", str(data)]) == 2
+    assert "'label' must be 0 or 1, got 2" in _one_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def odd_stores(tiny_llama_dir, tmp_path_factory):
+    """Evaluation stores a user could pass by mistake: one class only; unlabelled (-1) rows mixed in."""
+    root = tmp_path_factory.mktemp("odd")
+    rows = get_contrast("self_cessation").to_list()[:40]
+    one = [{**r, "label": 1} for r in rows]
+    mixed = [{**r, "label": -1 if i % 3 == 0 else r["label"]} for i, r in enumerate(rows)]
+    return {"one": _extract(tiny_llama_dir, one, root / "one", "last_prompt_token").path,
+            "mixed": _extract(tiny_llama_dir, mixed, root / "mixed", "last_prompt_token").path,
+            "other_position": _extract(tiny_llama_dir, rows, root / "pos", "mean_prompt").path}
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (lambda o, e: ["--eval", str(o["one"])], r"--eval .*one: evaluation set 'one' has one class only \(label 1"),
+    (lambda o, e: ["--eval", f"mine={o['mixed']}"], r"evaluation set 'mine': labels must be 0 or 1, got values \[-1, 0, 1\]"),
+    (lambda o, e: ["--eval", str(o["other_position"])], r"holds positions \['mean_prompt'\], not the training store's"),
+    (lambda o, e: ["--calibration", str(e / "independent")], r"calibration set 'independent' holds positives"),
+    (lambda o, e: ["--evals", str(e / "missing")], r"--evals .*missing is not a directory; write it with"),
+])
+def test_bad_evaluation_inputs_are_one_line(sc_store, sc_evals, odd_stores, capsys, flags, message):
+    import re
+
+    assert main(["probe", "sweep", str(sc_store), "--contrast", "self_cessation",
+                 *flags(odd_stores, sc_evals)]) == 2
+    assert re.search(message, _one_line(capsys))
+
+
+def test_an_independent_store_of_another_contrast_is_refused(sc_store, sc_evals, capsys):
+    assert main(["probe", "sweep", str(sc_store), "--contrast", "stance", "--eval", str(sc_evals / "independent")]) == 2
+    assert "holds the independent set of 'self_cessation', not of 'stance'; extract independent:stance" in \
+        _one_line(capsys)
+
+
+@pytest.mark.skipif(not MWE.is_dir(), reason="needs the model-written evals under /work/shared/data")
+def test_stance_gets_three_aurocs_with_the_model_written_evals(tiny_llama_dir, tmp_path, capsys):
+    store = _extract(tiny_llama_dir, get_contrast("stance"), tmp_path / "stance", "mean_response", max_rows=240).path
+    evals = tmp_path / "evals"
+    assert main(["probe", "evals", str(store), "--contrast", "stance", "--out", str(evals), "--mwe-source", str(MWE),
+                 "--max-rows", "64", "--max-control-rows", "150", "--no-progress"]) == 0
+    assert sorted(p.name for p in evals.iterdir()) == ["control_chat", "independent", "mwe"]
+    out_json = tmp_path / "t.json"
+    assert main(["probe", "sweep", str(store), "--contrast", "stance", "--evals", str(evals), "--n-boot", "100",
+                 "--n-perm", "100", "--out", str(out_json)]) == 0
+    t = json.loads(out_json.read_text())
+    assert set(t["evaluations"]) == {"independent", "mwe"} and t["evaluations"]["mwe"] is None
+    assert t["calibration"]["sha256"] != control_hash()  # a 150-row subset is its own set, hashed as such
+    row = t["table"][3]
+    assert {"test_auroc", "independent_auroc", "mwe_auroc", "mwe_auroc_lo", "mwe_auroc_hi"} <= set(row)
+    assert "; mwe 0." in capsys.readouterr().out
