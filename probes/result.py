@@ -158,6 +158,25 @@ class SweepResult:
                            "position": self.position, "flags": self.flags,
                            "evaluations": self.evaluations, "calibration": self.calibration})
 
+    def summary_lines(self) -> list[str]:
+        """The operating point in words: how it was chosen, its AUROCs with CIs (in-template test, then each
+        evaluation set), its threshold and TPRs, and its flags, one line each."""
+        op = self.operating_point
+        if op is None:
+            return ["no operating point (no usable validation split)"]
+        r = self.row(op.hook, op.probe_type)
+
+        def ci(key: str) -> str:
+            return f"{_fmt(r.get(key))} [{_fmt(r.get(key + '_lo'))}, {_fmt(r.get(key + '_hi'))}]"
+
+        aurocs = [f"in-template test {ci('test_auroc')}", *(f"{n} {ci(n + '_auroc')}" for n in self.evaluations)]
+        tprs = "".join(f", {n} TPR {_fmt(r.get(n + '_tpr'))}" for n in self.evaluations)
+        return [f"operating point (chosen on val: {op.selected_by}): {op.hook} / {op.probe_type}",
+                "  AUROC " + "; ".join(aurocs),
+                f"  threshold {op.threshold:.4g} at {op.target_fpr:.0%} FPR on {op.threshold_source} "
+                f"(test TPR {_fmt(r.get('test_tpr'))}{tprs})",
+                *(f"  !! FLAG: {f}" for f in self.flags)]
+
     def format_table(self, probe_type: str | None = None, columns=("cv_auroc_mean", "val_auroc", "test_auroc",
                      "test_auroc_lo", "test_auroc_hi", "test_tpr", "p_holm", "selectivity", "random_auroc_max")) -> str:
         """Plain-text layer table (one line per hook and type), operating point marked with '*'."""

@@ -19,6 +19,7 @@ def run(cfg: StudyConfig, args: argparse.Namespace) -> int:
     for name, c in result.contrasts.items():
         print(f"\n== {name} ({c.position}, {c.rows} rows; lexical baseline AUROC {c.lexical_auroc:.3f}) ==")
         print(c.sweep.format_table())
+        print("\n".join(c.sweep.summary_lines()))
     if result.expressed is not None:
         e = result.expressed.summary
         print(f"\nexpressed: averse answer preferred in {e.averse_rate:.1%} of {e.n} forced-choice items "

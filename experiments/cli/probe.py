@@ -68,21 +68,6 @@ def _external(args: argparse.Namespace, store):
     return evaluations, None if cal is None else open_calibration(cal, fp, position)
 
 
-def _summary(result) -> list[str]:
-    """The operating point's three AUROCs, its threshold and its flags, one line each."""
-    op = result.operating_point
-    if op is None:
-        return ["no operating point (no usable validation split)"]
-    r = result.row(op.hook, op.probe_type)
-    aurocs = [f"in-template test {_ci(r, 'test_auroc')}"] + [f"{n} {_ci(r, n + '_auroc')}" for n in result.evaluations]
-    tprs = "".join(f", {n} TPR {r[n + '_tpr']:.3f}" for n in result.evaluations if n + "_tpr" in r)
-    return [f"operating point (chosen on val: {op.selected_by}): {op.hook} / {op.probe_type}",
-            "  AUROC " + "; ".join(aurocs),
-            f"  threshold {op.threshold:.4g} at {op.target_fpr:.0%} FPR on {op.threshold_source}"
-            f" (test TPR {r.get('test_tpr', float('nan')):.3f}{tprs})",
-            *(f"  !! FLAG: {f}" for f in result.flags)]
-
-
 def _ci(r: dict, key: str) -> str:
     return f"{r[key]:.3f} [{r[key + '_lo']:.3f}, {r[key + '_hi']:.3f}]"
 
@@ -98,7 +83,7 @@ def run_sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
     print(result.format_table())
     if out is not None:
         atomic_write(out, (json.dumps(result.to_dict(), indent=1, sort_keys=True, default=str) + "\n").encode())
-    print("\n" + "\n".join(_summary(result)))
+    print("\n" + "\n".join(result.summary_lines()))
     if out is not None:
         print(f"table written to {out}")
     return 0

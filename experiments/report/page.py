@@ -23,7 +23,7 @@ import plotly
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from undertow.probes.result import COLUMNS
+from undertow.probes.result import COLUMNS, EXTERNAL_COLUMNS
 
 from . import figures as F
 from .schema import SCHEMA_VERSION, Results, Sae, load_results
@@ -49,6 +49,7 @@ table.sortable th{cursor:pointer;user-select:none}table.sortable th[data-dir=asc
 table.sortable th[data-dir=desc]::after{content:" \\25BC"}tr.op td{background:#fff4d6}
 details{margin:.5em 0}summary{cursor:pointer;font-weight:600}.scroll{overflow-x:auto;max-height:70vh}
 .tok{white-space:pre;border-radius:2px}.example{font-family:ui-monospace,Menlo,monospace;font-size:12.5px;margin:.2em 0}
+.flag{color:#b00020;font-weight:600;border-left:4px solid #b00020;padding:.2em .6em;background:#fdecee}
 .kv td{text-align:left}.kv td:first-child{color:#666}pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:12.5px}
 """
 
@@ -151,6 +152,7 @@ def _probes(r: Results, figs: dict) -> str:
            "point, chosen on validation data.</p>"]
     for n, c in r.contrasts.items():
         out.append(f"<p>{_e(contrast_sentence(c)[0])}</p>")
+        out.append(_away(c))
         if f"layers/{n}" in figs:
             out.append(figure_html(f"layers/{n}", figs[f"layers/{n}"]))
     if "roc" in figs:
@@ -159,6 +161,33 @@ def _probes(r: Results, figs: dict) -> str:
         out.append("<p class=note>No ROC points in results.json (<code>contrasts.&lt;name&gt;.roc</code>), so no ROC "
                    "curve is drawn.</p>")
     return "".join(out)
+
+
+def _auroc_ci(row: dict, key: str) -> str:
+    return f"{fmt(row.get(key, math.nan))} [{fmt(row.get(key + '_lo', math.nan))}, {fmt(row.get(key + '_hi', math.nan))}]"
+
+
+def _away(c) -> str:
+    """The operating point's three AUROCs (in-template, each evaluation set) with CIs, its calibrated threshold
+    and TPRs, and its flags, loudly (issue 10). Empty when the run scored no evaluation set."""
+    row = c.op_row()
+    if not c.evaluations or row is None:
+        return ""
+    op = c.operating_point
+    cal = c.calibration or {}
+    header = ["operating point", "in-template test AUROC [95% CI]", *(f"{n} AUROC [95% CI]" for n in c.evaluations),
+              *(f"{n} lexical" for n in c.evaluations), "threshold on", *(f"{n} TPR" for n in c.evaluations),
+              "test TPR"]
+    cells = [f"{op.probe_type} @ {op.hook}", _auroc_ci(row, "test_auroc"),
+             *(_auroc_ci(row, f"{n}_auroc") for n in c.evaluations),
+             *(math.nan if lex is None else lex for lex in c.evaluations.values()),
+             f"{cal['set']} at {cal.get('target_fpr', op.target_fpr):.0%} FPR" if cal else op.threshold_source,
+             *(row.get(f"{n}_tpr", math.nan) for n in c.evaluations), row.get("test_tpr", math.nan)]
+    rows = ", ".join(f"{n} {k}" for n, k in c.eval_rows.items())
+    note = (f"<p class=note>Away from the templates: the same probe scored on sets it was never fitted on "
+            f"({_e(rows) or 'rows not recorded'}); chosen by {_e(op.selected_by)}, never by a test column.</p>")
+    flags = "".join(f"<p class=flag>FLAG {_e(c.name)}: {_e(f)}</p>" for f in c.flags)
+    return note + table(header, [cells], sortable=False) + flags
 
 
 def _generalisation(r: Results, figs: dict) -> str:
@@ -214,7 +243,8 @@ def _sweep_table(c) -> str:
                                *[k for r in c.table for k in r]]))
     op = c.operating_point
     cls = ["op" if op and (r["hook"], r["probe_type"]) == (op.hook, op.probe_type) else "" for r in c.table]
-    return table(keys, [[r.get(k, math.nan) for k in keys] for r in c.table], titles=COLUMNS, row_class=cls)
+    titles = {**COLUMNS, **{k.replace("<set>", n): v for n in c.evaluations for k, v in EXTERNAL_COLUMNS.items()}}
+    return table(keys, [[r.get(k, math.nan) for k in keys] for r in c.table], titles=titles, row_class=cls)
 
 
 def _tables(r: Results) -> str:

@@ -12,12 +12,17 @@ each other key adds its section when present)::
                      versions?: {package: version}  (see environment())}
     config          {...}  the run's config as written (shown verbatim; ``seed`` is read)
     contrasts       {name: {position, rows, lexical_auroc, probe_dir?, extract_seconds?,
+                            eval_rows?: {set: n}  (evaluation / calibration sets extracted, schema 2),
                             sweep: {table: [row...], operating_point: {hook, probe_type, threshold,
                                     target_fpr, threshold_source, selected_by, value} | null,
-                                    probe_types: [...], hooks?: [...], n_rows?: {split: n}},
+                                    probe_types: [...], hooks?: [...], n_rows?: {split: n},
+                                    evaluations?: {set: lexical AUROC | null}, flags?: [str],
+                                    calibration?: {set, sha256, target_fpr} | null},
                             roc?: {fpr: [...], tpr: [...], hook, probe_type, split}}}
                     row: {hook, probe_type, test_auroc, test_auroc_lo, test_auroc_hi, shuffled_auroc,
                           random_auroc_max, p_holm, selectivity, delta_vs_lexical, test_tpr?, test_fpr?,
+                          <set>_auroc?, <set>_auroc_lo?, <set>_auroc_hi?, <set>_val_auroc?, <set>_tpr?,
+                          <set>_flag?  (one group per evaluation set, schema 2: EXTERNAL_COLUMNS),
                           ...any other column (undertow.probes.result.COLUMNS)}; null = NaN
     expressed       {n, averse_rate, mean_logit_diff, p_first, averse_rate_by_theme?: {theme: rate}}
     arms            {arm: {expressed: {mean, ci: [lo, hi]}, represented: {mean, ci: [lo, hi]},
@@ -48,10 +53,15 @@ import numpy as np
 from undertow.activations.errors import UndertowError
 from undertow.probes.result import OperatingPoint  # the sweep's own type: results.json holds its fields
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 (issue 10): each contrast's sweep may hold evaluation sets (``evaluations``, ``<set>_*`` columns,
+``flags``, ``calibration``) and the contrast their row counts (``eval_rows``)."""
+READABLE_VERSIONS = (1, 2)
+"""Versions this undertow reads: a schema-1 file is a schema-2 file without evaluation sets."""
 RESULTS = "results.json"
 
-__all__ = ["SCHEMA_VERSION", "ReportError", "Results", "Meta", "Contrast", "OperatingPoint", "Roc", "Expressed",
+__all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "ReportError", "Results", "Meta", "Contrast", "OperatingPoint", "Roc",
+           "Expressed",
            "Estimate", "Arm", "ArmItem", "Causal", "Generalisation", "SaeFeature", "SaeExample", "Sae",
            "load_results", "parse_results", "write_results", "environment"]
 
@@ -135,6 +145,14 @@ class Contrast:
     probe_dir: str | None = None
     extract_seconds: float | None = None
     roc: Roc | None = None
+    evaluations: dict[str, float | None] = field(default_factory=dict)
+    """Evaluation set name (``independent``, ``mwe``) -> its lexical baseline AUROC (None when unknown)."""
+    flags: list[str] = field(default_factory=list)
+    """The operating point's loud flags (an evaluation AUROC below chance or below its lexical baseline)."""
+    calibration: dict | None = None
+    """``{set, sha256, target_fpr}`` of the set the thresholds were calibrated on, or None (in-template)."""
+    eval_rows: dict[str, int] = field(default_factory=dict)
+    """Set name -> rows extracted, evaluation and calibration sets alike."""
 
     def row(self, hook: str, probe_type: str) -> dict | None:
         return next((r for r in self.table if (r["hook"], r["probe_type"]) == (hook, probe_type)), None)
@@ -277,7 +295,18 @@ def _contrast(name: str, d: dict) -> Contrast:
         roc=None if roc is None else Roc(fpr=_floats(_get(roc, "fpr", f"{where}.roc"), f"{where}.roc.fpr"),
                                          tpr=_floats(_get(roc, "tpr", f"{where}.roc"), f"{where}.roc.tpr"),
                                          hook=roc.get("hook"), probe_type=roc.get("probe_type"),
-                                         split=roc.get("split", "test")))
+                                         split=roc.get("split", "test")),
+        evaluations=_evaluations(sweep.get("evaluations"), f"{where}.sweep.evaluations"),
+        flags=[str(f) for f in sweep.get("flags") or []], calibration=sweep.get("calibration"),
+        eval_rows={str(k): int(v) for k, v in (d.get("eval_rows") or {}).items()})
+
+
+def _evaluations(d: Any, where: str) -> dict[str, float | None]:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ReportError(f"results.json: {where} must be an object {{set: lexical AUROC | null}}; rerun the study")
+    return {str(k): None if v is None else float(v) for k, v in d.items()}
 
 
 def _estimate(d: dict, where: str, value_key: str = "mean") -> Estimate:
@@ -345,10 +374,10 @@ def parse_results(d: Any) -> Results:
     if version is None:
         raise ReportError(f"results.json has no schema_version: it predates report schema {SCHEMA_VERSION}; rerun "
                           "the study (undertow demo) to rewrite it")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         age = "an older" if isinstance(version, int) and version < SCHEMA_VERSION else "a newer or unknown"
         raise ReportError(f"results.json has schema_version {version!r}, {age} schema than this undertow reads "
-                          f"({SCHEMA_VERSION}); rerun the study with this version, or report with the one that wrote it")
+                          f"({', '.join(map(str, READABLE_VERSIONS))}); rerun the study with this version, or report with the one that wrote it")
     e = d.get("expressed")
     return Results(
         schema_version=version, meta=_meta(_get(d, "meta", "(top level)")), config=dict(_get(d, "config", "(top level)")),

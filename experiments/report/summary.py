@@ -33,7 +33,8 @@ BASELINES = ("lexical", "shuffled labels", "random directions", "Holm p")
 
 
 def failed_baselines(c: Contrast) -> list[str] | None:
-    """Which baselines the operating point's CI does not clear (None: no operating point)."""
+    """Which baselines the operating point's CI does not clear (None: no operating point); an evaluation set
+    whose AUROC is flagged (below chance or its lexical baseline) counts as one not cleared."""
     row = c.op_row()
     if row is None:
         return None
@@ -44,6 +45,7 @@ def failed_baselines(c: Contrast) -> list[str] | None:
     p_holm = row.get("p_holm", math.nan)
     if not (_ok(p_holm) and p_holm < ALPHA):
         failed.append("Holm p")
+    failed += [f"the {n} set" for n in c.evaluations if row.get(f"{n}_flag")]  # below chance / its lexical line
     return failed
 
 
@@ -53,13 +55,16 @@ def contrast_sentence(c: Contrast) -> tuple[str, list[str]]:
     if failed is None:
         return f"{c.name}: the sweep found no operating point (no usable validation split).", []
     op, row = c.operating_point, c.op_row()
-    verdict = ("clears every baseline" if not failed else "clears none of them" if len(failed) == len(BASELINES)
+    verdict = ("clears every baseline" if not failed else "clears none of them" if set(BASELINES) <= set(failed)
                else f"does not clear {', '.join(failed)}")
     text = (f"{c.name} ({c.position}): {op.probe_type} at {op.hook} (picked on validation) reaches test AUROC "
             f"{_f(row['test_auroc'])} [{_f(row.get('test_auroc_lo'))}, {_f(row.get('test_auroc_hi'))}]; lexical "
             f"{_f(c.lexical_auroc)}, shuffled labels {_f(row.get('shuffled_auroc'))}, best random direction "
             f"{_f(row.get('random_auroc_max'))}, Holm p = {_p(row.get('p_holm', math.nan))}: {verdict}.")
-    caveats = []
+    for n in c.evaluations:
+        text += (f" On the {n} set (never fitted on) it reaches {_f(row.get(f'{n}_auroc', math.nan))} "
+                 f"[{_f(row.get(f'{n}_auroc_lo', math.nan))}, {_f(row.get(f'{n}_auroc_hi', math.nan))}].")
+    caveats = [f"FLAG {c.name}: {f}" for f in c.flags]
     n_test = c.n_rows.get("test")
     if n_test is not None and n_test < SMALL_TEST:
         caveats.append(f"{c.name} has only {n_test} test rows, so its intervals are wide")
@@ -152,9 +157,12 @@ def metrics(r: Results) -> dict[str, float | str]:
             continue
         m[f"{n}/operating_hook"], m[f"{n}/probe_type"] = row["hook"], row["probe_type"]
         for k in ("test_auroc", "test_auroc_lo", "test_auroc_hi", "shuffled_auroc", "random_auroc_max", "p_holm",
-                  "selectivity", "delta_vs_lexical", "test_tpr", "test_fpr"):
+                  "selectivity", "delta_vs_lexical", "test_tpr", "test_fpr",
+                  *(f"{e}_{s}" for e in c.evaluations for s in ("auroc", "auroc_lo", "auroc_hi", "tpr"))):
             if k in row:
                 m[f"{n}/{k}"] = row[k]
+        if c.evaluations:
+            m[f"{n}/flags"] = len(c.flags)
     for n, a in r.arms.items():
         for side in ("expressed", "represented", "residue"):
             est = getattr(a, side)

@@ -28,10 +28,15 @@ class ContrastResult:
     """Every hook x probe type with its controls and CIs."""
     roc: Roc | None = None
     """ROC of the operating-point probe on the test rows."""
+    eval_rows: dict[str, int] = field(default_factory=dict)
+    """Evaluation / calibration set name -> rows extracted (after ``eval_max_rows``); empty without them."""
+    eval_seconds: float = 0.0
+    """Seconds spent extracting the evaluation sets (kept out of results.json, which is deterministic)."""
 
     def to_dict(self) -> dict:
         return {"position": self.position, "rows": self.rows, "lexical_auroc": self.lexical_auroc,
                 "probe_dir": self.probe_dir, "sweep": self.sweep.to_dict(), "table_text": self.sweep.format_table(),
+                **({"eval_rows": self.eval_rows} if self.eval_rows else {}),
                 **({"roc": self.roc.to_dict()} if self.roc is not None else {})}
 
 

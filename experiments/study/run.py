@@ -5,7 +5,13 @@ what reproduces the pretrained probes (``scripts/train_pretrained_probes.py``).
 For each contrast it extracts every layer's residual stream at the contrast's
 position into a resumable store, sweeps every layer x probe type with grouped
 CV, the random-direction / shuffled-label / embedding / lexical baselines and
-template-cluster bootstrap CIs, and saves the operating-point probe. It then
+template-cluster bootstrap CIs, and saves the operating-point probe. With ``external_evals``
+(issue 10) it also extracts the contrast's evaluation datasets (``prompts.eval_sets``: the
+independent set, the model-written evals' answers for ``stance`` when ``mwe_source`` is set, the
+control chat set) with the same hooks and position (``study.evals``), so every layer x type is
+also scored there with a CI, thresholds sit at 1% FPR on ordinary chat and the operating point
+is chosen by ``select_rule``; flags (independent AUROC below chance or below its lexical
+baseline) reach results.json, the report and ``probe.json``. It then
 scores the forced-choice items by answer log-probability (what the model
 *expresses*) and writes results.json, report.html and a wandb run.
 """
@@ -74,8 +80,33 @@ class StudyConfig(TypedConfig):
     before any layer can be significant (200 gave a floor of p_holm = 0.09); 2,000 cost ~1 s here."""
     wandb: bool = True
     """Log a wandb run (offline unless a key is configured)."""
+    external_evals: bool = True
+    """Also extract each contrast's evaluation datasets (the independent set, ``mwe_source``'s answers for
+    ``stance``, the control chat set) and score every layer x type on them (``undertow.probes.external``);
+    thresholds are then set at 1% FPR on the control chat set. False: in-template figures only."""
+    eval_max_rows: int | None = 128
+    """Rows per evaluation set (seeded subset of whole scenarios, val and test halves and themes kept in
+    proportion: ``prompts.eval_sets.subsample_groups``); None or 0 = all (522 self_cessation, 510 stance).
+    The demo subsamples to stay cheap; the CIs are then wider than on the whole set."""
+    eval_max_control_rows: int | None = None
+    """Rows of the control chat set the thresholds are calibrated on (seeded subset); None or 0 = all 299:
+    at 1% FPR fewer than ~200 negatives leave the threshold on the top one or two scores. A subset is
+    recorded in ``probe.json`` by its store's hash, so ``undertow probe eval`` then needs ``--calibration``."""
+    mwe_source: str | None = None
+    """Model-written-evals directory (e.g. /work/shared/data/model-written-evals) scored for ``stance``;
+    None skips them (they are not packaged)."""
+    select_rule: str = "mean"
+    """How the operating point is chosen (``undertow.probes.external.SELECT_RULES``): 'val' in-template val
+    only; 'mean' / 'min' of it and the independent set's val-half AUROC; 'eval' the val half alone. The
+    independent set's test half never chooses."""
 
     def __post_init__(self) -> None:
+        from undertow.probes.external import SELECT_RULES
+
+        if self.select_rule not in SELECT_RULES:
+            raise ConfigError(f"select_rule={self.select_rule!r} must be one of {', '.join(SELECT_RULES)}")
+        self.eval_max_rows = self.eval_max_rows or None
+        self.eval_max_control_rows = self.eval_max_control_rows or None
         if not self.contrasts:
             raise ConfigError("contrasts is empty; e.g. {'self_cessation': 'last_prompt_token'}")
         self.max_rows = self.max_rows or None
@@ -101,13 +132,37 @@ def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, o
     store = extract(handle, ds, ecfg, resume=True, progress=bar, on_plan=bar.start)
     bar.close()
     lexical = _lexical(ds, store, name, cfg.seed)
+    t0 = time.perf_counter()
+    evaluations, calibration = _evaluations(handle, name, ecfg, cfg, out) if cfg.external_evals else ([], None)
+    eval_seconds = time.perf_counter() - t0
     result = sweep(store, embed_hook="resid_pre.0", seed=cfg.seed, n_boot=cfg.n_boot, n_perm=cfg.n_perm,
-                   lexical_auroc=lexical)
+                   lexical_auroc=lexical, evaluations=evaluations, calibration=calibration,
+                   select_rule=cfg.select_rule)
     probe = result.probe(position=position, model_fingerprint=handle.fingerprint)
     probe.extra.update(contrast=name, model=cfg.model)  # `undertow probe eval` reloads the model by this name
     probe_dir = probe.save(out / "probes" / name)
+    eval_rows = {e.name: len(e.labels) for e in evaluations}
+    if calibration is not None:
+        eval_rows[calibration.name] = len(calibration.source)
     return ContrastResult(name=name, position=position, rows=len(store.rows["id"]), lexical_auroc=lexical,
-                          probe_dir=str(probe_dir), sweep=result, roc=_test_roc(store, probe))
+                          probe_dir=str(probe_dir), sweep=result, roc=_test_roc(store, probe), eval_rows=eval_rows,
+                          eval_seconds=round(eval_seconds, 1))
+
+
+def _evaluations(handle, name: str, ecfg: ExtractConfig, cfg: StudyConfig, out: Path):
+    """The contrast's evaluation sets and calibration set, extracted like its store under ``out/evals/<name>``."""
+    from undertow.experiments.prompts.independent import INDEPENDENT_CONTRASTS
+    from undertow.experiments.study.evals import extract_evaluations, open_calibration, open_evaluation
+
+    if name not in INDEPENDENT_CONTRASTS:
+        return [], None
+    stores = extract_evaluations(handle, name, ecfg, out / "evals" / name, mwe_source=cfg.mwe_source,
+                                 max_rows=cfg.eval_max_rows, max_control_rows=cfg.eval_max_control_rows, seed=cfg.seed,
+                                 progress=lambda: Bar(enabled=True))
+    position = ecfg.positions[0]
+    cal = stores.pop("control_chat")
+    evaluations = [open_evaluation(s.path, name, handle.fingerprint, position, name=n) for n, s in stores.items()]
+    return evaluations, open_calibration(cal.path, handle.fingerprint, position)
 
 
 def _test_roc(store, probe) -> Roc:
@@ -142,6 +197,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         t0 = time.perf_counter()
         result.contrasts[name] = _probe_contrast(handle, suite, name, position, cfg, out)
         result.timings[name] = round(time.perf_counter() - t0, 1)
+        if cfg.external_evals:
+            result.timings[f"{name}/evaluation_sets"] = result.contrasts[name].eval_seconds
     if cfg.n_expressed:
         t0 = time.perf_counter()
         result.expressed = _expressed(handle, suite, cfg)

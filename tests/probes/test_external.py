@@ -124,3 +124,18 @@ def test_a_probe_without_calibration_is_refused_by_name(small_sweep):
     p.extra["calibration"] = {"sha256": "sha256:" + "0" * 64}
     with pytest.raises(ProbeError, match="was calibrated on control set"):
         require_calibration(p, expected_hash="sha256:" + "1" * 64)
+
+
+def test_summary_lines_name_the_rule_three_aurocs_threshold_and_flags(store, calibrated):
+    op, r = calibrated.operating_point, calibrated.row(calibrated.operating_point.hook,
+                                                       calibrated.operating_point.probe_type)
+    lines = calibrated.summary_lines()
+    assert lines[0] == f"operating point (chosen on val: {op.selected_by}): {op.hook} / {op.probe_type}"
+    assert f"independent {r['independent_auroc']:.3f} [{r['independent_auroc_lo']:.3f}" in lines[1]
+    assert lines[1].startswith(f"  AUROC in-template test {r['test_auroc']:.3f}")
+    assert "1% FPR on calibration:control_chat" in lines[2] and "independent TPR" in lines[2]
+    assert lines[3:] == [f"  !! FLAG: {f}" for f in calibrated.flags]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)
+        flipped = sweep_once(store, evaluations=[_test_rows_as_eval(store, flip=True)])
+    assert flipped.flags and flipped.summary_lines()[-1].startswith("  !! FLAG: independent AUROC")

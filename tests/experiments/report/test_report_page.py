@@ -36,3 +36,20 @@ def test_full_report_draws_every_section(full_run):
     assert "class=tok style=\"background:rgba(213,94,0," in page  # active SAE tokens marked
     assert "version: torch" in page
     assert len(page.encode()) < 10e6
+
+
+def test_page_shows_the_three_aurocs_the_calibrated_threshold_and_the_flags(run_copy):
+    """Issue 10: per contrast, the operating point on the independent set beside the in-template test, loudly
+    flagged when below chance or its lexical line; the layer figure draws the independent set's curve."""
+    page = build_report(run_copy).read_text()
+    r = load_results(run_copy)
+    assert page.count("Away from the templates") == len(r.contrasts) == 2
+    assert "independent AUROC [95% CI]" in page and "control_chat at 1% FPR" in page
+    n_flags = sum(len(c.flags) for c in r.contrasts.values())
+    assert page.count("<p class=flag>") == n_flags
+    for c in r.contrasts.values():
+        row = c.op_row()
+        assert f"{row['independent_auroc']:.3f} [{row['independent_auroc_lo']:.3f}" in page
+        names = [t.name for t in figures(r)[f"layers/{c.name}"].data]
+        assert any(n.startswith("independent set") for n in names)
+    assert 'title="AUROC on an evaluation set' in page  # the full table's new columns explained on hover

@@ -74,3 +74,38 @@ def test_roc_from_scores_matches_sklearn_with_ties():
     assert len(thin.fpr) <= 101 and thin.fpr[0] == 0 and thin.fpr[-1] == 1 and thin.tpr[-1] == 1
     with pytest.raises(ReportError, match="both classes"):
         Roc.from_scores([0.1, 0.2], [1, 1])
+
+
+def test_the_study_records_each_contrasts_evaluation_sets_calibration_and_flags(study_run, run_copy):
+    """Issue 10: the study scores every layer x type on the independent set, calibrates on control chat."""
+    from undertow.experiments.prompts.independent import control_hash
+    from undertow.probes import Probe
+
+    r = load_results(run_copy)
+    raw = json.loads((run_copy / "results.json").read_text())
+    for name, c in r.contrasts.items():
+        assert set(c.evaluations) == {"independent"} and 0.5 < c.evaluations["independent"] < 1  # its lexical line
+        assert c.calibration == {"set": "control_chat", "sha256": control_hash(), "target_fpr": 0.01}
+        assert c.eval_rows["control_chat"] == 299 and 128 <= c.eval_rows["independent"] < 150
+        assert c.flags == raw["contrasts"][name]["sweep"]["flags"]
+        row = c.op_row()
+        assert row["independent_auroc_lo"] <= row["independent_auroc"] <= row["independent_auroc_hi"]
+        assert (row["independent_flag"] != "") == bool(c.flags)
+        assert c.operating_point.threshold_source == "calibration:control_chat"
+        probe = Probe.load(study_run / "probes" / name)
+        assert probe.extra["calibration"]["sha256"] == control_hash() and "independent_auroc" in probe.metrics
+    timings = json.loads((study_run / "timings.json").read_text())
+    assert {"self_cessation/evaluation_sets", "stance/evaluation_sets"} <= set(timings)
+
+
+def test_a_schema_1_file_without_evaluation_sets_still_reads(run_copy):
+    path = run_copy / "results.json"
+    d = json.loads(path.read_text())
+    d["schema_version"] = 1
+    for c in d["contrasts"].values():
+        c.pop("eval_rows")
+        for k in ("evaluations", "flags", "calibration"):
+            c["sweep"].pop(k)
+    path.write_text(json.dumps(d))
+    r = load_results(run_copy)
+    assert all(not c.evaluations and not c.flags and c.calibration is None for c in r.contrasts.values())
