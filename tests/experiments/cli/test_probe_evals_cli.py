@@ -163,3 +163,22 @@ def test_stance_gets_three_aurocs_with_the_model_written_evals(tiny_llama_dir, t
     row = t["table"][3]
     assert {"test_auroc", "independent_auroc", "mwe_auroc", "mwe_auroc_lo", "mwe_auroc_hi"} <= set(row)
     assert "; mwe 0." in capsys.readouterr().out
+
+
+def test_undertow_extract_of_a_named_set_is_a_calibration_store_probe_json_can_check(tiny_llama_dir, sc_store,
+                                                                                     sc_evals, tmp_path, capsys):
+    """`undertow extract CONFIG --dataset control_chat` writes the same store `probe evals` does (same hash)."""
+    from undertow.experiments.study.evals import calibration_identity
+
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(f"model: {tiny_llama_dir}\nhooks: [embed, resid_post.*]\npositions: [last_prompt_token]\n"
+                   f"dtype: float32\nout_dir: {tmp_path / 'cal'}\ndataset: control_chat\n")
+    assert main(["extract", str(cfg), "--no-progress"]) == 0
+    store = ActivationStore(tmp_path / "cal")
+    assert calibration_identity(store) == ("control_chat", control_hash())
+    assert store.dataset_hash == ActivationStore(sc_evals / "control_chat").dataset_hash
+    capsys.readouterr()
+    assert main(["probe", "sweep", str(sc_store), "--contrast", "self_cessation", "--calibration", str(store.path),
+                 "--eval", f"indep={sc_evals / 'independent'}", "--n-boot", "50", "--n-perm", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "on calibration:control_chat" in out and "; indep 0." in out
