@@ -39,7 +39,7 @@ class ClusterConfig:
 
     gpu: str = "H100"
     """GPU model for the dry-run's memory and time estimate (``dryrun.GPUS``: H100, H200, A100-80GB, A100-40GB,
-    L40S)."""
+    L40S), or ``cpu``: every device of a rank is the host (CPU ranks with gloo; the dry-run times this machine)."""
     gpus_per_rank: int = 1
     """Devices one model replica is split over (1: the whole model on ``cuda:LOCAL_RANK``)."""
     ranks_per_node: int = 1
@@ -201,7 +201,10 @@ def load_mapped(name_or_path: str, device_map: dict, backend: str = "hf", dtype:
 
 def rank_devices(cluster: ClusterConfig, local_rank: int) -> list[str]:
     """The GPUs of local rank ``local_rank``: ``gpus_per_rank`` consecutive ordinals (rank 1 of 2 x 4 GPUs:
-    cuda:4-7). Launch ``torchrun --nproc_per_node ranks_per_node``; each rank then splits its replica over these."""
+    cuda:4-7); ``gpu: cpu`` gives ``gpus_per_rank`` x ``cpu``. Launch ``torchrun --nproc_per_node
+    ranks_per_node``; each rank then splits its replica over these (``cluster_rank.py``)."""
+    if cluster.gpu == "cpu":
+        return ["cpu"] * cluster.gpus_per_rank
     first = local_rank * cluster.gpus_per_rank
     return [f"cuda:{first + i}" for i in range(cluster.gpus_per_rank)]
 
@@ -212,7 +215,7 @@ def rank_device_map(hf_model: torch.nn.Module, cluster: ClusterConfig, local_ran
     devices = rank_devices(cluster, local_rank)
     if cluster.device_map == "none":
         return None
-    if cluster.device_map == "layers":
+    if cluster.device_map == "layers" or cluster.gpu == "cpu":  # host devices: nothing to balance
         return layer_device_map(hf_model, devices)
     free = {int(d.split(":")[1]): torch.cuda.mem_get_info(int(d.split(":")[1]))[0] for d in devices}
     return auto_device_map(hf_model, free)

@@ -46,18 +46,20 @@ def is_distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_from_env(timeout_s: float = 1800) -> torch.device:
-    """Join the process group torchrun describes; returns this rank's device (``cuda:LOCAL_RANK`` or cpu)."""
+def init_from_env(timeout_s: float = 1800, device: str | None = None) -> torch.device:
+    """Join the process group torchrun describes; returns this rank's device: ``device`` when given (a
+    multi-GPU rank's first GPU, ``cluster_rank.py``), else ``cuda:LOCAL_RANK`` or cpu. NCCL on CUDA, gloo on cpu."""
     import torch.distributed as dist
 
-    cuda = torch.cuda.is_available() and os.environ.get("UNDERTOW_DEVICE", "cuda").startswith("cuda")
+    if device is None:
+        cuda = torch.cuda.is_available() and os.environ.get("UNDERTOW_DEVICE", "cuda").startswith("cuda")
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu"
+    dev = torch.device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
-    if cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
 
 
 def _agree_on_error(error: str | None) -> None:

@@ -70,7 +70,7 @@ def load_hf(name_or_path: str | os.PathLike, dtype: torch.dtype, allow_pickle: b
             return _load_dir(path, dtype, label=str(path), allow_pickle=allow_pickle, device_map=device_map)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
-            return _load_gguf(ggufs[0], dtype, label=str(ggufs[0]))
+            return _load_gguf(ggufs[0], dtype, label=str(ggufs[0]), device_map=device_map)
         raise ModelNotFoundError(f"{path} has no config.json and no single .gguf file: point at an HF model directory or a weight file")
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
         return _load_hub(name, dtype, device_map)

@@ -4,6 +4,9 @@
         --nodes 2 --gpus-per-node 8 --partition gpu --time 120 -- --resume
     # the same tasks as local processes (no SLURM; CPU ranks with gloo), waiting for the result:
     UNDERTOW_DEVICE=cpu python scripts/launch_slurm.py CONFIG --cluster local --gpus-per-node 0 --tasks-per-node 2 --wait
+    # replicas larger than one GPU: one task per replica (the file's ranks_per_node), the file after --
+    python scripts/launch_slurm.py CONFIG --nodes 4 --gpus-per-node 8 --tasks-per-node 2 \
+        -- --cluster experiments/configs/clusters/llama-3.3-70b-instruct_4nodes.yaml
 
 Everything after ``--`` goes to ``undertow extract`` (``--resume``, ``--overwrite``,
 ``--max-rows 1000``, any ``--field`` override). Each task sets torchrun's

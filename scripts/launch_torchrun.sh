@@ -5,6 +5,9 @@
 #   scripts/launch_torchrun.sh experiments/configs/extract_gemma_demo.yaml 8
 #   scripts/launch_torchrun.sh experiments/configs/extract_gemma_demo.yaml 8 --resume
 #   UNDERTOW_DEVICE=cpu OMP_NUM_THREADS=1 scripts/launch_torchrun.sh CONFIG 2     # CPU ranks, gloo
+#   scripts/launch_torchrun.sh CONFIG R --cluster experiments/configs/clusters/X.yaml
+#       # R = the file's ranks_per_node; each rank splits its replica over gpus_per_rank GPUs
+#       # (local rank r takes cuda:r*G .. r*G+G-1; undertow.activations.cluster_rank)
 #
 # Each rank extracts a contiguous block of shards into the config's out_dir (which
 # every rank must be able to write); rank 0 merges the manifests after a barrier.

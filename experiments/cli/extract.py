@@ -5,10 +5,13 @@
     undertow extract CONFIG --overwrite         # replace an existing store
     undertow extract CONFIG --max-rows 64 --out-dir /tmp/quick   # any config field, as --field-name
     undertow extract CONFIG --dry-run [--cluster experiments/configs/clusters/X.yaml | --gpu H100|cpu]
+    undertow extract CONFIG --cluster FILE      # one rank of FILE: its GPUs, the replica split over them
+    torchrun --nnodes N --nproc_per_node R -m undertow.experiments.cli extract CONFIG --cluster FILE
 
 Datasets (``dataset:`` in the config, or ``--dataset``): see ``undertow.experiments.prompts.resolve``.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank extracts its block of shards and rank 0 merges
-(``undertow.activations.distributed``); only rank 0 prints.
+(``undertow.activations.distributed``); only rank 0 prints. With ``--cluster`` each rank splits its replica
+over ``gpus_per_rank`` devices (``undertow.activations.cluster_rank``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ def _extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line still prints)")
     p.add_argument("--dry-run", action="store_true", help="plan only: rows, tokens, bytes per hook, memory, GPU-hours "
                    "(config + tokenizer, no weights; undertow.activations.dryrun)")
-    p.add_argument("--cluster", default=None, help="with --dry-run: a cluster file (experiments/configs/clusters/*.yaml)")
+    p.add_argument("--cluster", default=None, help="a cluster file (experiments/configs/clusters/*.yaml): this rank's "
+                   "GPUs and device map (undertow.activations.cluster_rank); with --dry-run, the plan for it")
     p.add_argument("--gpu", default="H100", help="with --dry-run and no --cluster: GPU model of the estimate, or cpu")
 
 
@@ -54,10 +58,22 @@ def run(config: ExtractConfig, args: argparse.Namespace) -> int:
         return 0
     check_store_target(config.out_dir, args.resume, args.overwrite)  # before the model loads
     multi = distributed.is_distributed_launch()
-    device = distributed.init_from_env() if multi else config.device
     rank0 = not multi or int(os.environ.get("RANK", "0")) == 0
-    dataset = resolve_dataset(config.dataset, config.seed)
-    handle = load_model(config.model, backend=config.backend, dtype=config.model_dtype, device=device)
+    if args.cluster:  # this rank's GPUs and device map, checked before any weight is read
+        from undertow.activations.cluster_rank import load_rank_model, rank_placement
+        from undertow.activations.dryrun import load_cluster
+
+        placement = rank_placement(config.model, load_cluster(args.cluster), config.backend)
+        if multi:
+            distributed.init_from_env(device=placement.devices[0])
+        if rank0:
+            print(placement.describe(), flush=True)
+        dataset = resolve_dataset(config.dataset, config.seed)
+        handle = load_rank_model(config.model, placement, config.backend, config.model_dtype)
+    else:
+        device = distributed.init_from_env() if multi else config.device
+        dataset = resolve_dataset(config.dataset, config.seed)
+        handle = load_model(config.model, backend=config.backend, dtype=config.model_dtype, device=device)
     bar = Bar(rank0 and not args.no_progress)
     if multi:
         bar.t0 = time.perf_counter()
