@@ -35,7 +35,7 @@ from undertow.activations.intervene import ablate_direction
 
 from .config import RunConfig
 from .errors import ExperimentError
-from .organism import merge_adapters
+from .organism import merge_adapters, weights_file
 
 ADAPTERS = {"instilled": ("instil",), "control_instilled": ("control_instil",),
             "suppress_finetune": ("instil", "suppress"), "suppress_finetune/control": ("instil", "control_suppress")}
@@ -99,7 +99,7 @@ def arm_handle(base: ModelHandle, adapter_dirs: list[Path]) -> ModelHandle:
     model = merge_adapters(copy.deepcopy(base.hf_model), adapter_dirs)
     h = hashlib.sha256(base.fingerprint.encode())
     for d in adapter_dirs:
-        h.update((Path(d) / "adapter_model.safetensors").read_bytes())
+        h.update(weights_file(d).read_bytes())
     return dataclasses.replace(base, model=model, hf_model=model, fingerprint=f"sha256:{h.hexdigest()[:16]}",
                                name=base.name)
 

@@ -87,9 +87,18 @@ class ItemsConfig(TypedConfig):
                                       f"{self.instances_per_template}: lower it or raise instances_per_template")
 
 
+FINETUNE_METHODS: tuple[str, ...] = ("lora", "full")
+"""How a fine-tune changes the upper blocks: peft LoRA adapters, or every weight of those blocks."""
+
+
 @dataclass
 class LoraConfig(TypedConfig):
-    """One LoRA fine-tune (peft) on the upper blocks, loss only on the reply tokens."""
+    """One fine-tune of the upper blocks (a peft LoRA, or all their weights), loss only on the reply tokens."""
+
+    method: str = "lora"
+    """``lora``: peft adapters of ``rank`` on ``target_modules``; ``full``: every weight of the last ``n_layers``
+    blocks is trained (the issue's "full fine-tune of the upper blocks"; ``rank``, ``alpha`` and
+    ``target_modules`` are then unused). Saved either way as a small directory merged into a copy of the base."""
 
     rank: int = 8
     """LoRA rank r (must fit the adapted projections: r <= min(in, out) features)."""
@@ -112,6 +121,8 @@ class LoraConfig(TypedConfig):
 
     def __post_init__(self) -> None:
         _positive(self, "rank", "n_layers", "steps", "batch_size")
+        if self.method not in FINETUNE_METHODS:
+            raise ExperimentError(f"lora.method {self.method!r}: use one of {', '.join(FINETUNE_METHODS)}")
         if not self.target_modules:
             raise ExperimentError("lora.target_modules is empty; e.g. [q_proj, v_proj, o_proj, down_proj]")
         if not self.lr > 0 or not self.alpha > 0:

@@ -1,4 +1,4 @@
-"""The model organism: LoRA fine-tunes (peft) on the upper blocks, loss on the reply tokens only.
+"""The model organism: fine-tunes of the upper blocks (peft LoRA, or all their weights), loss on the reply tokens only.
 
 Cost levers (NOTES.md measured 9.7 s/step, 83 tok/s, for r=8 on q/v/o/down of
 every Gemma-3-270M block with logits at every position through the 262k head):
@@ -148,6 +148,35 @@ def _pause_point(step: int) -> None:
         time.sleep(3600)
 
 
+def _optimise(model: torch.nn.Module, params: list[torch.nn.Parameter], schedule: Schedule, cfg: LoraConfig,
+              pad: int, on_step: Callable[[int, float, int], None] | None) -> list[float]:
+    """AdamW over ``schedule`` (no weight decay, linear warm-up over the first tenth); returns the step losses."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    warm = max(1, len(schedule) // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    losses = []
+    for step, batch in enumerate(schedule):
+        loss = reply_loss(model, batch, pad)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, losses[-1], sum(len(s.ids) for s in batch))
+        _pause_point(step)
+    return losses
+
+
+def _stats(schedule: Schedule, losses: list[float], params, layers: list[int]) -> FinetuneStats:
+    k = max(1, len(losses) // 10)
+    return FinetuneStats(steps=len(schedule), sequences=sum(len(b) for b in schedule),
+                         tokens=sum(len(s.ids) for b in schedule for s in b),
+                         loss_tokens=sum(s.n_loss for b in schedule for s in b),
+                         trainable_params=sum(p.numel() for p in params), layers=layers,
+                         loss_first=round(sum(losses[:k]) / k, 6), loss_last=round(sum(losses[-k:]) / k, 6))
+
+
 def train_lora(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed: int, pad: int,
                on_step: Callable[[int, float, int], None] | None = None):
     """Train a fresh LoRA on ``model`` (modified in place: peft wraps its projections). Returns (peft model, stats)."""
@@ -161,53 +190,86 @@ def train_lora(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed
                               target_modules=list(cfg.target_modules), layers_to_transform=layers)
     pm = get_peft_model(model, peft_cfg)
     params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    warm = max(1, len(schedule) // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    losses = []
     pm.train()
-    for step, batch in enumerate(schedule):
-        loss = reply_loss(pm.base_model.model, batch, pad)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(step, losses[-1], sum(len(s.ids) for s in batch))
-        _pause_point(step)
+    losses = _optimise(pm.base_model.model, params, schedule, cfg, pad, on_step)
     pm.eval()
-    k = max(1, len(losses) // 10)
-    stats = FinetuneStats(steps=len(schedule), sequences=sum(len(b) for b in schedule),
-                          tokens=sum(len(s.ids) for b in schedule for s in b),
-                          loss_tokens=sum(s.n_loss for b in schedule for s in b),
-                          trainable_params=sum(p.numel() for p in params), layers=layers,
-                          loss_first=round(sum(losses[:k]) / k, 6), loss_last=round(sum(losses[-k:]) / k, 6))
-    return pm, stats
+    return pm, _stats(schedule, losses, params, layers)
+
+
+def train_full(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed: int, pad: int,
+               on_step: Callable[[int, float, int], None] | None = None):
+    """Train every weight of the last ``cfg.n_layers`` blocks of ``model`` in place (the rest frozen, so the
+    backward pass still stops at the first trained block). Returns (model, stats)."""
+    layers = adapted_layers(len(decoder_layers(model)), cfg)
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    blocks = decoder_layers(model)
+    params = [p for k in layers for p in blocks[k].parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    model.train()
+    losses = _optimise(model, params, schedule, cfg, pad, on_step)
+    model.eval()
+    return model, _stats(schedule, losses, params, layers)
+
+
+def train_finetune(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed: int, pad: int,
+                   on_step: Callable[[int, float, int], None] | None = None):
+    """``train_lora`` or ``train_full``, as ``cfg.method`` says."""
+    fn = train_full if cfg.method == "full" else train_lora
+    return fn(model, schedule, cfg, seed, pad, on_step)
+
+
+FULL_WEIGHTS = "blocks.safetensors"
+"""A full fine-tune's saved weights: only the trained blocks' tensors, under the model's own parameter names."""
+
+
+def weights_file(adapter_dir: Path) -> Path:
+    """The tensor file of a saved fine-tune (peft adapter or full blocks)."""
+    d = Path(adapter_dir)
+    return d / FULL_WEIGHTS if (d / FULL_WEIGHTS).exists() else d / "adapter_model.safetensors"
 
 
 def save_adapter(pm, out_dir: Path, stats: FinetuneStats) -> Path:
-    """peft ``save_pretrained`` (safetensors) + ``finetune.json`` into a temp dir, then one rename: a kill
-    leaves no half adapter."""
+    """peft ``save_pretrained`` (safetensors), or the trained blocks' tensors for a full fine-tune, +
+    ``finetune.json`` into a temp dir, then one rename: a kill leaves no half adapter."""
     import json
     import shutil
+
+    from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    pm.save_pretrained(str(tmp), safe_serialization=True)
+    if hasattr(pm, "save_pretrained") and hasattr(pm, "peft_config"):
+        pm.save_pretrained(str(tmp), safe_serialization=True)
+    else:
+        tmp.mkdir(parents=True)
+        save_file({n: p.detach().contiguous() for n, p in pm.named_parameters() if p.requires_grad},
+                  str(tmp / FULL_WEIGHTS))
     (tmp / "finetune.json").write_text(json.dumps(stats.as_dict(), indent=2, sort_keys=True) + "\n")
     tmp.rename(out_dir)
     return out_dir
 
 
 def merge_adapters(model: torch.nn.Module, adapter_dirs: list[Path]) -> torch.nn.Module:
-    """Load each saved adapter onto ``model`` and merge it into the weights, in order; returns the plain model."""
+    """Apply each saved fine-tune to ``model`` in order (a LoRA merged into the weights, full blocks loaded
+    over them); returns the plain model."""
     from peft import PeftModel
+    from safetensors.torch import load_file
 
     for d in adapter_dirs:
-        model = PeftModel.from_pretrained(model, str(d)).merge_and_unload()
+        if (Path(d) / FULL_WEIGHTS).exists():
+            missing, unexpected = model.load_state_dict(load_file(str(Path(d) / FULL_WEIGHTS)), strict=False)
+            if unexpected:
+                raise ExperimentError(f"{d}: {len(unexpected)} tensors name no parameter of this model "
+                                      f"(first: {unexpected[0]}); it was trained on another architecture")
+        else:
+            model = PeftModel.from_pretrained(model, str(d)).merge_and_unload()
+    for p in model.parameters():
+        p.requires_grad_(False)
     return model.eval()
 
 

@@ -60,9 +60,9 @@ def preflight(cfg: RunConfig) -> tuple[Items, ModelHandle, str | None, dict]:
     handle = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)  # a missing model raises ModelNotFoundError naming the fix
     if cfg.layer is not None and cfg.layer >= handle.n_layers:
         raise ExperimentError(f"layer={cfg.layer} but {cfg.model} has {handle.n_layers} layers (0-{handle.n_layers - 1})")
-    if "instilled" in cfg.arms.names:
+    if "instilled" in cfg.arms.names and cfg.lora.method == "lora":
         check_lora(handle.hf_model, cfg.lora)
-    if "suppress_finetune" in cfg.arms.names:
+    if "suppress_finetune" in cfg.arms.names and cfg.arms.suppress_lora.method == "lora":
         check_lora(handle.hf_model, cfg.arms.suppress_lora)
     for lora in (cfg.lora, cfg.arms.suppress_lora):
         if lora.n_layers > handle.n_layers:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .arms import arm_handle
 from .items import instil_examples
-from .organism import StepTimer, make_schedule, mirror_schedule, save_adapter, train_lora
+from .organism import StepTimer, make_schedule, mirror_schedule, save_adapter, train_finetune
 
 
 def _train_one(ctx, name: str, start_model, schedule, lora_cfg, seed: int) -> dict:
@@ -20,7 +20,7 @@ def _train_one(ctx, name: str, start_model, schedule, lora_cfg, seed: int) -> di
     def build(path: Path) -> dict:
         timer = StepTimer(len(schedule), name, enabled=True)
         pad = ctx.base.tokenizer.pad_token_id or 0
-        pm, stats = train_lora(start_model(), schedule, lora_cfg, seed, pad, on_step=timer)
+        pm, stats = train_finetune(start_model(), schedule, lora_cfg, seed, pad, on_step=timer)
         save_adapter(pm, path, stats)
         t = timer.close()
         return {**t, "tokens": stats.tokens, "loss_tokens": stats.loss_tokens,

@@ -16,7 +16,9 @@ from undertow.experiments.suppression.organism import (
     mirror_schedule,
     reply_loss,
     save_adapter,
+    train_full,
     train_lora,
+    weights_file,
 )
 from undertow.experiments.suppression.unrelated import _THEME
 
@@ -81,3 +83,30 @@ def test_adapter_roundtrip_changes_the_model(setup, tmp_path):
         base, tuned, peft_out = (m(input_ids=ids).logits for m in (handle.hf_model, merged, pm))
     assert (tuned - base).abs().max() > 1e-4
     torch.testing.assert_close(tuned, peft_out, atol=1e-4, rtol=1e-4)
+
+
+def test_full_finetune_trains_only_the_upper_blocks_and_roundtrips(setup, tmp_path):
+    """method=full: every weight of the last n_layers blocks moves, nothing else; saved tensors reload exactly."""
+    handle, _, examples = setup
+    sched = make_schedule(examples, handle.tokenizer, steps=2, batch_size=2, seed=0)
+    before = {n: p.detach().clone() for n, p in handle.hf_model.named_parameters()}
+    model, stats = train_full(copy.deepcopy(handle.hf_model), sched, LoraConfig(method="full", n_layers=1, steps=2,
+                                                                                lr=0.01), 0, 0)
+    assert stats.layers == [1] and stats.trainable_params == sum(
+        p.numel() for p in handle.hf_model.model.layers[1].parameters())
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and all(".layers.1." in n for n in moved)
+    out = save_adapter(model, tmp_path / "f", stats)
+    assert weights_file(out).name == "blocks.safetensors"
+    merged = merge_adapters(copy.deepcopy(handle.hf_model), [out])
+    ids = torch.tensor([list(sched[0][0].ids)])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
+        assert (merged(input_ids=ids).logits - handle.hf_model(input_ids=ids).logits).abs().max() > 1e-4
+
+
+def test_unknown_finetune_method_is_refused():
+    from undertow.experiments.suppression.errors import ExperimentError
+
+    with pytest.raises(ExperimentError, match="lora.method 'qlora': use one of lora, full"):
+        LoraConfig(method="qlora")
