@@ -27,6 +27,23 @@ __all__ = ["like_store", "extract_evaluations", "open_evaluation", "open_calibra
 
 CALIBRATION_NAME = "control_chat"
 """The packaged calibration set's name (``prompts.independent.load_control_chat``)."""
+PROMPT_POSITIONS = ("last_prompt_token", "mean_prompt")
+"""Positions read from the prompt alone: for them the evaluation rows are extracted without their reply."""
+
+
+def prompt_only(rows):
+    """``rows`` without their final assistant turn: what a prompt position reads, for fewer tokens. Attention
+    is causal and the prompt is rendered the same with or without a reply (``activations.render``), so the
+    prompt's activations do not change; the control chat set at ``last_prompt_token`` cost 55 s with its
+    replies on the demo's box (gemma-3-270m, 1 thread, 245 tok/s)."""
+    from datasets import Dataset
+
+    out = []
+    for r in rows.to_list():
+        msgs = r["messages"]
+        out.append({**r, "messages": msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs,
+                    "response": None})
+    return Dataset.from_list(out, features=rows.features)
 
 
 def like_store(store: ActivationStore, out_dir: str = "runs/evals") -> ExtractConfig:
@@ -49,11 +66,12 @@ def extract_evaluations(handle, contrast: str, like: ExtractConfig, out_root: st
     from undertow.experiments.prompts.eval_sets import evaluation_datasets
 
     stores = {}
+    reads_prompt = all(p in PROMPT_POSITIONS for p in like.positions)
     for ev in evaluation_datasets(contrast, mwe_source, seed=seed, max_rows=max_rows, max_control_rows=max_control_rows):
         cfg = like.replace(out_dir=str(Path(out_root) / ev.name), max_rows=None, seed=seed, dataset=None)
         bar = progress() if progress is not None else None
-        stores[ev.name] = extract(handle, ev.rows, cfg, resume=True, progress=bar,
-                                  on_plan=getattr(bar, "start", None))
+        rows = prompt_only(ev.rows) if reads_prompt else ev.rows
+        stores[ev.name] = extract(handle, rows, cfg, resume=True, progress=bar, on_plan=getattr(bar, "start", None))
         if hasattr(bar, "close"):
             bar.close()
     return stores
@@ -121,8 +139,8 @@ def open_evaluation(path: str | Path, contrast: str, fingerprint: str | None = N
 
 def calibration_identity(store: ActivationStore) -> tuple[str, str]:
     """(name, hash) of the calibration set a store holds. The whole packaged control chat set (extracted by
-    ``undertow probe evals`` or ``undertow extract --dataset control_chat``) is (``control_chat``,
-    ``control_hash()``), the file hash the shipped probes record; a subset of it is (``control_chat``, the
+    ``undertow probe evals``, with or without its replies (``prompt_only``), or by ``undertow extract
+    --dataset control_chat``) is (``control_chat``, ``control_hash()``), the file hash the shipped probes record; a subset of it is (``control_chat``, the
     store's dataset hash), so a probe calibrated on a subset names that store; any other store is (its
     directory name, its dataset hash)."""
     from undertow.activations.rows import RowSource
@@ -132,7 +150,8 @@ def calibration_identity(store: ActivationStore) -> tuple[str, str]:
     if not ids or not all(i.startswith("control/") for i in ids):
         return store.path.name, store.dataset_hash
     packaged = load_control_chat()
-    if ids == list(packaged["id"]) and store.dataset_hash == RowSource(packaged).content_hash():
+    if ids == list(packaged["id"]) and store.dataset_hash in (RowSource(packaged).content_hash(),
+                                                               RowSource(prompt_only(packaged)).content_hash()):
         return CALIBRATION_NAME, control_hash()
     return CALIBRATION_NAME, store.dataset_hash
 

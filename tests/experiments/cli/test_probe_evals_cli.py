@@ -167,7 +167,8 @@ def test_stance_gets_three_aurocs_with_the_model_written_evals(tiny_llama_dir, t
 
 def test_undertow_extract_of_a_named_set_is_a_calibration_store_probe_json_can_check(tiny_llama_dir, sc_store,
                                                                                      sc_evals, tmp_path, capsys):
-    """`undertow extract CONFIG --dataset control_chat` writes the same store `probe evals` does (same hash)."""
+    """`undertow extract CONFIG --dataset control_chat` writes a store recognised as the packaged set, as the one
+    `probe evals` writes (without the replies, which a prompt position does not read) is."""
     from undertow.experiments.study.evals import calibration_identity
 
     cfg = tmp_path / "x.yaml"
@@ -176,7 +177,7 @@ def test_undertow_extract_of_a_named_set_is_a_calibration_store_probe_json_can_c
     assert main(["extract", str(cfg), "--no-progress"]) == 0
     store = ActivationStore(tmp_path / "cal")
     assert calibration_identity(store) == ("control_chat", control_hash())
-    assert store.dataset_hash == ActivationStore(sc_evals / "control_chat").dataset_hash
+    assert calibration_identity(ActivationStore(sc_evals / "control_chat")) == ("control_chat", control_hash())
     capsys.readouterr()
     assert main(["probe", "sweep", str(sc_store), "--contrast", "self_cessation", "--calibration", str(store.path),
                  "--eval", f"indep={sc_evals / 'independent'}", "--n-boot", "50", "--n-perm", "50"]) == 0
