@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .backends import BACKENDS
+from .compiled import COMPILE_MODES
 from .extract_errors import ConfigError
 from .hooks import parse_hooks
 from .positions import parse_positions
@@ -72,6 +73,11 @@ class ExtractConfig(TypedConfig):
     truncate: bool = False
     """A row longer than the model's context (``max_position_embeddings``): False refuses it, naming the row;
     True keeps its first tokens up to the limit and records that (row ``truncated_tokens``, shard ``truncated``)."""
+    compile: str = "none"
+    """Model body: ``none`` (eager), ``compile`` (each decoder layer up to the deepest hook through
+    ``torch.compile``; lengths padded up to fixed buckets 16, 24, 32, 48, 64, 96, ... so it compiles once per
+    bucket, not per batch: ``compiled.py``) or ``cuda_graphs`` (the same graphs replayed as CUDA graphs; CUDA
+    only). Values match eager within float rounding; only speed changes, so a resumed run may change it."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -97,6 +103,8 @@ class ExtractConfig(TypedConfig):
         for name in ("share_prompts", "truncate"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"compile {self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
         if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
             raise ConfigError(f"max_rows must be a positive integer or null, got {self.max_rows!r}")
         if not str(self.out_dir):

@@ -46,6 +46,7 @@ from undertow.kernels import gather_pool
 
 from .batching import bucket_batches, pad_right
 from .capture import capture, capture_hf
+from .compiled import CompiledBody, bucket_length, rows_only
 from .config import ExtractConfig
 from .context import fit_context
 from .handle import ModelHandle
@@ -148,6 +149,7 @@ def run_shards(handle: ModelHandle, plan: Plan, writer: ShardWriter, shard_ids: 
     thread (the fast tokenizer releases the GIL) and shard k-1 written in another while shard k runs.
     Tokenising 4,096 suite rows takes ~1 s on 2 cores, ~40 % of an H100 pass over them with a 270M model."""
     renderer = ThreadPoolExecutor(1, thread_name_prefix="undertow-render")
+    body = CompiledBody(handle, plan.config.compile, plan.points) if plan.config.compile != "none" else None
     try:
         nxt = renderer.submit(_render_shard, handle, plan, shard_ids[0]) if shard_ids else None
         for i, k in enumerate(shard_ids):
@@ -155,7 +157,7 @@ def run_shards(handle: ModelHandle, plan: Plan, writer: ShardWriter, shard_ids: 
             if i + 1 < len(shard_ids):
                 nxt = renderer.submit(_render_shard, handle, plan, shard_ids[i + 1])
             lo, hi = plan.shard_rows(k)
-            tensors, moments, nonfinite_S = extract_shard(handle, plan, raw, rendered, lo, progress)
+            tensors, moments, nonfinite_S = extract_shard(handle, plan, raw, rendered, lo, progress, body)
             by_hook, meta, nonfinite = _shard_files(plan, lo, raw, rendered, tensors, moments, nonfinite_S, cut)
             writer.submit(k, (lo, hi), sum(x.n_tokens for x in rendered), by_hook, meta, nonfinite,
                           _shard_extra(plan, lo, cut))
@@ -171,11 +173,12 @@ def _where(plan: Plan, raw: list[dict], lo: int, i: int) -> str:
 
 
 def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: list[Rendered], lo: int,
-                  progress: Progress | None):
+                  progress: Progress | None, body: CompiledBody | None = None):
     """Run every batch of one shard; returns the sink's (tensors, moments, non-finite per row).
 
     Rows that share a prompt with other rows run as shared-prompt batches (``shared_prompts.py``) when the
-    config allows it on the ``hf`` backend; the rest in length-bucketed batches."""
+    config allows it on the ``hf`` backend; the rest in length-bucketed batches (batched by bucket length, the
+    compiled ``body``'s shapes, when there is one)."""
     row_spans = [[s for pos in plan.row_positions for s in spans(pos, r, _where(plan, raw, lo, i))]
                  for i, r in enumerate(rendered)]
     row_keys = {plan.key(p, pos): (p.name, plan.slots[pos.spec], pos.kind == "last_k")
@@ -194,9 +197,11 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
         if progress is not None:
             progress(len(batch), sum(rendered[i].n_tokens for i in batch))
 
-    for batch in bucket_batches([rendered[i].n_tokens for i in plain], plan.config.batch_size, plan.config.token_budget):
+    size = bucket_length if body is not None else int
+    for batch in bucket_batches([size(rendered[i].n_tokens) for i in plain], plan.config.batch_size,
+                                plan.config.token_budget):
         batch = [plain[j] for j in batch]
-        run_batch(handle, plan, [rendered[i].ids for i in batch], pool_rows(batch))
+        run_batch(handle, plan, [rendered[i].ids for i in batch], pool_rows(batch), body)
         done(batch)
     for shared in shared_batches(groups, rendered, plan.config.batch_size, plan.config.token_budget):
         capture_shared(handle, shared, rendered, plan.points, _pad_id(handle.tokenizer), pool_rows)
@@ -272,12 +277,21 @@ def _pooler(handle: ModelHandle, plan: Plan, sink: ShardSink, batch: list[int], 
 
 
 def run_batch(handle: ModelHandle, plan: Plan, seqs: list[list[int]],
-              on_capture: Callable[[str, torch.Tensor], None]) -> None:
-    """One forward pass over ``seqs`` (right-padded), every hook handed to ``on_capture``."""
+              on_capture: Callable[[str, torch.Tensor], None], body: CompiledBody | None = None) -> None:
+    """One forward pass over ``seqs`` (right-padded), every hook handed to ``on_capture``; through the compiled
+    ``body`` (padded to its bucket shape, the dummy rows cut off before ``on_capture``) when given."""
     dev = handle.device
-    ids_BT, mask_BT = pad_right(seqs, _pad_id(handle.tokenizer), pin=dev.type == "cuda")
+    if body is None:
+        ids_BT, mask_BT = pad_right(seqs, _pad_id(handle.tokenizer), pin=dev.type == "cuda")
+    else:
+        ids_BT, mask_BT = body.pad(seqs, _pad_id(handle.tokenizer), plan.config.batch_size, plan.config.token_budget,
+                                   pin=dev.type == "cuda")
+        on_capture = rows_only(len(seqs), on_capture) if len(ids_BT) > len(seqs) else on_capture
     ids_BT, mask_BT = ids_BT.to(dev, non_blocking=True), mask_BT.to(dev, non_blocking=True)
-    if handle.backend == "hf":
+    if body is not None:
+        with body.active():
+            capture_hf(handle, ids_BT, mask_BT, plan.points, on_capture=on_capture)
+    elif handle.backend == "hf":
         capture_hf(handle, ids_BT, mask_BT, plan.points, on_capture=on_capture)
     else:
         for name, acts_BTD in capture(handle, ids_BT, mask_BT, plan.points).items():

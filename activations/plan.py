@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .compiled import check_mode
 from .config import ExtractConfig
 from .context import context_limit
 from .extract_errors import ConfigError
@@ -17,7 +18,7 @@ from .manifest import FORMAT
 from .positions import Position, parse_positions
 from .rows import RowSource, select_rows
 
-BATCHING_FIELDS = ("batch_size", "token_budget", "share_prompts")
+BATCHING_FIELDS = ("batch_size", "token_budget", "share_prompts", "compile")
 """Config fields that change how rows are batched, not which rows or positions are stored. They change bf16
 values by rounding, so a resumed run may change them (after an out-of-memory) but each shard's manifest entry
 records the ones that computed it (``batching``), and the header's ``config`` leaves them out."""
@@ -91,6 +92,7 @@ def make_plan(handle: ModelHandle, dataset, config: ExtractConfig) -> Plan:
         raise ConfigError(f"config.backend is {config.backend!r} but the model was loaded with backend "
                           f"{handle.backend!r}; load it with load_model(..., backend={config.backend!r})")
     points = handle.hooks(config.hooks)
+    check_mode(config.compile, handle)  # cuda_graphs off CUDA, another backend, a device map: before any shard
     positions = parse_positions(config.positions)
     row_positions = [p for p in positions if not p.per_token]
     slots, start = {}, 0

@@ -97,8 +97,8 @@ def test_resume_records_the_batching_of_each_shard(tiny_llama, make_config, chat
     (store.path / "rows" / "00001.jsonl").unlink()  # shard 1 lost a file: resume re-extracts it, keeps shard 0
     resumed = extract(tiny_llama, chat_rows(8), cfg.replace(batch_size=1, token_budget=300), resume=True)
     assert [s["batching"] for s in resumed.manifest["shards"]] == [
-        {"batch_size": 4, "token_budget": 512, "share_prompts": True},
-        {"batch_size": 1, "token_budget": 300, "share_prompts": True}]
+        {"batch_size": 4, "token_budget": 512, "share_prompts": True, "compile": "none"},
+        {"batch_size": 1, "token_budget": 300, "share_prompts": True, "compile": "none"}]
     resumed.verify()
 
 
