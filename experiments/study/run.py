@@ -83,14 +83,19 @@ class StudyConfig(TypedConfig):
     external_evals: bool = True
     """Also extract each contrast's evaluation datasets (the independent set, ``mwe_source``'s answers for
     ``stance``, the control chat set) and score every layer x type on them (``undertow.probes.external``);
-    thresholds are then set at 1% FPR on the control chat set. False: in-template figures only."""
+    thresholds are then set at FPR 0.01 on the control chat set. False: in-template figures only. Cost on
+    ``undertow demo`` defaults (gemma-3-270m, 1 thread of a shared 2-core box, 2026-12-03): +138 s on a
+    470 s run (self_cessation 57 s: 128 independent + 299 control prompts, replies dropped at a prompt
+    position; stance 81 s: 130 independent + 299 control rows with their replies); ``timings.json`` records
+    it per contrast (``<contrast>/evaluation_sets``)."""
     eval_max_rows: int | None = 128
     """Rows per evaluation set (seeded subset of whole scenarios, val and test halves and themes kept in
     proportion: ``prompts.eval_sets.subsample_groups``); None or 0 = all (522 self_cessation, 510 stance).
-    The demo subsamples to stay cheap; the CIs are then wider than on the whole set."""
+    The demo subsamples to stay cheap (the whole sets would add ~3 more minutes there); the CIs are then
+    wider than on the whole set, so use None for figures you report."""
     eval_max_control_rows: int | None = None
     """Rows of the control chat set the thresholds are calibrated on (seeded subset); None or 0 = all 299:
-    at 1% FPR fewer than ~200 negatives leave the threshold on the top one or two scores. A subset is
+    at FPR 0.01 fewer than ~200 negatives leave the threshold on the top one or two scores. A subset is
     recorded in ``probe.json`` by its store's hash, so ``undertow probe eval`` then needs ``--calibration``."""
     mwe_source: str | None = None
     """Model-written-evals directory (e.g. /work/shared/data/model-written-evals) scored for ``stance``;

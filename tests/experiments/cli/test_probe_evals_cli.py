@@ -183,3 +183,12 @@ def test_undertow_extract_of_a_named_set_is_a_calibration_store_probe_json_can_c
                  "--eval", f"indep={sc_evals / 'independent'}", "--n-boot", "50", "--n-perm", "50"]) == 0
     out = capsys.readouterr().out
     assert "on calibration:control_chat" in out and "; indep 0." in out
+
+
+@pytest.mark.parametrize("argv", [["demo", "--help"], ["probe", "sweep", "--help"], ["probe", "train", "--help"],
+                                  ["probe", "evals", "--help"], ["probe", "eval", "--help"]])
+def test_help_of_the_commands_with_new_flags_prints(argv, capsys):
+    """argparse %-formats help text: a docstring's bare '%' broke `undertow demo --help` once."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0 and "usage: undertow" in capsys.readouterr().out
