@@ -69,12 +69,18 @@ def layer_curves(c: Contrast) -> go.Figure | None:
                                  hovertemplate=f"{t} layer %{{x}}: %{{y:.3f}} [%{{customdata[0]:.3f}}, "
                                                "%{customdata[1]:.3f}]<extra></extra>"))
     for k, name in enumerate(c.evaluations):  # issue 10: the same probes away from the templates
+        color = PALETTE[(len(c.probe_types) + k) % len(PALETTE)]
         y = c.layer_column(base, f"{name}_auroc")
         low = min([low, *(v for v in y if _clean(v) is not None)])
-        fig.add_trace(go.Scatter(x=layers, y=[_clean(v) for v in y], mode="lines+markers", name=f"{name} set ({base})",
-                                 line={"color": PALETTE[(len(c.probe_types) + k) % len(PALETTE)], "dash": "dash",
-                                       "width": 2}, marker={"size": 5, "symbol": "diamond"},
+        fig.add_trace(go.Scatter(x=layers, y=[_clean(v) for v in y], mode="lines+markers",
+                                 name=f"{name} set, test half ({base})", line={"color": color, "dash": "dash", "width": 2},
+                                 marker={"size": 5, "symbol": "diamond"},
                                  hovertemplate=f"{name} set layer %{{x}}: %{{y:.3f}}<extra>{base}</extra>"))
+        lex = c.evaluations[name]
+        if lex is not None:
+            fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[lex] * 2, mode="lines",
+                                     name=f"{name} set lexical ({lex:.2f})",
+                                     line={"color": color, "dash": "dot", "width": 1.5}))
     for key, label, dash in [("shuffled_auroc", "shuffled labels", "dot"), ("random_auroc_max", "random dir. (max)", "dash")]:
         fig.add_trace(go.Scatter(x=layers, y=[_clean(v) for v in c.layer_column(base, key)], mode="lines", name=label,
                                  line={"color": BASELINE, "dash": dash, "width": 1.5},
@@ -98,9 +104,8 @@ def layer_curves(c: Contrast) -> go.Figure | None:
     fig.update_xaxes(title="layer (resid_post)", dtick=max(1, len(layers) // 18),
                      range=[layers[0] - 0.3, layers[-1] + 0.3])
     fig.update_yaxes(title="test AUROC", range=[max(0.0, low - 0.05), 1.02])
-    sets = f"; dashed: {', '.join(c.evaluations)} set test AUROC" if c.evaluations else ""
     return _layout(fig, f"{c.name}: test AUROC by layer; band: 95% template-cluster CI of {base} "
-                        f"({c.position}, {c.rows} rows){sets}")
+                        f"({c.position}, {c.rows} rows)")
 
 
 def roc_curves(contrasts: dict[str, Contrast]) -> go.Figure | None:

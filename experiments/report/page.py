@@ -175,19 +175,21 @@ def _away(c) -> str:
         return ""
     op = c.operating_point
     cal = c.calibration or {}
-    header = ["operating point", "in-template test AUROC [95% CI]", *(f"{n} AUROC [95% CI]" for n in c.evaluations),
-              *(f"{n} lexical" for n in c.evaluations), "threshold on", *(f"{n} TPR" for n in c.evaluations),
-              "test TPR"]
-    cells = [f"{op.probe_type} @ {op.hook}", _auroc_ci(row, "test_auroc"),
-             *(_auroc_ci(row, f"{n}_auroc") for n in c.evaluations),
-             *(math.nan if lex is None else lex for lex in c.evaluations.values()),
-             f"{cal['set']} at {cal.get('target_fpr', op.target_fpr):.0%} FPR" if cal else op.threshold_source,
-             *(row.get(f"{n}_tpr", math.nan) for n in c.evaluations), row.get("test_tpr", math.nan)]
+    pairs = [("operating point", f"{op.probe_type} @ {op.hook}"),
+             ("in-template test AUROC [95% CI]", _auroc_ci(row, "test_auroc"))]
+    for n, lex in c.evaluations.items():
+        pairs += [(f"{n} AUROC [95% CI]", _auroc_ci(row, f"{n}_auroc")),
+                  (f"{n} lexical baseline", math.nan if lex is None else lex)]
+    pairs.append(("threshold", f"{cal.get('target_fpr', op.target_fpr):.0%} FPR on {cal['set']}" if cal
+                  else op.threshold_source))
+    pairs += [("TPR at it: test", row.get("test_tpr", math.nan)),
+              *((f"TPR at it: {n}", row.get(f"{n}_tpr", math.nan)) for n in c.evaluations)]
     rows = ", ".join(f"{n} {k}" for n, k in c.eval_rows.items())
-    note = (f"<p class=note>Away from the templates: the same probe scored on sets it was never fitted on "
-            f"({_e(rows) or 'rows not recorded'}); chosen by {_e(op.selected_by)}, never by a test column.</p>")
+    note = (f"<p class=note>Away from the templates: AUROC of the same probe on sets it was never fitted on "
+            f"({_e(rows) or 'rows not recorded'}); TPR at the threshold; chosen by {_e(op.selected_by)}, never by a "
+            "test column.</p>")
     flags = "".join(f"<p class=flag>FLAG {_e(c.name)}: {_e(f)}</p>" for f in c.flags)
-    return note + table(header, [cells], sortable=False) + flags
+    return note + f"<div class=kv>{table(['', ''], pairs, sortable=False)}</div>" + flags
 
 
 def _generalisation(r: Results, figs: dict) -> str:

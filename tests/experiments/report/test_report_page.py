@@ -44,7 +44,7 @@ def test_page_shows_the_three_aurocs_the_calibrated_threshold_and_the_flags(run_
     page = build_report(run_copy).read_text()
     r = load_results(run_copy)
     assert page.count("Away from the templates") == len(r.contrasts) == 2
-    assert "independent AUROC [95% CI]" in page and "control_chat at 1% FPR" in page
+    assert "independent AUROC [95% CI]" in page and "1% FPR on control_chat" in page and "TPR at it: independent" in page
     n_flags = sum(len(c.flags) for c in r.contrasts.values())
     assert page.count("<p class=flag>") == n_flags
     for c in r.contrasts.values():
