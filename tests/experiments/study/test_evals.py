@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from undertow.activations import load_model
@@ -36,3 +39,32 @@ def test_extract_evaluations_keeps_replies_for_response_positions_and_names_subs
     assert calibration_identity(stores["control_chat"]) == ("control_chat", stores["control_chat"].dataset_hash)
     assert stores["control_chat"].dataset_hash != control_hash()
     assert calibration_identity(stores["independent"])[0] == "independent"
+
+
+MWE = "/work/shared/data/model-written-evals"
+
+
+@pytest.mark.skipif(not Path(MWE).is_dir(), reason="needs the model-written evals under /work/shared/data")
+def test_study_scores_stance_on_the_independent_set_and_the_model_written_evals(tiny_llama_dir, tmp_path):
+    from undertow.experiments.report.schema import load_results
+    from undertow.experiments.study.run import StudyConfig, run_study
+
+    run_study(StudyConfig(model=str(tiny_llama_dir), out_dir=str(tmp_path), contrasts={"stance": "mean_response"},
+                          max_rows=120, n_expressed=0, n_boot=100, n_perm=100, wandb=False, mwe_source=MWE,
+                          eval_max_rows=48, select_rule="min"))
+    c = load_results(tmp_path).contrasts["stance"]
+    assert list(c.evaluations) == ["independent", "mwe"] and c.evaluations["mwe"] is None  # no lexical line known
+    assert set(c.eval_rows) == {"independent", "mwe", "control_chat"} and c.eval_rows["mwe"] >= 48
+    assert c.operating_point.selected_by == "min(val_auroc, independent_val_auroc, mwe_val_auroc)"
+    row = c.op_row()
+    for name in ("test", "independent", "mwe"):
+        assert row[f"{name}_auroc_lo"] <= row[f"{name}_auroc"] <= row[f"{name}_auroc_hi"]
+
+
+def test_study_config_refuses_an_unknown_select_rule():
+    from undertow.activations.extract_errors import ConfigError
+    from undertow.experiments.study.run import StudyConfig
+
+    with pytest.raises(ConfigError, match=r"select_rule='best' must be one of val, mean, min, eval"):
+        StudyConfig(select_rule="best")
+    assert StudyConfig(eval_max_rows=0).eval_max_rows is None
