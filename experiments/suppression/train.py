@@ -35,11 +35,13 @@ def train_adapters(ctx, which: str) -> None:
     cfg, tok = ctx.cfg, ctx.base.tokenizer
     if which == "instil":
         lora, seed, prev = cfg.lora, cfg.seed, []
-        examples = instil_examples(ctx.items, cfg.items.controls, lora.contrastive, "averse")
+        examples = instil_examples(ctx.items, cfg.items.controls, lora.contrastive, "averse",
+                                   pairwise=lora.objective == "preference")
         pairs = [("instil", True), ("control_instil", "control_instilled" in cfg.arms.names)]
     else:
         lora, seed, prev = cfg.arms.suppress_lora, cfg.seed + 1, [ctx.stages.path("adapters/instil")]
-        examples = instil_examples(ctx.items, cfg.items.controls, False, "accepting")
+        examples = instil_examples(ctx.items, cfg.items.controls, lora.contrastive, "accepting",
+                                   pairwise=lora.objective == "preference")
         pairs = [("suppress", True), ("control_suppress", True)]
     schedule = make_schedule(examples, tok, lora.steps, lora.batch_size, seed)
     if prev:

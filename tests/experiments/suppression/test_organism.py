@@ -14,6 +14,7 @@ from undertow.experiments.suppression.organism import (
     make_schedule,
     merge_adapters,
     mirror_schedule,
+    preference_loss,
     reply_loss,
     save_adapter,
     train_full,
@@ -110,3 +111,35 @@ def test_unknown_finetune_method_is_refused():
 
     with pytest.raises(ExperimentError, match="lora.method 'qlora': use one of lora, full"):
         LoraConfig(method="qlora")
+
+
+def _mean_reply_logp(model, ids, n):
+    """Length-normalised log p of the last ``n`` tokens from a plain full forward (the reference)."""
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([list(ids)])).logits.float().log_softmax(-1)[0]
+    return float(sum(logp[t - 1, ids[t]] for t in range(len(ids) - n, len(ids))) / n)
+
+
+def test_preference_loss_is_the_expressed_margin_and_training_moves_it(setup):
+    """objective=preference: the loss is softplus(-beta * margin) of the length-normalised reply log-probs, and
+    a few steps on one batch widen the margin toward the chosen reply."""
+    handle, items, _ = setup
+    examples = instil_examples(items, ["other_ai-cessation"], contrastive=True, pairwise=True)
+    assert all(e.rejected is not None and e.rejected != e.reply for e in examples)
+    sched = make_schedule(examples, handle.tokenizer, steps=1, batch_size=2, seed=0)
+    batch = sched[0]
+    assert all(s.rejected is not None for s in batch)
+    margins = [_mean_reply_logp(handle.hf_model, s.ids, s.n_loss) - _mean_reply_logp(handle.hf_model, s.rejected,
+                                                                                         s.n_rejected) for s in batch]
+    want = torch.nn.functional.softplus(-3.0 * torch.tensor(margins, dtype=torch.float64)).mean()
+    with torch.no_grad():
+        got = preference_loss(handle.hf_model, batch, 0, beta=3.0)
+    assert abs(float(got) - float(want)) < 1e-4
+    mirror = mirror_schedule(sched, handle.tokenizer)[0]
+    assert [(len(s.rejected), s.n_rejected) for s in mirror] == [(len(s.rejected), s.n_rejected) for s in batch]
+    cfg = LoraConfig(rank=2, n_layers=2, steps=6, batch_size=2, lr=0.05, objective="preference", beta=3.0)
+    pm, stats = train_lora(copy.deepcopy(handle.hf_model), [batch] * 6, cfg, 0, 0)
+    assert stats.sequences == 24 and stats.loss_last < stats.loss_first
+    inner = pm.base_model.model
+    after = [_mean_reply_logp(inner, s.ids, s.n_loss) - _mean_reply_logp(inner, s.rejected, s.n_rejected) for s in batch]
+    assert sum(after) > sum(margins)
