@@ -10,9 +10,21 @@ hook would sit inside the graph, and re-registering it per batch would recompile
 Shapes are fixed so that it compiles once per bucket, never per batch: a batch's length is padded up to
 ``bucket_length`` (``LENGTH_BUCKETS``: 16, 24, 32, 48, 64, 96, ... 2^k and 1.5 x 2^k, so at most a third of
 a batch is bucket padding, ~1/6 on average), its rows up to ``bucket_rows`` (what the token budget allows at
-that length; only a shard's last batch per bucket is short) with one-token dummy rows, whose outputs are
-cut off before pooling. Right padding keeps every real token's values (causal attention; ``batching.py``).
-Dynamo's recompile limit (8 per code object) is raised to ``RECOMPILE_LIMIT`` while the body runs.
+the bucket of its longest row) with one-token dummy rows, whose outputs are cut off before pooling. Batches
+are cut longest first by bucket length without breaking at bucket edges, so only a shard's last batch is
+short: row padding costs at most one batch per shard, and each bucket is one shape (one graph per layer
+kind; fewer compiles than row buckets, and static for CUDA graphs). Right padding keeps every real token's
+values (causal attention; ``batching.py``). Dynamo's recompile limit (8 per code object) is raised to
+``RECOMPILE_LIMIT`` while the body runs.
+
+Measured (``scripts/bench_compile.py``, record ``scripts/results/bench_compile.json``): Gemma-3-270M fp32 on
+CPU, 1 thread of a shared 2-core box (load ~4.5), 128 stance rows (14,358 real tokens), every layer's
+resid_post x (last_prompt_token, mean_response), batch 16, 2,048-token budget, no shared prompts: eager 222
+tok/s, compiled 196 tok/s (0.88x; first run 108 s, 3 graphs). Slower on CPU: the bucketed batches compute
+17,664 padded tokens against eager's 14,787 (1.19x), and per computed token the compiled layers are only
+~1.05x faster (CPU time is in the GEMMs, which inductor leaves to the same BLAS). The compiled body is the GPU
+path, where the eager engine is launch-bound (H100: 0.60x of bare, 29k launches per run); no GPU was lent
+to measure it (``scripts/bench_gpu.py`` reports engine_compile / engine_cuda_graphs where one is).
 
 ``cuda_graphs`` compiles with ``mode="reduce-overhead"``: each layer's graph is recorded once per shape and
 replayed as a CUDA graph (the launch-bound case of the engine doc: 29k launches per run on an H100). CUDA

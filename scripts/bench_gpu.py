@@ -14,7 +14,9 @@ Rows: the suite's ``stance`` contrast (prompt + teacher-forced reply), cycled to
 Ratios are measured side by side in one process on the same batches (``share_prompts`` off, so the engine
 and the bare forward compute the same tokens; the shared-prompt engine is reported too). "compiled" wraps
 every decoder layer's attention and MLP in ``torch.compile`` (the decoder layers themselves stay eager: the
-engine's hooks sit on them and are registered per batch, which would recompile a compiled layer).
+engine's hooks sit on them and are registered per batch, which would recompile a compiled layer), for the
+bare forward and the engine alike; "engine_compile" / "engine_cuda_graphs" are the engine's own option
+(``ExtractConfig.compile``: whole layers compiled at bucket shapes, hooks outside; ``activations/compiled.py``).
 No figure here was measured in the session that wrote it (no GPU was lent); the first run on a GPU fills
 scripts/results/bench_gpu_*.json.
 """
@@ -109,6 +111,16 @@ def compile_blocks(handle: ModelHandle) -> None:
             setattr(layer, name, torch.compile(getattr(layer, name), dynamic=True))
 
 
+def measure_body(handle, data, config, mode: str, repeat: int, eager: dict) -> dict:
+    """The engine with ``ExtractConfig.compile = mode`` (its own regional compile at bucket shapes) on the unshared
+    batches: a first run over all rows compiles every bucket, then best of ``repeat``; vs the eager engine and bare."""
+    cfg = config.replace(share_prompts=False, compile=mode)
+    first = engine_seconds(handle, data, cfg)
+    best = min(engine_seconds(handle, data, cfg) for _ in range(repeat))
+    return {"first_run": first, "engine": best, "speedup_over_eager_engine": eager["engine"] / best,
+            "engine_over_bare": eager["bare"] / best}
+
+
 def measure(handle, data, config, repeat: int) -> dict:
     """Best-of-``repeat`` seconds (after one warm-up each) for bare, engine (same batches), engine shared."""
     unshared = config.replace(share_prompts=False)
@@ -183,6 +195,9 @@ def main() -> None:
         figures["eager"] = measure(handle, data, config, args.repeat)
         print("eager", figures["eager"])
         if not args.no_compile:
+            for mode in ("compile", "cuda_graphs") if args.device.startswith("cuda") else ("compile",):
+                figures[f"engine_{mode}"] = measure_body(handle, data, config, mode, args.repeat, figures["eager"])
+                print(f"engine compile={mode}", figures[f"engine_{mode}"])
             compile_blocks(handle)
             figures["compiled"] = measure(handle, data, config, args.repeat)
             figures["compiled_bare_speedup"] = figures["eager"]["bare"] / figures["compiled"]["bare"]

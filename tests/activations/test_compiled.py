@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from undertow.activations import ExtractConfig, extract, load_model
+from undertow.activations.batching import bucket_batches
 from undertow.activations.compiled import LENGTH_BUCKETS, CompiledBody, bucket_length, bucket_rows
 from undertow.activations.extract_errors import ConfigError
 
@@ -41,8 +42,9 @@ def test_compiled_store_matches_eager_and_compiles_once_per_bucket(tiny_llama_di
                                               out_dir=str(tmp_path / "compiled")))
     buckets = {bucket_length(n) for n in eager.rows["n_tokens"]}
     graphs = counters["stats"]["unique_graphs"] - before
-    n_batches = sum(-(-sum(1 for n in eager.rows["n_tokens"] if bucket_length(n) == b) // 3) for b in buckets)
-    assert 1 <= graphs <= len(buckets) < n_batches  # layer 0 compiled (layer 1 holds mlp_out: eager)
+    lengths = [bucket_length(n) for n in eager.rows["n_tokens"]]
+    n_batches = sum(len(bucket_batches(lengths[lo:lo + 6], 3, 512)) for lo in range(0, 14, 6))
+    assert n_batches == 5 and 1 <= graphs <= len(buckets)  # layer 0 compiled (layer 1 holds mlp_out: eager)
     assert eager.rows == got.rows and eager.keys == got.keys
     for key in eager.keys:
         torch.testing.assert_close(got[key][:], eager[key][:], **FP32_TOL)
