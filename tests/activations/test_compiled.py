@@ -28,7 +28,7 @@ def test_buckets_grow_by_at_most_half_and_cover_every_length():
 def _base(tiny_llama_dir, tmp_path, **fields) -> dict:
     return dict(model=str(tiny_llama_dir), hooks=["embed", "resid_post.*", "mlp_out.1"],
                 positions=["last_prompt_token", "mean_response", "all_tokens"], dtype="float32", shard_size=6,
-                batch_size=3, token_budget=512, share_prompts=False, **fields)
+                batch_size=3, token_budget=512, share_prompts=False) | fields
 
 
 def test_compiled_store_matches_eager_and_compiles_once_per_bucket(tiny_llama_dir, chat_rows, tmp_path):
@@ -50,6 +50,20 @@ def test_compiled_store_matches_eager_and_compiles_once_per_bucket(tiny_llama_di
         torch.testing.assert_close(got[key][:], eager[key][:], **FP32_TOL)
     assert [s["batching"]["compile"] for s in got.manifest["shards"]] == ["compile"] * 3
     assert "forward" not in vars(handle.layers[0])  # the eager forward is back after the run
+
+
+def test_shared_prompt_batches_run_eager_inside_a_compiled_run(tiny_llama_dir, chat_rows, tmp_path):
+    from undertow.activations import render_rows
+    from undertow.activations.shared_prompts import group_by_prompt
+
+    handle = load_model(str(tiny_llama_dir))
+    rows = chat_rows(24)
+    assert group_by_prompt(render_rows(handle.tokenizer, rows))[0] == [[0, 20], [1, 21], [2, 22], [3, 23]]
+    base = _base(tiny_llama_dir, tmp_path, share_prompts=True) | dict(hooks=["resid_post.*"], shard_size=24)
+    eager = extract(handle, rows, ExtractConfig(**base, out_dir=str(tmp_path / "eager")))
+    got = extract(handle, rows, ExtractConfig(**base, compile="compile", out_dir=str(tmp_path / "compiled")))
+    for key in eager.keys:
+        torch.testing.assert_close(got[key][:], eager[key][:], **FP32_TOL)  # measured 4.8e-7
 
 
 def test_layers_with_inner_hooks_and_beyond_the_deepest_stay_eager(tiny_llama_dir):
