@@ -42,7 +42,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .batching import pad_right
+from .batching import bucket_batches, pad_right
 from .extract_errors import ConfigError
 
 COMPILE_MODES = ("none", "compile", "cuda_graphs")
@@ -76,6 +76,19 @@ LENGTH_BUCKETS = _buckets_up_to(8192)
 def bucket_rows(length: int, batch_size: int, token_budget: int) -> int:
     """Rows of every batch at bucket ``length``: as many as the budget allows (at least one)."""
     return min(batch_size, max(1, token_budget // length))
+
+
+def batch_shapes(lengths: Sequence[int], batch_size: int, token_budget: int,
+                 bucketed: bool) -> list[tuple[list[int], int, int]]:
+    """(row indices, rows computed, length computed) of each plain batch, as the engine cuts and pads them:
+    eager to the batch's longest row, ``bucketed`` (a compiled body) to (``bucket_rows``, ``bucket_length``)."""
+    size = bucket_length if bucketed else int
+    out = []
+    for batch in bucket_batches([size(n) for n in lengths], batch_size, token_budget):
+        length = max(size(lengths[i]) for i in batch)
+        rows = max(len(batch), bucket_rows(length, batch_size, token_budget)) if bucketed else len(batch)
+        out.append((batch, rows, length))
+    return out
 
 
 def check_mode(mode: str, handle) -> None:

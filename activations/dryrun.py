@@ -6,8 +6,9 @@ Exact, by running the engine's own planning code on the real rows:
 - bytes on disk of every hook file: the same keys, shapes and dtypes the engine
   writes, sized with safetensors' header layout (``safetensors_bytes``; tested
   equal to a real store file by file);
-- the batches: ``bucket_batches`` / ``shared_batches`` per shard, so padded and
-  shared-prompt tokens are the ones the engine will compute.
+- the batches: ``compiled.batch_shapes`` (bucket shapes under ``compile``) /
+  ``shared_batches`` per shard, so padded and shared-prompt tokens are the ones
+  the engine will compute.
 
 Estimated, from a stated model (``TimeModel``, ``GPUS``):
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batching import bucket_batches
+from .compiled import batch_shapes
 from .devicemap import ClusterConfig, layer_device_map
 from .errors import DeviceError, ModelLoadError, OfflineError
 from .hooks import decoder_path, parse_hooks
@@ -260,9 +261,9 @@ def _shard_work(rendered, config, n_layers_run: int, params_body: int, d_attn: i
     groups, plain = [], list(range(len(rendered)))
     if config.share_prompts and config.backend == "hf":
         groups, plain = group_by_prompt(rendered)
-    for batch in bucket_batches([rendered[i].n_tokens for i in plain], config.batch_size, config.token_budget):
-        longest = max(rendered[plain[j]].n_tokens for j in batch)
-        forward(len(batch), longest, longest)
+    for _, rows, length in batch_shapes([rendered[i].n_tokens for i in plain], config.batch_size,
+                                        config.token_budget, bucketed=config.compile != "none"):
+        forward(rows, length, length)  # a compiled body computes its bucket shapes (compiled.py)
     for shared in shared_batches(groups, rendered, config.batch_size, config.token_budget):
         n_prompt = max(rendered[g[0]].n_prompt for g in shared.groups)
         forward(len(shared.groups), n_prompt, n_prompt)

@@ -48,9 +48,9 @@ import torch
 
 from undertow.kernels import gather_pool
 
-from .batching import bucket_batches, pad_right
+from .batching import pad_right
 from .capture import capture, capture_hf
-from .compiled import CompiledBody, bucket_length, rows_only
+from .compiled import CompiledBody, batch_shapes, rows_only
 from .config import ExtractConfig
 from .context import fit_context
 from .handle import ModelHandle
@@ -201,9 +201,8 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
         if progress is not None:
             progress(len(batch), sum(rendered[i].n_tokens for i in batch))
 
-    size = bucket_length if body is not None else int
-    for batch in bucket_batches([size(rendered[i].n_tokens) for i in plain], plan.config.batch_size,
-                                plan.config.token_budget):
+    for batch, _, _ in batch_shapes([rendered[i].n_tokens for i in plain], plan.config.batch_size,
+                                    plan.config.token_budget, bucketed=body is not None):
         batch = [plain[j] for j in batch]
         run_batch(handle, plan, [rendered[i].ids for i in batch], pool_rows(batch), body)
         done(batch)

@@ -27,20 +27,13 @@ from bench_extract import bench_rows, timed
 from torch._dynamo.utils import counters
 
 from undertow.activations import ExtractConfig, extract, load_model, render_rows
-from undertow.activations.batching import bucket_batches
-from undertow.activations.compiled import bucket_length, bucket_rows
+from undertow.activations.compiled import batch_shapes
 from undertow.activations.provenance import bench_record
 
 
 def computed_tokens(lengths: list[int], args, bucketed: bool) -> int:
     """Padded tokens the forwards compute: eager pads to each batch's longest row, compiled to its bucket shape."""
-    size = bucket_length if bucketed else int
-    total = 0
-    for batch in bucket_batches([size(n) for n in lengths], args.batch_size, args.token_budget):
-        longest = max(size(lengths[i]) for i in batch)
-        rows = max(len(batch), bucket_rows(longest, args.batch_size, args.token_budget)) if bucketed else len(batch)
-        total += rows * longest
-    return total
+    return sum(rows * length for _, rows, length in batch_shapes(lengths, args.batch_size, args.token_budget, bucketed))
 
 
 def run(handle, rows, args, mode: str, out: Path) -> float:

@@ -102,3 +102,22 @@ def test_compiled_store_matches_eager_on_cuda(tiny_llama_dir, chat_rows, tmp_pat
                                               out_dir=str(tmp_path / mode)))
     for key in eager.keys:
         torch.testing.assert_close(got[key][:], eager[key][:], rtol=1e-4, atol=1e-4)  # TF32 off; fused reductions
+
+
+def test_dry_run_counts_the_shapes_the_compiled_body_computes(tiny_llama_dir, chat_rows, tmp_path):
+    from undertow.activations.dryrun import plan_extraction
+
+    handle = load_model(str(tiny_llama_dir))
+    rows = chat_rows(14)
+    seen: list[tuple[int, int]] = []
+    hook = handle.layers[0].register_forward_pre_hook(lambda mod, args, kw: seen.append(tuple(
+        (args[0] if args else kw["hidden_states"]).shape[:2])), with_kwargs=True)
+    cfg = ExtractConfig(**_base(tiny_llama_dir, tmp_path), compile="compile", out_dir=str(tmp_path / "c"))
+    try:
+        extract(handle, rows, cfg)
+    finally:
+        hook.remove()
+    computed = sum(r * t for r, t in seen)
+    assert plan_extraction(cfg, rows).tokens_computed == computed  # exact: the same batch_shapes
+    assert plan_extraction(cfg.replace(compile="none"), rows).tokens_computed < computed  # bucket padding
+    assert {t for _, t in seen} <= set(LENGTH_BUCKETS)
