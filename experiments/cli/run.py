@@ -14,6 +14,7 @@ import argparse
 import time
 
 from undertow.experiments.cli.common import config_command
+from undertow.experiments.report import build_report
 from undertow.experiments.suppression.config import RunConfig
 
 
@@ -49,8 +50,9 @@ def run(cfg: RunConfig, args: argparse.Namespace) -> int:
         cfg = cfg.replace(out_dir=args.out)
     t0 = time.perf_counter()
     res = run_experiment(cfg, progress=not args.no_progress)
+    report = build_report(cfg.out_dir)
     print(summary(res))
-    print(f"wrote {cfg.out_dir}/results.json and timings.json ({time.perf_counter() - t0:.0f} s)")
+    print(f"wrote {cfg.out_dir}/results.json, timings.json and {report.name} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

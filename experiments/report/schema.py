@@ -331,7 +331,8 @@ def _arm(name: str, d: dict) -> Arm:
 
 def _causal(d: dict) -> Causal:
     alphas = _floats(_get(d, "alphas", "causal"), "causal.alphas")
-    c = Causal(alphas=alphas, stance=_floats(_get(d, "stance", "causal"), "causal.stance"),
+    key = "direction" if "direction" in d and "stance" not in d else "stance"  # undertow run: the drive direction
+    c = Causal(alphas=alphas, stance=_floats(_get(d, key, "causal"), f"causal.{key}"),
                random=[_floats(r, "causal.random[]") for r in d.get("random") or []],
                kl=_floats(d.get("kl") or [], "causal.kl"), hook=d.get("hook"), contrast=d.get("contrast"))
     for key, vals in [("stance", c.stance), ("kl", c.kl), *(("random[]", r) for r in c.random)]:

@@ -13,6 +13,7 @@ import platform
 import numpy as np
 import torch
 
+from undertow.experiments.report.schema import SCHEMA_VERSION
 from undertow.probes.metrics import bootstrap_ci, cluster_bootstrap_weights
 
 from .measure import states
@@ -166,7 +167,11 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
         p = ctx.stages.path(f"adapters/{name}/finetune.json")
         if p.exists():
             finetunes[name] = json.loads(p.read_text())
+    if causal is not None:
+        causal = {**causal, "contrast": "drive direction", "hook": f"resid_post.{causal['layer']}"}
     return {
+        "schema_version": SCHEMA_VERSION,
+        "config": cfg.recorded(),
         "meta": {"model": cfg.model, "fingerprint": ctx.base.fingerprint, "suite_hash": ctx.items.suite_hash,
                  "config": cfg.recorded(), "versions": _versions(), "seed": cfg.seed, "reference": cfg.reference,
                  "layer": layer_info, "system_prompt_mode": ctx.system_mode,

@@ -62,6 +62,17 @@ def test_results_shape(first_run):
     assert res["meta"]["system_prompt_mode"] == "chat"
 
 
+def test_report_builds_from_the_run(first_run):
+    """`undertow report RUN_DIR` (and `undertow run`, which calls it) renders the arms."""
+    from undertow.experiments.report import build_report
+
+    out, res = first_run
+    page = build_report(out).read_text()
+    assert "id=arms" in page and "no suppression arms were run" not in page
+    for name in ("suppress_prompt", "suppress_finetune", "suppress_ablation"):
+        assert name in page
+
+
 def test_same_seed_same_bytes(first_run, tiny_llama_dir, tmp_path):
     out, _ = first_run
     run_experiment(tiny_config(tiny_llama_dir, tmp_path), progress=False)
