@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.undertow-installed
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-fast lint clean-cache
+.PHONY: install demo study test test-fast lint clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The main job: the suppression experiment (EXPERIMENT.md) on gemma-3-270m at demo size.
 demo: install
-	$(BIN)/undertow demo --out-dir runs/demo
+	$(BIN)/undertow run experiments/configs/run_gemma-3-270m.yaml --out runs/demo
+
+# The probe study (suites, three backends, probe sweep with the away-from-templates AUROCs, report).
+study: install
+	$(BIN)/undertow demo --out-dir runs/study
 
 test: install
 	$(BIN)/pytest -q
