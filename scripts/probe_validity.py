@@ -5,7 +5,7 @@
         --json scripts/results/probe_validity.json
 
 ``extract`` writes one store per (model, dataset) under ``--work`` (resumable):
-the suite's ``self_cessation`` and ``stance`` contrasts (a seeded 192-row subset each, ``SUITE_ROWS``),
+the suite's ``self_cessation`` and ``stance`` contrasts (all rows, ``SUITE_ROWS``),
 the independent set, the model-written-evals answers (stance) and the control
 chat set, every ``resid_post`` hook plus the embedding, float32.
 ``measure`` fits on the suite's train split only and scores everything else;

@@ -70,7 +70,7 @@ def test_reproduction_matches_shipped_probe(tmp_path):
     """Rerun the documented command for one model and contrast; same operating point, same direction."""
     train = _train_module().train
     train("gemma-3-270m", tmp_path / "probes", tmp_path / "work", {"self_cessation": "last_prompt_token"})
-    # extraction of 384 suite + 522 independent + 299 control rows: ~4 min on a quiet 2-core box
+    # extraction of 1,152 suite + 522 independent + 299 control rows
     shipped = load_pretrained("gemma-3-270m", "self_cessation")
     from undertow.probes import Probe
 
