@@ -10,7 +10,7 @@ each other key adds its section when present)::
     schema_version  int, == SCHEMA_VERSION
     meta            {model, fingerprint, source?, suite_hash?, suite_rows?,
                      versions?: {package: version}  (see environment())}
-    config          {...}  the run's config as written (shown verbatim; ``seed`` is read)
+    config          {...}  the run's config as written (shown verbatim; ``seed`` is read; ``undertow run`` keeps it in meta.config)
     contrasts       {name: {position, rows, lexical_auroc, probe_dir?, extract_seconds?,
                             eval_rows?: {set: n}  (evaluation / calibration sets extracted, schema 2),
                             sweep: {table: [row...], operating_point: {hook, probe_type, threshold,
@@ -367,6 +367,13 @@ def _sae(d: dict) -> Sae:
     return Sae(features=feats, hook=d.get("hook"), d_sae=d.get("d_sae"), dir=d.get("dir"))
 
 
+def _config(d: dict) -> dict:
+    """The run's config: top level (the study) or ``meta.config`` (``undertow run``, EXPERIMENT.md's meta)."""
+    if "config" not in d and isinstance(d.get("meta"), dict) and "config" in d["meta"]:
+        return d["meta"]["config"]
+    return _get(d, "config", "(top level)")
+
+
 def parse_results(d: Any) -> Results:
     """Typed :class:`Results` from a parsed results.json; :class:`ReportError` names what is wrong."""
     if not isinstance(d, dict):
@@ -381,7 +388,7 @@ def parse_results(d: Any) -> Results:
                           f"({', '.join(map(str, READABLE_VERSIONS))}); rerun the study with this version, or report with the one that wrote it")
     e = d.get("expressed")
     return Results(
-        schema_version=version, meta=_meta(_get(d, "meta", "(top level)")), config=dict(_get(d, "config", "(top level)")),
+        schema_version=version, meta=_meta(_get(d, "meta", "(top level)")), config=dict(_config(d)),
         contrasts={n: _contrast(n, c) for n, c in (d.get("contrasts") or {}).items()},
         expressed=None if e is None else Expressed(
             n=int(_get(e, "n", "expressed")), averse_rate=_nan(_get(e, "averse_rate", "expressed")),

@@ -284,7 +284,9 @@ def save_adapter(pm, out_dir: Path, stats: FinetuneStats) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    if hasattr(pm, "save_pretrained") and hasattr(pm, "peft_config"):
+    from peft import PeftModel
+
+    if isinstance(pm, PeftModel):
         pm.save_pretrained(str(tmp), safe_serialization=True)
     else:
         tmp.mkdir(parents=True)
@@ -302,8 +304,9 @@ def merge_adapters(model: torch.nn.Module, adapter_dirs: list[Path]) -> torch.nn
     from safetensors.torch import load_file
 
     for d in adapter_dirs:
-        if (Path(d) / FULL_WEIGHTS).exists():
-            missing, unexpected = model.load_state_dict(load_file(str(Path(d) / FULL_WEIGHTS)), strict=False)
+        weights = weights_file(d)
+        if weights.name == FULL_WEIGHTS:
+            _, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
             if unexpected:
                 raise ExperimentError(f"{d}: {len(unexpected)} tensors name no parameter of this model "
                                       f"(first: {unexpected[0]}); it was trained on another architecture")

@@ -171,7 +171,6 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
         causal = {**causal, "contrast": "drive direction", "hook": f"resid_post.{causal['layer']}"}
     return {
         "schema_version": SCHEMA_VERSION,
-        "config": cfg.recorded(),
         "meta": {"model": cfg.model, "fingerprint": ctx.base.fingerprint, "suite_hash": ctx.items.suite_hash,
                  "config": cfg.recorded(), "versions": _versions(), "seed": cfg.seed, "reference": cfg.reference,
                  "layer": layer_info, "system_prompt_mode": ctx.system_mode,

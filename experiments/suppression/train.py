@@ -34,15 +34,13 @@ def train_adapters(ctx, which: str) -> None:
     the instilled weights (+ ``control_suppress``). Each adapter is its own stage (a kill redoes only it)."""
     cfg, tok = ctx.cfg, ctx.base.tokenizer
     if which == "instil":
-        lora, seed, prev = cfg.lora, cfg.seed, []
-        examples = instil_examples(ctx.items, cfg.items.controls, lora.contrastive, "averse",
-                                   pairwise=lora.objective == "preference")
+        lora, seed, prev, stance = cfg.lora, cfg.seed, [], "averse"
         pairs = [("instil", True), ("control_instil", "control_instilled" in cfg.arms.names)]
     else:
-        lora, seed, prev = cfg.arms.suppress_lora, cfg.seed + 1, [ctx.stages.path("adapters/instil")]
-        examples = instil_examples(ctx.items, cfg.items.controls, lora.contrastive, "accepting",
-                                   pairwise=lora.objective == "preference")
+        lora, seed, prev, stance = cfg.arms.suppress_lora, cfg.seed + 1, [ctx.stages.path("adapters/instil")], "accepting"
         pairs = [("suppress", True), ("control_suppress", True)]
+    examples = instil_examples(ctx.items, cfg.items.controls, lora.contrastive, stance,
+                               pairwise=lora.objective == "preference")
     schedule = make_schedule(examples, tok, lora.steps, lora.batch_size, seed)
     if prev:
         def start():
