@@ -91,31 +91,44 @@ def _span_mean(acts_BTD: Tensor, starts_BP: Tensor, lengths_BP: Tensor, max_span
     return tokens_BPLD.sum(2) / lengths_BP.clamp(min=1)[..., None].float()
 
 
+def _pool_slots(acts_BTD: Tensor, starts_BP: Tensor, lengths_BP: Tensor, valid_BP: Tensor, max_span: int) -> Tensor:
+    """fp32 pooled vector of every slot (0 for empty spans)."""
+    B, T, D = acts_BTD.shape
+    if max_span <= 1:
+        idx_BP = starts_BP.clamp(0, T - 1)
+        pooled_BPD = torch.gather(acts_BTD, 1, idx_BP[..., None].expand(B, -1, D)).float()
+        return torch.where(valid_BP[..., None], pooled_BPD, 0.0)
+    return _span_mean(acts_BTD, starts_BP, lengths_BP, max_span)
+
+
+def _nonfinite(pooled_BPD: Tensor, valid_BP: Tensor) -> tuple[Tensor, Tensor]:
+    """(non-finite values per slot, slots kept for the moments: non-empty and all-finite)."""
+    finite_BPD = torch.isfinite(pooled_BPD)
+    return (~finite_BPD).sum(dim=-1), valid_BP & finite_BPD.all(dim=-1)
+
+
+def _moments(pooled_BPD: Tensor, keep_BP: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Two-pass (count_P, mean_PD, m2_PD) of the kept slots."""
+    count_P = keep_BP.sum(dim=0)
+    x_BPD = torch.where(keep_BP[..., None], pooled_BPD, 0.0)
+    mean_PD = x_BPD.sum(dim=0) / count_P.clamp(min=1)[:, None].float()
+    dev_BPD = torch.where(keep_BP[..., None], x_BPD - mean_PD, 0.0)
+    return count_P, mean_PD, (dev_BPD * dev_BPD).sum(dim=0)
+
+
 def gather_pool_ref(acts_BTD: Tensor, starts_BP: Tensor, ends_BP: Tensor, out_dtype: torch.dtype,
                     max_span: int | None = None) -> Pooled:
     """Pure-torch reference: pool ``acts_BTD[b, starts_BP[b,p]:ends_BP[b,p]]`` per slot.
 
     ``max_span`` bounds ``ends - starts`` (None: computed, a device sync on CUDA).
     """
-    B, T, D = acts_BTD.shape
     lengths_BP = ends_BP - starts_BP
     valid_BP = lengths_BP > 0
     if max_span is None:
         max_span = int(lengths_BP.max()) if lengths_BP.numel() else 1
-    if max_span <= 1:
-        idx_BP = starts_BP.clamp(0, T - 1)
-        pooled_BPD = torch.gather(acts_BTD, 1, idx_BP[..., None].expand(B, -1, D)).float()
-        pooled_BPD = torch.where(valid_BP[..., None], pooled_BPD, 0.0)
-    else:
-        pooled_BPD = _span_mean(acts_BTD, starts_BP, lengths_BP, max_span)
-    finite_BPD = torch.isfinite(pooled_BPD)
-    nonfinite_BP = (~finite_BPD).sum(dim=-1)
-    keep_BP = valid_BP & finite_BPD.all(dim=-1)
-    count_P = keep_BP.sum(dim=0)
-    x_BPD = torch.where(keep_BP[..., None], pooled_BPD, 0.0)
-    mean_PD = x_BPD.sum(dim=0) / count_P.clamp(min=1)[:, None].float()
-    dev_BPD = torch.where(keep_BP[..., None], x_BPD - mean_PD, 0.0)
-    m2_PD = (dev_BPD * dev_BPD).sum(dim=0)
+    pooled_BPD = _pool_slots(acts_BTD, starts_BP, lengths_BP, valid_BP, max_span)
+    nonfinite_BP, keep_BP = _nonfinite(pooled_BPD, valid_BP)
+    count_P, mean_PD, m2_PD = _moments(pooled_BPD, keep_BP)
     return Pooled(pooled_BPD.to(out_dtype), count_P, mean_PD, m2_PD, nonfinite_BP)
 
 
