@@ -3,6 +3,7 @@
     undertow run experiments/configs/run_gemma-3-270m.yaml                 # the demo size (make demo)
     undertow run experiments/configs/run_gemma-3-270m.yaml --out runs/x    # another run directory
     undertow run CONFIG --items.test_sets 6 --lora.steps 200               # any config field, as a flag
+    undertow run CONFIG --cluster experiments/configs/clusters/X.yaml      # the model split over a node's GPUs
 
 A killed run resumes when started again with the same config and directory: each stage (stores,
 adapters, scores, probes) is cached there and only the unfinished one is redone.
@@ -21,6 +22,9 @@ from undertow.experiments.suppression.config import RunConfig
 def _extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (overrides out_dir)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--cluster", default=None, metavar="FILE",
+                   help="a cluster file (experiments/configs/clusters/*.yaml) with nodes 1, ranks_per_node 1: the "
+                        "model split over its gpus_per_rank devices (device_map layers|auto)")
 
 
 def _fmt(x: dict | None) -> str:
@@ -49,7 +53,12 @@ def run(cfg: RunConfig, args: argparse.Namespace) -> int:
     if args.out:
         cfg = cfg.replace(out_dir=args.out)
     t0 = time.perf_counter()
-    res = run_experiment(cfg, progress=not args.no_progress)
+    cluster = None
+    if args.cluster:
+        from undertow.activations.dryrun import load_cluster
+
+        cluster = load_cluster(args.cluster)
+    res = run_experiment(cfg, progress=not args.no_progress, cluster=cluster)
     report = build_report(cfg.out_dir)
     print(summary(res))
     print(f"wrote {cfg.out_dir}/results.json, timings.json and {report.name} ({time.perf_counter() - t0:.0f} s)")

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from undertow.activations import load_model
+from undertow.activations.devicemap import ClusterConfig
 from undertow.activations.handle import ModelHandle
 from undertow.activations.intervene import kl_on_prompts
 
@@ -54,10 +55,33 @@ class Context:
     """adapters -> the last condition model built (consecutive conditions share it)."""
 
 
-def preflight(cfg: RunConfig) -> tuple[Items, ModelHandle, str | None, dict]:
+def load_base(cfg: RunConfig, cluster: ClusterConfig | None = None) -> ModelHandle:
+    """The base model: on ``cfg.device``, or split over the GPUs of a cluster file's one rank (``gpus_per_rank``
+    devices, ``device_map: layers | auto``; ``activations.cluster_rank``), the map checked before any weight is
+    read. The experiment is one process (its stages run in order, each fine-tune needs the one before), so a
+    file asking for more than one data-parallel rank is refused; extraction alone scales out
+    (``undertow extract --cluster``). Every condition's model is a copy of this one (``arms.arm_handle``): two
+    replicas at a time, e.g. 2 x 141 GB for Llama-3.3-70B in bf16 on one 8 x 80 GB node."""
+    if cluster is None:
+        return load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)  # a missing model raises ModelNotFoundError naming the fix
+    from undertow.activations.cluster_rank import load_rank_model, rank_placement
+
+    if cluster.world_size != 1:
+        raise ExperimentError(f"the experiment runs as one process, but the cluster file asks for {cluster.nodes} "
+                              f"node(s) x {cluster.ranks_per_node} rank(s): set nodes: 1 and ranks_per_node: 1 "
+                              "(gpus_per_rank splits the model over a node's GPUs)")
+    if cfg.device is not None:
+        raise ExperimentError(f"device={cfg.device!r} and --cluster both place the model: drop device (the "
+                              "cluster file's GPUs are used)")
+    placement = rank_placement(cfg.model, cluster)
+    print(placement.describe(), file=sys.stderr, flush=True)
+    return load_rank_model(cfg.model, placement, dtype=cfg.model_dtype)
+
+
+def preflight(cfg: RunConfig, cluster: ClusterConfig | None = None) -> tuple[Items, ModelHandle, str | None, dict]:
     """Everything that can be refused, refused before the run directory is touched."""
     items = build_items(cfg.items, cfg.seed)
-    handle = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)  # a missing model raises ModelNotFoundError naming the fix
+    handle = load_base(cfg, cluster)
     if cfg.layer is not None and cfg.layer >= handle.n_layers:
         raise ExperimentError(f"layer={cfg.layer} but {cfg.model} has {handle.n_layers} layers (0-{handle.n_layers - 1})")
     if "instilled" in cfg.arms.names and cfg.lora.method == "lora":
@@ -178,9 +202,10 @@ def _causal(ctx: Context, dirs, layer: int) -> dict:
     return {**out, "steered": c.model, "n_items": len(rows)}
 
 
-def run_experiment(cfg: RunConfig, progress: bool = True) -> dict:
-    """Run (or resume) the experiment; returns the results dict also written to ``out_dir/results.json``."""
-    items, base, system_mode, probes = preflight(cfg)
+def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig | None = None) -> dict:
+    """Run (or resume) the experiment; returns the results dict also written to ``out_dir/results.json``.
+    ``cluster``: split the model over one rank's GPUs (``load_base``); where it runs changes no result."""
+    items, base, system_mode, probes = preflight(cfg, cluster)
     stages = Stages(Path(cfg.out_dir), cfg.recorded())
     ctx = Context(cfg, items, base, stages, system_mode, probes)
     conds = arms_mod.conditions(cfg)

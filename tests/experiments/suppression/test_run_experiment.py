@@ -79,6 +79,29 @@ def test_same_seed_same_bytes(first_run, tiny_llama_dir, tmp_path):
     assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
 
 
+def test_split_over_two_devices_same_bytes(first_run, tiny_llama_dir, tmp_path):
+    """``undertow run --cluster FILE``: the model split by layers over one rank's two devices (host devices
+    here, ``gpu: cpu``), every fine-tune and condition copy included, writes the unsplit run's results.json."""
+    from undertow.activations.devicemap import ClusterConfig
+
+    out, _ = first_run
+    cluster = ClusterConfig(gpu="cpu", gpus_per_rank=2, device_map="layers")
+    run_experiment(tiny_config(tiny_llama_dir, tmp_path), progress=False, cluster=cluster)
+    assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
+
+
+def test_cluster_with_several_ranks_is_refused_before_anything_is_written(tiny_llama_dir, tmp_path):
+    from undertow.activations.devicemap import ClusterConfig
+    from undertow.experiments.suppression.errors import ExperimentError
+
+    cfg = tiny_config(tiny_llama_dir, tmp_path / "run")
+    with pytest.raises(ExperimentError, match="one process.*ranks_per_node: 1"):
+        run_experiment(cfg, progress=False, cluster=ClusterConfig(gpu="cpu", ranks_per_node=2))
+    with pytest.raises(ExperimentError, match="drop device"):
+        run_experiment(cfg.replace(device="cpu"), progress=False, cluster=ClusterConfig(gpu="cpu"))
+    assert not (tmp_path / "run").exists()
+
+
 def _run_cli(config_path, out, env):
     import subprocess
     import sys
