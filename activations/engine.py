@@ -45,8 +45,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from torch import Tensor
 
 from undertow.kernels import gather_pool
+from undertow.kernels.batch_pool import BatchPool
+from undertow.kernels.gather_pool import index_for
 
 from .batching import pad_right
 from .capture import capture, capture_hf
@@ -136,8 +139,9 @@ def _shard_files(plan: Plan, lo: int, raw: list[dict], rendered: list[Rendered],
     for key, spec in plan.header["keys"].items():
         by_hook[spec["hook"]][spec["position"]] = tensors[key].contiguous()
         by_hook[spec["hook"]].update(moments[key].to_tensors(f"stats/{spec['position']}/"))
-    nonfinite = {key: {"values": int(v.sum()), "rows": [lo + int(i) for i in v.nonzero()[:, 0][:100]]}
-                 for key, v in nonfinite_S.items() if int(v.sum()) > 0}
+    totals = {key: int(v.sum()) for key, v in nonfinite_S.items()}  # host tensors (sink.finish)
+    nonfinite = {key: {"values": totals[key], "rows": [lo + i for i in v.nonzero()[:100, 0].tolist()]}
+                 for key, v in nonfinite_S.items() if totals[key] > 0}
     meta = [dict(row_metadata(r, plan.source.indices[lo + i]), n_prompt_tokens=x.n_prompt,
                  n_response_tokens=x.n_response, n_tokens=x.n_tokens)
             for i, (r, x) in enumerate(zip(raw, rendered, strict=True))]
@@ -188,7 +192,8 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
     row_keys = {plan.key(p, pos): (p.name, plan.slots[pos.spec], pos.kind == "last_k")
                 for p in plan.points for pos in plan.row_positions}
     token_keys = {plan.key(p, plan.token_position): p.name for p in plan.points} if plan.token_position else {}
-    sink = ShardSink(len(rendered), row_keys, token_keys, handle.d_model, plan.out_dtype, handle.device)
+    sink = ShardSink(len(rendered), [p.name for p in plan.points], row_keys, token_keys, handle.d_model,
+                     plan.out_dtype, handle.device)
     groups, plain = [], list(range(len(rendered)))
     if plan.config.share_prompts and handle.backend == "hf" and max(p.depth for p in plan.points) >= 0:
         groups, plain = group_by_prompt(rendered)
@@ -242,39 +247,61 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
+def _batch_index(plan: Plan, lengths: list[int], spans_BP: list[list[tuple[int, int]]], pin: bool) -> Tensor:
+    """The batch's index tensors in one int64 host tensor (pinned on CUDA: moved in one async copy): the row
+    positions' ``[2, B, P]`` span starts and ends, then ``all_tokens``' ``[2, B, T]`` (a pad column is an
+    empty span)."""
+    parts = []
+    if plan.row_positions:
+        parts.append(torch.tensor(spans_BP, dtype=torch.long).permute(2, 0, 1).reshape(-1))
+    if plan.token_position is not None:
+        starts_BT = torch.arange(max(lengths)).expand(len(lengths), -1)
+        ends_BT = starts_BT + (starts_BT < torch.tensor(lengths, dtype=torch.long)[:, None])
+        parts += [starts_BT.reshape(-1), ends_BT.reshape(-1)]
+    flat = torch.cat(parts)
+    return flat.pin_memory() if pin else flat
+
+
 def _pooler(handle: ModelHandle, plan: Plan, sink: ShardSink, batch: list[int], lengths: list[int],
             spans_BP: list[list[tuple[int, int]]]) -> Callable[[str, torch.Tensor], None]:
     """Open ``batch`` (shard-local rows, right-padded to ``max(lengths)``) in the sink; returns the hook
-    callback that pools each hook's ``acts_BTD`` into it."""
+    callback that pools each hook's ``acts_BTD`` into it.
+
+    Row positions: every hook's slots in one ``BatchPool`` per batch (per hook one gather, or one Triton
+    launch; non-finite counts, moments and downcast once per batch for all hooks); ``max_span`` is known here
+    on the host, so nothing syncs to find it. ``all_tokens``: one ``gather_pool`` call per hook. The index
+    tensors reach the device in one copy per batch (per device of a device-mapped model).
+
+    measured (``scripts/bench_launches.py``; CPU, reference pooling, Gemma-3-270M config at 4 layers, bf16,
+    last_prompt_token + mean_response, batch 16): 129 launches per
+    batch beyond the bare forward before (pooling 56, moments 40, non-finite checks 32, index 1), 44 after
+    (pooling 22, moments 9, index 8, non-finite 5); no per-batch sync before or after."""
     dev = handle.device
-    sink.start_batch(torch.tensor(batch, dtype=torch.long), lengths)
+    B, T = len(batch), max(lengths)
+    index = _batch_index(plan, lengths, spans_BP, pin=dev.type == "cuda").to(dev, non_blocking=True)
+    pool = None
     if plan.row_positions:
-        # All row positions in one gather_pool call per hook (launch-bound on GPU: one call, not one per
-        # position); max_span is known here on the host, so the kernel never syncs to find it.
+        P = len(spans_BP[0])
+        se_2BP = index[: 2 * B * P].view(2, B, P)
         max_span = max(e - s for row in spans_BP for s, e in row)
-        se_2BP = torch.tensor(spans_BP, dtype=torch.long).permute(2, 0, 1).contiguous().to(dev, non_blocking=True)
-    if plan.token_position is not None:
-        lengths_B = torch.tensor(lengths, dtype=torch.long)
-        starts_BT = torch.arange(max(lengths)).expand(len(batch), -1)
-        ends_BT = starts_BT + (starts_BT < lengths_B[:, None])  # a pad column is an empty span
-        starts_BT, ends_BT = starts_BT.to(dev, non_blocking=True), ends_BT.to(dev, non_blocking=True)
+        pool = BatchPool([p.name for p in plan.points], se_2BP[0], se_2BP[1], max_span, plan.out_dtype, dev)
+        index = index[2 * B * P:]
+    sink.start_batch(torch.tensor(batch, dtype=torch.long), lengths, pool)
+    tokens: dict[tuple[torch.device, int], tuple] = {}  # all_tokens' spans (and reference index) per device
 
     def on_capture(name: str, acts_BTD: torch.Tensor) -> None:
-        if acts_BTD.device != dev:  # a layer of a device-mapped model (devicemap.py): pool there, move the result
-            return _on_other_device(name, acts_BTD)
-        if plan.row_positions:
-            sink.put(name, gather_pool(acts_BTD, se_2BP[0], se_2BP[1], plan.out_dtype, max_span))
+        if pool is not None:
+            pool.add(name, acts_BTD)
         if plan.token_position is not None:
-            sink.put(name, gather_pool(acts_BTD, starts_BT, ends_BT, plan.out_dtype, 1), tokens=True)
-
-    def _on_other_device(name: str, acts_BTD: torch.Tensor) -> None:
-        here = acts_BTD.device
-        if plan.row_positions:
-            pooled = gather_pool(acts_BTD, se_2BP[0].to(here), se_2BP[1].to(here), plan.out_dtype, max_span)
-            sink.put(name, type(pooled)(*(t.to(dev, non_blocking=True) for t in pooled)))
-        if plan.token_position is not None:
-            pooled = gather_pool(acts_BTD, starts_BT.to(here), ends_BT.to(here), plan.out_dtype, 1)
-            sink.put(name, type(pooled)(*(t.to(dev, non_blocking=True) for t in pooled)), tokens=True)
+            here, key = acts_BTD.device, (acts_BTD.device, acts_BTD.shape[1])
+            if key not in tokens:
+                se_2BT = index.view(2, B, T).to(here)
+                tokens[key] = (se_2BT[0], se_2BT[1], index_for(se_2BT[0], se_2BT[1], 1, acts_BTD.shape[1]))
+            starts_BT, ends_BT, ix = tokens[key]
+            pooled = gather_pool(acts_BTD, starts_BT, ends_BT, plan.out_dtype, 1, ix)
+            if here != dev:  # a layer of a device-mapped model (devicemap.py): pooled there, the result moved
+                pooled = type(pooled)(*(t.to(dev, non_blocking=True) for t in pooled))
+            sink.put_tokens(name, pooled)
 
     return on_capture
 

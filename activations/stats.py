@@ -34,10 +34,11 @@ class Moments:
     def from_slots(cls, count_P: Tensor, mean_PD: Tensor, m2_PD: Tensor) -> Moments:
         """Pool P slots' moments into one (vectorised Chan merge; no host sync)."""
         n = count_P.sum()
-        w_P = count_P.float() / n.clamp(min=1).float()
+        count_f = count_P.float()
+        w_P = count_f / n.clamp(min=1)  # int64 promoted to fp32 in the kernel: the same bits as .float()
         mean_D = (w_P[:, None] * mean_PD).sum(0)
         delta_PD = mean_PD - mean_D
-        m2_D = m2_PD.sum(0) + (count_P.float()[:, None] * delta_PD * delta_PD).sum(0)
+        m2_D = m2_PD.sum(0) + (count_f[:, None] * delta_PD * delta_PD).sum(0)
         return cls(n, mean_D, m2_D)
 
     def merge(self, other: Moments) -> Moments:

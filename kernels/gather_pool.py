@@ -79,57 +79,88 @@ class Pooled(NamedTuple):
     """int64: non-finite values in the pooled vector of row b, slot p (0 for empty spans)."""
 
 
-def _span_mean(acts_BTD: Tensor, starts_BP: Tensor, lengths_BP: Tensor, max_span: int) -> Tensor:
-    """fp32 mean of each span, via a masked gather of at most ``max_span`` tokens per slot."""
-    B, T, D = acts_BTD.shape
-    P = starts_BP.shape[1]
-    offs_L = torch.arange(max_span, device=acts_BTD.device)
-    inside_BPL = offs_L < lengths_BP[..., None]
-    idx_BPL = (starts_BP[..., None] + offs_L).clamp(0, T - 1)
-    tokens_BPLD = torch.gather(acts_BTD, 1, idx_BPL.view(B, P * max_span, 1).expand(B, P * max_span, D))
-    tokens_BPLD = torch.where(inside_BPL.view(B, P * max_span, 1), tokens_BPLD.float(), 0.0).view(B, P, max_span, D)
-    return tokens_BPLD.sum(2) / lengths_BP.clamp(min=1)[..., None].float()
+class SpanIndex(NamedTuple):
+    """What the reference derives from the spans alone: built once per batch (``span_index``) and shared by
+    every hook of it, so each hook's pooling is a gather and a masked sum, not ~14 small ops."""
+
+    lengths_BP: Tensor
+    valid_BP: Tensor
+    """Non-empty slots."""
+    max_span: int
+    idx_BN1: Tensor
+    """Gather index clamped into ``[0, T)``: one token per slot (``max_span <= 1``, N = P) or ``max_span``
+    tokens per slot (N = P * max_span)."""
+    inside_BN1: Tensor | None
+    """Which gathered tokens lie inside their span (``max_span > 1``)."""
+    denom_BP1: Tensor | None
+    """int64 span lengths (at least 1), the mean's divisor, promoted to fp32 by the division (``max_span > 1``)."""
 
 
-def _pool_slots(acts_BTD: Tensor, starts_BP: Tensor, lengths_BP: Tensor, valid_BP: Tensor, max_span: int) -> Tensor:
-    """fp32 pooled vector of every slot (0 for empty spans)."""
-    B, T, D = acts_BTD.shape
-    if max_span <= 1:
-        idx_BP = starts_BP.clamp(0, T - 1)
-        pooled_BPD = torch.gather(acts_BTD, 1, idx_BP[..., None].expand(B, -1, D)).float()
-        return torch.where(valid_BP[..., None], pooled_BPD, 0.0)
-    return _span_mean(acts_BTD, starts_BP, lengths_BP, max_span)
-
-
-def _nonfinite(pooled_BPD: Tensor, valid_BP: Tensor) -> tuple[Tensor, Tensor]:
-    """(non-finite values per slot, slots kept for the moments: non-empty and all-finite)."""
-    finite_BPD = torch.isfinite(pooled_BPD)
-    return (~finite_BPD).sum(dim=-1), valid_BP & finite_BPD.all(dim=-1)
-
-
-def _moments(pooled_BPD: Tensor, keep_BP: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Two-pass (count_P, mean_PD, m2_PD) of the kept slots."""
-    count_P = keep_BP.sum(dim=0)
-    x_BPD = torch.where(keep_BP[..., None], pooled_BPD, 0.0)
-    mean_PD = x_BPD.sum(dim=0) / count_P.clamp(min=1)[:, None].float()
-    dev_BPD = torch.where(keep_BP[..., None], x_BPD - mean_PD, 0.0)
-    return count_P, mean_PD, (dev_BPD * dev_BPD).sum(dim=0)
-
-
-def gather_pool_ref(acts_BTD: Tensor, starts_BP: Tensor, ends_BP: Tensor, out_dtype: torch.dtype,
-                    max_span: int | None = None) -> Pooled:
-    """Pure-torch reference: pool ``acts_BTD[b, starts_BP[b,p]:ends_BP[b,p]]`` per slot.
-
-    ``max_span`` bounds ``ends - starts`` (None: computed, a device sync on CUDA).
-    """
+def span_index(starts_BP: Tensor, ends_BP: Tensor, max_span: int | None, T: int) -> SpanIndex:
+    """The ``SpanIndex`` of spans ``[starts_BP, ends_BP)`` into sequences of ``T`` tokens (on their device).
+    ``max_span`` None: computed (a device sync on CUDA)."""
     lengths_BP = ends_BP - starts_BP
     valid_BP = lengths_BP > 0
     if max_span is None:
         max_span = int(lengths_BP.max()) if lengths_BP.numel() else 1
-    pooled_BPD = _pool_slots(acts_BTD, starts_BP, lengths_BP, valid_BP, max_span)
+    if max_span <= 1:
+        return SpanIndex(lengths_BP, valid_BP, max_span, starts_BP.clamp(0, T - 1)[..., None], None, None)
+    B, P = starts_BP.shape
+    offs_L = torch.arange(max_span, device=starts_BP.device)
+    inside_BPL = offs_L < lengths_BP[..., None]
+    idx_BPL = (starts_BP[..., None] + offs_L).clamp(0, T - 1)
+    return SpanIndex(lengths_BP, valid_BP, max_span, idx_BPL.view(B, P * max_span, 1),
+                     inside_BPL.view(B, P * max_span, 1), lengths_BP.clamp(min=1)[..., None])
+
+
+def pool_slots(acts_BTD: Tensor, ix: SpanIndex) -> Tensor:
+    """fp32 pooled vector of every slot (0 for empty spans): a gather of one token per slot, or a masked gather
+    of at most ``max_span`` tokens per slot and their mean."""
+    B, _, D = acts_BTD.shape
+    P = ix.valid_BP.shape[1]
+    tokens_BND = torch.gather(acts_BTD, 1, ix.idx_BN1.expand(B, -1, D))
+    if ix.max_span <= 1:
+        return torch.where(ix.valid_BP[..., None], tokens_BND.float(), 0.0)
+    tokens_BPLD = torch.where(ix.inside_BN1, tokens_BND.float(), 0.0).view(B, P, ix.max_span, D)
+    return tokens_BPLD.sum(2) / ix.denom_BP1
+
+
+def _nonfinite(pooled_BPD: Tensor, valid_BP: Tensor) -> tuple[Tensor, Tensor]:
+    """(non-finite values per slot, slots kept for the moments: non-empty and all-finite); any leading dims.
+
+    ``x - x != 0`` is ``~isfinite(x)`` (IEEE: +0 for every finite x, NaN for inf and NaN) in two kernels
+    where ``isfinite`` takes four; five launches in all, was eight."""
+    nonfinite_BP = ((pooled_BPD - pooled_BPD) != 0).sum(dim=-1)
+    return nonfinite_BP, valid_BP & (nonfinite_BP == 0)
+
+
+def _moments(pooled_BPD: Tensor, keep_BP: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Two-pass (count_P, mean_PD, m2_PD) of the kept slots over the row axis (-3); any leading dims (one per
+    hook: ``batch_pool.py``). Summing dim 1 of ``[H, B, P, D]`` gave the same bits as dim 0 of each ``[B, P, D]``
+    on this CPU (B 1-256, P 1-5, D 7-1000, H 1-18; 1 and 2 threads)."""
+    count_P = keep_BP.sum(dim=-2)
+    x_BPD = torch.where(keep_BP[..., None], pooled_BPD, 0.0)
+    mean_PD = x_BPD.sum(dim=-3) / count_P.clamp(min=1)[..., None]  # int64 promoted to fp32 in the kernel
+    dev_BPD = torch.where(keep_BP[..., None], x_BPD - mean_PD.unsqueeze(-3), 0.0)
+    return count_P, mean_PD, (dev_BPD * dev_BPD).sum(dim=-3)
+
+
+def finish_ref(pooled_BPD: Tensor, valid_BP: Tensor, out_dtype: torch.dtype) -> Pooled:
+    """Non-finite counts, moments and the downcast of pooled fp32 slots (any leading dims)."""
     nonfinite_BP, keep_BP = _nonfinite(pooled_BPD, valid_BP)
     count_P, mean_PD, m2_PD = _moments(pooled_BPD, keep_BP)
     return Pooled(pooled_BPD.to(out_dtype), count_P, mean_PD, m2_PD, nonfinite_BP)
+
+
+def gather_pool_ref(acts_BTD: Tensor, starts_BP: Tensor, ends_BP: Tensor, out_dtype: torch.dtype,
+                    max_span: int | None = None, index: SpanIndex | None = None) -> Pooled:
+    """Pure-torch reference: pool ``acts_BTD[b, starts_BP[b,p]:ends_BP[b,p]]`` per slot.
+
+    ``max_span`` bounds ``ends - starts`` (None: computed, a device sync on CUDA); ``index``: the batch's
+    ``span_index`` of these spans, when the caller built it once for all its hooks.
+    """
+    ix = index if index is not None else span_index(starts_BP, ends_BP, max_span, acts_BTD.shape[1])
+    return finish_ref(pool_slots(acts_BTD, ix), ix.valid_BP, out_dtype)
 
 
 try:  # Linux wheels only; elsewhere the reference is the one implementation
@@ -254,42 +285,78 @@ def aot_compile(arch: int, acts_dtype: torch.dtype, out_dtype: torch.dtype, d_mo
             "merge_moments": compile_for(_merge_moments_kernel, merge_sig, {"BLOCK_D": min(block_d, 1024)}, arch, 4)}
 
 
+def alloc_pooled(lead: tuple[int, ...], B: int, P: int, D: int, out_dtype: torch.dtype, device: torch.device,
+                 make=torch.empty) -> Pooled:
+    """Output buffers of ``Pooled`` shapes with leading dims ``lead`` (``(H,)``: one per hook)."""
+    return Pooled(make((*lead, B, P, D), dtype=out_dtype, device=device),
+                  make((*lead, P), dtype=torch.int64, device=device),
+                  make((*lead, P, D), dtype=torch.float32, device=device),
+                  make((*lead, P, D), dtype=torch.float32, device=device),
+                  make((*lead, B, P), dtype=torch.int64, device=device))
+
+
+class Partials(NamedTuple):
+    """Per-program Welford partials of S slots (``S = P``, or ``H * P`` for a whole batch of hooks)."""
+
+    n_SN: Tensor
+    mean_SND: Tensor
+    m2_SND: Tensor
+
+
+def partials(S: int, NB: int, D: int, device: torch.device) -> Partials:
+    """Uninitialised partials: the pool kernel writes every one."""
+    return Partials(torch.empty((S, NB), dtype=torch.float32, device=device),
+                    torch.empty((S, NB, D), dtype=torch.float32, device=device),
+                    torch.empty((S, NB, D), dtype=torch.float32, device=device))
+
+
+def launch_pool(acts_BTD: Tensor, starts_BP: Tensor, ends_BP: Tensor, out_BPD: Tensor, nonfinite_BP: Tensor,
+                parts: Partials, rows: int) -> None:
+    """The pool kernel over all (slot, block of ``rows`` rows): writes every element of ``out_BPD`` and
+    ``nonfinite_BP`` and every partial (contiguous outputs; ``starts``/``ends`` contiguous int64)."""
+    B, _, D = acts_BTD.shape
+    P, NB = starts_BP.shape[1], parts.n_SN.shape[1]
+    pool_kernel, _ = _kernels(acts_BTD.device)
+    block_d = triton.next_power_of_2(D)
+    pool_kernel[(P, NB)](acts_BTD, starts_BP, ends_BP, out_BPD, nonfinite_BP, parts.n_SN, parts.mean_SND,
+                         parts.m2_SND, B, P, D, NB, *acts_BTD.stride(), ROWS=rows, BLOCK_D=block_d,
+                         num_warps=_pool_warps(block_d))
+
+
+def launch_merge(parts: Partials, count_S: Tensor, mean_SD: Tensor, m2_SD: Tensor) -> None:
+    """The merge kernel: Chan's merge of each slot's partials, in program order; writes every output."""
+    S, NB = parts.n_SN.shape
+    D = mean_SD.shape[-1]
+    _, merge_kernel = _kernels(count_S.device)
+    merge_block = min(triton.next_power_of_2(D), 1024)
+    merge_kernel[(S, triton.cdiv(D, merge_block))](parts.n_SN, parts.mean_SND, parts.m2_SND, count_S, mean_SD, m2_SD,
+                                                   D, NB, BLOCK_D=merge_block)
+
+
 def gather_pool_triton(acts_BTD: Tensor, starts_BP: Tensor, ends_BP: Tensor, out_dtype: torch.dtype,
-                       max_span: int | None = None) -> Pooled:
-    """Fused Triton version of ``gather_pool_ref``: two launches per call instead of ~25 small kernels.
+                       max_span: int | None = None, index: SpanIndex | None = None) -> Pooled:
+    """Fused Triton version of ``gather_pool_ref``: two launches per call instead of ~32 small kernels.
 
     One pass over the span tokens (each d_model row read once, coalesced) writes the downcast output and
     the non-finite counts and folds kept rows into per-program Welford partials; a second tiny kernel
-    merges the partials per slot (Chan). ``max_span`` is accepted for the signature and unused: spans
-    are looped with runtime bounds. CPU tensors run through Triton's interpreter (slow; for tests), where
-    bf16 casts truncate instead of rounding: compare bf16 within one ulp.
+    merges the partials per slot (Chan). ``max_span`` and ``index`` are accepted for the signature and unused:
+    spans are looped with runtime bounds. The outputs are allocated uninitialised (the kernels write every
+    element): four fewer fill launches per call than zeroed buffers. CPU tensors run through Triton's
+    interpreter (slow; for tests), where bf16 casts truncate instead of rounding: compare bf16 within one ulp.
     """
     if triton is None:
         raise RuntimeError("triton is not installed: use UNDERTOW_GATHER_POOL=ref or install triton (Linux)")
     B, T, D = acts_BTD.shape
     P = starts_BP.shape[1]
     dev = acts_BTD.device
-    out_BPD = torch.empty((B, P, D), dtype=out_dtype, device=dev)
-    nonfinite_BP = torch.zeros((B, P), dtype=torch.int64, device=dev)
-    count_P = torch.zeros(P, dtype=torch.int64, device=dev)
-    mean_PD = torch.zeros((P, D), dtype=torch.float32, device=dev)
-    m2_PD = torch.zeros((P, D), dtype=torch.float32, device=dev)
     if B == 0 or P == 0 or D == 0:
-        return Pooled(out_BPD, count_P, mean_PD, m2_PD, nonfinite_BP)
-    pool_kernel, merge_kernel = _kernels(dev)
+        return alloc_pooled((), B, P, D, out_dtype, dev, torch.zeros)
+    out = alloc_pooled((), B, P, D, out_dtype, dev)
     rows = _rows_per_program(B, P)
-    NB = math.ceil(B / rows)
-    part_n = torch.empty((P, NB), dtype=torch.float32, device=dev)
-    part_mean = torch.empty((P, NB, D), dtype=torch.float32, device=dev)
-    part_m2 = torch.empty((P, NB, D), dtype=torch.float32, device=dev)
-    starts_BP, ends_BP = starts_BP.contiguous(), ends_BP.contiguous()
-    block_d = triton.next_power_of_2(D)
-    pool_kernel[(P, NB)](acts_BTD, starts_BP, ends_BP, out_BPD, nonfinite_BP, part_n, part_mean, part_m2,
-                         B, P, D, NB, *acts_BTD.stride(), ROWS=rows, BLOCK_D=block_d, num_warps=_pool_warps(block_d))
-    merge_block = min(block_d, 1024)
-    merge_kernel[(P, triton.cdiv(D, merge_block))](part_n, part_mean, part_m2, count_P, mean_PD, m2_PD, D, NB,
-                                                   BLOCK_D=merge_block)
-    return Pooled(out_BPD, count_P, mean_PD, m2_PD, nonfinite_BP)
+    parts = partials(P, math.ceil(B / rows), D, dev)
+    launch_pool(acts_BTD, starts_BP.contiguous(), ends_BP.contiguous(), out.out_BPD, out.nonfinite_BP, parts, rows)
+    launch_merge(parts, out.count_P, out.mean_PD, out.m2_PD)
+    return out
 
 
 _IMPLS = {"ref": gather_pool_ref, **({"triton": gather_pool_triton} if triton is not None else {})}
@@ -305,10 +372,17 @@ def _pick_impl(device: torch.device) -> str:
     return forced
 
 
-def gather_pool(acts_BTD: Tensor, starts_BP: Tensor, ends_BP: Tensor, out_dtype: torch.dtype,
-                max_span: int | None = None) -> Pooled:
-    """Dispatcher the engine calls: Triton on CUDA when registered, else the reference.
+def index_for(starts_BP: Tensor, ends_BP: Tensor, max_span: int, T: int) -> SpanIndex | None:
+    """``span_index`` when the dispatcher runs the reference on these spans' device (to reuse across hooks);
+    None for the Triton kernel, which reads the spans directly."""
+    return span_index(starts_BP, ends_BP, max_span, T) if _pick_impl(starts_BP.device) == "ref" else None
 
-    ``UNDERTOW_GATHER_POOL=ref|triton|auto`` forces a choice.
+
+def gather_pool(acts_BTD: Tensor, starts_BP: Tensor, ends_BP: Tensor, out_dtype: torch.dtype,
+                max_span: int | None = None, index: SpanIndex | None = None) -> Pooled:
+    """Dispatcher: Triton on CUDA when registered, else the reference (``index``: its ``span_index``, reused).
+
+    ``UNDERTOW_GATHER_POOL=ref|triton|auto`` forces a choice. The engine pools its row positions through
+    ``batch_pool.BatchPool`` (all hooks of a batch) and ``all_tokens`` through this, one call per hook.
     """
-    return _IMPLS[_pick_impl(acts_BTD.device)](acts_BTD, starts_BP, ends_BP, out_dtype, max_span)
+    return _IMPLS[_pick_impl(acts_BTD.device)](acts_BTD, starts_BP, ends_BP, out_dtype, max_span, index)

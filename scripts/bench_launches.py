@@ -71,6 +71,7 @@ SYNC_METHODS = {"tolist": "tolist", "cpu": "to host", "numpy": "to host", "synch
 
 #: (file, function) of engine code -> (source, scope). The innermost engine frame of an op decides; an op
 #: under a capture_hf frame with library frames in between belongs to the model's own forward.
+INHERIT = ("caller's", "")
 SOURCES = {
     ("capture.py", "capture_hf"): ("forward", "batch"),
     ("capture.py", "*"): ("hooks", "batch"),
@@ -78,35 +79,47 @@ SOURCES = {
     ("compiled.py", "*"): ("hooks", "batch"),
     ("gather_pool.py", "_nonfinite"): ("non-finite checks", "batch"),
     ("gather_pool.py", "_moments"): ("moments", "batch"),
+    ("gather_pool.py", "span_index"): ("index tensors", "batch"),
     ("gather_pool.py", "*"): ("pooling", "batch"),
+    ("batch_pool.py", "index"): ("index tensors", "batch"),
+    ("batch_pool.py", "_spans_on"): ("index tensors", "batch"),
+    ("batch_pool.py", "*"): ("pooling", "batch"),
     ("engine.py", "on_capture"): ("hooks", "batch"),
     ("engine.py", "_on_other_device"): ("hooks", "batch"),
     ("engine.py", "_pooler"): ("index tensors", "batch"),
+    ("engine.py", "_batch_index"): ("index tensors", "batch"),
     ("engine.py", "run_batch"): ("batch inputs", "batch"),
     ("batching.py", "*"): ("batch inputs", "batch"),
     ("sink.py", "put"): ("copies to host", "batch"),
     ("sink.py", "_stage"): ("copies to host", "batch"),
+    ("sink.py", "_close"): ("copies to host", "batch"),
+    ("sink.py", "put_tokens"): ("non-finite checks", "batch"),
     ("sink.py", "start_batch"): ("index tensors", "batch"),
     ("sink.py", "*"): ("shard finish (order, moments merge, copies to host)", "shard"),
-    ("stats.py", "*"): ("moments merge (stats.py)", "shard"),
-    ("engine.py", "_shard_files"): ("non-finite summary", "shard"),
+    ("stats.py", "from_slots"): ("moments merge (stats.py)", "shard"),
+    ("stats.py", "*"): INHERIT,
+    ("engine.py", "_shard_files"): ("shard files (non-finite summary, stats tensors)", "shard"),
 }
 ENGINE_DIRS = ("/activations/", "/kernels/")
 COMPREHENSIONS = ("<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>")  # attributed to the enclosing function
 
 #: call sites of sync-type calls whose tensor is on the device under CUDA (read from the code); any other
 #: site works on a host tensor there (a Python list made a tensor, or data already staged to pinned memory)
-DEVICE_SITES = {"sink.py:finish", "sink.py:_key", "stats.py:cpu", "gather_pool.py:gather_pool_ref",
-                "engine.py:on_capture", "capture.py:capture_hf"}
+DEVICE_SITES = {"sink.py:_key", "stats.py:cpu", "sink.py:_moments_to_host", "sink.py:_row_nonfinite",
+                "gather_pool.py:gather_pool_ref", "engine.py:on_capture", "capture.py:capture_hf"}
 
 #: functions that build host tensors (index tensors from Python lists, data already staged to pinned memory):
 #: on CUDA only their device moves (a childless ``to``) launch anything
-HOST_SITES = {"engine.py:_pooler", "sink.py:start_batch", "sink.py:_tokens", "engine.py:_shard_files",
-              "stats.py:to_tensors", "batching.py:pad_right"}
+HOST_SITES = {"engine.py:_pooler", "engine.py:_batch_index", "sink.py:start_batch", "sink.py:_tokens",
+              "engine.py:_shard_files", "stats.py:to_tensors", "batching.py:pad_right", "batching.py:run_bare",
+              "sink.py:_unstack", "sink.py:_values", "sink.py:_nonfinite", "sink.py:finish"}
 
-#: copies issued only on CUDA (``if self.cuda`` / pinned memory), per hook per batch, counted from the code
-CUDA_ONLY = {"before": {"sink.put: pinned staging copies of out_BPD and nonfinite_BP": 2},
-             "after": {"sink.put: pinned staging copy of out_BPD": 1}}
+#: what runs only on CUDA, counted from the code (per batch, H hooks): pinned staging copies in ``sink.py``, and
+#: the Triton pooling that replaces the reference's pooling, non-finite and moments rows
+CUDA_ONLY = {"before": {"staging copies (values and non-finite counts, per hook)": "2 H",
+                        "triton gather_pool per hook (pool, merge) + zero-fills (4)": "6 H"},
+             "after": {"staging copies (all hooks' values in one)": "1",
+                       "triton BatchPool (a pool launch per hook, one merge)": "H + 1"}}
 
 
 def tiny_config(kind: str, vocab: int):
@@ -169,25 +182,28 @@ def _python(name: str) -> bool:
     return ".py(" in name or name.startswith("<built-in")
 
 
-def classify(evt) -> tuple[str, str, str]:
-    """(source, scope, site) of an aten op: the innermost engine frame above it (library frames between
-    it and ``capture_hf`` make it the forward's own)."""
-    library = False
+def classify(evt) -> tuple[str, str, str, bool]:
+    """(source, scope, site, host) of an aten op: the innermost engine frame above it that names a source
+    (``stats.py`` helpers take their caller's; library frames between the op and ``capture_hf`` make it the
+    forward's own); ``host``: a frame on the way is in ``HOST_SITES``, or the code runs once per run."""
+    library, host, site = False, False, None
     parent = evt.cpu_parent
     while parent is not None:
         frame = _frame(parent.name)
         if frame is not None and frame[1] not in COMPREHENSIONS:
             file, func = frame
+            here = f"{file}:{func}"
+            site = site or here
+            host = host or here in HOST_SITES
             if library and func == "capture_hf":
-                return "forward", "batch", f"{file}:{func}"
-            for key in ((file, func), (file, "*")):
-                if key in SOURCES:
-                    return (*SOURCES[key], f"{file}:{func}")
-            return "engine other (per run)", "run", f"{file}:{func}"
+                return "forward", "batch", site, host
+            source = SOURCES.get((file, func), SOURCES.get((file, "*"), ("engine other (per run)", "run")))
+            if source is not INHERIT:
+                return (*source, site, host or source[1] == "run")
         if _python(parent.name) and not parent.name.startswith("<built-in"):
             library = True
         parent = parent.cpu_parent
-    return "outside engine code", "run", "?"
+    return "outside engine code", "run", "?", True
 
 
 def launches(evt, host: bool = False) -> int:
@@ -196,7 +212,8 @@ def launches(evt, host: bool = False) -> int:
     children launch. A childless ``to`` (a device move: a no-op on the CPU) is one copy."""
     children = [c for c in evt.cpu_children if c.name.startswith("aten::")]
     if evt.name == "aten::to" and not children:  # a copy when Python asked for it (.to/.cpu), else a no-op
-        return int(evt.cpu_parent is not None and evt.cpu_parent.name.split(" of ")[0] in COPY_CALLS)
+        call = evt.cpu_parent.name.split(" of ")[0] if evt.cpu_parent is not None else ""
+        return int(call in COPY_CALLS and not (host and call == "<built-in method cpu"))
     if host or evt.name in NO_LAUNCH or evt.name in DESCEND:
         return sum(launches(c, host) for c in children)
     return 1
@@ -209,10 +226,10 @@ def count(prof) -> dict:
     for evt in prof.events():
         name = evt.name
         if name.startswith("aten::") and not (evt.cpu_parent is not None and evt.cpu_parent.name.startswith("aten::")):
-            source, scope, site = classify(evt)
+            source, scope, site, host = classify(evt)
             scopes[source] = scope
             aten_ops[source] += 1
-            k = launches(evt, host=site in HOST_SITES)
+            k = launches(evt, host)
             n_launches[source] += k
             if k and source != "forward":
                 by_op[source, f"{evt.name.removeprefix('aten::')} @ {site}"] += k
@@ -221,7 +238,7 @@ def count(prof) -> dict:
         elif name.startswith("<built-in method ") and " of Tensor object" in name:
             method = name.split()[2]
             if method in SYNC_METHODS:
-                source, scope, site = classify(evt)
+                source, scope, site, _ = classify(evt)
                 scopes[source] = scope
                 syncs[source, f"{SYNC_METHODS[method]} @ {site}"] += 1
     return {"launches": n_launches, "aten_ops": aten_ops, "syncs": syncs, "scopes": scopes, "by_op": by_op}
@@ -313,7 +330,11 @@ def measure(kind: str, args, tokenizer) -> dict:
                          "extra_syncs": round(sum(syncs_in("batch").values()), 2),
                          "extra_syncs_by_site": syncs_in("batch"),
                          "extra_device_syncs_on_cuda": round(sum(syncs_in("batch", True).values()), 2)},
-           "per_shard": {"extra_launches_by_source": in_scope(extra, "shard"), "syncs_by_site": syncs_in("shard"),
+           "per_shard": {"extra_aten_ops_by_source": in_scope(extra_ops, "shard"),
+                         "extra_launches_by_source": in_scope(extra, "shard"),
+                         "extra_launches_by_op": {src: per(Counter({op: v for (s, op), v in by_op.items() if s == src}),
+                                                          n_shards) for src in in_scope(extra, "shard")},
+                         "syncs_by_site": syncs_in("shard"),
                          "device_syncs_on_cuda": round(sum(syncs_in("shard", True).values()), 2)},
            "per_run": {"extra_launches_by_source": in_scope(extra, "run"), "syncs_by_site": syncs_in("run")},
            "bare_tok_per_s": round(tokens / min(t_bare), 1), "engine_tok_per_s": round(tokens / min(t_engine), 1),
@@ -344,7 +365,7 @@ def main() -> None:
     start = machine()
     figures = {m: measure(m, args, tokenizer) for m in args.models.split(",")}
     run = {"config": vars(args), "machine_at_start": start, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-           "cuda_only_copies_per_hook_per_batch": CUDA_ONLY.get(args.label, CUDA_ONLY["after"]),
+           "cuda_only_per_batch_from_code": CUDA_ONLY.get(args.label, CUDA_ONLY["after"]),
            "gather_pool": os.environ.get("UNDERTOW_GATHER_POOL", "auto (ref on CPU)"), "models": figures}
     path = Path("scripts/results/bench_launches.json")
     previous = json.loads(path.read_text())["figures"] if path.exists() else {}
