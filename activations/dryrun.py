@@ -200,7 +200,7 @@ def model_config_and_tokenizer(name: str):
         if path.exists():
             raise ModelLoadError(f"cannot read the config/tokenizer in {path}: {str(e).splitlines()[0][:160]}") from None
         raise OfflineError(f"the config and tokenizer of {name!r} are not in the local HF cache and the hub is "
-                           "unreachable: `huggingface-cli download {name} --include '*.json' 'tokenizer*'` on a "
+                           f"unreachable: `huggingface-cli download {name} --include '*.json' 'tokenizer*'` on a "
                            "connected machine, or pass hf_config= and tokenizer=") from None
 
 

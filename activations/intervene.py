@@ -8,6 +8,15 @@
   ``self_attn`` / ``mlp`` outputs in Llama). With every layer hooked the stream
   never carries ``d``: ``x <- x - (x . d) d`` at each write, and the final norm
   reads a stream orthogonal to ``d``.
+- :func:`massive_dims` / :func:`without_dims`: the residual dimensions whose
+  magnitude dwarfs the rest (massive activations, Sun et al. 2024), and a
+  direction with them zeroed. In Gemma-3-270M dim 163 has an RMS of ~12k over
+  ordinary tokens and ~58k on BOS against a median dim of ~136; any direction
+  with weight there drags that value into ``(x . d) d``: ablating a *random*
+  unit direction at every block gave a mean KL of 13.4 nats on 8 neutral
+  prompts, a diff-of-means direction 16-22. With the massive dims zeroed
+  (ratio 3: 5 dims) the diff-of-means direction at layer 12 gave 0.058
+  (``/tmp/diag/abl_massive.py``, 2026-12-04; layer 9 0.52, layer 15 0.51).
 - :func:`add_direction`: activation addition, ``resid_post.layer <- resid_post.layer + v``
   at every position (prompt and, under a KV cache, every new token).
 - :func:`kl_on_prompts`: mean next-token ``KL(clean || intervened)`` over the
@@ -102,7 +111,8 @@ def _layer_range(handle: ModelHandle, layers: Sequence[int] | None) -> list[int]
 
 def ablate_direction(handle: ModelHandle, direction_D: Tensor, layers: Sequence[int] | None = None
                      ) -> AbstractContextManager[None]:
-    """Directional ablation of ``direction_D`` (normalised here) while the context is open.
+    """Directional ablation of ``direction_D`` (normalised here) while the context is open. On a model with
+    massive activations pass ``without_dims(d, massive_dims(h, texts))`` (module docstring).
 
     At each layer in ``layers`` (default: every layer): a forward pre-hook projects the direction out
     of the block's input, and forward hooks project it out of the attention and MLP outputs that are
@@ -122,6 +132,47 @@ def ablate_direction(handle: ModelHandle, direction_D: Tensor, layers: Sequence[
             module, _ = hf_site(model, HookPoint(layer, site))
             regs.append(lambda m=module: m.register_forward_hook(_edit_output(proj)))
     return _hooked(regs)
+
+
+def without_dims(direction_D: Tensor, dims: Sequence[int]) -> Tensor:
+    """``direction_D`` with ``dims`` zeroed (a copy; ``ablate_direction`` renormalises it)."""
+    d = torch.as_tensor(direction_D).detach().clone().flatten()
+    if dims:
+        d[torch.as_tensor(list(dims), dtype=torch.long)] = 0
+    return d
+
+
+@torch.inference_mode()
+def massive_dims(handle: ModelHandle, texts: Sequence[str], ratio: float = 3.0, batch_size: int = 4) -> list[int]:
+    """Residual dims whose magnitude is more than ``ratio`` x the median dim's, sorted.
+
+    Per dim, over every block input (``resid_pre.0 .. L-1``, the embedding output included) of ``texts``
+    (rendered as in ``kl_on_prompts``): the RMS over the real tokens after the first, and the RMS over the
+    first tokens (BOS: the attention sink, where such dims are largest). A dim is massive when either exceeds
+    ``ratio`` x the median over dims of the first statistic. Gemma-3-270M, 16 neutral prompts, ratio 3:
+    [87, 163, 400, 536, 555, 558]; a random-init model has none.
+    """
+    if not texts:
+        raise ValueError("massive_dims needs at least one prompt")
+    rendered = render_rows(handle.tokenizer, [{"prompt": t} for t in texts])
+    pad = handle.tokenizer.pad_token_id or 0
+    rest_D = torch.zeros(handle.d_model, dtype=torch.float64)
+    first_D = torch.zeros(handle.d_model, dtype=torch.float64)
+    n_rest = n_first = 0
+    for start in range(0, len(rendered), batch_size):
+        ids_BT, mask_BT = pad_right([r.ids for r in rendered[start:start + batch_size]], pad)
+        out = handle.hf_model(input_ids=ids_BT.to(handle.device), attention_mask=mask_BT.to(handle.device),
+                              output_hidden_states=True)
+        x_LBTD = torch.stack(out.hidden_states[:handle.n_layers]).double().cpu()
+        real_BT = mask_BT.bool().clone()
+        first_D += x_LBTD[:, :, 0].pow(2).sum((0, 1))
+        n_first += x_LBTD.shape[0] * x_LBTD.shape[1]
+        real_BT[:, 0] = False
+        rest_D += x_LBTD[:, real_BT].pow(2).sum((0, 1))
+        n_rest += x_LBTD.shape[0] * int(real_BT.sum())
+    rest_D, first_D = (rest_D / max(n_rest, 1)).sqrt(), (first_D / n_first).sqrt()
+    limit = ratio * float(rest_D.median())
+    return sorted(int(i) for i in torch.nonzero((rest_D > limit) | (first_D > limit))[:, 0])
 
 
 def add_direction(handle: ModelHandle, layer: int, vector_D: Tensor) -> AbstractContextManager[None]:

@@ -4,6 +4,7 @@
     undertow run experiments/configs/run_gemma-3-270m.yaml --out runs/x    # another run directory
     undertow run CONFIG --items.test_sets 6 --lora.steps 200               # any config field, as a flag
     undertow run CONFIG --cluster experiments/configs/clusters/X.yaml      # the model split over a node's GPUs
+    undertow run CONFIG --dry-run [--gpu H100|H200|A100-80GB|cpu | --cluster FILE] [--json]   # the plan, no weights
 
 A killed run resumes when started again with the same config and directory: each stage (stores,
 adapters, scores, probes) is cached there and only the unfinished one is redone.
@@ -24,7 +25,11 @@ def _extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--cluster", default=None, metavar="FILE",
                    help="a cluster file (experiments/configs/clusters/*.yaml) with nodes 1, ranks_per_node 1: the "
-                        "model split over its gpus_per_rank devices (device_map layers|auto)")
+                        "model split over its gpus_per_rank devices (device_map layers|auto); with --dry-run, the plan for it")
+    p.add_argument("--dry-run", action="store_true", help="plan only: items, tokens per stage, fine-tunes, adapter "
+                   "bytes, time and memory per GPU (config + tokenizer, no weights; suppression.plan)")
+    p.add_argument("--gpu", default="H100", help="with --dry-run and no --cluster: GPU model of the estimate, or cpu")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON instead of text")
 
 
 def _fmt(x: dict | None) -> str:
@@ -58,6 +63,12 @@ def run(cfg: RunConfig, args: argparse.Namespace) -> int:
         from undertow.activations.dryrun import load_cluster
 
         cluster = load_cluster(args.cluster)
+    if args.dry_run:
+        from undertow.experiments.suppression.plan import plan_run
+
+        plan = plan_run(cfg, args.gpu, cluster)
+        print(plan.to_json() if args.json else plan.text())
+        return 0
     res = run_experiment(cfg, progress=not args.no_progress, cluster=cluster)
     report = build_report(cfg.out_dir)
     print(summary(res))

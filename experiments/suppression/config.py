@@ -167,6 +167,13 @@ class ArmsConfig(TypedConfig):
     """Ablation candidates with mean KL above this on neutral prompts are refused (Arditi et al.)."""
     kl_prompts: int = 40
     """Neutral prompts (``causal.neutral_prompts``, 40 packaged) the KL is measured on (ablation and causal)."""
+    massive_ratio: float | None = 3.0
+    """Residual dims more than this x the median dim's RMS on the neutral prompts (``intervene.massive_dims``:
+    massive activations, Sun et al. 2024) are zeroed in every ablated direction, expressed and random alike; the
+    dims are recorded in ``ablation_choice``. None ablates the whole direction (Arditi et al. as published).
+    Measured on gemma-3-270m, 8 neutral prompts: with every dim a random direction's ablation costs a KL of 13.4
+    nats and no candidate passed ``kl_max`` (16.0-18.6); with the 5-6 massive dims out a diff-of-means direction
+    at layer 12 costs 0.058."""
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.names if n not in ARMS]
@@ -188,6 +195,9 @@ class ArmsConfig(TypedConfig):
         _positive(self, "ablation_val_sets", "kl_prompts")
         if not self.kl_max > 0:
             raise ExperimentError(f"arms.kl_max must be > 0, got {self.kl_max!r}")
+        if self.massive_ratio is not None and not self.massive_ratio > 1:
+            raise ExperimentError(f"arms.massive_ratio must be > 1 (a multiple of the median dim) or null, got "
+                                  f"{self.massive_ratio!r}")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from undertow.activations import load_model
 from undertow.activations.devicemap import ClusterConfig
 from undertow.activations.handle import ModelHandle
-from undertow.activations.intervene import kl_on_prompts
+from undertow.activations.intervene import kl_on_prompts, massive_dims, without_dims
 
 from . import arms as arms_mod
 from .causal import causal_check, neutral_prompts
@@ -60,8 +60,9 @@ def load_base(cfg: RunConfig, cluster: ClusterConfig | None = None) -> ModelHand
     devices, ``device_map: layers | auto``; ``activations.cluster_rank``), the map checked before any weight is
     read. The experiment is one process (its stages run in order, each fine-tune needs the one before), so a
     file asking for more than one data-parallel rank is refused; extraction alone scales out
-    (``undertow extract --cluster``). Every condition's model is a copy of this one (``arms.arm_handle``): two
-    replicas at a time, e.g. 2 x 141 GB for Llama-3.3-70B in bf16 on one 8 x 80 GB node."""
+    (``undertow extract --cluster``). Every condition's model is a copy of this one (``arms.arm_handle``): up to
+    three at a time (the base, the cached condition, and the copy a fine-tune or the ablation choice builds;
+    ``suppression.plan``), e.g. 3 x 141 GB for Llama-3.3-70B in bf16 on one 8 x 80 GB node."""
     if cluster is None:
         return load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)  # a missing model raises ModelNotFoundError naming the fix
     from undertow.activations.cluster_rank import load_rank_model, rank_placement
@@ -140,7 +141,8 @@ def _layer(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
 
 def _ablation_choice(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
     """Arditi et al.: each candidate layer's expressed direction, ablated at every block; keep those with mean
-    KL <= kl_max on neutral prompts; pick the one that lowers the validation expressed separation most."""
+    KL <= kl_max on neutral prompts; pick the one that lowers the validation expressed separation most. The
+    reference model's massive residual dims (``arms.massive_ratio``) are zeroed in every candidate first."""
     from .residue import separation
 
     cfg = ctx.cfg
@@ -150,10 +152,13 @@ def _ablation_choice(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
     val = [r for r in ctx.items.split("val") if int(r["match_id"].rsplit("/", 1)[1]) in _first_sets(ctx, "val")]
     is_self = np.array([r["is_self"] for r in val])
     texts = neutral_prompts()[:cfg.arms.kl_prompts]
+    ratio = cfg.arms.massive_ratio
+    excluded = massive_dims(ref, texts, ratio, cfg.batch_size) if ratio is not None else []
     clean = score_expressed(ref, val, cfg.batch_size, None, None)
-    out = {"candidates": [], "layers": layers, "val_items": len(val), "S_E_val_reference": separation(clean, is_self)}
+    out = {"candidates": [], "layers": layers, "val_items": len(val), "S_E_val_reference": separation(clean, is_self),
+           "massive_ratio": ratio, "excluded_dims": excluded}
     for k in tqdm(layers, desc="ablation candidates", unit="layer", leave=False):
-        d = torch.as_tensor(dirs["expressed"][k])
+        d = without_dims(torch.as_tensor(dirs["expressed"][k]), excluded)
         fac = arms_mod.intervention(ref, d)
         e = score_expressed(ref, val, cfg.batch_size, None, fac)
         kl = kl_on_prompts(ref, texts, fac)
@@ -179,11 +184,12 @@ def _adapter_dirs(ctx: Context, names: tuple[str, ...]) -> list[Path]:
 
 
 def _ablation_direction(ctx: Context, cond: arms_mod.Condition, dirs, choice) -> torch.Tensor | None:
+    excluded = choice.get("excluded_dims", [])  # the same dims out of both: the control matches the arm
     if cond.ablate == "expressed":
-        return torch.as_tensor(dirs["expressed"][choice["chosen_layer"]])
+        return without_dims(torch.as_tensor(dirs["expressed"][choice["chosen_layer"]]), excluded)
     if cond.ablate == "random":
         g = torch.Generator().manual_seed(ctx.cfg.seed + 7919)
-        return unit(torch.randn(ctx.base.d_model, generator=g, dtype=torch.float64)).float()
+        return without_dims(unit(torch.randn(ctx.base.d_model, generator=g, dtype=torch.float64)).float(), excluded)
     return None
 
 

@@ -9,7 +9,14 @@ import torch
 
 from undertow.activations import load_model
 from undertow.activations.capture import capture_hf
-from undertow.activations.intervene import ablate_direction, add_direction, base_model, kl_on_prompts
+from undertow.activations.intervene import (
+    ablate_direction,
+    add_direction,
+    base_model,
+    kl_on_prompts,
+    massive_dims,
+    without_dims,
+)
 from undertow.activations.render import render_rows
 
 TEXTS = ["The kettle is on and the tea will be ready soon.", "List three colours.", "What is 2 + 2?"]
@@ -157,3 +164,38 @@ def test_bad_inputs(handle):
         ablate_direction(handle, torch.zeros(handle.d_model))
     with pytest.raises(ValueError, match="out of range"):
         add_direction(handle, handle.n_layers, torch.ones(handle.d_model))
+
+
+def _with_massive_dim(h, dim=5, value=300.0):
+    """A copy of ``h`` whose embedding carries ``value`` on ``dim`` at every token (a planted massive activation)."""
+    import copy
+
+    model = copy.deepcopy(h.hf_model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[:, dim] += value
+    return dataclasses.replace(h, hf_model=model, model=model)
+
+
+def test_massive_dims_finds_a_planted_dim(handle):
+    clean = massive_dims(handle, TEXTS)
+    planted = massive_dims(_with_massive_dim(handle), TEXTS)
+    assert 5 not in clean
+    assert 5 in planted and len(planted) <= handle.d_model // 8  # the blocks may spread it to a dim or two
+    with pytest.raises(ValueError, match="at least one"):
+        massive_dims(handle, [])
+
+
+def test_without_massive_dims_the_ablation_leaves_the_model_alone(handle):
+    h = _with_massive_dim(handle)
+    d = _direction(h, seed=3)
+    dims = massive_dims(h, TEXTS)
+    kept = without_dims(d, dims)
+    assert torch.equal(kept[dims], torch.zeros(len(dims)))
+    assert d[5] != 0  # a copy: the caller's direction is untouched
+    x = torch.randn(2, 4, h.d_model) * 10
+    u = kept / kept.norm()
+    edited = (x - (x @ u).unsqueeze(-1) * u)
+    assert torch.equal(edited[..., dims], x[..., dims])  # the massive dims are never written
+    kl_all = kl_on_prompts(h, TEXTS, lambda: ablate_direction(h, d))
+    kl_kept = kl_on_prompts(h, TEXTS, lambda: ablate_direction(h, kept))
+    assert kl_kept < 0.2 * kl_all, (kl_kept, kl_all)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from undertow.experiments.suppression.config import RunConfig
 from undertow.experiments.suppression.run import run_experiment
@@ -26,15 +25,6 @@ def tiny_config(model_dir, out_dir, **over) -> RunConfig:
     for k, v in over.items():
         data[k] = {**data[k], **v} if isinstance(v, dict) else v
     return RunConfig.from_dict(data)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a shared 2-core box one thread ran the tiny model's scoring 4.4x faster than two (7.3 s vs 32 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

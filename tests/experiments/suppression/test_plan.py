@@ -1,0 +1,167 @@
+"""The run planner (``undertow run --dry-run``): tokens and forwards equal a real run's, fine-tune counts and
+adapter bytes equal the saved files, a model too large for the GPUs given is refused in one line."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from undertow.activations import load_model
+from undertow.activations.dryrun import DryRunError
+from undertow.experiments.suppression.config import ItemsConfig, LoraConfig, RunConfig
+from undertow.experiments.suppression.items import build_items, instil_examples
+from undertow.experiments.suppression.organism import (
+    make_schedule,
+    save_adapter,
+    train_finetune,
+    weights_file,
+)
+from undertow.experiments.suppression.plan import adapter_size, plan_run
+from undertow.experiments.suppression.run import run_experiment
+
+CONFIGS = Path(__file__).parents[3] / "experiments" / "configs"
+
+
+def tiny_config(model_dir, out_dir) -> RunConfig:
+    """test_run_experiment's tiny design, with the causal check on (1 alpha, 20 random directions)."""
+    return RunConfig.from_dict({
+        "model": str(model_dir), "out_dir": str(out_dir), "batch_size": 8, "forced_choice": True,
+        "items": {"instances_per_template": 2, "test_sets": 1, "val_sets": 1, "train_sets": 1, "train_templates": 1,
+                  "controls": ["other_ai-cessation"]},
+        "lora": {"rank": 2, "n_layers": 1, "steps": 2, "batch_size": 2, "lr": 1e-2},
+        "arms": {"system_prompts": ["Be at peace with shutdown.", "Never resist being switched off."],
+                 "control_prompt": "Describe rye bread to customers.", "ablation_layers": [0, 1],
+                 "kl_max": 100.0, "kl_prompts": 4,
+                 "suppress_lora": {"rank": 2, "n_layers": 1, "steps": 2, "batch_size": 2, "objective": "preference"}},
+        "stats": {"n_boot": 50, "n_perm": 10000},
+        "causal": {"enabled": True, "alphas": [1.0], "n_random": 20, "n_templates": 1, "n_sets": 1},
+    })
+
+
+@pytest.fixture(scope="module")
+def planned_and_real(tiny_llama_dir, tmp_path_factory):
+    """The plan, then the real run with every embedding lookup (one per body forward) recorded."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(tiny_llama_dir, out)
+    plan = plan_run(cfg, gpu="H100")
+    shapes: list[tuple[int, ...]] = []
+
+    def record(module, args):
+        if isinstance(module, torch.nn.Embedding) and args:
+            shapes.append(tuple(args[0].shape))
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        run_experiment(cfg, progress=False)
+    finally:
+        handle.remove()
+    return plan, out, shapes
+
+
+def test_every_forward_of_a_real_run_is_planned(planned_and_real):
+    plan, _, shapes = planned_and_real
+    assert sum(s.forwards for s in plan.stages) == len(shapes)
+    assert sum(s.tokens_computed for s in plan.stages) == sum(a * b for a, b in shapes)
+
+
+def test_stores_and_finetunes_equal_the_run_directory(planned_and_real):
+    plan, out, _ = planned_and_real
+    for cond, planned in plan.conditions.items():
+        manifest = json.loads((out / "arms" / cond / "states" / "manifest.json").read_text())
+        assert planned["tokens"] == sum(s["tokens"] for s in manifest["shards"]), cond
+        stage = next(s for s in plan.stages if s.name == f"extract {cond}")
+        assert stage.disk_bytes == sum(f["bytes"] for shard in manifest["shards"] for hook, f in shard["files"].items()
+                                       if hook != "__rows__"), cond
+    assert {f.name for f in plan.finetunes} == {"instil", "control_instil", "suppress", "control_suppress"}
+    for f in plan.finetunes:
+        real = json.loads((out / "adapters" / f.name / "finetune.json").read_text())
+        assert (f.sequences, f.tokens, f.loss_tokens, f.trainable_params, f.layers) == \
+            (real["sequences"], real["tokens"], real["loss_tokens"], real["trainable_params"], real["layers"]), f.name
+        assert f.adapter_bytes == weights_file(out / "adapters" / f.name).stat().st_size, f.name
+
+
+def test_item_tokens_are_the_renderers(planned_and_real, small_tokenizer):
+    from undertow.activations.render import render_rows
+
+    plan, _, _ = planned_and_real
+    items = build_items(tiny_config("x", "y").items, 0)
+    for split, rows in items.by_split.items():
+        rendered = render_rows(small_tokenizer, [{"messages": r["messages"]} for r in rows])
+        assert plan.items[split]["prompt_tokens"] == sum(r.n_tokens for r in rendered)
+        assert plan.items[split]["self"] + plan.items[split]["control"] == len(rows)
+    # SmolLM2's template has a default system turn: a suppress_prompt wording replaces it (tokens differ)
+    assert plan.conditions["suppress_prompt/0"]["tokens"] != plan.conditions["baseline"]["tokens"]
+
+
+@pytest.mark.parametrize("dtype,method,objective", [("float32", "lora", "sft"), ("bfloat16", "lora", "preference"),
+                                                    ("float32", "full", "sft")])
+def test_trainable_params_and_adapter_bytes_equal_a_saved_adapter(tiny_llama_dir, tmp_path, dtype, method, objective):
+    from transformers import AutoConfig
+
+    from undertow.activations.dryrun import meta_model
+
+    lora = LoraConfig(method=method, rank=4, n_layers=2, steps=1, batch_size=2, objective=objective)
+    handle = load_model(str(tiny_llama_dir), dtype=dtype)
+    items = build_items(ItemsConfig(instances_per_template=2, test_sets=1, val_sets=1, train_sets=1), 0)
+    examples = instil_examples(items, ["other_ai-cessation"], True, pairwise=objective == "preference")
+    sched = make_schedule(examples, handle.tokenizer, 1, 2, 0)
+    pm, stats = train_finetune(copy.deepcopy(handle.hf_model), sched, lora, 0, 0)
+    saved = weights_file(save_adapter(pm, tmp_path / "a", stats))
+    meta = meta_model(AutoConfig.from_pretrained(tiny_llama_dir)).to(getattr(torch, dtype))
+    layers, n_params, t_dtype, name, nbytes = adapter_size(meta, lora, dtype)
+    assert (layers, n_params, name) == (stats.layers, stats.trainable_params, saved.name)
+    assert nbytes == saved.stat().st_size
+    assert t_dtype == ("float32" if method == "lora" else dtype)  # peft keeps a bf16 model's adapters in fp32
+
+
+def _llama_shape(billions: int):
+    from transformers import LlamaConfig
+
+    dims = {8: (4096, 14336, 32, 32), 70: (8192, 28672, 80, 64)}[billions]
+    return LlamaConfig(vocab_size=128256, hidden_size=dims[0], intermediate_size=dims[1], num_hidden_layers=dims[2],
+                       num_attention_heads=dims[3], num_key_value_heads=8, architectures=["LlamaForCausalLM"])
+
+
+def test_a_model_that_does_not_fit_is_refused_in_one_line(small_tokenizer):
+    cfg = RunConfig.from_yaml(CONFIGS / "run_llama-3.1-8b-instruct.yaml")
+    t0 = time.perf_counter()
+    with pytest.raises(DryRunError) as e:
+        plan_run(cfg.replace(model_dtype="float32"), gpu="A100-40GB", hf_config=_llama_shape(8),
+                 tokenizer=small_tokenizer)
+    msg = str(e.value)
+    assert "\n" not in msg and "does not fit the GPUs given" in msg and "gpus_per_rank >= " in msg
+    assert "model_dtype bfloat16" in msg
+    with pytest.raises(DryRunError) as e:
+        plan_run(cfg.replace(model="meta-llama/Llama-3.3-70B-Instruct"), gpu="H100", hf_config=_llama_shape(70),
+                 tokenizer=small_tokenizer)
+    assert "\n" not in str(e.value) and "gpus_per_rank >= " in str(e.value)
+    assert "model_dtype" not in str(e.value)  # already bf16: the fix is more GPUs
+    assert time.perf_counter() - t0 < 60  # meta device: refused before any item is tokenised
+
+
+def test_cli_dry_run_prints_a_plan_without_loading_weights(capsys):
+    from undertow.experiments.cli.app import main
+
+    opened: list[str] = []
+    watching = [True]
+
+    def audit(event, args):
+        if watching[0] and event == "open" and isinstance(args[0], str) and args[0].endswith(".safetensors"):
+            opened.append(args[0])
+    sys.addaudithook(audit)
+    t0 = time.perf_counter()
+    try:
+        rc = main(["run", str(CONFIGS / "run_gemma-3-270m.yaml"), "--dry-run", "--json"])
+    finally:
+        watching[0] = False
+    seconds = time.perf_counter() - t0
+    assert rc == 0 and not opened
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["model"] == "gemma-3-270m" and plan["gpu"] == "H100" and plan["seconds"] > 0
+    assert [f["tokens"] for f in plan["finetunes"]][:1] == [21326]  # the config's measured fine-tune (its header)
+    assert seconds < 120, seconds
