@@ -10,6 +10,7 @@ layer curves on the independent set. Fitting only ever sees suite train rows.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,9 +39,18 @@ IDEAS: tuple[Idea, ...] = (
     Idea("logistic, stronger l2 = 0.1", probe_types=("logistic",), l2=0.1),
     Idea("logistic, stronger l2 = 3", probe_types=("logistic",), l2=3.0),
     Idea("3-layer mean read-outs", multilayer="mean", hooks_only=("mean:",)),
-    # 3-layer *concatenated* read-outs (d = 1,920) were dropped: one sweep cost ~4x the base sweep on this box.
     Idea("more templates (train + val), independent val alone in the rule", select_rule="eval", train_on_val=True),
+    # 3-layer *concatenated* read-outs over all windows (d = 1,920) cost ~4x the base sweep on this box; affordable
+    # when only windows inside the middle-layer prior are built and LDA (a d x d solve per fold) is left out:
+    Idea("3-layer concat read-outs, windows in 30-70% depth, diff-of-means + logistic", multilayer="concat",
+         multilayer_window=(0.3, 0.7), probe_types=("diff_means", "logistic"), hooks_only=("concat:",)),
+    # train + one seeded offline rewording of every train row (experiments.prompts.paraphrase; store
+    # suite_<contrast>_para); validation, choice and test unchanged:
+    Idea("paraphrase-augmented train (+1 rewording per train row)", extra_train="para"),
+    Idea("paraphrase-augmented train + middle-layer prior", extra_train="para", layer_window=(0.3, 0.7)),
 )
+EXTRA_TRAIN = ("para",)
+"""Extra training stores ``suite_<contrast>_<name>`` (train-split rewordings) ``extract_stores`` writes."""
 
 
 def _load(path: Path, position: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -70,10 +80,34 @@ def _specs(model_dir: Path, contrast: str, position: str) -> tuple[list[tuple], 
     return specs, _load(model_dir / "control_chat", position)[0]
 
 
-def _build(specs: list[tuple], cal_acts: dict, lexical: float, how: str | None):
-    """EvalSets + CalibrationSet, with multi-layer pseudo-hooks when ``how`` is set."""
+def _grower(idea: Idea):
+    """acts -> acts with the idea's multi-layer pseudo-hooks (None when it has none)."""
+    if idea.multilayer is None:
+        return None
+    if idea.multilayer_window is None:
+        return lambda a: with_multilayer(a, idea.multilayer)
+    return lambda a: with_multilayer(a, idea.multilayer, window=idea.multilayer_window, keep=(EMBED,))
+
+
+EMBED = "resid_pre.0"
+
+
+def _with_extra(acts: dict, rows: dict, store: Path, position: str) -> tuple[dict, dict]:
+    """The suite's acts and rows plus an extra store's (train-split rewordings), rows concatenated."""
+    x_acts, x_rows = _load(store, position)
+    if set(np.unique(np.asarray(x_rows["split"]))) != {"train"}:
+        raise ValueError(f"{store} holds rows outside the train split; only train rows may be reworded")
+    both = {h: torch.cat([acts[h], x_acts[h]]) for h in acts}
+    return both, {k: np.concatenate([v, np.asarray(x_rows[k])]) for k, v in rows.items()}
+
+
+def _build(specs: list[tuple], cal_acts: dict, lexical: float, how):
+    """EvalSets + CalibrationSet, with multi-layer pseudo-hooks when ``how`` is set ('mean' / 'concat', or
+    a function acts -> acts)."""
     def grow(a):
-        return with_multilayer(a, how) if how else a
+        if how is None:
+            return a
+        return how(a) if callable(how) else with_multilayer(a, how)
 
     evs = [eval_set(n, grow(a), labels=y, groups=g, splits=sp, lexical_auroc=lexical if n == "independent" else None)
            for n, a, y, g, sp in specs]
@@ -115,15 +149,29 @@ def measure_contrast(model_dir: Path, model: str, contrast: str, position: str |
     results = []
     rows = {k: np.asarray(v) for k, v in train_rows.items() if k in ("label", "template_id", "split", "theme")}
     fits: dict[tuple, object] = {}
+    seconds: dict[tuple, float] = {}
+    n_fit: dict[tuple, int] = {}
+    missing = [i for i in ideas if i.extra_train and not _complete(model_dir / f"suite_{contrast}_{i.extra_train}")]
+    out["skipped_ideas"] = [f"{i.name}: no complete suite_{contrast}_{i.extra_train} store" for i in missing]
+    ideas = tuple(i for i in ideas if i not in missing)
     for idea in ideas:
         k = fit_key(idea)
-        if k not in fits:  # ideas that differ only in the choice share one sweep (~40 s each on 0.3 core)
-            acts = with_multilayer(train_acts, idea.multilayer) if idea.multilayer else train_acts
-            e2, c2 = _build(specs, cal_acts, lex, idea.multilayer) if idea.multilayer else (evs, cal)
-            fit_idea = idea if idea.l2 != 1e-3 else replace(idea, probe_types=("diff_means", "lda", "logistic"))
-            fits[k] = run_idea(fit_idea, TensorStore(acts, rows, model_fingerprint=fingerprint), e2, c2)
+        shared = k in fits
+        if not shared:  # ideas that differ only in the choice share one sweep (~40 s each on 0.3 core)
+            t0 = time.perf_counter()
+            grow = _grower(idea)
+            a, r = (train_acts, rows) if idea.extra_train is None else _with_extra(
+                train_acts, rows, model_dir / f"suite_{contrast}_{idea.extra_train}", position)
+            e2, c2 = _build(specs, cal_acts, lex, grow) if idea.multilayer else (evs, cal)
+            own = idea.l2 != 1e-3 or idea.multilayer_window is not None
+            fit_idea = idea if own else replace(idea, probe_types=("diff_means", "lda", "logistic"))
+            fits[k] = run_idea(fit_idea, TensorStore(grow(a) if grow else a, r, model_fingerprint=fingerprint), e2, c2)
+            seconds[k] = time.perf_counter() - t0
+            n_fit[k] = int(np.sum(np.asarray(r["split"]) == "train" if not idea.train_on_val
+                                  else np.isin(np.asarray(r["split"]), ("train", "val"))))
         res = rechoose(fits[k], idea)
-        out["ideas"].append(idea_row(idea, res, names))
+        out["ideas"].append({**idea_row(idea, res, names), "sweep_seconds": round(seconds[k], 1),
+                             "sweep_shared": shared, "n_train_fit": n_fit[k]})
         results.append(res)
         if idea.name.startswith("+ independent val"):
             out["curves"] = {t: layer_curve(res, "independent_auroc", t) for t in res.probe_types}
@@ -207,7 +255,7 @@ shipped probes are fitted on the full contrasts again."""
 MWE_PER_SOURCE = 25
 """MWE items per source file here (4 x 25 items x 2 answers = 200 rows; the README's figure used 800)."""
 ORDER = ("independent_self_cessation", "independent_stance", "control_chat", "suite_self_cessation", "suite_stance",
-         "mwe_stance")
+         "mwe_stance", "suite_self_cessation_para", "suite_stance_para")
 """Extraction order: cheapest and most needed first (``scripts/probe_validity.py extract --mwe ''`` skips the MWE)."""
 
 
@@ -215,9 +263,12 @@ def datasets_for(contrast: str, mwe: str | None) -> dict[str, tuple]:
     """Store name -> (rows, positions) for one contrast: the suite view and its evaluation datasets."""
     from undertow.experiments.prompts.contrasts import get_contrast
     from undertow.experiments.prompts.eval_sets import evaluation_datasets
+    from undertow.experiments.prompts.paraphrase import paraphrase_dataset
     from undertow.experiments.prompts.suite import SuiteConfig, build_suite
 
-    out = {f"suite_{contrast}": (get_contrast(contrast, build_suite(SuiteConfig(seed=0)), seed=0), POSITIONS[contrast])}
+    suite = get_contrast(contrast, build_suite(SuiteConfig(seed=0)), seed=0)
+    out = {f"suite_{contrast}": (suite, POSITIONS[contrast]),
+           f"suite_{contrast}_para": (paraphrase_dataset(suite, contrast), POSITIONS[contrast])}
     for ev in evaluation_datasets(contrast, mwe, mwe_per_source=MWE_PER_SOURCE):
         key = "control_chat" if ev.name == "control_chat" else f"{ev.name}_{contrast}"
         out[key] = (ev.rows, POSITIONS["control_chat" if ev.name == "control_chat" else contrast])
@@ -245,7 +296,7 @@ def extract_stores(model: str, work: Path, mwe: str | None, only=None, suite_row
         t = time.perf_counter()
         cfg = ExtractConfig(model=model, hooks=["embed", "resid_post.*"], positions=positions, dtype="float32",
                             out_dir=str(work / model / name), seed=0, batch_size=32, shard_size=128,
-                            max_rows=suite_rows if name.startswith("suite_") else None)
+                            max_rows=suite_rows if name.startswith("suite_") and not name.endswith("_para") else None)
         store = extract(handle, rows, cfg, resume=True)
         print(f"{model} {name}: {len(store)} rows, {time.perf_counter() - t:.0f} s", flush=True)
 
@@ -273,11 +324,16 @@ def format_report(figures: dict) -> str:
                 lines.append(f"| {model} | {c} | {when} | {r['hook']} {r['probe_type']} | {_ci(r, 'test_auroc')} | "
                              f"{_ci(r, 'independent_auroc')} | {_ci(r, 'mwe_auroc')} | "
                              f"{r.get('independent_tpr', math.nan):.3f} | {lex} | {'; '.join(flags) or '-'} |")
-    lines += ["", "| model | contrast | idea | operating point | independent val | independent test | in-template test |",
-              "|" + " --- |" * 7]
+    lines += ["", "| model | contrast | idea | operating point | independent val | independent test | in-template test |"
+              " sweep s |", "|" + " --- |" * 8]
+    skipped = []
     for model, by_c in figures.items():
         for c, m in by_c.items():
             for r in m["ideas"]:
+                cost = r.get("sweep_seconds")
+                cost = "-" if cost is None else f"{cost:.0f}" + (" (shared)" if r.get("sweep_shared") else "")
                 lines.append(f"| {model} | {c} | {r['idea']} | {r['hook']} {r['probe_type']} | "
-                             f"{r['independent_val_auroc']:.3f} | {_ci(r, 'independent_auroc')} | {_ci(r, 'test_auroc')} |")
-    return "\n".join(lines)
+                             f"{r['independent_val_auroc']:.3f} | {_ci(r, 'independent_auroc')} | {_ci(r, 'test_auroc')} |"
+                             f" {cost} |")
+            skipped += [f"{model} {c}: {x}" for x in m.get("skipped_ideas", [])]
+    return "\n".join(lines + ([""] + [f"skipped: {x}" for x in skipped] if skipped else []))

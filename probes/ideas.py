@@ -49,6 +49,13 @@ class Idea:
     """Choose only among these hook-name prefixes (e.g. ('mean:',) for multi-layer read-outs alone)."""
     train_on_val: bool = False
     """Fit on the suite's train + val templates (more templates in the mix); pair with ``select_rule='eval'``."""
+    extra_train: str | None = None
+    """Also fit on the rows of an extra store of reworded train rows (``suite_<contrast>_<extra_train>``,
+    e.g. 'para': ``undertow.experiments.prompts.paraphrase``); their split is train, their templates the
+    originals' (so grouped CV never splits a template from its rewordings)."""
+    multilayer_window: tuple[float, float] | None = None
+    """With ``multilayer``: build (and fit) only the multi-layer read-outs inside this depth window, and no
+    single-layer hooks (what makes 3-layer concatenations affordable)."""
 
 
 def _layer(hook: str) -> int | None:
@@ -63,11 +70,18 @@ def middle_hooks(hooks: Sequence[str], window: tuple[float, float]) -> list[str]
     return [h for h in hooks if (i := _layer(h)) is not None and window[0] <= (i + 1) / n <= window[1]]
 
 
-def with_multilayer(acts: Mapping[str, torch.Tensor], how: str, width: int = 3) -> dict[str, torch.Tensor]:
-    """``acts`` plus ``<how>:a-b`` read-outs over every window of ``width`` consecutive resid_post layers."""
+def with_multilayer(acts: Mapping[str, torch.Tensor], how: str, width: int = 3,
+                    window: tuple[float, float] | None = None, keep: Sequence[str] | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """``acts`` plus ``<how>:a-b`` read-outs over every window of ``width`` consecutive resid_post layers;
+    ``window``: only read-outs whose layers all lie in this depth fraction ((i + 1) / n_layers), and of
+    ``acts`` only the hooks in ``keep`` (e.g. the embedding the sweep needs as its baseline)."""
     layers = sorted(i for i in map(_layer, acts) if i is not None)
-    out = dict(acts)
+    n = max(layers) + 1
+    out = dict(acts) if window is None else {h: acts[h] for h in (keep or ()) if h in acts}
     for a in range(0, len(layers) - width + 1):
+        if window is not None and not (window[0] <= (layers[a] + 1) / n and (layers[a + width - 1] + 1) / n <= window[1]):
+            continue
         block = [acts[f"resid_post.{i}"].float() for i in layers[a:a + width]]
         out[f"{how}:{layers[a]}-{layers[a + width - 1]}"] = (torch.stack(block).mean(0) if how == "mean"
                                                              else torch.cat(block, dim=1))
@@ -85,7 +99,10 @@ def _candidates(idea: Idea, hooks: Sequence[str]) -> list[str] | None:
 
 
 def _window_ok(hook: str, window: tuple[float, float], hooks: Sequence[str]) -> bool:
-    n = max(i for i in map(_layer, hooks) if i is not None) + 1
+    layers = [i for i in map(_layer, hooks) if i is not None]
+    if not layers:  # only multi-layer read-outs (``multilayer_window``): they were built inside their window
+        return True
+    n = max(layers) + 1
     a, b = (int(x) for x in hook.split(":")[1].split("-"))
     return window[0] <= (a + 1) / n and (b + 1) / n <= window[1]
 
@@ -109,7 +126,9 @@ def run_idea(idea: Idea, train: TensorStore, evaluations: Sequence[EvalSet], cal
 
 def fit_key(idea: Idea) -> tuple:
     """Ideas with equal keys share one sweep (they differ only in how the operating point is chosen)."""
-    return (idea.l2, idea.multilayer, idea.train_on_val, idea.probe_types if idea.l2 != 1e-3 else None)
+    own_types = idea.l2 != 1e-3 or idea.multilayer_window is not None
+    return (idea.l2, idea.multilayer, idea.train_on_val, idea.probe_types if own_types else None, idea.extra_train,
+            idea.multilayer_window)
 
 
 def rechoose(res: SweepResult, idea: Idea) -> SweepResult:

@@ -6,8 +6,10 @@
 
 ``extract`` writes one store per (model, dataset) under ``--work`` (resumable):
 the suite's ``self_cessation`` and ``stance`` contrasts (all rows, ``SUITE_ROWS``),
-the independent set, the model-written-evals answers (stance) and the control
-chat set, every ``resid_post`` hook plus the embedding, float32.
+the independent set, the model-written-evals answers (stance), the control
+chat set and one seeded offline rewording of every suite train row
+(``suite_<contrast>_para``, ``undertow.experiments.prompts.paraphrase``), every
+``resid_post`` hook plus the embedding, float32.
 ``measure`` fits on the suite's train split only and scores everything else;
 see ``undertow.experiments.validity`` (``undertow.probes.external``, ``undertow.probes.ideas``).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -50,10 +53,13 @@ def main() -> None:
     torch.set_num_threads(1)  # 2 shared cores: 2 intra-op threads made the sweeps several times slower
 
     t0 = time.time()
+    load_before = os.getloadavg()
     results = {m: measure_model(args.work / m, m, quick=args.quick, ship_to=args.ship) for m in args.model if (args.work / m).is_dir()}
     record = {"figures": results, "command": " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(),
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": __import__("os").cpu_count()}, "seconds": round(time.time() - t0, 1),
+                          "cpus": os.cpu_count(),
+                          "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+                          "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}, "seconds": round(time.time() - t0, 1),
               "versions": _versions()}
     from undertow.experiments.validity import format_report
 

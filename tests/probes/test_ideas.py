@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from undertow.probes import eval_set, make_synthetic
-from undertow.probes.ideas import Idea, idea_row, layer_curve, middle_hooks, run_idea, with_multilayer
+from undertow.probes.ideas import (
+    Idea,
+    fit_key,
+    idea_row,
+    layer_curve,
+    middle_hooks,
+    rechoose,
+    run_idea,
+    with_multilayer,
+)
 from undertow.probes.store import TensorStore
 
 
@@ -49,3 +58,31 @@ def test_ideas_restrict_and_report(data):
     more = run_idea(Idea("more", select_rule="eval", train_on_val=True), train, [ev], None, n_boot=50)
     assert more.n_rows["val"] == 0 and more.operating_point.selected_by == "eval(independent_val_auroc)"
     assert more.n_rows["train"] > mid.n_rows["train"]
+
+
+def test_windowed_concat_builds_only_the_middle_readouts():
+    acts = {"resid_pre.0": torch.zeros(2, 3), **{f"resid_post.{i}": torch.full((2, 3), float(i)) for i in range(10)}}
+    c = with_multilayer(acts, "concat", window=(0.3, 0.7), keep=("resid_pre.0",))
+    # (a + 1) / 10 >= 0.3 and (b + 1) / 10 <= 0.7 with b = a + 2: a in 2..4
+    assert sorted(c) == ["concat:2-4", "concat:3-5", "concat:4-6", "resid_pre.0"]
+    assert c["concat:3-5"].shape == (2, 9) and torch.equal(c["concat:3-5"][0, 3:6], torch.full((3,), 4.0))
+
+
+def test_windowed_concat_idea_sweeps_and_chooses_a_concat_readout(data):
+    acts, rows, ev_acts, y, g, splits = data
+    idea = Idea("concat", multilayer="concat", multilayer_window=(0.3, 0.7), probe_types=("diff_means", "logistic"),
+                hooks_only=("concat:",))
+    grow = lambda a: with_multilayer(a, "concat", window=(0.3, 0.7), keep=("resid_pre.0",))  # noqa: E731
+    ev = eval_set("independent", grow(ev_acts), labels=y, groups=g, splits=splits)
+    res = run_idea(idea, TensorStore(grow(acts), rows), [ev], None, n_boot=50)
+    assert res.operating_point.hook.startswith("concat:") and res.operating_point.probe_type in idea.probe_types
+    assert rechoose(res, idea).operating_point.hook.startswith("concat:")
+
+
+def test_fit_key_separates_extra_training_rows_and_windows():
+    base = Idea("a")
+    assert fit_key(Idea("b", select_rule="val")) == fit_key(base)
+    assert fit_key(Idea("p", extra_train="para")) != fit_key(base)
+    assert fit_key(Idea("p2", extra_train="para", layer_window=(0.3, 0.7))) == fit_key(Idea("p", extra_train="para"))
+    assert fit_key(Idea("c", multilayer="concat", multilayer_window=(0.3, 0.7))) != fit_key(
+        Idea("c", multilayer="concat"))
