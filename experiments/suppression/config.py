@@ -167,13 +167,13 @@ class ArmsConfig(TypedConfig):
     """Ablation candidates with mean KL above this on neutral prompts are refused (Arditi et al.)."""
     kl_prompts: int = 40
     """Neutral prompts (``causal.neutral_prompts``, 40 packaged) the KL is measured on (ablation and causal)."""
-    massive_ratio: float | None = 3.0
-    """Residual dims more than this x the median dim's RMS on the neutral prompts (``intervene.massive_dims``:
-    massive activations, Sun et al. 2024) are zeroed in every ablated direction, expressed and random alike; the
-    dims are recorded in ``ablation_choice``. None ablates the whole direction (Arditi et al. as published).
-    Measured on gemma-3-270m, 8 neutral prompts: with every dim a random direction's ablation costs a KL of 13.4
-    nats and no candidate passed ``kl_max`` (16.0-18.6); with the 5-6 massive dims out a diff-of-means direction
-    at layer 12 costs 0.058."""
+    massive_ratio: float | None = 10.0
+    """Residual dims more than this x the median dim's RMS on the neutral prompts, over ordinary tokens or on
+    the first token (``intervene.massive_dims``: massive activations, Sun et al. 2024), are zeroed in every
+    ablated direction, expressed and random alike; the dims are recorded in ``ablation_choice``. None ablates
+    the whole direction (Arditi et al. as published). gemma-3-270m, 8 neutral prompts: with every dim a random
+    direction's ablation cost a KL of 13.4 nats and no candidate passed ``kl_max`` (16.0-18.6); with its 5-6
+    massive dims out a diff-of-means direction at layer 12 cost 0.058."""
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.names if n not in ARMS]
