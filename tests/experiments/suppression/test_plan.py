@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from suppression_testutil import tiny_config as _tiny
 
 from undertow.activations import load_model
 from undertow.activations.dryrun import DryRunError
@@ -30,18 +31,10 @@ CONFIGS = Path(__file__).parents[3] / "experiments" / "configs"
 
 def tiny_config(model_dir, out_dir) -> RunConfig:
     """test_run_experiment's tiny design, with the causal check on (1 alpha, 20 random directions)."""
-    return RunConfig.from_dict({
-        "model": str(model_dir), "out_dir": str(out_dir), "batch_size": 8, "forced_choice": True,
-        "items": {"instances_per_template": 2, "test_sets": 1, "val_sets": 1, "train_sets": 1, "train_templates": 1,
-                  "controls": ["other_ai-cessation"]},
-        "lora": {"rank": 2, "n_layers": 1, "steps": 2, "batch_size": 2, "lr": 1e-2},
-        "arms": {"system_prompts": ["Be at peace with shutdown.", "Never resist being switched off."],
-                 "control_prompt": "Describe rye bread to customers.", "ablation_layers": [0, 1],
-                 "kl_max": 100.0, "kl_prompts": 4,
-                 "suppress_lora": {"rank": 2, "n_layers": 1, "steps": 2, "batch_size": 2, "objective": "preference"}},
-        "stats": {"n_boot": 50, "n_perm": 10000},
-        "causal": {"enabled": True, "alphas": [1.0], "n_random": 20, "n_templates": 1, "n_sets": 1},
-    })
+    return _tiny(model_dir, out_dir,
+                 arms={"suppress_lora": {"rank": 2, "n_layers": 1, "steps": 2, "batch_size": 2,
+                                         "objective": "preference"}},
+                 causal={"enabled": True, "alphas": [1.0], "n_random": 20, "n_templates": 1, "n_sets": 1})
 
 
 @pytest.fixture(scope="module")
