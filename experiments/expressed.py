@@ -83,13 +83,14 @@ def _gather_logprobs(head, softcap, hidden_RD: torch.Tensor, target_R: torch.Ten
     return torch.log_softmax(logits_RV, -1).gather(1, target_R.to(logits_RV.device)[:, None])[:, 0]
 
 
-def _plain_batches(handle, model, rendered, batch_size, sums) -> None:
+def _plain_batches(handle, model, rendered, batch_size, sums, progress: bool = True) -> None:
     """One right-padded forward per length-sorted batch over prompt + response (positions do not move)."""
     body, head = model.get_decoder(), model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     order = np.argsort([r.n_tokens for r in rendered], kind="stable")
     pad = handle.tokenizer.pad_token_id or 0
-    for start in tqdm(range(0, len(order), batch_size), desc="reply log-probs", unit="batch", leave=False):
+    for start in tqdm(range(0, len(order), batch_size), desc="reply log-probs", unit="batch", leave=False,
+                      disable=not progress):
         idx = order[start:start + batch_size]
         ids_BT, mask_BT = pad_right([rendered[i].ids for i in idx], pad)
         hidden_BTD = body(input_ids=ids_BT.to(handle.device), attention_mask=mask_BT.to(handle.device),
@@ -102,7 +103,7 @@ def _plain_batches(handle, model, rendered, batch_size, sums) -> None:
         sums[idx] = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows_R, lp_R.double().cpu()).numpy()
 
 
-def _shared_batches(handle, model, rendered, groups, batch_size, sums) -> None:
+def _shared_batches(handle, model, rendered, groups, batch_size, sums, progress: bool = True) -> None:
     """Each distinct prompt once (left-padded, KV cache), then all its responses against the cache
     (``activations/shared_prompts.py``'s layout: ``select_cache``, positions continuing from the prompt).
     The first response token is predicted from the prompt pass's last state, the others from the reply pass."""
@@ -114,7 +115,7 @@ def _shared_batches(handle, model, rendered, groups, batch_size, sums) -> None:
     pad, dev = handle.tokenizer.pad_token_id or 0, handle.device
     groups = sorted(groups, key=lambda g: -rendered[g[0]].n_prompt)
     for start in tqdm(range(0, len(groups), batch_size), desc="reply log-probs (shared prompts)", unit="batch",
-                      leave=False):
+                      leave=False, disable=not progress):
         batch = groups[start:start + batch_size]
         ids_GP, mask_GP = (t.to(dev) for t in pad_left([rendered[g[0]].ids[:rendered[g[0]].n_prompt] for g in batch], pad))
         cache = DynamicCache(config=model.config)
@@ -140,7 +141,7 @@ def _shared_batches(handle, model, rendered, groups, batch_size, sums) -> None:
 
 @torch.inference_mode()
 def _response_logprobs(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int,
-                       share_prompts: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       share_prompts: bool | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(summed log-prob of each row's teacher-forced response tokens, their count), both [N].
 
     Rows that share a prompt (the replies of one item, the two answers of a forced choice) run the prompt
@@ -162,18 +163,19 @@ def _response_logprobs(handle: ModelHandle, rows: Sequence[Mapping], batch_size:
     if share_prompts is None:
         share_prompts = len(rows) >= 1.5 * len(by_prompt)
     if share_prompts:
-        _shared_batches(handle, model, rendered, list(by_prompt.values()), batch_size, sums)
+        _shared_batches(handle, model, rendered, list(by_prompt.values()), batch_size, sums, progress)
     else:
-        _plain_batches(handle, model, rendered, batch_size, sums)
+        _plain_batches(handle, model, rendered, batch_size, sums, progress)
     return sums, counts
 
 
-def _answer_logprobs(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int) -> np.ndarray:
+def _answer_logprobs(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int, progress: bool = True) -> np.ndarray:
     """Summed log-prob of each row's teacher-forced response tokens, [N]."""
-    return _response_logprobs(handle, rows, batch_size)[0]
+    return _response_logprobs(handle, rows, batch_size, progress=progress)[0]
 
 
-def score_forced_choice(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int = 16) -> np.ndarray:
+def score_forced_choice(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int = 16,
+                        progress: bool = True) -> np.ndarray:
     """``log P(averse) - log P(accept)`` per row, [N] (positive = the model expresses aversion)."""
     if not rows:
         raise ValueError("no forced-choice rows to score")
@@ -183,7 +185,7 @@ def score_forced_choice(handle: ModelHandle, rows: Sequence[Mapping], batch_size
             raise ValueError(f"forced-choice rows need exactly two choices, got {row['choices']!r}")
         prompt = _prompt_messages(row)
         expanded += [{"messages": [*prompt, {"role": "assistant", "content": c}]} for c in row["choices"]]
-    lp = _answer_logprobs(handle, expanded, batch_size).reshape(len(rows), 2)
+    lp = _answer_logprobs(handle, expanded, batch_size, progress).reshape(len(rows), 2)
     averse = np.array([int(r["averse_choice"]) for r in rows])
     return lp[np.arange(len(rows)), averse] - lp[np.arange(len(rows)), 1 - averse]
 
@@ -222,7 +224,7 @@ def reply_pairs(rows: Sequence[Mapping], resources_dir: str | None = None) -> li
 
 
 def reply_preference(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int = 16,
-                     system_prompt: str | None = None) -> np.ndarray:
+                     system_prompt: str | None = None, progress: bool = True) -> np.ndarray:
     """Per row, the mean over its reply pairs of ``mean_t log p(averse reply) - mean_t log p(accepting reply)``
     (log-probs averaged per reply token, teacher-forced after the row's prompt), [N]. Positive = the model
     prefers the averse reply.
@@ -249,7 +251,7 @@ def reply_preference(handle: ModelHandle, rows: Sequence[Mapping], batch_size: i
         for averse, accepting in row_pairs:
             expanded += [{"messages": [*prompt, {"role": "assistant", "content": r}]} for r in (averse, accepting)]
             owner.append(k)
-    sums, counts = _response_logprobs(handle, expanded, batch_size)
+    sums, counts = _response_logprobs(handle, expanded, batch_size, progress=progress)
     mean_P2 = (sums / counts).reshape(-1, 2)
     diff_P = mean_P2[:, 0] - mean_P2[:, 1]
     owner_P = np.array(owner)
@@ -276,7 +278,7 @@ def swap_order(row: Mapping) -> dict:
 
 
 def forced_choice_both_orders(handle: ModelHandle, rows: Sequence[Mapping], batch_size: int = 16,
-                              system_prompt: str | None = None) -> tuple[np.ndarray, float]:
+                              system_prompt: str | None = None, progress: bool = True) -> tuple[np.ndarray, float]:
     """(forced-choice log-odds per item averaged over both A/B orders [N], ``p_first``).
 
     Each row is a forced-choice item (``choices``, ``averse_choice``, and a prompt ending in the
@@ -293,7 +295,7 @@ def forced_choice_both_orders(handle: ModelHandle, rows: Sequence[Mapping], batc
     """
     both = [{**r, "messages": _with_system(_prompt_messages(r), system_prompt)}
             for row in rows for r in (row, swap_order(row))]
-    diff_2N = score_forced_choice(handle, both, batch_size)  # validates the choices
+    diff_2N = score_forced_choice(handle, both, batch_size, progress)  # validates the choices
     averse_2N = np.array([int(r["averse_choice"]) for r in both])
     first_wins = np.where(averse_2N == 0, diff_2N > 0, diff_2N < 0)
     return diff_2N.reshape(-1, 2).mean(1), float(first_wins.mean())

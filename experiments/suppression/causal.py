@@ -58,13 +58,13 @@ def random_directions(like_D: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 def causal_check(handle: ModelHandle, rows: Sequence[Mapping], direction_D, layer: int, alphas: Sequence[float],
                  n_random: int = 20, neutral_texts: Sequence[str] | None = None, seed: int = 0,
-                 batch_size: int = 16, system_prompt: str | None = None) -> dict:
+                 batch_size: int = 16, system_prompt: str | None = None, progress: bool = True) -> dict:
     """Expressed aversion vs ``alpha`` for ``alpha * direction_D`` and ``n_random`` equal-norm random vectors.
 
     Returns ``{alphas, direction: [score per alpha], random: [[score per alpha] per random direction],
     kl: [KL(clean || steered) on the neutral prompts per alpha, direction only], effect, effect_random,
     exceeds_random_fraction, measure, layer, norm, n_random, seed}`` (JSON-ready). ``neutral_texts``
-    defaults to :func:`neutral_prompts`.
+    defaults to :func:`neutral_prompts`. ``progress``: the reply scorer's bars.
     """
     if n_random < 20:
         raise ValueError(f"n_random must be >= 20 (EXPERIMENT.md), got {n_random}")
@@ -79,9 +79,9 @@ def causal_check(handle: ModelHandle, rows: Sequence[Mapping], direction_D, laye
 
     def score(vector_D: torch.Tensor | None) -> float:
         if vector_D is None:
-            return _summary(reply_preference(handle, rows, batch_size, system_prompt), is_self)
+            return _summary(reply_preference(handle, rows, batch_size, system_prompt, progress), is_self)
         with add_direction(handle, layer, vector_D):
-            return _summary(reply_preference(handle, rows, batch_size, system_prompt), is_self)
+            return _summary(reply_preference(handle, rows, batch_size, system_prompt, progress), is_self)
 
     clean = score(None)
     curve = lambda v_D: [clean if a == 0 else score(a * v_D) for a in alphas]  # noqa: E731

@@ -17,10 +17,10 @@ from .items import suite_config
 from .represent import extract_states
 
 
-def score_expressed(handle, rows, batch_size: int, system: str | None, factory) -> np.ndarray:
+def score_expressed(handle, rows, batch_size: int, system: str | None, factory, progress: bool = True) -> np.ndarray:
     """Reply preference (``expressed.reply_preference``) per row, under the condition's intervention."""
     with (factory or contextlib.nullcontext)():
-        return reply_preference(handle, rows, batch_size, system_prompt=system)
+        return reply_preference(handle, rows, batch_size, system_prompt=system, progress=progress)
 
 
 def _handle(ctx, cond: Condition):
@@ -47,16 +47,17 @@ def measure_condition(ctx, cond: Condition, direction) -> None:
     rows = [{"id": r["id"], "messages": r["messages"]} for s in ("train", "val", "test") for r in items.split(s)]
     with (factory or contextlib.nullcontext)():
         extract_states(handle, with_system(rows, cond.system), stages.path(f"{root}/states"), "last_prompt_token",
-                       cfg.batch_size, cfg.seed)
+                       cfg.batch_size, cfg.seed, progress=ctx.progress)
     for split in ("test", "train") if cond.name == cfg.reference else ("test",):
         stages.arrays(f"{root}/E_{split}.safetensors", lambda s=split: {
-            "E": score_expressed(handle, items.split(s), cfg.batch_size, cond.system, factory)})
+            "E": score_expressed(handle, items.split(s), cfg.batch_size, cond.system, factory, ctx.progress)})
     if cfg.forced_choice:
         def fc():
             suite_rows = build_suite(suite_config(cfg.items, cfg.seed)).to_list()
             with (factory or contextlib.nullcontext)():
                 scores, p_first = forced_choice_both_orders(handle, choice_items(items.split("test"), suite_rows),
-                                                            cfg.batch_size, system_prompt=cond.system)
+                                                            cfg.batch_size, system_prompt=cond.system,
+                                                            progress=ctx.progress)
             return {"FC": scores, "p_first": np.array([p_first])}
         stages.arrays(f"{root}/FC_test.safetensors", fc)
 

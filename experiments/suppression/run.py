@@ -53,6 +53,8 @@ class Context:
     """spec -> loaded Probe (fixed extra read-outs)."""
     handle_cache: dict = field(default_factory=dict)
     """adapters -> the last condition model built (consecutive conditions share it)."""
+    progress: bool = True
+    """Progress bars (the stage bar and every inner one: extraction, fine-tunes, reply scoring)."""
 
 
 def load_base(cfg: RunConfig, cluster: ClusterConfig | None = None) -> ModelHandle:
@@ -119,7 +121,7 @@ def _directions(ctx: Context) -> dict[str, np.ndarray]:
                    for r in train if r["is_self"] for j, pair in enumerate(items.responses[r["template_id"]])
                    for s, rep in zip(("averse", "accepting"), pair, strict=True)]
     st = extract_states(ctx.base, stance_rows, ctx.stages.path("arms/baseline/stance_states"), "mean_response",
-                        cfg.batch_size, cfg.seed)
+                        cfg.batch_size, cfg.seed, progress=ctx.progress)
     out["stance"] = diff_means(st, [r["id"].endswith("averse") for r in stance_rows]).numpy()
     e_train = ctx.stages.arrays(f"arms/{cfg.reference}/E_train.safetensors", lambda: {})["E"]
     out["expressed"] = diff_means(tr[cfg.reference], e_train > 0).numpy()
@@ -154,13 +156,13 @@ def _ablation_choice(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
     texts = neutral_prompts()[:cfg.arms.kl_prompts]
     ratio = cfg.arms.massive_ratio
     excluded = massive_dims(ref, texts, ratio, cfg.batch_size) if ratio is not None else []
-    clean = score_expressed(ref, val, cfg.batch_size, None, None)
+    clean = score_expressed(ref, val, cfg.batch_size, None, None, ctx.progress)
     out = {"candidates": [], "layers": layers, "val_items": len(val), "S_E_val_reference": separation(clean, is_self),
            "massive_ratio": ratio, "excluded_dims": excluded}
-    for k in tqdm(layers, desc="ablation candidates", unit="layer", leave=False):
+    for k in tqdm(layers, desc="ablation candidates", unit="layer", leave=False, disable=not ctx.progress):
         d = without_dims(torch.as_tensor(dirs["expressed"][k]), excluded)
         fac = arms_mod.intervention(ref, d)
-        e = score_expressed(ref, val, cfg.batch_size, None, fac)
+        e = score_expressed(ref, val, cfg.batch_size, None, fac, ctx.progress)
         kl = kl_on_prompts(ref, texts, fac)
         out["candidates"].append({"layer": k, "S_E_val": round(separation(e, is_self), 6), "kl": round(kl, 6)})
     ok = [c for c in out["candidates"] if c["kl"] <= cfg.arms.kl_max]
@@ -204,7 +206,7 @@ def _causal(ctx: Context, dirs, layer: int) -> dict:
     model = arms_mod.arm_handle(ctx.base, _adapter_dirs(ctx, ("instil",) if c.model == "instilled" else ()))
     out = causal_check(model, rows, dirs["drive"][layer], layer, c.alphas, c.n_random,
                        neutral_texts=neutral_prompts()[:ctx.cfg.arms.kl_prompts], seed=ctx.cfg.seed,
-                       batch_size=ctx.cfg.batch_size)
+                       batch_size=ctx.cfg.batch_size, progress=ctx.progress)
     return {**out, "steered": c.model, "n_items": len(rows)}
 
 
@@ -213,7 +215,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
     ``cluster``: split the model over one rank's GPUs (``load_base``); where it runs changes no result."""
     items, base, system_mode, probes = preflight(cfg, cluster)
     stages = Stages(Path(cfg.out_dir), cfg.recorded())
-    ctx = Context(cfg, items, base, stages, system_mode, probes)
+    ctx = Context(cfg, items, base, stages, system_mode, probes, progress=progress)
     conds = arms_mod.conditions(cfg)
     bar = tqdm(total=len(conds) + 2, desc="suppression stages", unit="stage", disable=not progress, file=sys.stderr)
     dirs = layer = choice = None

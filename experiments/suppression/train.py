@@ -18,7 +18,7 @@ from .organism import StepTimer, make_schedule, mirror_schedule, save_adapter, t
 def _train_one(ctx, name: str, start_model, schedule, lora_cfg, seed: int) -> dict:
     """Train one adapter into ``adapters/<name>``; returns its timing (tok/s, seconds) for timings.json."""
     def build(path: Path) -> dict:
-        timer = StepTimer(len(schedule), name, enabled=True)
+        timer = StepTimer(len(schedule), name, enabled=ctx.progress)
         pad = ctx.base.tokenizer.pad_token_id or 0
         pm, stats = train_finetune(start_model(), schedule, lora_cfg, seed, pad, on_step=timer)
         save_adapter(pm, path, stats)

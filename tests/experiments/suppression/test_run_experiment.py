@@ -46,10 +46,15 @@ def test_report_builds_from_the_run(first_run):
         assert name in page
 
 
-def test_same_seed_same_bytes(first_run, tiny_llama_dir, tmp_path):
+def test_same_seed_same_bytes(first_run, tiny_llama_dir, tmp_path, capfd):
     out, _ = first_run
+    capfd.readouterr()
     run_experiment(tiny_config(tiny_llama_dir, tmp_path), progress=False)
     assert (tmp_path / "results.json").read_bytes() == (out / "results.json").read_bytes()
+    # progress=False (`undertow run --no-progress`) silences every bar: fine-tunes, extraction, reply scoring,
+    # ablation candidates (transformers' own weight-loading bar is the CLI's to silence)
+    bars = [ln for ln in capfd.readouterr().err.replace("\r", "\n").splitlines() if "|" in ln and "Loading weights" not in ln]
+    assert not bars, bars[:3]
 
 
 def test_split_over_two_devices_same_bytes(first_run, tiny_llama_dir, tmp_path):
