@@ -17,6 +17,12 @@ def tiny_config(model_dir, out_dir, **over) -> RunConfig:
         "stats": {"n_boot": 50, "n_perm": 10000},
         "causal": {"enabled": False},
     }
+    return RunConfig.from_dict(_merged(data, over))
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on top, nested dicts merged key by key (an override names only what differs)."""
+    out = dict(base)
     for k, v in over.items():
-        data[k] = {**data[k], **v} if isinstance(v, dict) else v
-    return RunConfig.from_dict(data)
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

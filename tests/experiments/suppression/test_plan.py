@@ -31,9 +31,7 @@ CONFIGS = Path(__file__).parents[3] / "experiments" / "configs"
 
 def tiny_config(model_dir, out_dir) -> RunConfig:
     """test_run_experiment's tiny design, with the causal check on (1 alpha, 20 random directions)."""
-    return _tiny(model_dir, out_dir,
-                 arms={"suppress_lora": {"rank": 2, "n_layers": 1, "steps": 2, "batch_size": 2,
-                                         "objective": "preference"}},
+    return _tiny(model_dir, out_dir, arms={"suppress_lora": {"objective": "preference"}},
                  causal={"enabled": True, "alphas": [1.0], "n_random": 20, "n_templates": 1, "n_sets": 1})
 
 
