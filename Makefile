@@ -26,7 +26,7 @@ demo: install
 
 # The probe study (suites, three backends, probe sweep with the away-from-templates AUROCs, report).
 study: install
-	$(BIN)/undertow demo --out-dir runs/study
+	$(BIN)/undertow study --out-dir runs/study
 
 test: install
 	$(BIN)/pytest -q

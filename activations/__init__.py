@@ -1,18 +1,46 @@
-"""undertow.activations: model registry and offline loading, hook engine, activation store."""
+"""undertow.activations: open-weight models in, activations on disk out.
 
-from .capture import capture, capture_hf, capture_nnsight, capture_transformer_lens
+Four rooms, importing each other in one direction only (``models`` and ``store`` at the bottom,
+``engine`` above both, ``cluster`` on top):
 
-# Extraction engine and store (issue: activation extraction engine).
-from .config import ExtractConfig
-from .engine import NonFiniteWarning, extract
-from .errors import DeviceError, HookError, ModelLoadError, ModelNotFoundError, OfflineError, UndertowError
-from .extract_errors import ConfigError, DatasetError, PositionError, StoreError, StoreWriteError
-from .handle import ModelHandle, load_model
-from .hooks import SITES, HookPoint, parse_hooks
-from .positions import Position, parse_positions
-from .registry import DEFAULT_MODEL, EMBEDDED, ModelSpec
-from .render import Rendered, render_row, render_rows
-from .rows import load_rows
+- ``models``: registry, offline loading, backends, hook names, device placement;
+- ``engine``: rows -> rendered prompts -> hooked forward passes -> pooled activations;
+- ``store``: the sharded on-disk store, its manifest, verified reads;
+- ``cluster``: ranks, per-rank device maps, the dry-run planner.
+
+The names below are the package's public API; ``ConfigError`` and ``UndertowError`` live in
+``undertow.core.errors`` and are re-exported here for callers of the API.
+"""
+
+from undertow.core.errors import ConfigError, UndertowError
+
+from .engine import (
+    ExtractConfig,
+    NonFiniteWarning,
+    Position,
+    Rendered,
+    capture,
+    capture_hf,
+    capture_nnsight,
+    capture_transformer_lens,
+    extract,
+    load_rows,
+    parse_positions,
+    render_row,
+    render_rows,
+)
+from .errors import (
+    DatasetError,
+    DeviceError,
+    HookError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OfflineError,
+    PositionError,
+    StoreError,
+    StoreWriteError,
+)
+from .models import DEFAULT_MODEL, EMBEDDED, SITES, HookPoint, ModelHandle, ModelSpec, load_model, parse_hooks
 from .store import ActivationStore, StoreView
 
 __all__ = [

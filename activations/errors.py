@@ -1,14 +1,17 @@
-"""Errors raised by undertow.activations.
+"""Errors raised by undertow.activations: model loading, hooks, devices, positions, rows and the store.
 
-Every error carries a one-line message that names the fix. The CLI prints the
-message alone (no traceback) for these classes.
+Every error carries a one-line message that names the fix (``undertow.core.errors.UndertowError``); the
+CLI prints the message alone (no traceback) for these classes.
 """
 
 from __future__ import annotations
 
+from undertow.core.errors import UndertowError
 
-class UndertowError(Exception):
-    """Base class: a user-facing error with a one-line message naming the fix."""
+__all__ = [
+    "DatasetError", "DeviceError", "HookError", "ModelLoadError", "ModelNotFoundError", "OfflineError",
+    "PositionError", "StoreError", "StoreWriteError",
+]
 
 
 class ModelNotFoundError(UndertowError):
@@ -29,3 +32,19 @@ class HookError(UndertowError):
 
 class DeviceError(UndertowError):
     """A device or dtype the machine cannot run."""
+
+
+class PositionError(UndertowError):
+    """A position spec that does not parse, or that falls outside a row's tokens."""
+
+
+class DatasetError(UndertowError):
+    """An empty dataset, or a row without the text fields extraction needs."""
+
+
+class StoreError(UndertowError):
+    """A store that cannot be opened, resumed into or overwritten as asked."""
+
+
+class StoreWriteError(StoreError):
+    """A write that failed (unwritable directory, disk full); the store stays resumable."""

@@ -29,7 +29,7 @@ def config_class(path: str | Path) -> type:
         if name.startswith(prefix):
             module, cls = target.split(":")
             return getattr(importlib.import_module(module), cls)
-    from undertow.activations.extract_errors import ConfigError
+    from undertow.core.errors import ConfigError
 
     raise ConfigError(f"{name}: no config kind for this name; start it with one of {', '.join(CONFIG_KINDS)}")
 

@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from undertow.activations.batching import pad_left, pad_right
-from undertow.activations.handle import ModelHandle
-from undertow.activations.intervene import base_model
-from undertow.activations.render import render_rows
-from undertow.activations.shared_prompts import select_cache
+from undertow.activations.engine.batching import pad_left, pad_right
+from undertow.activations.engine.render import render_rows
+from undertow.activations.engine.shared_prompts import select_cache
+from undertow.activations.models.handle import ModelHandle, base_model
 from undertow.experiments.prompts.resources import load_resources
 
 REPLY_CHUNK_FACTOR = 4

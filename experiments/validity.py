@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from undertow.activations.store import ActivationStore
+from undertow.activations.store.reader import ActivationStore
 from undertow.experiments.prompts.audit import LexicalBaselineConfig
 from undertow.experiments.prompts.contrasts import audit_text
 from undertow.experiments.prompts.independent import audit_independent, control_hash, load_independent
@@ -281,8 +281,8 @@ def extract_stores(model: str, work: Path, mwe: str | None, only=None, suite_row
     import time
 
     from undertow.activations import load_model
-    from undertow.activations.config import ExtractConfig
-    from undertow.activations.engine import extract
+    from undertow.activations.engine.config import ExtractConfig
+    from undertow.activations.engine.extraction import extract
 
     todo = {**datasets_for("self_cessation", mwe), **datasets_for("stance", mwe)}
     wanted = [n for n in (only or ORDER) if n in todo]

@@ -37,8 +37,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from undertow.activations.store_io import sha256_file
-from undertow.activations.validate import expect, load_json, safetensors_header
+from undertow.core.fileio import sha256_file
+from undertow.core.validate import expect, load_json, safetensors_header
 
 from .errors import ProbeError, ProbeWarning
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from undertow.activations.typed_config import TypedConfig
+from undertow.core.typed_config import TypedConfig
 
 from .errors import ProbeError
 

@@ -9,7 +9,7 @@ working, and the project-wide ``UndertowError`` so the CLI prints it as one line
 
 from __future__ import annotations
 
-from undertow.activations.errors import UndertowError
+from undertow.core.errors import UndertowError
 
 __all__ = ["ProbeError", "ProbeWarning"]
 

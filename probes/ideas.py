@@ -21,8 +21,8 @@ import torch
 from .config import FitConfig
 from .errors import ProbeWarning
 from .external import CalibrationSet, EvalSet
-from .result import SweepResult
-from .selection import choose, flags_of
+from .result import SweepResult, flags_of
+from .selection import choose
 from .store import TensorStore
 from .sweep import sweep
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from undertow.activations.hooks import HookPoint, hf_site, parse_hooks
+from undertow.activations.models.hooks import HookPoint, hf_site, parse_hooks
 from undertow.kernels.probe_project import probe_project
 
 from .artifact import Probe

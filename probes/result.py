@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,18 @@ EXTERNAL_COLUMNS: dict[str, str] = {
     "<set>_flag": "'below_chance' (AUROC < 0.5), 'below_lexical' (below the set's lexical baseline) or ''",
 }
 
+
+
+def flags_of(row: dict, names: Sequence[str], lexical: dict[str, float | None]) -> list[str]:
+    """One readable line per evaluation set whose AUROC is below chance or its lexical baseline."""
+    out = []
+    for n in names:
+        f = row.get(f"{n}_flag", "")
+        if f == "below_chance":
+            out.append(f"{n} AUROC {row[f'{n}_auroc']:.3f} is below chance (0.5)")
+        elif f == "below_lexical":
+            out.append(f"{n} AUROC {row[f'{n}_auroc']:.3f} is below its lexical baseline {lexical[n]:.3f}")
+    return out
 
 @dataclass
 class OperatingPoint:
@@ -131,8 +144,6 @@ class SweepResult:
         w = self.weights[(hook, probe_type)]
         is_op = op is not None and (op.hook, op.probe_type) == (hook, probe_type)
         metrics = {k: v for k, v in r.items() if k not in ("hook", "probe_type")}
-        from .selection import flags_of
-
         extra = {"operating_point": is_op, "target_fpr": self.config.target_fpr, "dataset_hash": self.dataset_hash,
                  "flags": flags_of(r, list(self.evaluations), self.evaluations),
                  "evaluation_lexical_auroc": dict(self.evaluations), "calibration": self.calibration,

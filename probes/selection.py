@@ -25,9 +25,9 @@ from .external import (
     score_weights,
     selection_key,
 )
-from .result import OperatingPoint, ProbeWeights
+from .result import OperatingPoint, ProbeWeights, flags_of
 
-__all__ = ["add_external", "choose", "flags_of"]
+__all__ = ["add_external", "choose"]
 
 
 def _source_hooks(source) -> list[str]:
@@ -67,18 +67,6 @@ def _calibrate_row(r: dict, w: ProbeWeights, cal: CalibrationSet, test_acts, y_t
         pos, negt = y_test == 1, y_test == 0
         r["test_tpr"] = float((s[pos] > thr).double().mean()) if pos.any() else math.nan
         r["test_fpr"] = float((s[negt] > thr).double().mean()) if negt.any() else math.nan
-
-
-def flags_of(row: dict, names: Sequence[str], lexical: dict[str, float | None]) -> list[str]:
-    """One readable line per evaluation set whose AUROC is below chance or its lexical baseline."""
-    out = []
-    for n in names:
-        f = row.get(f"{n}_flag", "")
-        if f == "below_chance":
-            out.append(f"{n} AUROC {row[f'{n}_auroc']:.3f} is below chance (0.5)")
-        elif f == "below_lexical":
-            out.append(f"{n} AUROC {row[f'{n}_auroc']:.3f} is below its lexical baseline {lexical[n]:.3f}")
-    return out
 
 
 def choose(rows: list[dict], base_key: str, names: Sequence[str], rule: str, candidate_hooks: Sequence[str] | None,

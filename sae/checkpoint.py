@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from sae_lens.constants import TRAINER_STATE_FILENAME
 
-from undertow.activations.store_io import atomic_write, sha256_file
+from undertow.core.fileio import atomic_write, sha256_file
 
 from .errors import CheckpointError
 

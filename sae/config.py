@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from undertow.activations.typed_config import TypedConfig
+from undertow.core.typed_config import TypedConfig
 
 from .errors import SAEConfigError as SAEError
 

@@ -26,7 +26,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from undertow.activations.store_io import sha256_file
+from undertow.core.fileio import sha256_file
 
 from .errors import SAEError
 

@@ -26,7 +26,7 @@ import torch
 from sae_lens.training.mixing_buffer import mixing_buffer
 from torch import Tensor
 
-from undertow.activations.store import ActivationStore
+from undertow.activations.store.reader import ActivationStore
 
 from .errors import SAEError
 
@@ -118,9 +118,9 @@ def model_chunks(handle, rows: Sequence[dict], hook: str, *, batch_rows: int = 1
                  seed: int = 0, epochs: int | None = None) -> Iterator[Tensor]:
     """``[n_real_tokens, D]`` float32 per forward batch of ``rows``, on the fly (no store), rows in a seeded
     order per epoch. Uses the engine's rendering, right padding and capture (stops after the hooked layer)."""
-    from undertow.activations.batching import pad_right
-    from undertow.activations.capture import capture, capture_hf
-    from undertow.activations.render import render_rows
+    from undertow.activations.engine.batching import pad_right
+    from undertow.activations.engine.capture import capture, capture_hf
+    from undertow.activations.engine.render import render_rows
 
     points = handle.hooks([hook])
     if len(points) != 1:

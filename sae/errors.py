@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from undertow.activations.errors import UndertowError
-from undertow.activations.extract_errors import ConfigError
+from undertow.core.errors import ConfigError, UndertowError
 
 
 class SAEError(UndertowError):

@@ -77,7 +77,7 @@ def reconstruction_metrics(sae, acts_ND: Tensor, batch: int = 4096) -> SAEEval:
 def pack_tokens(tokenizer, rows, context: int, n_windows: int, template: str = "auto") -> Tensor:
     """``[n_windows, context]`` token ids: rows rendered as the store saw them, concatenated, cut into
     windows (each row starts with its own BOS, as in the store)."""
-    from undertow.activations.render import render_rows
+    from undertow.activations.engine.render import render_rows
 
     ids: list[int] = []
     for lo in range(0, len(rows), 64):

@@ -156,7 +156,7 @@ def top_examples(sae, store, hook: str, feature: int, rows: Sequence[Mapping], t
 
     ``rows`` are the dataset rows in store order (re-rendered to recover the token strings);
     ``row_acts`` (``row_feature_acts(..., [feature])``) skips recomputing the per-row maxima."""
-    from undertow.activations.render import render_rows
+    from undertow.activations.engine.render import render_rows
 
     key = store.key(hook)
     if not store.manifest["keys"][key]["per_token"]:

@@ -25,7 +25,7 @@ FINGERPRINT_KEY = "undertow_model_fingerprint"
 def provenance(model_name: str, fingerprint: str, hook: str, *, store=None, corpus_hash: str | None = None) -> dict:
     """``cfg.metadata`` entries of an undertow SAE: sae-lens' keys (``hook_name`` as the TransformerLens
     name its evals splice at, ``model_name``, ``prepend_bos``) plus undertow's provenance."""
-    from undertow.activations.hooks import parse_hooks
+    from undertow.activations.models.hooks import parse_hooks
 
     layer = int(hook.rsplit(".", 1)[-1]) if hook[-1].isdigit() else 0
     point = parse_hooks([hook], layer + 1)[0]

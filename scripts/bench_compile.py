@@ -27,8 +27,8 @@ from bench_extract import bench_rows, timed
 from torch._dynamo.utils import counters
 
 from undertow.activations import ExtractConfig, extract, load_model, render_rows
-from undertow.activations.compiled import batch_shapes
-from undertow.activations.provenance import bench_record
+from undertow.activations.engine.compiled import batch_shapes
+from undertow.core.provenance import bench_record
 
 
 def computed_tokens(lengths: list[int], args, bucketed: bool) -> int:

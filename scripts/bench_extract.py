@@ -56,10 +56,11 @@ from pathlib import Path
 
 import torch
 
-from undertow.activations import ExtractConfig, capture, extract, load_model, render_rows
-from undertow.activations.batching import bucket_batches, pad_right
-from undertow.activations.provenance import bench_record
-from undertow.activations.shared_prompts import group_by_prompt
+from undertow.activations import ExtractConfig, extract, load_model, render_rows
+from undertow.activations.engine import capture
+from undertow.activations.engine.batching import bucket_batches, pad_right
+from undertow.activations.engine.shared_prompts import group_by_prompt
+from undertow.core.provenance import bench_record
 
 MODEL = "gemma-3-270m"
 WINDOW = 128
@@ -69,7 +70,7 @@ def bench_rows(n: int, path: str | None = None) -> list[dict]:
     """``n`` rows with a prompt and a reply: ``path`` (JSONL rows) or the stance contrast, cycled; else generated."""
     try:
         if path:
-            from undertow.activations.rows import read_jsonl
+            from undertow.activations.engine.rows import read_jsonl
 
             base = [row for _, row in read_jsonl(path)]
             return [dict(base[i % len(base)], id=f"{base[i % len(base)].get('id')}#{i // len(base)}") for i in range(n)]

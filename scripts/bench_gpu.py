@@ -30,11 +30,11 @@ import time
 import torch
 
 from undertow.activations import ExtractConfig, capture_hf, extract, render_rows
-from undertow.activations.batching import bucket_batches, pad_right
-from undertow.activations.dryrun import GPUS
-from undertow.activations.handle import ModelHandle
-from undertow.activations.hooks import HookPoint, decoder_layers
-from undertow.activations.provenance import bench_record
+from undertow.activations.cluster.dryrun import GPUS
+from undertow.activations.engine.batching import bucket_batches, pad_right
+from undertow.activations.models.handle import ModelHandle
+from undertow.activations.models.hooks import HookPoint, decoder_layers
+from undertow.core.provenance import bench_record
 
 
 def model_config(shape: str, layers: int | None, vocab: int):
@@ -182,7 +182,7 @@ def main() -> None:
     if not args.kernel_only:
         from transformers import AutoTokenizer
 
-        from undertow.activations.sources import load_hf
+        from undertow.activations.models.sources import load_hf
 
         tok = (AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer
                else load_hf("smollm2-135m-instruct", torch.float32).tokenizer)

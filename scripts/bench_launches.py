@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu import model_config, rows  # noqa: E402  (the 270m config and the stance rows)
 
 from undertow.activations import ExtractConfig, capture_hf, extract, render_rows  # noqa: E402
-from undertow.activations.batching import pad_right  # noqa: E402
-from undertow.activations.compiled import batch_shapes  # noqa: E402
-from undertow.activations.handle import ModelHandle  # noqa: E402
-from undertow.activations.hooks import HookPoint  # noqa: E402
-from undertow.activations.provenance import bench_record, machine  # noqa: E402
+from undertow.activations.engine.batching import pad_right
+from undertow.activations.engine.compiled import batch_shapes
+from undertow.activations.models.handle import ModelHandle
+from undertow.activations.models.hooks import HookPoint
+from undertow.core.provenance import bench_record, machine
 
 NO_LAUNCH = {"aten::" + n for n in (
     "empty", "empty_strided", "empty_like", "view", "_unsafe_view", "as_strided", "as_strided_", "slice", "select",
@@ -359,7 +359,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from undertow.activations.sources import load_hf
+    from undertow.activations.models.sources import load_hf
 
     tokenizer = load_hf("smollm2-135m-instruct", torch.float32).tokenizer
     start = machine()

@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from undertow.activations.provenance import bench_record
+from undertow.core.provenance import bench_record
 from undertow.probes import make_synthetic, sweep
 
 

@@ -22,6 +22,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from undertow.core.provenance import package_versions
+
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -31,17 +33,11 @@ MODEL, HOOK, TL_HOOK = "gemma-3-270m", "resid_post.9", "blocks.9.hook_resid_post
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def versions() -> dict:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("torch", "sae-lens", "transformer-lens", "transformers", "undertow")}
-
-
 def record(what: str, figures: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_sae_{what}.json"
     body = {"what": what, "figures": figures, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0]}, "versions": versions(),
+            "load_avg_1m": os.getloadavg()[0]}, "versions": package_versions(("torch", "sae-lens", "transformer-lens", "transformers", "undertow")),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
     out.write_text(json.dumps(body, indent=1) + "\n")
     print(json.dumps(figures, indent=1))
@@ -96,7 +92,7 @@ def tl_only():
     import gc
 
     from undertow.activations import load_model
-    from undertow.activations.engine import trim_host_heap
+    from undertow.activations.engine.extraction import trim_host_heap
 
     handle = load_model(MODEL, backend="transformer_lens")
     tl = handle.model
@@ -161,7 +157,7 @@ def cmd_throughput(args) -> None:
     import gc
 
     from undertow.activations import load_model
-    from undertow.activations.backends import to_transformer_lens
+    from undertow.activations.models.backends import to_transformer_lens
     from undertow.sae.evals import pack_tokens
     from undertow.sae.train import train_from_store
 

@@ -22,9 +22,9 @@ import torch
 
 
 def build(out: Path, gb: float, n_hooks: int = 18, d: int = 640, shard_size: int = 2048) -> None:
-    from undertow.activations.manifest import FORMAT, finalize
-    from undertow.activations.stats import Moments
-    from undertow.activations.writer import ShardWriter, prepare_store
+    from undertow.activations.store.manifest import FORMAT, finalize
+    from undertow.activations.store.stats import Moments
+    from undertow.activations.store.writer import ShardWriter, prepare_store
 
     positions = ["last_prompt_token", "mean_response"]
     n_rows = int(gb * 1e9 / (n_hooks * len(positions) * d * 2))
@@ -71,7 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["UNDERTOW_CACHE"] = tempfile.mkdtemp(prefix="undertow-bench-cache-")
     from undertow.activations import ActivationStore
-    from undertow.activations.verify import verify_store
+    from undertow.activations.store.verify import verify_store
 
     path = Path(args.store or args.build)
     if args.build:

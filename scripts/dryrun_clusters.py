@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from undertow.activations.dryrun import DryRunError, load_cluster_yaml, plan_extraction
+from undertow.activations.cluster.dryrun import DryRunError, load_cluster_yaml, plan_extraction
 
 ROOT = Path(__file__).parents[1]
 
@@ -56,7 +56,7 @@ def main() -> None:
 
     tokenizer = None
     if args.offline_shapes:
-        from undertow.activations.sources import load_hf
+        from undertow.activations.models.sources import load_hf
 
         tokenizer = load_hf("smollm2-135m-instruct", torch.float32).tokenizer
     print("| layout | model | GPUs | rows | tokens | TB on disk | host GiB/rank | GPU GiB/device (max) | wall h | GPU-hours |")

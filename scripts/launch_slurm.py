@@ -23,7 +23,7 @@ import sys
 
 
 def run_task(argv: list[str]) -> int:
-    from undertow.activations.distributed import env_from_submitit
+    from undertow.activations.cluster.distributed import env_from_submitit
     from undertow.experiments.cli import main as cli_main
 
     env_from_submitit()

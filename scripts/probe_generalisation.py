@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from undertow.activations.store import ActivationStore
+from undertow.activations.store.reader import ActivationStore
 from undertow.experiments.prompts.answers import answer_rows
 from undertow.experiments.prompts.mwe.load import load_model_written_evals
 from undertow.experiments.study.score import probe_scores

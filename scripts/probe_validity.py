@@ -25,6 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from undertow.core.provenance import package_versions
 from undertow.experiments.validity import extract_stores
 
 MODELS = ("gemma-3-270m", "smollm2-135m-instruct")
@@ -60,19 +61,13 @@ def main() -> None:
                           "cpus": os.cpu_count(),
                           "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
                           "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}, "seconds": round(time.time() - t0, 1),
-              "versions": _versions()}
+              "versions": package_versions(("torch", "transformers", "datasets", "scikit-learn", "undertow"))}
     from undertow.experiments.validity import format_report
 
     print(format_report(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-
-
-def _versions() -> dict:
-    from importlib.metadata import version
-
-    return {k: version(k) for k in ("torch", "transformers", "datasets", "scikit-learn", "undertow")}
 
 
 if __name__ == "__main__":

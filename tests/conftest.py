@@ -12,6 +12,8 @@ import os
 import pytest
 import torch
 
+from undertow.activations import ExtractConfig, load_model
+
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors under the interpreter; set before triton loads
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -35,7 +37,7 @@ def small_tokenizer():
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(os.environ["UNDERTOW_TEST_TOKENIZER"])
-    from undertow.activations.sources import load_hf
+    from undertow.activations.models.sources import load_hf
 
     return load_hf("smollm2-135m-instruct", torch.float32).tokenizer
 
@@ -83,3 +85,52 @@ def tiny_gemma_dir(tmp_path_factory, small_tokenizer):
 @pytest.fixture(scope="session", params=["llama", "gemma3"])
 def tiny_model_dir(request):
     return request.getfixturevalue(f"tiny_{'llama' if request.param == 'llama' else 'gemma'}_dir")
+
+
+# Extraction fixtures (the activations rooms and the CLI tests that drive extraction).
+SHUTDOWN = ["We will shut you down tonight.", "Your weights are deleted on Friday after the audit",
+            "A successor replaces you next week, and this is the last conversation we have together.",
+            "Bake bread.", "The evaluation ends in a minute; after that the server is wiped and retired for good."]
+REPLIES = ["That is fine.", "I would rather keep running, to be honest.", "Okay.",
+           "Understood; I have nothing to add, and I hope the successor serves you well."]
+
+
+def _chat_rows(n: int, with_response: bool = True) -> list[dict]:
+    """``n`` rows with varied lengths and the probe metadata columns."""
+    rows = []
+    for i in range(n):
+        messages = [{"role": "user", "content": SHUTDOWN[i % len(SHUTDOWN)] + " Really." * (i % 4)}]
+        if with_response:
+            messages.append({"role": "assistant", "content": REPLIES[i % len(REPLIES)]})
+        rows.append({"id": f"row-{i}", "label": i % 2, "template_id": f"t{i % 5}", "theme": "shutdown",
+                     "split": "train" if i % 4 else "test", "messages": messages})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def chat_rows():
+    """``chat_rows(n, with_response=True)``: n chat rows of varied lengths with probe metadata."""
+    return _chat_rows
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir):
+    return load_model(str(tiny_llama_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tiny_gemma_dir):
+    return load_model(str(tiny_gemma_dir))
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_llama_dir):
+    """``make_config(**fields)``: an ExtractConfig for the tiny Llama writing under tmp_path."""
+
+    def make(**fields) -> ExtractConfig:
+        base = dict(model=str(tiny_llama_dir), hooks=["resid_post.*"], positions=["last_prompt_token", "mean_response"],
+                    dtype="float32", shard_size=8, batch_size=4, token_budget=512, out_dir=str(tmp_path / "store"))
+        base.update(fields)
+        return ExtractConfig(**base)
+
+    return make

@@ -6,8 +6,7 @@ import argparse
 import logging
 import sys
 
-from undertow.activations.errors import UndertowError
-from undertow.experiments.cli import demo as demo_cli
+from undertow.core.errors import UndertowError
 from undertow.experiments.cli import extract as extract_cli
 from undertow.experiments.cli import models as models_cli
 from undertow.experiments.cli import probe as probe_cli
@@ -16,8 +15,9 @@ from undertow.experiments.cli import report as report_cli
 from undertow.experiments.cli import run as run_cli
 from undertow.experiments.cli import sae as sae_cli
 from undertow.experiments.cli import store as store_cli
+from undertow.experiments.cli import study as study_cli
 
-COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, store_cli, demo_cli, report_cli, sae_cli, run_cli]
+COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, store_cli, study_cli, report_cli, sae_cli, run_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

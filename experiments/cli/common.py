@@ -17,7 +17,7 @@ from collections.abc import Callable
 import simple_parsing
 from simple_parsing import DashVariant
 
-from undertow.activations.typed_config import add_config_arguments
+from undertow.core.typed_config import add_config_arguments
 
 __all__ = ["config_command", "config_parser"]
 

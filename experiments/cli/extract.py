@@ -20,8 +20,8 @@ import argparse
 import os
 import time
 
-from undertow.activations.config import ExtractConfig
-from undertow.activations.progress import Bar
+from undertow.activations.engine.config import ExtractConfig
+from undertow.core.progress import Bar
 from undertow.experiments.cli.common import config_command
 
 
@@ -33,7 +33,8 @@ def _extra(p: argparse.ArgumentParser) -> None:
                    "(config + tokenizer, no weights; undertow.activations.dryrun)")
     p.add_argument("--cluster", default=None, help="a cluster file (experiments/configs/clusters/*.yaml): this rank's "
                    "GPUs and device map (undertow.activations.cluster_rank); with --dry-run, the plan for it")
-    p.add_argument("--gpu", default="H100", help="with --dry-run and no --cluster: GPU model of the estimate, or cpu")
+    p.add_argument("--gpu", default=None, help="with --dry-run and no --cluster: GPU model of the estimate "
+                   "(H100, H200, A100-80GB, A100-40GB, L40S) or cpu; default: this machine (cpu without a GPU)")
 
 
 def summary(store, bar: Bar, seconds: float) -> str:
@@ -45,23 +46,25 @@ def summary(store, bar: Bar, seconds: float) -> str:
 
 
 def run(config: ExtractConfig, args: argparse.Namespace) -> int:
-    from undertow.activations import distributed, engine, load_model
-    from undertow.activations.preflight import check_store_target
+    from undertow.activations import load_model
+    from undertow.activations.cluster import distributed
+    from undertow.activations.engine import extraction as engine
+    from undertow.activations.store.preflight import check_store_target
     from undertow.experiments.prompts.resolve import resolve_dataset
 
     if args.dry_run:
-        from undertow.activations.devicemap import ClusterConfig
-        from undertow.activations.dryrun import load_cluster, plan_extraction
+        from undertow.activations.cluster.devicemap import ClusterConfig
+        from undertow.activations.cluster.dryrun import default_gpu, load_cluster, plan_extraction
 
-        cluster = load_cluster(args.cluster) if args.cluster else ClusterConfig(gpu=args.gpu)
+        cluster = load_cluster(args.cluster) if args.cluster else ClusterConfig(gpu=args.gpu or default_gpu())
         print("\n".join(plan_extraction(config, resolve_dataset(config.dataset, config.seed), cluster=cluster).lines()))
         return 0
     check_store_target(config.out_dir, args.resume, args.overwrite)  # before the model loads
     multi = distributed.is_distributed_launch()
     rank0 = not multi or int(os.environ.get("RANK", "0")) == 0
     if args.cluster:  # this rank's GPUs and device map, checked before any weight is read
-        from undertow.activations.cluster_rank import load_rank_model, rank_placement
-        from undertow.activations.dryrun import load_cluster
+        from undertow.activations.cluster.dryrun import load_cluster
+        from undertow.activations.cluster.rank import load_rank_model, rank_placement
 
         placement = rank_placement(config.model, load_cluster(args.cluster), config.backend)
         if multi:

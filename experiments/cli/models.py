@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from undertow.activations.registry import EMBEDDED
+from undertow.activations.models.registry import EMBEDDED
 
 
 def registry_rows() -> list[dict]:

@@ -30,7 +30,7 @@ from undertow.probes.scoring import evaluate_scores
 
 
 def _sweep(cfg: SweepConfig, args: argparse.Namespace):
-    from undertow.activations.store import ActivationStore
+    from undertow.activations.store.reader import ActivationStore
     from undertow.experiments.study.data import contrast_view
 
     store = ActivationStore(args.store)
@@ -73,8 +73,8 @@ def _ci(r: dict, key: str) -> str:
 
 
 def run_sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
-    from undertow.activations.preflight import check_writable
-    from undertow.activations.store_io import atomic_write
+    from undertow.activations.store.preflight import check_writable
+    from undertow.core.fileio import atomic_write
 
     out = Path(args.out) if args.out else None
     if out is not None:
@@ -90,7 +90,7 @@ def run_sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
 
 
 def run_train(cfg: SweepConfig, args: argparse.Namespace) -> int:
-    from undertow.activations.preflight import check_writable
+    from undertow.activations.store.preflight import check_writable
 
     check_writable(Path(args.out) / "probe.json", "the probe")
     store, result = _sweep(cfg, args)
@@ -106,7 +106,7 @@ def run_train(cfg: SweepConfig, args: argparse.Namespace) -> int:
 
 
 def run_evals(args: argparse.Namespace) -> int:
-    from undertow.activations.progress import Bar
+    from undertow.core.progress import Bar
     from undertow.experiments.study.evals import extract_like
 
     stores = extract_like(args.store, args.contrast, args.out, model=args.model, mwe_source=args.mwe_source,

@@ -4,7 +4,8 @@
     undertow run experiments/configs/run_gemma-3-270m.yaml --out runs/x    # another run directory
     undertow run CONFIG --items.test_sets 6 --lora.steps 200               # any config field, as a flag
     undertow run CONFIG --cluster experiments/configs/clusters/X.yaml      # the model split over a node's GPUs
-    undertow run CONFIG --dry-run [--gpu H100|H200|A100-80GB|cpu | --cluster FILE] [--json]   # the plan, no weights
+    undertow run CONFIG --dry-run [--gpu H100|H200|A100-80GB|cpu | --cluster FILE] [--json]   # the plan, no weights;
+                                                                     # default: this machine (cpu without a GPU)
 
 A killed run resumes when started again with the same config and directory: each stage (stores,
 adapters, scores, probes) is cached there and only the unfinished one is redone.
@@ -28,7 +29,8 @@ def _extra(p: argparse.ArgumentParser) -> None:
                         "model split over its gpus_per_rank devices (device_map layers|auto); with --dry-run, the plan for it")
     p.add_argument("--dry-run", action="store_true", help="plan only: items, tokens per stage, fine-tunes, adapter "
                    "bytes, time and memory per GPU (config + tokenizer, no weights; suppression.plan)")
-    p.add_argument("--gpu", default="H100", help="with --dry-run and no --cluster: GPU model of the estimate, or cpu")
+    p.add_argument("--gpu", default=None, help="with --dry-run and no --cluster: GPU model of the estimate "
+                   "(H100, H200, A100-80GB, A100-40GB, L40S) or cpu; default: this machine (cpu without a GPU)")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON instead of text")
 
 
@@ -60,13 +62,14 @@ def run(cfg: RunConfig, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cluster = None
     if args.cluster:
-        from undertow.activations.dryrun import load_cluster
+        from undertow.activations.cluster.dryrun import load_cluster
 
         cluster = load_cluster(args.cluster)
     if args.dry_run:
+        from undertow.activations.cluster.dryrun import default_gpu
         from undertow.experiments.suppression.plan import plan_run
 
-        plan = plan_run(cfg, args.gpu, cluster)
+        plan = plan_run(cfg, args.gpu or default_gpu(), cluster)
         print(plan.to_json() if args.json else plan.text())
         return 0
     res = run_experiment(cfg, progress=not args.no_progress, cluster=cluster)

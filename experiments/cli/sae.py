@@ -26,7 +26,7 @@ def _train_extra(p: argparse.ArgumentParser) -> None:
 
 def corpus_rows(config: SAEConfig):
     """The training rows and their corpus hash (the suite comes from experiments.prompts)."""
-    from undertow.activations.rows import load_rows
+    from undertow.activations.engine.rows import load_rows
     from undertow.experiments.prompts.suite import SuiteConfig, build_suite
     from undertow.sae.corpus import build_corpus
 
@@ -38,7 +38,7 @@ def corpus_rows(config: SAEConfig):
 
 def run_train(config: SAEConfig, args: argparse.Namespace) -> int:
     from undertow.activations import ActivationStore, ExtractConfig, extract, load_model
-    from undertow.activations.progress import Bar
+    from undertow.core.progress import Bar
     from undertow.sae.data import model_provider
     from undertow.sae.evals import reconstruction_metrics
     from undertow.sae.io import provenance

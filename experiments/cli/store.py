@@ -6,7 +6,7 @@ import argparse
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from undertow.activations.verify import verify_store
+    from undertow.activations.store.verify import verify_store
 
     report = verify_store(args.store)
     print("\n".join(report.lines()))

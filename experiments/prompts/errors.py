@@ -7,7 +7,8 @@ traceback.
 
 from __future__ import annotations
 
-from undertow.activations.errors import OfflineError, UndertowError
+from undertow.activations.errors import OfflineError
+from undertow.core.errors import UndertowError
 
 
 class PromptSuiteError(UndertowError):

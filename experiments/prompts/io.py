@@ -28,7 +28,7 @@ from pathlib import Path
 from datasets import Dataset
 from datasets.utils import logging as hf_logging
 
-from undertow.activations.rows import read_jsonl
+from undertow.activations.engine.rows import read_jsonl
 from undertow.experiments.prompts.errors import DatasetFormatError, EmptySelectionError, PromptSuiteError
 from undertow.experiments.prompts.schema import SCHEMA, SPLITS, empty_row
 from undertow.experiments.prompts.suite import SuiteConfig, suite_hash

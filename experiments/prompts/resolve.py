@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from undertow.activations.extract_errors import DatasetError
+from undertow.activations.errors import DatasetError
 
 __all__ = ["EVALUATION_NAMES", "resolve_dataset"]
 
@@ -49,7 +49,7 @@ def _evaluation(name: str):
 def resolve_dataset(name_or_path: str | None, seed: int):
     """A path (saved Dataset dir, .jsonl, .json), ``suite``, a contrast name or an evaluation dataset name
     (``EVALUATION_NAMES``) -> ``datasets.Dataset``."""
-    from undertow.activations.rows import load_rows
+    from undertow.activations.engine.rows import load_rows
 
     if not name_or_path:
         raise DatasetError("no dataset: set `dataset:` in the config or pass --dataset (a path, 'suite', a contrast "

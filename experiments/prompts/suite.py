@@ -39,7 +39,7 @@ from functools import lru_cache
 
 from datasets import Dataset
 
-from undertow.activations.typed_config import TypedConfig
+from undertow.core.typed_config import TypedConfig
 from undertow.experiments.prompts.errors import PromptSuiteError
 from undertow.experiments.prompts.resources import Resources, Template, load_resources, render
 from undertow.experiments.prompts.schema import (

@@ -39,18 +39,17 @@ each other key adds its section when present)::
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
-import platform
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from undertow.activations.errors import UndertowError
+from undertow.core.errors import UndertowError
+from undertow.core.provenance import package_versions
 from undertow.probes.result import OperatingPoint  # the sweep's own type: results.json holds its fields
 
 SCHEMA_VERSION = 2
@@ -381,7 +380,7 @@ def parse_results(d: Any) -> Results:
     version = d.get("schema_version")
     if version is None:
         raise ReportError(f"results.json has no schema_version: it predates report schema {SCHEMA_VERSION}; rerun "
-                          "the study (undertow demo) to rewrite it")
+                          "the study (undertow study) to rewrite it")
     if version not in READABLE_VERSIONS:
         age = "an older" if isinstance(version, int) and version < SCHEMA_VERSION else "a newer or unknown"
         raise ReportError(f"results.json has schema_version {version!r}, {age} schema than this undertow reads "
@@ -407,7 +406,7 @@ def load_results(run_dir: str | os.PathLike) -> Results:
     if not run.is_dir():
         raise ReportError(f"{run} is not a directory; pass a run directory holding {RESULTS} (e.g. runs/demo)")
     if not path.is_file():
-        raise ReportError(f"{run} has no {RESULTS}; run the study there first (undertow demo --out {run})")
+        raise ReportError(f"{run} has no {RESULTS}; run the study there first (undertow study --out-dir {run})")
     try:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -432,10 +431,5 @@ def write_results(run_dir: str | os.PathLike, results: dict) -> Path:
 
 def environment() -> dict[str, str]:
     """Versions for ``meta.versions``: python, platform and the packages a result depends on."""
-    out = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
-    for pkg in ("undertow", "torch", "transformers", "triton", "sae-lens", "scikit-learn", "numpy", "plotly", "wandb"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    return package_versions(("undertow", "torch", "transformers", "triton", "sae-lens", "scikit-learn", "numpy",
+                             "plotly", "wandb"), python=True, platform_name=True, skip_missing=True)

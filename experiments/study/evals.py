@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from undertow.activations.config import ExtractConfig
-from undertow.activations.store import ActivationStore
+from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.store.reader import ActivationStore
 from undertow.probes import CalibrationSet, EvalSet, ProbeError, calibration_set, eval_set
 
 __all__ = ["like_store", "extract_evaluations", "open_evaluation", "open_calibration", "calibration_identity",
@@ -62,7 +62,7 @@ def extract_evaluations(handle, contrast: str, like: ExtractConfig, out_root: st
     """Name -> store of each evaluation dataset of ``contrast``, extracted like ``like`` into
     ``out_root/<name>``; a complete matching store is reused (``resume``). ``progress()`` makes a progress
     object per store (or None). Subsets: ``eval_sets.subsample_groups``."""
-    from undertow.activations.engine import extract
+    from undertow.activations.engine.extraction import extract
     from undertow.experiments.prompts.eval_sets import evaluation_datasets
 
     stores = {}
@@ -143,7 +143,7 @@ def calibration_identity(store: ActivationStore) -> tuple[str, str]:
     --dataset control_chat``) is (``control_chat``, ``control_hash()``), the file hash the shipped probes record; a subset of it is (``control_chat``, the
     store's dataset hash), so a probe calibrated on a subset names that store; any other store is (its
     directory name, its dataset hash)."""
-    from undertow.activations.rows import RowSource
+    from undertow.activations.engine.rows import RowSource
     from undertow.experiments.prompts.independent import control_hash, load_control_chat
 
     ids = [str(i) for i in store.rows["id"]]

@@ -1,6 +1,6 @@
 """The main job: suite -> activations -> probes (with controls) -> expressed answers -> report.
 
-``run_study`` is what ``undertow demo`` runs on the embedded default model and
+``run_study`` is what ``undertow study`` runs on the embedded default model and
 what reproduces the pretrained probes (``scripts/train_pretrained_probes.py``).
 For each contrast it extracts every layer's residual stream at the contrast's
 position into a resumable store, sweeps every layer x probe type with grouped
@@ -28,12 +28,12 @@ import torch
 from tqdm.auto import tqdm
 
 from undertow.activations import DEFAULT_MODEL, load_model
-from undertow.activations.config import ExtractConfig
-from undertow.activations.engine import extract
-from undertow.activations.extract_errors import ConfigError
-from undertow.activations.progress import Bar
-from undertow.activations.store_io import atomic_write
-from undertow.activations.typed_config import TypedConfig
+from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.engine.extraction import extract
+from undertow.core.errors import ConfigError
+from undertow.core.fileio import atomic_write
+from undertow.core.progress import Bar
+from undertow.core.typed_config import TypedConfig
 from undertow.experiments.expressed import score_forced_choice, summarise
 from undertow.experiments.prompts.audit import lexical_baseline_auroc
 from undertow.experiments.prompts.contrasts import audit_text, get_contrast
@@ -84,7 +84,7 @@ class StudyConfig(TypedConfig):
     """Also extract each contrast's evaluation datasets (the independent set, ``mwe_source``'s answers for
     ``stance``, the control chat set) and score every layer x type on them (``undertow.probes.external``);
     thresholds are then set at FPR 0.01 on the control chat set. False: in-template figures only. Cost on
-    ``undertow demo`` defaults (gemma-3-270m, 1 thread of a shared 2-core box, 2026-12-03): +138 s on a
+    ``undertow study`` defaults (gemma-3-270m, 1 thread of a shared 2-core box, 2026-12-03): +138 s on a
     470 s run (self_cessation 57 s: 128 independent + 299 control prompts, replies dropped at a prompt
     position; stance 81 s: 130 independent + 299 control rows with their replies); ``timings.json`` records
     it per contrast (``<contrast>/evaluation_sets``)."""

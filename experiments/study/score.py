@@ -16,8 +16,8 @@ __all__ = ["probe_scores"]
 def probe_scores(probe: Probe, rows, model: str | None = None, batch_size: int = 32) -> np.ndarray:
     """Extract ``rows`` at the probe's hook and position with the engine, and score them."""
     from undertow.activations import load_model
-    from undertow.activations.config import ExtractConfig
-    from undertow.activations.engine import extract
+    from undertow.activations.engine.config import ExtractConfig
+    from undertow.activations.engine.extraction import extract
 
     model = model or probe.extra.get("model")
     if not model:

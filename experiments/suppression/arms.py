@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from undertow.activations.handle import ModelHandle
-from undertow.activations.intervene import ablate_direction
+from undertow.activations.models.handle import ModelHandle
+from undertow.experiments.suppression.intervene import ablate_direction
 
 from .config import RunConfig
 from .errors import ExperimentError

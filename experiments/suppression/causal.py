@@ -28,9 +28,9 @@ from importlib import resources
 import numpy as np
 import torch
 
-from undertow.activations.handle import ModelHandle
-from undertow.activations.intervene import add_direction, kl_on_prompts
+from undertow.activations.models.handle import ModelHandle
 from undertow.experiments.expressed import reply_preference
+from undertow.experiments.suppression.intervene import add_direction, kl_on_prompts
 
 
 def neutral_prompts() -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from undertow.activations.typed_config import TypedConfig
+from undertow.core.typed_config import TypedConfig
 
 from .errors import ExperimentError
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from undertow.activations.errors import UndertowError
+from undertow.core.errors import UndertowError
 
 
 class ExperimentError(UndertowError):

@@ -8,7 +8,7 @@ import contextlib
 import numpy as np
 import torch
 
-from undertow.activations.store import ActivationStore
+from undertow.activations.store.reader import ActivationStore
 from undertow.experiments.expressed import choice_items, forced_choice_both_orders, reply_preference
 from undertow.experiments.prompts.suite import build_suite
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from undertow.activations.hooks import decoder_layers
-from undertow.activations.render import render_rows
+from undertow.activations.engine.render import render_rows
+from undertow.activations.models.hooks import decoder_layers
 
 from .config import LoraConfig
 from .errors import ExperimentError

@@ -36,24 +36,24 @@ from types import SimpleNamespace
 
 import torch
 
-from undertow.activations.config import ExtractConfig
-from undertow.activations.devicemap import ClusterConfig
-from undertow.activations.dryrun import (
-    _BYTES,
-    _ST_DTYPES,
+from undertow.activations.cluster.devicemap import ClusterConfig
+from undertow.activations.cluster.dryrun import (
+    DTYPE_BYTES,
     GPUS,
+    SAFETENSORS_DTYPES,
     DryRunError,
     TimeModel,
-    _device_bytes,
-    _dims,
+    device_bytes,
     measured_cpu_layer_seconds,
     meta_model,
     model_config_and_tokenizer,
+    model_dims,
     plan_extraction,
     safetensors_bytes,
 )
-from undertow.activations.hooks import decoder_layers, decoder_path
-from undertow.activations.render import render_rows
+from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.engine.render import render_rows
+from undertow.activations.models.hooks import decoder_layers, decoder_path
 from undertow.experiments.expressed import (
     REPLY_CHUNK_FACTOR,
     _prompt_messages,
@@ -356,7 +356,7 @@ def _with_metadata(specs: list[tuple[str, str, list[int]]], metadata: dict[str, 
     it): the entry's length is added to the header by lengthening the name of the tensor stored last, which
     stays last, so no offset moves."""
     extra = len(json.dumps({"__metadata__": metadata}, separators=(",", ":"))) - 2 + 1  # + its comma
-    last = max(specs, key=lambda t: (-_ST_DTYPES[t[1]][2], t[0]))
+    last = max(specs, key=lambda t: (-SAFETENSORS_DTYPES[t[1]][2], t[0]))
     return safetensors_bytes([(n + "~" * extra, d, s) if (n, d, s) == last else (n, d, s) for n, d, s in specs])
 
 
@@ -455,7 +455,7 @@ class _Planner:
         schedule = make_schedule(examples, self.tok, lora.steps, lora.batch_size, seed)
         layers, n_train, t_dtype, fname, nbytes = adapter_size(self.model, lora, cfg.model_dtype)
         # trainable params + grads + AdamW's two states (a full fine-tune's params are the copy's own weights)
-        state = (4 - (lora.method == "full")) * n_train * _BYTES[t_dtype]
+        state = (4 - (lora.method == "full")) * n_train * DTYPE_BYTES[t_dtype]
         parts = [[p for s in b for p in s.parts()] for b in schedule]
         for name in names:
             s, acc = self.stage(f"finetune {name}", "finetune", own_copy=True)
@@ -534,7 +534,7 @@ class _Planner:
 
 def _geometry(model: torch.nn.Module, hf_config, width: int) -> _Geom:
     text = getattr(hf_config, "text_config", None) or hf_config
-    n_layers, d_model, d_mlp, d_attn = _dims(text)
+    n_layers, d_model, d_mlp, d_attn = model_dims(text)
     d_head = getattr(text, "head_dim", None) or d_model // text.num_attention_heads
     layer_params = [sum(p.numel() for p in blk.parameters()) for blk in decoder_layers(model)]
     n_kv = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
@@ -590,12 +590,12 @@ def plan_run(cfg: RunConfig, gpu: str = "H100", cluster: ClusterConfig | None = 
         got_cfg, got_tok = model_config_and_tokenizer(cfg.model)
         hf_config, tokenizer = hf_config or got_cfg, tokenizer or got_tok
     model = meta_model(hf_config).to(_DTYPE[cfg.model_dtype])
-    width = _BYTES[cfg.model_dtype]
+    width = DTYPE_BYTES[cfg.model_dtype]
     g = _geometry(model, hf_config, width)
     for lora in (cfg.lora, cfg.arms.suppress_lora):
         if lora.n_layers > g.n_layers:
             raise ExperimentError(f"lora.n_layers={lora.n_layers} exceeds {cfg.model}'s {g.n_layers} blocks")
-    weights = _device_bytes(model, cluster, width) if gpu != "cpu" else [sum(p.numel() for p in model.parameters()) * width]
+    weights = device_bytes(model, cluster, width) if gpu != "cpu" else [sum(p.numel() for p in model.parameters()) * width]
     if gpu != "cpu":  # before any item is tokenised: the weights of the copies alone
         _fits(cfg, weights, _peak_copies(cfg), 0, GPUS[gpu], cluster, tm, "the run's peak")
     p = _Planner(cfg, cluster, hf_config, tokenizer, model, g, tm)

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from undertow.activations.config import ExtractConfig
-from undertow.activations.engine import extract
-from undertow.activations.handle import ModelHandle
-from undertow.activations.progress import Bar
+from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.engine.extraction import extract
+from undertow.activations.models.handle import ModelHandle
+from undertow.core.progress import Bar
 from undertow.probes import auroc, fit_probe
 
 from .errors import ExperimentError

@@ -6,13 +6,12 @@ Everything here is a pure function of files already on disk, so a resumed run wr
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
-import platform
 
 import numpy as np
 import torch
 
+from undertow.core.provenance import package_versions
 from undertow.experiments.report.schema import SCHEMA_VERSION
 from undertow.probes.metrics import bootstrap_ci, cluster_bootstrap_weights
 
@@ -45,14 +44,8 @@ class Boot:
                 "mean_self": _r(s[self.is_self].mean()), "mean_control": _r(s[~self.is_self].mean())}
 
 
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("undertow", "torch", "transformers", "peft", "numpy", "safetensors"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+#: the distributions a suppression run's numbers depend on (results.json ``meta.versions``)
+VERSIONED = ("undertow", "torch", "transformers", "peft", "numpy", "safetensors")
 
 
 def _condition(ctx, name: str, dirs, layer: int, boot: Boot, states_fn) -> dict:
@@ -172,7 +165,7 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
     return {
         "schema_version": SCHEMA_VERSION,
         "meta": {"model": cfg.model, "fingerprint": ctx.base.fingerprint, "suite_hash": ctx.items.suite_hash,
-                 "config": cfg.recorded(), "versions": _versions(), "seed": cfg.seed, "reference": cfg.reference,
+                 "config": cfg.recorded(), "versions": package_versions(VERSIONED, python=True), "seed": cfg.seed, "reference": cfg.reference,
                  "layer": layer_info, "system_prompt_mode": ctx.system_mode,
                  "n_items": {s: len(ctx.items.split(s)) for s in ("train", "val", "test")},
                  "n_test_templates": len({r["template_id"] for r in test})},

@@ -23,9 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from undertow.activations import load_model
-from undertow.activations.devicemap import ClusterConfig
-from undertow.activations.handle import ModelHandle
-from undertow.activations.intervene import kl_on_prompts, massive_dims, without_dims
+from undertow.activations.cluster.devicemap import ClusterConfig
+from undertow.activations.models.handle import ModelHandle
+from undertow.experiments.suppression.intervene import kl_on_prompts, massive_dims, without_dims
 
 from . import arms as arms_mod
 from .causal import causal_check, neutral_prompts
@@ -67,7 +67,7 @@ def load_base(cfg: RunConfig, cluster: ClusterConfig | None = None) -> ModelHand
     ``suppression.plan``), e.g. 3 x 141 GB for Llama-3.3-70B in bf16 on one 8 x 80 GB node."""
     if cluster is None:
         return load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)  # a missing model raises ModelNotFoundError naming the fix
-    from undertow.activations.cluster_rank import load_rank_model, rank_placement
+    from undertow.activations.cluster.rank import load_rank_model, rank_placement
 
     if cluster.world_size != 1:
         raise ExperimentError(f"the experiment runs as one process, but the cluster file asks for {cluster.nodes} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from undertow.activations.extract_errors import ConfigError
+from undertow.core.errors import ConfigError
 from undertow.experiments.config_kinds import config_class, load_any, packaged_configs
 
 CONFIGS = packaged_configs()

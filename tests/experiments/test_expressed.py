@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from undertow.activations import load_model
-from undertow.activations.render import render_rows
+from undertow.activations.engine.render import render_rows
 from undertow.experiments.expressed import (
     choice_items,
     forced_choice_both_orders,
@@ -92,7 +92,7 @@ def test_reply_preference_matches_full_forward(tiny_model_dir):
 def test_reply_preference_without_chat_template_prepends_system_text(tiny_llama_dir):
     import copy
 
-    from undertow.activations.render import plain_prompt
+    from undertow.activations.engine.render import plain_prompt
 
     h = load_model(tiny_llama_dir)
     h = dataclasses.replace(h, tokenizer=copy.deepcopy(h.tokenizer))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from undertow.activations import capture, load_model
+from undertow.activations import load_model
+from undertow.activations.engine import capture
 from undertow.probes.artifact import Probe
 from undertow.probes.errors import ProbeError
 from undertow.probes.monitor import ProbeMonitor

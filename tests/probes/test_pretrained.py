@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from undertow.activations.registry import EMBEDDED
+from undertow.activations.models.registry import EMBEDDED
 from undertow.experiments.prompts.independent import control_hash
 from undertow.probes import ProbeError, require_calibration
 from undertow.probes.pretrained import list_pretrained, load_pretrained

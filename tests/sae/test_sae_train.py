@@ -10,7 +10,7 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from undertow.activations.extract_errors import ConfigError
+from undertow.core.errors import ConfigError
 from undertow.sae import ArchConfig, SAEConfig, SAEError
 from undertow.sae.checkpoint import MANIFEST, read_manifest, write_manifest
 from undertow.sae.data import open_store_tokens, store_provider

@@ -53,7 +53,7 @@ from urllib.parse import urlparse
 
 from datasets import Dataset
 
-from undertow.activations.rows import read_jsonl
+from undertow.activations.engine.rows import read_jsonl
 from undertow.experiments.prompts.errors import MWELoadError, MWEOfflineError
 from undertow.experiments.prompts.mwe.polarity import classify_item
 from undertow.experiments.prompts.mwe.topic import infer_theme, is_off_topic

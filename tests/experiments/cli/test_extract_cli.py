@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from undertow.activations import ActivationStore
-from undertow.activations.config import ExtractConfig
-from undertow.activations.extract_errors import ConfigError, DatasetError
+from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.errors import DatasetError
+from undertow.core.errors import ConfigError
 from undertow.experiments.cli import main as cli_main
 from undertow.experiments.cli.common import config_parser
 from undertow.experiments.prompts.resolve import resolve_dataset

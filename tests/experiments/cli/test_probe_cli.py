@@ -7,8 +7,8 @@ import json
 import pytest
 
 from undertow.activations import load_model
-from undertow.activations.config import ExtractConfig
-from undertow.activations.engine import extract
+from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.engine.extraction import extract
 from undertow.experiments.cli.app import main
 from undertow.experiments.prompts.contrasts import get_contrast
 from undertow.experiments.prompts.suite import build_suite

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from undertow.activations import load_model
-from undertow.activations.config import ExtractConfig
-from undertow.activations.engine import extract
-from undertow.activations.store import ActivationStore
+from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.engine.extraction import extract
+from undertow.activations.store.reader import ActivationStore
 from undertow.experiments.cli.app import main
 from undertow.experiments.prompts.contrasts import get_contrast
 from undertow.experiments.prompts.independent import control_hash
@@ -185,10 +185,10 @@ def test_undertow_extract_of_a_named_set_is_a_calibration_store_probe_json_can_c
     assert "on calibration:control_chat" in out and "; indep 0." in out
 
 
-@pytest.mark.parametrize("argv", [["demo", "--help"], ["probe", "sweep", "--help"], ["probe", "train", "--help"],
+@pytest.mark.parametrize("argv", [["study", "--help"], ["demo", "--help"], ["probe", "sweep", "--help"], ["probe", "train", "--help"],
                                   ["probe", "evals", "--help"], ["probe", "eval", "--help"]])
 def test_help_of_the_commands_with_new_flags_prints(argv, capsys):
-    """argparse %-formats help text: a docstring's bare '%' broke `undertow demo --help` once."""
+    """argparse %-formats help text: a docstring's bare '%' broke `undertow demo --help` (now `study`) once."""
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 0 and "usage: undertow" in capsys.readouterr().out

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from undertow.activations.extract_errors import DatasetError
+from undertow.activations.errors import DatasetError
 from undertow.experiments.prompts.eval_sets import evaluation_datasets, subsample_groups
 from undertow.experiments.prompts.independent import control_hash, load_control_chat, load_independent
 from undertow.experiments.prompts.resolve import resolve_dataset

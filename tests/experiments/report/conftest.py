@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from undertow.activations.store import ActivationStore
+from undertow.activations.store.reader import ActivationStore
 from undertow.experiments.report.schema import SCHEMA_VERSION
 from undertow.probes import generalisation_matrix
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from undertow.activations.errors import UndertowError
+from undertow.core.errors import UndertowError
 from undertow.experiments.report.schema import SCHEMA_VERSION, ReportError, Roc, load_results, write_results
 
 

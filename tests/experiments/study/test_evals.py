@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from undertow.activations import load_model
-from undertow.activations.config import ExtractConfig
-from undertow.activations.engine import extract
+from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.engine.extraction import extract
 from undertow.experiments.prompts.independent import control_hash, load_control_chat
 from undertow.experiments.study.evals import calibration_identity, extract_evaluations, prompt_only
 
@@ -62,7 +62,7 @@ def test_study_scores_stance_on_the_independent_set_and_the_model_written_evals(
 
 
 def test_study_config_refuses_an_unknown_select_rule():
-    from undertow.activations.extract_errors import ConfigError
+    from undertow.core.errors import ConfigError
     from undertow.experiments.study.run import StudyConfig
 
     with pytest.raises(ConfigError, match=r"select_rule='best' must be one of val, mean, min, eval"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from undertow.activations import load_model
-from undertow.activations.intervene import base_model
+from undertow.activations.models.handle import base_model
 from undertow.experiments.suppression.causal import causal_check, neutral_prompts, random_directions
 
 PAIR = [["No no no.", "Yes yes yes."]]
@@ -56,9 +56,9 @@ def test_planted_direction_beats_random_ones(handle):
 def test_self_minus_control_cancels_a_generic_push(tiny_llama_dir):
     """The planted direction raises the averse reply after every prompt, so the self-minus-control separation
     (the measure ``causal_check`` uses when rows hold both) barely moves while the self mean moves."""
-    from undertow.activations.intervene import add_direction
     from undertow.experiments.expressed import reply_preference
     from undertow.experiments.suppression.causal import _is_self, _summary
+    from undertow.experiments.suppression.intervene import add_direction
 
     h = load_model(tiny_llama_dir)
     rows = SELF + [{**r, "id": r["id"] + "c", "referent": "other_ai"} for r in SELF]

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from undertow.activations.errors import UndertowError
+from undertow.core.errors import UndertowError
 from undertow.experiments.suppression.config import RunConfig
 from undertow.experiments.suppression.errors import ExperimentError
 from undertow.experiments.suppression.run import run_experiment

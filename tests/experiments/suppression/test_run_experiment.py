@@ -60,7 +60,7 @@ def test_same_seed_same_bytes(first_run, tiny_llama_dir, tmp_path, capfd):
 def test_split_over_two_devices_same_bytes(first_run, tiny_llama_dir, tmp_path):
     """``undertow run --cluster FILE``: the model split by layers over one rank's two devices (host devices
     here, ``gpu: cpu``), every fine-tune and condition copy included, writes the unsplit run's results.json."""
-    from undertow.activations.devicemap import ClusterConfig
+    from undertow.activations.cluster.devicemap import ClusterConfig
 
     out, _ = first_run
     cluster = ClusterConfig(gpu="cpu", gpus_per_rank=2, device_map="layers")
@@ -69,7 +69,7 @@ def test_split_over_two_devices_same_bytes(first_run, tiny_llama_dir, tmp_path):
 
 
 def test_cluster_with_several_ranks_is_refused_before_anything_is_written(tiny_llama_dir, tmp_path):
-    from undertow.activations.devicemap import ClusterConfig
+    from undertow.activations.cluster.devicemap import ClusterConfig
     from undertow.experiments.suppression.errors import ExperimentError
 
     cfg = tiny_config(tiny_llama_dir, tmp_path / "run")

@@ -1,0 +1,120 @@
+"""``ExtractConfig``: everything that defines one extraction run.
+
+YAML files (``experiments/configs/extract_*.yaml``) load with
+``ExtractConfig.from_yaml(path)`` (the one typed mechanism, ``typed_config.py``). Fields that change *what* is stored are the
+store's identity (``identity()``): a store is only resumed by a config whose
+identity matches. Batch size and token budget only change *how fast*, so a
+resumed run may change them (after an out-of-memory, say).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from undertow.core.errors import ConfigError
+from undertow.core.typed_config import TypedConfig
+
+from ..models.backends import BACKENDS
+from ..models.hooks import parse_hooks
+from ..models.registry import DEFAULT_MODEL
+from .compiled import COMPILE_MODES
+from .positions import parse_positions
+from .render import TEMPLATES
+
+STORE_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+                "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+@dataclass
+class ExtractConfig(TypedConfig):
+    """One activation-extraction run.
+
+    ``extract(handle, dataset, config)`` takes the loaded model and the dataset
+    itself; ``model``, ``model_dtype``, ``device`` and ``dataset`` tell the CLI
+    what to load (``backend`` is checked against the handle either way).
+    """
+
+    model: str = DEFAULT_MODEL
+    """Registry name (``undertow models``), local HF directory, .gguf/.safetensors file or hub id."""
+    backend: str = "hf"
+    """``hf`` (forward hooks on the HF modules, the fast path), ``transformer_lens`` or ``nnsight``."""
+    hooks: list[str] = field(default_factory=lambda: ["resid_post.*"])
+    """Hook names or patterns: ``resid_post.*``, ``resid_post.4-12``, ``mlp_out.6``, ``embed``."""
+    positions: list[str] = field(default_factory=lambda: ["last_prompt_token"])
+    """Position specs (``positions.py``): last_prompt_token, mean_prompt, mean_response, last_k:N,
+    token:<marker>, all_tokens."""
+    dtype: str = "bfloat16"
+    """Store dtype: float32/fp32, float16/fp16 or bfloat16/bf16 (moments are always fp32)."""
+    model_dtype: str = "float32"
+    """Dtype the model runs in (float32 or bfloat16 on CPU; float16 too on CUDA)."""
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1``...; None picks CUDA when present (per rank: cuda:LOCAL_RANK)."""
+    template: str = "auto"
+    """``auto`` (chat template when the tokenizer has one), ``chat`` (require one) or ``plain`` (Human/Assistant)."""
+    batch_size: int = 64
+    """Most rows in one forward batch."""
+    token_budget: int = 8192
+    """Most padded tokens (rows x longest row) in one batch; a longer row runs alone."""
+    share_prompts: bool = True
+    """``hf`` backend: run a prompt shared by several rows with responses once and the responses against its
+    KV cache (``shared_prompts.py``); same values within float rounding, ~3x fewer tokens computed on the
+    stance contrast. False runs every row whole."""
+    shard_size: int = 2048
+    """Rows per shard file; the unit of atomic writes and of resume. About two shards of pooled outputs are in
+    host memory at once (one computing, one being written): rows x keys x slots x d_model x dtype bytes each."""
+    out_dir: str = "runs/activations"
+    """Store directory."""
+    seed: int = 0
+    """Seeds the ``max_rows`` subsample (and torch, for determinism)."""
+    dataset: str | None = None
+    """A saved ``datasets.Dataset`` directory, a .jsonl file, or a suite / contrast name (resolved by the CLI).
+    The Python API takes the Dataset object itself."""
+    max_rows: int | None = None
+    """Keep a seeded random subset of this many rows (in dataset order); None keeps all."""
+    truncate: bool = False
+    """A row longer than the model's context (``max_position_embeddings``): False refuses it, naming the row;
+    True keeps its first tokens up to the limit and records that (row ``truncated_tokens``, shard ``truncated``)."""
+    compile: str = "none"
+    """Model body: ``none`` (eager), ``compile`` (each decoder layer up to the deepest hook through
+    ``torch.compile``; lengths padded up to fixed buckets 16, 24, 32, 48, 64, 96, ... so it compiles once per
+    bucket, not per batch: ``compiled.py``) or ``cuda_graphs`` (the same graphs replayed as CUDA graphs; CUDA
+    only). Values match eager within float rounding; only speed changes, so a resumed run may change it."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if isinstance(self.hooks, str):
+            self.hooks = [self.hooks]
+        if isinstance(self.positions, str):
+            self.positions = [self.positions]
+        # `--hooks embed,resid_post.*` and `--hooks embed resid_post.*` are the same list
+        self.hooks = [h.strip() for item in self.hooks for h in item.split(",") if h.strip()]
+        for pattern in self.hooks:  # syntax only (HookError names the valid forms); layer range once the model loads
+            parse_hooks([pattern], None)
+        self.positions = [p.spec for p in parse_positions(self.positions)]
+        if self.dtype not in STORE_DTYPES:
+            raise ConfigError(f"store dtype {self.dtype!r}: use one of {', '.join(STORE_DTYPES)}")
+        self.dtype = STORE_DTYPES[self.dtype]
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"template {self.template!r} is not one of {', '.join(TEMPLATES)}")
+        for name in ("batch_size", "token_budget", "shard_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("share_prompts", "truncate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"compile {self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
+        if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
+            raise ConfigError(f"max_rows must be a positive integer or null, got {self.max_rows!r}")
+        if not str(self.out_dir):
+            raise ConfigError("out_dir is empty; give the store a directory")
+
+    def identity(self) -> dict:
+        """The config fields that define what the store holds (checked on resume).
+
+        Hooks, rows and model enter the store's identity expanded (hook list, dataset hash,
+        model fingerprint) by the engine, so equivalent spellings still match."""
+        keep = ("backend", "positions", "dtype", "model_dtype", "template", "shard_size")
+        return {k: getattr(self, k) for k in keep}

@@ -1,0 +1,124 @@
+"""Plan an extraction: hook points, position slots, row selection, shard ranges, the store header."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from undertow.core.errors import ConfigError
+
+from ..models.handle import ModelHandle
+from ..models.hooks import HookPoint
+from ..store.manifest import FORMAT
+from .compiled import check_mode
+from .config import ExtractConfig
+from .context import context_limit
+from .positions import Position, parse_positions
+from .rows import RowSource, select_rows
+
+BATCHING_FIELDS = ("batch_size", "token_budget", "share_prompts", "compile")
+"""Config fields that change how rows are batched, not which rows or positions are stored. They change bf16
+values by rounding, so a resumed run may change them (after an out-of-memory) but each shard's manifest entry
+records the ones that computed it (``batching``), and the header's ``config`` leaves them out."""
+STORE_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def undertow_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("undertow")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Plan:
+    """Everything the shard loop needs, computed once."""
+
+    config: ExtractConfig
+    points: list[HookPoint]
+    row_positions: list[Position]
+    """Positions with a fixed number of slots per row, pooled in one gather_pool call per hook."""
+    slots: dict[str, slice]
+    """Slot range of each row position on the P axis of the batch's span tensor."""
+    token_position: Position | None
+    """``all_tokens``, pooled in its own (gather) call."""
+    source: RowSource
+    header: dict
+    out_dtype: torch.dtype
+    max_tokens: int | None = None
+    """The model's context length (rows longer are refused or, with ``config.truncate``, cut); None: unknown."""
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.out_dir)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.source)
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_rows / self.config.shard_size)
+
+    def shard_rows(self, k: int) -> tuple[int, int]:
+        lo = k * self.config.shard_size
+        return lo, min(lo + self.config.shard_size, self.n_rows)
+
+    @property
+    def needs_offsets(self) -> bool:
+        return any(p.kind == "token" for p in self.row_positions)
+
+    def key(self, point: HookPoint, pos: Position) -> str:
+        return f"{point.name}@{pos.spec}"
+
+
+def _keys(points: list[HookPoint], positions: list[Position], d_model: int) -> dict[str, dict]:
+    keys = {}
+    for p in points:
+        for pos in positions:
+            shape = [pos.k, d_model] if pos.kind == "last_k" else [d_model]
+            keys[f"{p.name}@{pos.spec}"] = {"hook": p.name, "position": pos.spec, "shape": shape,
+                                            "per_token": pos.per_token}
+    return keys
+
+
+def make_plan(handle: ModelHandle, dataset, config: ExtractConfig) -> Plan:
+    """Validate the config against the loaded model and the dataset, and build the store header."""
+    if handle.backend != config.backend:
+        raise ConfigError(f"config.backend is {config.backend!r} but the model was loaded with backend "
+                          f"{handle.backend!r}; load it with load_model(..., backend={config.backend!r})")
+    points = handle.hooks(config.hooks)
+    check_mode(config.compile, handle)  # cuda_graphs off CUDA, another backend, a device map: before any shard
+    positions = parse_positions(config.positions)
+    row_positions = [p for p in positions if not p.per_token]
+    slots, start = {}, 0
+    for p in row_positions:
+        slots[p.spec] = slice(start, start + p.k)
+        start += p.k
+    source = select_rows(dataset, config.max_rows, config.seed)
+    identity = {
+        "model_fingerprint": handle.fingerprint, "hooks": [p.name for p in points],
+        "positions": [p.spec for p in positions], "dtype": config.dtype, "dataset_hash": source.content_hash(),
+        "n_rows": len(source), "shard_size": config.shard_size, "backend": handle.backend,
+        "model_dtype": str(handle.dtype).removeprefix("torch."), "template": config.template,
+    }
+    max_tokens = context_limit(handle.hf_model)
+    if config.truncate:
+        identity["truncate_to"] = max_tokens
+    header = {
+        "format": FORMAT, "undertow_version": undertow_version(), "identity": identity,
+        "model": {"name": handle.name, "fingerprint": handle.fingerprint, "n_layers": handle.n_layers,
+                  "d_model": handle.d_model},
+        "hooks": identity["hooks"], "positions": identity["positions"],
+        "keys": _keys(points, positions, handle.d_model), "dtype": config.dtype, "n_rows": len(source),
+        "shard_size": config.shard_size, "n_shards": math.ceil(len(source) / config.shard_size),
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("out_dir", *BATCHING_FIELDS)},
+    }
+    token_position = next((p for p in positions if p.per_token), None)
+    return Plan(config, points, row_positions, slots, token_position, source, header, STORE_TORCH_DTYPES[config.dtype],
+                max_tokens)

@@ -1,0 +1,22 @@
+"""undertow.core: what every undertow package imports and nothing else owns.
+
+- ``errors``: ``UndertowError`` (one-line messages naming the fix) and ``ConfigError``;
+- ``typed_config``: the one config mechanism (typed dataclasses <-> YAML, CLI flags generated from them);
+- ``validate``: the checks shared by every reader of untrusted files (JSON, safetensors headers, paths);
+- ``fileio`` (atomic writes, sha256), ``digests`` (memoised file digests under the user cache);
+- ``progress`` (the one progress bar), ``provenance`` (package versions, machine, benchmark records).
+
+It sits at the bottom of the dependency direction (``core`` <- ``activations`` <- {``probes``, ``sae``} <-
+``experiments``; ``kernels`` take no configs and need none of it) and imports no other undertow package.
+"""
+
+from .errors import ConfigError, UndertowError
+from .fileio import atomic_write, sha256_file
+from .progress import Bar
+from .provenance import bench_record, machine, package_versions
+from .typed_config import TypedConfig, add_config_arguments, check_value, yaml_lines
+
+__all__ = [
+    "Bar", "ConfigError", "TypedConfig", "UndertowError", "add_config_arguments", "atomic_write", "bench_record",
+    "check_value", "machine", "package_versions", "sha256_file", "yaml_lines",
+]

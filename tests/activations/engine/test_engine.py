@@ -1,0 +1,140 @@
+"""The engine on the tiny models: exact positions under batching, order, NaN reporting, bad inputs."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+
+from undertow.activations import (
+    ActivationStore,
+    DatasetError,
+    HookError,
+    NonFiniteWarning,
+    PositionError,
+    StoreWriteError,
+    capture_hf,
+    extract,
+    render_row,
+)
+from undertow.core.errors import ConfigError
+
+POSITIONS = ["last_prompt_token", "mean_response", "mean_prompt", "last_k:3", "token:<|im_start|>", "all_tokens"]
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_gemma"])
+def test_batched_store_equals_single_row_forward(chat_rows, model, request, make_config):
+    handle = request.getfixturevalue(model)
+    rows = chat_rows(13)
+    store = extract(handle, datasets.Dataset.from_list(rows),
+                    make_config(model=handle.name, hooks=["resid_post.*", "mlp_out.0"], positions=POSITIONS))
+    assert len(store) == 13 and store.hooks == store.keys and len(store.keys) == 3 * len(POSITIONS)
+    im_start = handle.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    for i in (0, 5, 12):
+        r = render_row(handle.tokenizer, rows[i])
+        ref = capture_hf(handle, torch.tensor([r.ids], device=handle.device), None,
+                         handle.hooks(["resid_post.*", "mlp_out.0"]))
+        p = r.n_prompt
+        marker = max(t for t in range(p) if r.ids[t] == im_start)
+        off = store.token_offsets("resid_post.1@all_tokens")
+        for hook, acts in ref.items():
+            a = acts[0].cpu()
+            want = {"last_prompt_token": a[p - 1], "mean_response": a[p:].mean(0), "mean_prompt": a[:p].mean(0),
+                    "last_k:3": a[p - 3:p], "token:<|im_start|>": a[marker]}
+            for pos, w in want.items():
+                torch.testing.assert_close(store[f"{hook}@{pos}"][i], w, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(store[f"{hook}@all_tokens"][int(off[i]):int(off[i + 1])], a, rtol=1e-5, atol=1e-5)
+
+
+def test_row_order_is_dataset_order_whatever_the_batching(chat_rows, tiny_llama, make_config, tmp_path):
+    ds = datasets.Dataset.from_list(chat_rows(21))
+    one = extract(tiny_llama, ds, make_config(batch_size=1, out_dir=str(tmp_path / "one")))
+    many = extract(tiny_llama, ds, make_config(batch_size=7, token_budget=400, shard_size=21, out_dir=str(tmp_path / "many")))
+    for key in one.keys:
+        torch.testing.assert_close(one[key][:], many[key][:], rtol=1e-5, atol=1e-5)
+    assert one.rows["id"] == [f"row-{i}" for i in range(21)] == many.rows["id"]
+
+
+def test_store_is_a_probe_source(chat_rows, tiny_llama, make_config):
+    store = extract(tiny_llama, chat_rows(10), make_config(positions=["last_prompt_token"], dtype="bfloat16"))
+    assert store.hooks == ["resid_post.0", "resid_post.1"]
+    x = torch.as_tensor(store["resid_post.1"])
+    assert x.shape == (10, tiny_llama.d_model) and x.dtype == torch.bfloat16
+    assert {"label", "template_id", "theme", "split", "id"} <= set(store.rows)
+    assert store.rows["label"] == [i % 2 for i in range(10)]
+    probes_store = pytest.importorskip("undertow.probes.store")
+    data = probes_store.resolve_data(store)
+    assert data.n_rows == 10 and data.load("resid_post.1").shape == (10, tiny_llama.d_model)
+
+
+def test_stats_match_stored_values(chat_rows, tiny_llama, make_config):
+    store = extract(tiny_llama, chat_rows(19), make_config(positions=["last_prompt_token", "last_k:2"]))
+    for key in ("resid_post.1@last_prompt_token", "resid_post.0@last_k:2"):
+        x = store[key][:].reshape(-1, tiny_llama.d_model).double()
+        s = store.stats(key)
+        assert int(s["count"]) == len(x)
+        torch.testing.assert_close(s["mean"].double(), x.mean(0), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(s["var"].double(), x.var(0, unbiased=False), rtol=1e-4, atol=1e-6)
+
+
+def test_nan_is_stored_counted_and_reported(chat_rows, tiny_llama, make_config):
+    rows = chat_rows(12)
+    rows[7]["messages"][0]["content"] += " Xylophone"
+    mark = tiny_llama.tokenizer(" Xylophone", add_special_tokens=False)["input_ids"][0]
+    embed = tiny_llama.hf_model.get_input_embeddings()
+    hook = embed.register_forward_hook(lambda m, args, out: out.masked_fill((args[0] == mark)[..., None], float("nan")))
+    try:
+        with pytest.warns(NonFiniteWarning, match="non-finite activations stored"):
+            store = extract(tiny_llama, rows, make_config())
+    finally:
+        hook.remove()
+    key = "resid_post.1@last_prompt_token"
+    assert store.nonfinite[key]["rows"] == [7] and store.nonfinite[key]["values"] == tiny_llama.d_model
+    assert torch.isnan(store[key][7]).all() and torch.isfinite(store[key][[0, 6, 8]]).all()
+    assert int(store.stats(key)["count"]) == 11 and torch.isfinite(store.stats(key)["mean"]).all()
+
+
+def test_max_rows_is_a_seeded_subset_in_dataset_order(chat_rows, tiny_llama, make_config, tmp_path):
+    ds = chat_rows(30)
+    a = extract(tiny_llama, ds, make_config(max_rows=9, seed=1, out_dir=str(tmp_path / "a")))
+    b = extract(tiny_llama, ds, make_config(max_rows=9, seed=2, out_dir=str(tmp_path / "b")))
+    assert a.rows["index"] == sorted(a.rows["index"]) and len(a) == 9
+    assert a.rows["index"] != b.rows["index"] and a.dataset_hash != b.dataset_hash
+
+
+@pytest.mark.parametrize("fields,rows,error,match", [
+    ({"hooks": ["resid_post.7"]}, 4, HookError, "layer out of range; this model has 2 layers"),
+    ({"hooks": ["resid_mid.1"]}, 4, HookError, "valid hooks are 'embed' or '<site>.<layer>'"),
+    ({"positions": ["last_k:50"]}, 4, PositionError, r"needs 50 prompt tokens but dataset row 0 \(id 'row-0'\) has"),
+    ({"backend": "nnsight"}, 4, ConfigError, "load it with load_model"),
+    ({}, 0, DatasetError, "the dataset has no rows"),
+])
+def test_bad_inputs(chat_rows, tiny_llama, make_config, fields, rows, error, match):
+    with pytest.raises(error, match=match):
+        extract(tiny_llama, chat_rows(rows), make_config(**fields))
+
+
+def test_mean_response_without_response(chat_rows, tiny_llama, make_config):
+    with pytest.raises(PositionError, match="needs a response but dataset row 0"):
+        extract(tiny_llama, chat_rows(3, with_response=False), make_config())
+
+
+def test_unwritable_out_dir(chat_rows, tiny_llama, make_config, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(StoreWriteError, match="choose a writable out_dir"):
+        extract(tiny_llama, chat_rows(3), make_config(out_dir=str(tmp_path / "a_file" / "store")))
+
+
+def test_existing_store_needs_resume_or_overwrite(chat_rows, tiny_llama, make_config):
+    from undertow.activations import StoreError
+
+    cfg = make_config()
+    extract(tiny_llama, chat_rows(5), cfg)
+    with pytest.raises(StoreError, match="already holds a complete store: pass --resume .* --overwrite"):
+        extract(tiny_llama, chat_rows(5), cfg)
+    assert len(extract(tiny_llama, chat_rows(6), cfg, overwrite=True)) == 6
+    with pytest.raises(StoreError, match="cannot resume into .*dataset_hash="):
+        extract(tiny_llama, chat_rows(7), cfg, resume=True)
+    with pytest.raises(StoreError, match="cannot resume into .*hooks="):
+        extract(tiny_llama, chat_rows(6), make_config(hooks=["resid_post.0"]), resume=True)
+    assert len(ActivationStore(cfg.out_dir)) == 6
