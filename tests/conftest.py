@@ -12,12 +12,13 @@ import os
 import pytest
 import torch
 
-from undertow.activations import ExtractConfig, load_model
-
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors under the interpreter; set before triton loads
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+# undertow imports triton (through undertow.kernels): only after TRITON_INTERPRET is set above
+from undertow.activations import ExtractConfig, load_model  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
