@@ -61,13 +61,15 @@ class DigestMemo:
         entry = self._load().get(str(path.resolve()))
         return entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[0] == file_key(path) else None
 
-    def digest(self, path: Path) -> str:
+    def digest(self, path: Path, save: bool = True) -> str:
+        """The file's sha256 (memoised); ``save=False`` leaves writing the memo to one ``save()`` after a
+        batch of files (each save rewrites the scope's whole memo file)."""
         found = self.cached(path)
         if found is not None:
             return found
         key = file_key(path)
         digest = sha256_file(path)
-        self.remember(path, key, digest)
+        self.remember(path, key, digest, save)
         return digest
 
     def remember(self, path: Path, key: str, digest: str, save: bool = True) -> None:

@@ -15,7 +15,7 @@ __all__ = ["CONFIG_KINDS", "config_class", "load_any", "packaged_configs"]
 
 #: file-name prefix -> "module:Class"
 CONFIG_KINDS = {
-    "extract_": "undertow.activations.config:ExtractConfig",
+    "extract_": "undertow.activations.engine.config:ExtractConfig",
     "study_": "undertow.experiments.study.run:StudyConfig",
     "run_": "undertow.experiments.suppression.config:RunConfig",
     "sae_": "undertow.sae.config:SAEConfig",

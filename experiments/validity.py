@@ -5,6 +5,14 @@ wrote (suite contrasts, independent set, MWE answers, control chat) and returns,
 per contrast: the shipped probe's figures (before), every idea's operating point
 (``undertow.probes.ideas``), the idea kept (chosen on val halves only) and
 layer curves on the independent set. Fitting only ever sees suite train rows.
+
+The lexical line each independent-set figure stands beside (issue 25) is TF-IDF + logistic
+regression fitted on the text of the rows the probe was fitted on (the suite store's train rows,
++ val rows / reworded rows for the ideas that fit on those) and scored on the independent store's
+test rows, the rows the probe is scored on (``lexical_independent``). The set's own grouped-CV
+audit is kept only as ``lexical_independent_in_set_cv``: no probe is fitted on the set, so it is
+not a comparator. ``binding_matched`` scores a probe on the binding-matched pairs, where every
+bag-of-words model scores 0.5 by construction.
 """
 
 from __future__ import annotations
@@ -16,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from undertow.activations.store.reader import ActivationStore
-from undertow.experiments.prompts.audit import LexicalBaselineConfig
+from undertow.experiments.prompts.audit import LexicalBaselineConfig, lexical_line
 from undertow.experiments.prompts.contrasts import audit_text
 from undertow.experiments.prompts.independent import audit_independent, control_hash, load_independent
 from undertow.probes import calibration_set, eval_set
@@ -59,15 +66,36 @@ def _load(path: Path, position: str) -> tuple[dict[str, torch.Tensor], dict]:
     return acts, view.rows
 
 
-def _lexical_transfer(contrast: str, suite_rows: dict, indep) -> float:
-    """TF-IDF fitted on the suite's train rows, scored on the independent set's test half."""
+def probe_train_rows(contrast: str, suite_rows: dict | None = None, train_on_val: bool = False,
+                     extra_rows: list[dict] = ()) -> list[dict]:
+    """The dataset rows a probe is fitted on: the suite store's ``train`` rows (``suite_rows``: its ``id`` /
+    ``split`` columns; None: every train row of the default suite's contrast), + its ``val`` rows when
+    ``train_on_val``, + ``extra_rows`` (e.g. reworded train rows)."""
     from undertow.experiments.prompts.contrasts import get_contrast
 
-    by_id = {r["id"]: r for r in get_contrast(contrast).to_list()}
-    tr = [by_id[i] for i, s in zip(suite_rows["id"], suite_rows["split"], strict=True) if s == "train"]
-    te = [r for r in indep.to_list() if r["split"] == "test"]
-    model = LexicalBaselineConfig().pipeline().fit([audit_text(r, contrast) for r in tr], [r["label"] for r in tr])
-    return float(roc_auc_score([r["label"] for r in te], model.predict_proba([audit_text(r, contrast) for r in te])[:, 1]))
+    fit = ("train", "val") if train_on_val else ("train",)
+    suite = get_contrast(contrast).to_list()
+    if suite_rows is None:
+        return [r for r in suite if r["split"] in fit] + list(extra_rows)
+    by_id = {r["id"]: r for r in suite}
+    return [by_id[i] for i, s in zip(suite_rows["id"], suite_rows["split"], strict=True) if s in fit] + list(extra_rows)
+
+
+def scored_rows(contrast: str, store_rows: dict) -> list[dict]:
+    """The independent set's rows an independent store's probe figures are read on (its ``test`` rows)."""
+    by_id = {r["id"]: r for r in load_independent(contrast).to_list()}
+    return [by_id[i] for i, s in zip(store_rows["id"], store_rows["split"], strict=True) if s == "test"]
+
+
+def _extra_rows(model_dir: Path, contrast: str, name: str) -> list[dict]:
+    """The dataset rows of the extra training store ``suite_<contrast>_<name>`` (``EXTRA_TRAIN``)."""
+    from undertow.experiments.prompts.contrasts import get_contrast
+    from undertow.experiments.prompts.paraphrase import paraphrase_dataset
+
+    if name != "para":
+        raise ValueError(f"no rows known for extra training store {name!r}; have {EXTRA_TRAIN}")
+    by_id = {r["id"]: r for r in paraphrase_dataset(get_contrast(contrast), contrast).to_list()}
+    return [by_id[i] for i in ActivationStore(model_dir / f"suite_{contrast}_{name}").rows["id"]]
 
 
 def _specs(model_dir: Path, contrast: str, position: str) -> tuple[list[tuple], dict]:
@@ -134,14 +162,25 @@ def measure_contrast(model_dir: Path, model: str, contrast: str, position: str |
     """Before (shipped probe), every idea, the kept idea (``after``) and layer curves; ``out["_kept_result"]`` is
     the kept idea's SweepResult (dropped before JSON)."""
     position = position or POSITION[contrast]
-    lex = audit_independent(contrast).auroc_mean
     train_acts, train_rows = _load(model_dir / f"suite_{contrast}", position)
     specs, cal_acts = _specs(model_dir, contrast, position)
+    scored = scored_rows(contrast, _load(model_dir / f"independent_{contrast}", position)[1])
+    lines: dict[tuple, float] = {}
+
+    def line(idea: Idea | None = None) -> float:
+        """The lexical line of the rows ``idea``'s probes are fitted on, scored on the independent test rows."""
+        key = (bool(idea and idea.train_on_val), idea.extra_train if idea else None)
+        if key not in lines:
+            extra = _extra_rows(model_dir, contrast, key[1]) if key[1] else []
+            lines[key] = lexical_line(probe_train_rows(contrast, train_rows, key[0], extra), scored, contrast)
+        return lines[key]
+
+    lex = line()
     evs, cal = _build(specs, cal_acts, lex, None)
     names = [e.name for e in evs]
     out = {"position": position, "n_suite": dict(zip(*np.unique(train_rows["split"], return_counts=True), strict=True)),
-           "lexical_independent_cv": lex, "lexical_independent_transfer":
-           _lexical_transfer(contrast, train_rows, load_independent(contrast)), "ideas": [], "curves": {}}
+           "lexical_independent": lex, "lexical_independent_in_set_cv": audit_independent(contrast).auroc_mean,
+           "ideas": [], "curves": {}}
     out["n_suite"] = {str(k): int(v) for k, v in out["n_suite"].items()}
     if shipped and position == POSITION[contrast]:
         out["before"] = _shipped(model, contrast, evs, cal)
@@ -162,7 +201,8 @@ def measure_contrast(model_dir: Path, model: str, contrast: str, position: str |
             grow = _grower(idea)
             a, r = (train_acts, rows) if idea.extra_train is None else _with_extra(
                 train_acts, rows, model_dir / f"suite_{contrast}_{idea.extra_train}", position)
-            e2, c2 = _build(specs, cal_acts, lex, grow) if idea.multilayer else (evs, cal)
+            lx = line(idea)
+            e2, c2 = _build(specs, cal_acts, lx, grow) if idea.multilayer or lx != lex else (evs, cal)
             own = idea.l2 != 1e-3 or idea.multilayer_window is not None
             fit_idea = idea if own else replace(idea, probe_types=("diff_means", "lda", "logistic"))
             fits[k] = run_idea(fit_idea, TensorStore(grow(a) if grow else a, r, model_fingerprint=fingerprint), e2, c2)
@@ -171,7 +211,7 @@ def measure_contrast(model_dir: Path, model: str, contrast: str, position: str |
                                   else np.isin(np.asarray(r["split"]), ("train", "val"))))
         res = rechoose(fits[k], idea)
         out["ideas"].append({**idea_row(idea, res, names), "sweep_seconds": round(seconds[k], 1),
-                             "sweep_shared": shared, "n_train_fit": n_fit[k]})
+                             "sweep_shared": shared, "n_train_fit": n_fit[k], "lexical_independent": line(idea)})
         results.append(res)
         if idea.name.startswith("+ independent val"):
             out["curves"] = {t: layer_curve(res, "independent_auroc", t) for t in res.probe_types}
@@ -206,10 +246,13 @@ def measure_model(model_dir: Path, model: str, quick: bool = False, ship_to: Pat
     for c in POSITION:  # no suite store: only the shipped probe on the independent set (before)
         if c not in out and all(_complete(model_dir / n) for n in (f"independent_{c}", "control_chat")):
             specs, cal_acts = _specs(model_dir, c, POSITION[c])
-            lex = audit_independent(c).auroc_mean
+            # no suite store: the shipped probes were fitted on every train row of the default suite's contrast
+            lex = lexical_line(probe_train_rows(c), scored_rows(c, _load(model_dir / f"independent_{c}",
+                                                                          POSITION[c])[1]), c)
             evs, cal = _build(specs, cal_acts, lex, None)
             out[c] = {"position": POSITION[c], "before": _shipped(model, c, evs, cal), "ideas": [],
-                      "lexical_independent_cv": lex, "lexical_independent_transfer": math.nan, "_kept_result": None}
+                      "lexical_independent": lex, "lexical_independent_in_set_cv": audit_independent(c).auroc_mean,
+                      "_kept_result": None}
     if _have(model_dir, "self_cessation"):
         out["self_cessation@mean_prompt"] = measure_contrast(model_dir, model, "self_cessation", "mean_prompt",
                                                              ideas=IDEAS[:4])
@@ -230,6 +273,81 @@ def ship(res, m: dict, model: str, contrast: str, position: str, out_root: Path)
     if dest.exists():
         shutil.rmtree(dest)
     return probe.save(dest)
+
+
+BINDING_NGRAMS = {"lexical_1_2gram": (1, 2), "lexical_1gram": (1, 1)}
+"""The lexical lines ``binding_matched`` reports (1-grams score 0.5 exactly on pairs with identical bags)."""
+
+
+def binding_matched(probe, model: str, contrast: str = "self_cessation", rows=None, train_rows: list[dict] | None = None,
+                    n_boot: int = 1000, seed: int = 0, batch_size: int = 32) -> dict:
+    """A probe on the binding-matched pairs (``load_independent(contrast, binding_matched=True)``, or ``rows``):
+    AUROC with a 95% pair-cluster bootstrap CI on every pair (``all``; no pair ever chose an operating point)
+    and on the test half, the share of pairs whose self prompt outscores its partner (``pair_win_rate``,
+    ties 1/2; CI by resampling pairs), TPR / FPR at ``probe.threshold`` (a shipped probe's 1%-FPR control-chat threshold) and AUROC
+    per theme; beside the lexical lines (TF-IDF 1-2 and 1-grams + logistic) fitted on ``train_rows``, the
+    probe's training rows (None: the default suite's train split of ``contrast``), and scored on the same rows."""
+    from undertow.experiments.study.score import probe_scores
+    from undertow.probes.scoring import evaluate_scores
+
+    ds = rows if rows is not None else load_independent(contrast, binding_matched=True)
+    recs = ds.to_list()
+    y = np.array([r["label"] for r in recs])
+    groups = np.array([r["template_id"] for r in recs])
+    parts = {"all": np.ones(len(recs), bool), "test": np.array([r["split"] == "test" for r in recs])}
+    train = train_rows if train_rows is not None else probe_train_rows(contrast)
+    texts = [audit_text(r, contrast) for r in recs]
+    scores = {"probe": np.asarray(probe_scores(probe, ds, model, batch_size=batch_size), dtype=np.float64)}
+    for name, ngrams in BINDING_NGRAMS.items():
+        fit = LexicalBaselineConfig(ngram_range=ngrams).pipeline().fit([audit_text(r, contrast) for r in train],
+                                                                       [r["label"] for r in train])
+        scores[name] = fit.predict_proba(texts)[:, 1]
+
+    def figures(s: np.ndarray, keep: np.ndarray, with_rates: bool) -> dict:
+        res = evaluate_scores(s[keep], y[keep], list(groups[keep]), probe.threshold, n_boot=n_boot, seed=seed)
+        wins = _pair_wins(s[keep], y[keep], groups[keep])
+        boot = np.random.default_rng(seed).integers(0, len(wins), (n_boot, len(wins)))
+        lo, hi = np.quantile(wins[boot].mean(1), [0.025, 0.975]) if n_boot else (math.nan, math.nan)
+        lo_hi = res["auroc_ci"] or (None, None)  # None: too few rows per class to read an AUROC (``reason``)
+        out = {"auroc": res["auroc"], "auroc_lo": lo_hi[0], "auroc_hi": lo_hi[1], "n": res["n"],
+               "n_pairs": len(wins), "pair_win_rate": float(wins.mean()), "pair_win_rate_lo": float(lo),
+               "pair_win_rate_hi": float(hi), **({"reason": res["reason"]} if res.get("reason") else {})}
+        if with_rates:
+            out.update(tpr_at_threshold=res["tpr_at_threshold"], fpr_at_threshold=res["fpr_at_threshold"])
+        return out
+
+    out = {"contrast": contrast, "hook": probe.hook, "position": probe.position, "probe_type": probe.probe_type,
+           "threshold": probe.threshold, "threshold_set": ((probe.extra or {}).get("calibration") or {}).get("set"),
+           "threshold_target_fpr": ((probe.extra or {}).get("calibration") or {}).get("target_fpr"),
+           "n_train_rows_lexical": len(train), "n_boot": n_boot}
+    for name, s in scores.items():
+        out[name] = {part: figures(s, keep, name == "probe") for part, keep in parts.items()}
+    themes = np.array([r["theme"] for r in recs])
+    out["probe"]["by_theme"] = {t: figures(scores["probe"], themes == t, True) for t in sorted(set(themes.tolist()))}
+    return out
+
+
+def _pair_wins(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per group (pair): 1 when its positive outscores its negative, 1/2 on a tie, else 0 (mean over
+    positive x negative when a group holds more than one of each)."""
+    out = []
+    for g in sorted(set(groups.tolist())):
+        pos, neg = scores[(groups == g) & (labels == 1)], scores[(groups == g) & (labels == 0)]
+        out.append(np.mean([float(p > n) + 0.5 * float(p == n) for p in pos for n in neg]))
+    return np.asarray(out)
+
+
+def format_binding(figures: dict) -> str:
+    """Markdown table of ``binding_matched`` results per model."""
+    lines = ["| model | probe | binding-matched AUROC (all pairs) | test half | pair win rate | TPR / FPR @ threshold | "
+             "lexical 1-2 grams | lexical 1-grams |", "|" + " --- |" * 8]
+    for model, m in figures.items():
+        p, t = m["probe"]["all"], m["probe"]["test"]
+        lex = [m[k]["all"] for k in BINDING_NGRAMS]
+        lines.append(f"| {model} | {m['hook']} {m['probe_type']} | {_ci(p, 'auroc')} (n={p['n_pairs']} pairs) | "
+                     f"{_ci(t, 'auroc')} | {_ci(p, 'pair_win_rate')} | {_ci(p, 'tpr_at_threshold')} / "
+                     f"{_ci(p, 'fpr_at_threshold')} | {_ci(lex[0], 'auroc')} | {_ci(lex[1], 'auroc')} |")
+    return "\n".join(lines)
 
 
 def _complete(store_dir: Path) -> bool:
@@ -312,10 +430,10 @@ def _ci(r: dict, key: str) -> str:
 def format_report(figures: dict) -> str:
     """Markdown tables: before/after per model x contrast, then the ideas per model x contrast."""
     lines = ["| model | contrast | | operating point | in-template test | independent test | MWE | "
-             "TPR @1% FPR control | lexical (CV / transfer) | flags |", "|" + " --- |" * 10]
+             "TPR @1% FPR control | lexical line (fitted on the probe's train rows) | flags |", "|" + " --- |" * 10]
     for model, by_c in figures.items():
         for c, m in by_c.items():
-            lex = f"{m['lexical_independent_cv']:.3f} / {m['lexical_independent_transfer']:.3f}"
+            lex = f"{m['lexical_independent']:.3f} (in-set CV, not a comparator: {m['lexical_independent_in_set_cv']:.3f})"
             for when in ("before", "after"):
                 r = m.get(when)
                 if r is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Literal, get_args
 
 import torch
 
@@ -10,9 +11,9 @@ from undertow.core.typed_config import TypedConfig
 
 from .errors import ProbeError
 
-__all__ = ["PROBE_TYPES", "FitConfig", "SweepConfig"]
+__all__ = ["PROBE_TYPES", "FitConfig", "ProbeType", "SweepConfig"]
 
-PROBE_TYPES: tuple[str, ...] = ("diff_means", "lda", "logistic")
+ProbeType = Literal["diff_means", "lda", "logistic"]
 """Probe types every fit/sweep understands.
 
 - ``diff_means``: class-mean difference in *raw* activation space (the
@@ -24,6 +25,7 @@ PROBE_TYPES: tuple[str, ...] = ("diff_means", "lda", "logistic")
 - ``logistic``: L2-regularised logistic regression on standardised
   activations, fitted for every layer at once by batched, preconditioned L-BFGS.
 """
+PROBE_TYPES: tuple[str, ...] = get_args(ProbeType)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class FitConfig(TypedConfig):
 class SweepConfig(TypedConfig):
     """What a sweep fits, which controls it runs and how it reports."""
 
-    probe_types: list[str] = field(default_factory=lambda: list(PROBE_TYPES))
+    probe_types: list[ProbeType] = field(default_factory=lambda: list(PROBE_TYPES))
     """Probe types to fit on every hook (subset of PROBE_TYPES)."""
     n_folds: int = 5
     """Cross-validation folds inside the train split, grouped by template_id."""
@@ -101,7 +103,7 @@ class SweepConfig(TypedConfig):
     """Confidence level of the bootstrap intervals."""
     target_fpr: float = 0.01
     """False-positive rate the operating threshold is calibrated to (on control rows, else val negatives)."""
-    select_by: str = "auroc"
+    select_by: Literal["auroc", "auprc"] = "auroc"
     """Validation metric that picks the operating point: 'auroc' or 'auprc'."""
     drop_nan: bool = False
     """Drop rows with NaN/inf in any hook instead of raising."""
@@ -116,9 +118,8 @@ class SweepConfig(TypedConfig):
 
     def __post_init__(self) -> None:
         self.probe_types = list(self.probe_types)
-        bad = [t for t in self.probe_types if t not in PROBE_TYPES]
-        if bad or not self.probe_types:
-            raise ProbeError(f"unknown probe_types {bad or '()'}; choose from {PROBE_TYPES}")
+        if not self.probe_types:
+            raise ProbeError(f"probe_types is empty; choose from {', '.join(PROBE_TYPES)}")
         if self.n_folds < 2:
             raise ProbeError(f"n_folds={self.n_folds} must be >= 2 for grouped cross-validation")
         if self.hooks is not None:
@@ -128,8 +129,6 @@ class SweepConfig(TypedConfig):
                 raise ProbeError(f"SweepConfig.{name} must be >= 0")
         if not 0 < self.ci_level < 1 or not 0 < self.target_fpr < 1:
             raise ProbeError("SweepConfig.ci_level and target_fpr must be in (0, 1)")
-        if self.select_by not in ("auroc", "auprc"):
-            raise ProbeError(f"SweepConfig.select_by={self.select_by!r} must be 'auroc' or 'auprc'")
         if isinstance(self.fit, dict):
             self.fit = FitConfig(**self.fit)
 

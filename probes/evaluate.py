@@ -70,7 +70,7 @@ def _test(final_LN: Tensor, shuffled_LSN: Tensor, thr_L: Tensor, plan: SweepPlan
     L = final_LN.shape[0]
     out = {k: _nan(L, final_LN) for k in ("test_auroc", "test_auroc_lo", "test_auroc_hi", "test_auprc",
                                           "p_value", "test_tpr", "test_fpr", "shuffled_auroc")}
-    if not plan.n_test:
+    if not plan.n_test or plan.test_unreadable():  # too few rows per class: scored as if absent
         return out
     s, y = final_LN[:, plan.test], plan.y_eval[plan.test].to(final_LN)
     out["test_auroc"], out["test_auprc"] = auroc(s, y), auprc(s, y)
@@ -113,7 +113,7 @@ def evaluate_random(X_ev: Tensor, plan: SweepPlan, cfg: SweepConfig, seeds: list
     L = X_ev.shape[0]
     sl = plan.test if plan.n_test else plan.val
     y = plan.y_eval[sl].to(X_ev)
-    if not cfg.n_random_directions or not len(y) or y.min() == y.max():
+    if not cfg.n_random_directions or not len(y) or y.min() == y.max() or plan.test_unreadable():
         return {"random_auroc_mean": _nan(L, X_ev), "random_auroc_max": _nan(L, X_ev)}
     a = random_direction_auroc(X_ev[:, sl], y, cfg.n_random_directions, seeds)
     return {"random_auroc_mean": a.mean(1), "random_auroc_max": a.amax(1)}

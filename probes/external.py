@@ -10,7 +10,8 @@ independent set, the model-written evals) adds, per (hook, probe type):
 - ``<name>_val_auroc``: AUROC on its ``val`` rows, which may help choose the
   operating point (``select_rule``); the test rows never do;
 - ``<name>_flag``: ``below_chance`` (AUROC < 0.5), ``below_lexical`` (AUROC below the
-  set's lexical baseline) or "".
+  set's lexical line: a bag-of-words model fitted on the probe's own training rows and scored
+  on the same test rows, issue 25) or "".
 
 A ``calibration`` set (ordinary chat, negatives only) replaces the threshold:
 ``threshold`` is set at ``target_fpr`` on its scores, and ``test_tpr`` /
@@ -22,21 +23,30 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import ProbeError
-from .metrics import auroc, bootstrap_auroc, bootstrap_ci, cluster_bootstrap_counts, threshold_at_fpr
+from .metrics import (
+    auroc,
+    bootstrap_auroc,
+    bootstrap_ci,
+    cluster_bootstrap_counts,
+    threshold_at_fpr,
+    unreadable,
+)
 from .result import ProbeWeights
 from .store import ActivationSource, TensorStore
 
 __all__ = ["EvalSet", "CalibrationSet", "eval_set", "calibration_set", "score_weights", "external_columns",
            "require_calibration", "check_labels"]
 
-SELECT_RULES = ("val", "mean", "min", "eval")
+SelectRule = Literal["val", "mean", "min", "eval"]
+"""The config field type of a selection rule (``StudyConfig.select_rule``)."""
+SELECT_RULES: tuple[str, ...] = get_args(SelectRule)
 """How the operating point is chosen when evaluation sets have ``val`` rows:
 ``val`` the in-template val metric alone (the old rule), ``mean`` its mean with each
 set's val AUROC, ``min`` the smallest of them, ``eval`` the evaluation sets' val AUROCs alone."""
@@ -57,7 +67,9 @@ class EvalSet:
     splits: np.ndarray
     """str [N]: ``val`` (may choose the operating point) or ``test`` (only scored)."""
     lexical_auroc: float | None = None
-    """The lexical (bag-of-words) AUROC on this set; an AUROC below it is flagged."""
+    """The lexical line on this set: AUROC on its test rows of a bag-of-words model fitted on the text of the
+    rows the probe is fitted on (``experiments.prompts.audit.lexical_line``; not a CV inside the set, which no
+    probe is fitted on). An AUROC below it is flagged."""
 
     def __post_init__(self) -> None:
         check_labels(self.name, self.labels)
@@ -71,6 +83,11 @@ class EvalSet:
         if not (self.splits == "test").any():
             raise ProbeError(f"evaluation set {self.name!r} has no 'test' rows; its AUROC is read on them")
         check_labels(f"{self.name} (test rows)", self.labels[self.splits == "test"])
+
+    def unreadable(self) -> str | None:
+        """Why its test-row AUROC is not reported (fewer than ``metrics.MIN_PER_CLASS`` of a class), or None."""
+        y = self.labels[self.splits == "test"]
+        return unreadable(int((y == 1).sum()), int((y == 0).sum()), f"the {self.name} set's test rows")
 
 
 @dataclass
@@ -162,11 +179,14 @@ def external_columns(scores: Tensor, ev: EvalSet, threshold: float, n_boot: int,
     val = ev.splits == "val"
     y = torch.as_tensor(ev.labels, dtype=torch.float64)
     out: dict[str, float | str] = {}
+    has_val = val.any() and len(set(ev.labels[val].tolist())) == 2
+    out[f"{ev.name}_val_auroc"] = float(auroc(scores[val], y[val])) if has_val else math.nan
+    if ev.unreadable():  # too few test rows of a class: no AUROC, CI, rates or flag are read from them
+        return {**out, **dict.fromkeys((f"{ev.name}_{k}" for k in ("auroc", "auroc_lo", "auroc_hi", "tpr", "fpr")),
+                                       math.nan), f"{ev.name}_flag": ""}
     a = float(auroc(scores[test], y[test]))
     lo, hi = _ci(scores[test], ev.labels[test], ev.groups[test], n_boot, level, seed)
     out[f"{ev.name}_auroc"], out[f"{ev.name}_auroc_lo"], out[f"{ev.name}_auroc_hi"] = a, lo, hi
-    has_val = val.any() and len(set(ev.labels[val].tolist())) == 2
-    out[f"{ev.name}_val_auroc"] = float(auroc(scores[val], y[val])) if has_val else math.nan
     pos, neg = test & (ev.labels == 1), test & (ev.labels == 0)
     out[f"{ev.name}_tpr"] = float((scores[pos] > threshold).double().mean()) if math.isfinite(threshold) else math.nan
     out[f"{ev.name}_fpr"] = float((scores[neg] > threshold).double().mean()) if math.isfinite(threshold) else math.nan

@@ -29,7 +29,25 @@ from torch import Tensor
 
 __all__ = ["auroc", "auprc", "threshold_at_fpr", "tpr_at_fpr", "cluster_bootstrap_counts",
            "cluster_bootstrap_weights", "cluster_pair_counts", "bootstrap_auroc", "bootstrap_ci", "midranks",
-           "auroc_permutation_null", "permute_labels", "permutation_pvalue", "holm", "benjamini_hochberg"]
+           "auroc_permutation_null", "permute_labels", "permutation_pvalue", "holm", "benjamini_hochberg",
+           "MIN_PER_CLASS", "unreadable"]
+
+MIN_PER_CLASS = 10
+"""Fewest rows of each class an AUROC is reported on (sweep tables, ``probe train``'s summary, ``probe eval``,
+the evaluation-set columns); below it the number is withheld (NaN / JSON ``null``) with the class counts and
+:func:`unreadable`'s reason. Why 10: with 1 positive and 1 negative AUROC can only be 0, 0.5 or 1, and the
+cluster bootstrap then gives a zero-width interval ("0.000 [0.000, 0.000]", seen on a 16-row store); even
+at 10 per class an AUROC of 0.75 has a standard error of 0.11 (Hanley-McNeil), a 95% interval about 0.44
+wide, so with fewer rows the number cannot tell a probe from chance."""
+
+
+def unreadable(n_pos: int, n_neg: int, where: str) -> str | None:
+    """None when both classes have ``MIN_PER_CLASS`` rows, else why an AUROC on them is not reported, e.g.
+    ``not readable: 1 positive and 1 negative in the test split; AUROC needs >= 10 per class``."""
+    if n_pos >= MIN_PER_CLASS and n_neg >= MIN_PER_CLASS:
+        return None
+    pos, neg = f"{n_pos} positive{'s' * (n_pos != 1)}", f"{n_neg} negative{'s' * (n_neg != 1)}"
+    return f"not readable: {pos} and {neg} in {where}; AUROC needs >= {MIN_PER_CLASS} per class"
 
 
 def _sorted_blocks(scores: Tensor, labels: Tensor, weights: Tensor | None, descending: bool):

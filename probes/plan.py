@@ -20,7 +20,7 @@ from .baselines import shuffled_label_sets
 from .config import SweepConfig
 from .errors import ProbeError, ProbeWarning
 from .folds import grouped_folds
-from .metrics import cluster_bootstrap_counts, permute_labels
+from .metrics import cluster_bootstrap_counts, permute_labels, unreadable
 from .problems import ProblemSet
 from .store import ProbeData
 
@@ -70,6 +70,16 @@ class SweepPlan:
 
     def n_rows(self) -> dict[str, int]:
         return {"train": len(self.idx_train), "val": self.n_val, "test": self.n_test, "control": self.n_control}
+
+    def class_counts(self, split: str) -> tuple[int, int]:
+        """(positives, negatives) of ``split`` ('train', 'val' or 'test')."""
+        y = self.y_train if split == "train" else self.y_eval[getattr(self, split)]
+        return int((y == 1).sum()), int((y == 0).sum())
+
+    def test_unreadable(self) -> str | None:
+        """Why the test split's AUROCs are not reported (``metrics.MIN_PER_CLASS``); None when they are, or when
+        there is no test split at all (then there is nothing to report)."""
+        return unreadable(*self.class_counts("test"), "the test split") if self.n_test else None
 
 
 def _split_ids(data: ProbeData, keep: np.ndarray) -> dict[str, np.ndarray]:

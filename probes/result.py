@@ -24,7 +24,8 @@ COLUMNS: dict[str, str] = {
     "cv_auroc_oof": "AUROC of the pooled out-of-fold scores",
     "val_auroc": "AUROC of the full-train probe on val (chooses the operating point)",
     "val_auprc": "average precision on val",
-    "test_auroc": "AUROC on test (reported, never used to choose)",
+    "test_auroc": "AUROC on test (reported, never used to choose; NaN, like every test column, when the test split "
+                  "has fewer than metrics.MIN_PER_CLASS rows of a class: SweepResult.unreadable says why)",
     "test_auroc_lo": "lower bound of the template-cluster bootstrap CI of test AUROC",
     "test_auroc_hi": "upper bound of that CI",
     "test_auprc": "average precision on test",
@@ -47,7 +48,8 @@ COLUMNS: dict[str, str] = {
 
 EXTERNAL_COLUMNS: dict[str, str] = {
     "threshold_in_template": "the template-calibrated threshold, kept when a calibration set replaced it",
-    "<set>_auroc": "AUROC on an evaluation set's test rows (issue 10: 'independent', 'mwe'), never used to choose",
+    "<set>_auroc": "AUROC on an evaluation set's test rows (issue 10: 'independent', 'mwe'), never used to choose; "
+                   "NaN with its CI, rates and an empty flag below metrics.MIN_PER_CLASS rows of a class",
     "<set>_auroc_lo": "lower bound of its cluster-bootstrap CI (clusters = the set's groups)",
     "<set>_auroc_hi": "upper bound of that CI",
     "<set>_val_auroc": "AUROC on the set's val rows (may take part in choosing the operating point)",
@@ -120,6 +122,17 @@ class SweepResult:
     """Evaluation-set name -> its lexical baseline AUROC (None when not given)."""
     calibration: dict | None = None
     """``{"set", "sha256", "target_fpr"}`` of the calibration set that set the thresholds, or None."""
+    unreadable: dict[str, dict] = field(default_factory=dict)
+    """``"test"`` (the in-template test split) or an evaluation set's name -> ``{"n_pos", "n_neg", "reason"}``
+    when it has fewer than ``metrics.MIN_PER_CLASS`` rows of a class: its AUROC columns are NaN (JSON null)."""
+
+    def auroc_text(self, row: dict, name: str = "test") -> str:
+        """``0.640 [0.584, 0.710]`` for the in-template test split (``name='test'``) or an evaluation set, or
+        why it is not readable."""
+        if name in self.unreadable:
+            return self.unreadable[name]["reason"]
+        key = f"{name}_auroc"
+        return f"{_fmt(row.get(key))} [{_fmt(row.get(key + '_lo'))}, {_fmt(row.get(key + '_hi'))}]"
 
     def row(self, hook: str, probe_type: str) -> dict:
         for r in self.table:
@@ -147,7 +160,8 @@ class SweepResult:
         extra = {"operating_point": is_op, "target_fpr": self.config.target_fpr, "dataset_hash": self.dataset_hash,
                  "flags": flags_of(r, list(self.evaluations), self.evaluations),
                  "evaluation_lexical_auroc": dict(self.evaluations), "calibration": self.calibration,
-                 "selection_rule": op.selected_by if op is not None else None}
+                 "selection_rule": op.selected_by if op is not None else None,
+                 **({"unreadable": dict(self.unreadable)} if self.unreadable else {})}
         return Probe(weight=w.weight, bias=w.bias, mean=w.mean, std=w.std, hook=hook, probe_type=probe_type,
                      threshold=r["threshold"], model_fingerprint=model_fingerprint or self.model_fingerprint,
                      position=position or self.position, training_data_hash=self.data_hash.get(hook), metrics=metrics,
@@ -167,7 +181,8 @@ class SweepResult:
                            "n_rows": self.n_rows, "lexical_auroc": self.lexical_auroc,
                            "model_fingerprint": self.model_fingerprint, "dataset_hash": self.dataset_hash,
                            "position": self.position, "flags": self.flags,
-                           "evaluations": self.evaluations, "calibration": self.calibration})
+                           "evaluations": self.evaluations, "calibration": self.calibration,
+                           "unreadable": self.unreadable})
 
     def summary_lines(self) -> list[str]:
         """The operating point in words: how it was chosen, its AUROCs with CIs (in-template test, then each
@@ -176,11 +191,7 @@ class SweepResult:
         if op is None:
             return ["no operating point (no usable validation split)"]
         r = self.row(op.hook, op.probe_type)
-
-        def ci(key: str) -> str:
-            return f"{_fmt(r.get(key))} [{_fmt(r.get(key + '_lo'))}, {_fmt(r.get(key + '_hi'))}]"
-
-        aurocs = [f"in-template test {ci('test_auroc')}", *(f"{n} {ci(n + '_auroc')}" for n in self.evaluations)]
+        aurocs = [f"in-template test {self.auroc_text(r)}", *(f"{n} {self.auroc_text(r, n)}" for n in self.evaluations)]
         tprs = "".join(f", {n} TPR {_fmt(r.get(n + '_tpr'))}" for n in self.evaluations)
         return [f"operating point (chosen on val: {op.selected_by}): {op.hook} / {op.probe_type}",
                 "  AUROC " + "; ".join(aurocs),
@@ -202,6 +213,7 @@ class SweepResult:
             mark = "*" if op is not None and (r["hook"], r["probe_type"]) == (op.hook, op.probe_type) else " "
             vals = " ".join(f"{_fmt(r.get(c)):>13}" for c in columns)
             lines.append(f"{mark}{r['hook']:<17} {r['probe_type']:<10} {vals}")
+        lines += [f"{n}_auroc: {u['reason']}" for n, u in self.unreadable.items()]
         lines += [f"!! FLAG (operating point): {f}" for f in self.flags]
         return "\n".join(lines)
 

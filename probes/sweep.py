@@ -83,7 +83,17 @@ def sweep(source, labels=None, groups=None, splits=None, *, config: SweepConfig 
                        weights=weights, data_hash=hashes,
                        model_fingerprint=getattr(data.source, "model_fingerprint", None),
                        dataset_hash=getattr(data.source, "dataset_hash", None), position=_position(data.source),
-                       timings=timings)
+                       timings=timings, unreadable=_unreadable(plan, evaluations))
+
+
+def _unreadable(plan: SweepPlan, evaluations: Sequence[EvalSet]) -> dict[str, dict]:
+    """``{"test" | set name: {"n_pos", "n_neg", "reason"}}`` for each test split whose AUROCs are withheld
+    (fewer than ``metrics.MIN_PER_CLASS`` rows of a class)."""
+    found = [("test", plan.test_unreadable(), plan.class_counts("test"))]
+    for ev in evaluations:
+        y = ev.labels[ev.splits == "test"]
+        found.append((ev.name, ev.unreadable(), (int((y == 1).sum()), int((y == 0).sum()))))
+    return {name: {"n_pos": n[0], "n_neg": n[1], "reason": why} for name, why, n in found if why}
 
 
 def _position(source) -> str | None:
@@ -138,7 +148,7 @@ def _check_finite(acts: Tensor, hook: str, idx: Tensor) -> None:
         ids = idx[bad.cpu()].tolist()
         raise ProbeError(f"hook {hook!r} has {len(ids)} rows with NaN/inf (rows {ids[:8]}"
                          f"{'...' if len(ids) > 8 else ''}); fix the extraction, or drop those rows from every "
-                         "hook with drop_nan=True (SweepConfig; CLI: --drop-nan true)")
+                         "hook with drop_nan=True (SweepConfig; `undertow probe sweep|train --drop-nan true`)")
 
 
 def _chunks(data: ProbeData, hooks: list[str], plan: SweepPlan, cfg: SweepConfig) -> list[list[str]]:
@@ -235,7 +245,8 @@ def _finalise(rows: list[dict], cfg: SweepConfig, lexical: float | None) -> None
 def _external(data, plan, cfg, rows, weights, evaluations, calibration, rule, candidate_hooks):
     """Evaluation columns, calibrated thresholds and the rule-chosen operating point (``selection.py``)."""
     test_idx = plan.idx_eval[plan.test]
-    test_acts = {h: data.load(h, test_idx) for h in {r["hook"] for r in rows}} if calibration is not None else {}
+    scored = calibration is not None and not plan.test_unreadable()  # no test TPR/FPR from too few rows
+    test_acts = {h: data.load(h, test_idx) for h in {r["hook"] for r in rows}} if scored else {}
     add_external(rows, weights, test_acts, plan.y_eval[plan.test], evaluations, calibration, cfg.target_fpr,
                  cfg.n_boot, cfg.ci_level, cfg.seed)
     key = f"val_{cfg.select_by}"

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from undertow.activations import ExtractConfig, extract
+from undertow.activations.engine.config import RowOptions
 from undertow.probes import fit_probe
 
 from .features import (
@@ -57,20 +58,24 @@ class ContrastAnalysis:
         return out
 
 
-def _store(handle, rows, hook: str, out_dir: str, positions: Sequence[str]):
-    cfg = ExtractConfig(model=handle.name, backend=handle.backend, hooks=[hook], positions=list(positions),
-                        dtype="float32", out_dir=out_dir, batch_size=16, token_budget=4096)
+def _store(handle, rows, hook: str, out_dir: str, positions: Sequence[str],
+           options: RowOptions | None = None):
+    cfg = ExtractConfig(**(options or RowOptions()).to_dict(), model=handle.name, backend=handle.backend,
+                        hooks=[hook], positions=list(positions), dtype="float32", out_dir=out_dir, batch_size=16,
+                        token_budget=4096)
     return extract(handle, rows, cfg, overwrite=True)
 
 
 def analyse_contrast(sae, handle, rows, *, hook: str | None = None, mwe_rows=None, n_top: int = 10,
                      n_examples: int = 3, n_boot: int = 1000, directions: Mapping[str, Tensor] | None = None,
-                     template: str = "auto", sweep_overrides: dict | None = None) -> ContrastAnalysis:
-    """Analyse ``sae`` on contrast ``rows`` (a Dataset or list with label, template_id, split)."""
+                     template: str = "auto", sweep_overrides: dict | None = None,
+                     options: RowOptions | None = None) -> ContrastAnalysis:
+    """Analyse ``sae`` on contrast ``rows`` (a Dataset or list with label, template_id, split); ``options``:
+    how the rows are taken (``truncate``)."""
     hook = hook or sae.cfg.metadata.get("undertow_hook")
     rows = rows.to_list() if hasattr(rows, "to_list") else list(rows)
     with tempfile.TemporaryDirectory(prefix="undertow-sae-") as tmp:
-        store = _store(handle, rows, hook, f"{tmp}/contrast", ["last_prompt_token", "all_tokens"])
+        store = _store(handle, rows, hook, f"{tmp}/contrast", ["last_prompt_token", "all_tokens"], options)
         feats = row_feature_acts(sae, store, f"{hook}@all_tokens")
         labels = np.asarray(store.rows["label"])
         contrast = contrast_features(feats, labels, store.rows["template_id"], n_boot=n_boot)
@@ -81,7 +86,7 @@ def analyse_contrast(sae, handle, rows, *, hook: str | None = None, mwe_rows=Non
         raw = store[f"{hook}@last_prompt_token"][:].float()
         mwe = {}
         if mwe_rows is not None:
-            mwe_store = _store(handle, mwe_rows, hook, f"{tmp}/mwe", ["all_tokens"])
+            mwe_store = _store(handle, mwe_rows, hook, f"{tmp}/mwe", ["all_tokens"], options)
             on_mwe = firing(row_feature_acts(sae, mwe_store, hook, top))["frac_active"]
             on_pos, on_neg = (firing(feats[labels == c][:, top])["frac_active"] for c in (1, 0))
             mwe = {f: {"mwe": float(on_mwe[i]), "label1": float(on_pos[i]), "label0": float(on_neg[i])}

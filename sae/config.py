@@ -10,21 +10,28 @@ so a bad value fails on construction with one line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
+from undertow.activations.engine.render import Template
 from undertow.core.typed_config import TypedConfig
 
 from .errors import SAEConfigError as SAEError
 
-ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
+Architecture = Literal["standard", "topk", "batchtopk", "jumprelu"]
 """The sae-lens training architectures undertow exposes (names as sae-lens registers them)."""
-NORMALISATIONS = ("none", "expected_average_only_in", "layer_norm")
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+Normalisation = Literal["none", "expected_average_only_in", "layer_norm"]
+"""sae-lens input normalisations."""
+NORMALISATIONS: tuple[str, ...] = get_args(Normalisation)
+SAEDtype = Literal["float32", "float64", "float16", "bfloat16"]
+"""SAE parameter dtypes (sae-lens ``DTYPE_MAP``)."""
 
 
 @dataclass
-class ArchConfig:
+class ArchConfig(TypedConfig):
     """Which sae-lens architecture, how wide, how sparse."""
 
-    architecture: str = "topk"
+    architecture: Architecture = "topk"
     """``standard`` (ReLU + L1), ``topk``, ``batchtopk`` (saved as JumpReLU) or ``jumprelu``."""
     d_sae: int = 2048
     """Number of features (dictionary size)."""
@@ -41,15 +48,13 @@ class ArchConfig:
     """Initial JumpReLU threshold."""
     jumprelu_bandwidth: float = 0.05
     """Bandwidth of JumpReLU's straight-through estimator."""
-    normalize_activations: str = "expected_average_only_in"
+    normalize_activations: Normalisation = "expected_average_only_in"
     """sae-lens input normalisation: ``expected_average_only_in`` scales inputs to mean norm sqrt(d_in)
     during training and folds the factor into the weights at the end; ``none``; ``layer_norm``."""
-    dtype: str = "float32"
+    dtype: SAEDtype = "float32"
     """SAE parameter dtype."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise SAEError(f"architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}")
         for name in ("d_sae", "k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -57,22 +62,19 @@ class ArchConfig:
         if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
             raise SAEError(f"k={self.k} is larger than d_sae={self.d_sae}: a {self.architecture} SAE keeps at "
                            "most d_sae features active; lower k or raise d_sae")
-        if self.normalize_activations not in NORMALISATIONS:
-            raise SAEError(f"normalize_activations {self.normalize_activations!r} is not one of "
-                           f"{', '.join(NORMALISATIONS)}")
         if min(self.l1_coefficient, self.l0_coefficient, self.jumprelu_bandwidth) <= 0:
             raise SAEError("l1_coefficient, l0_coefficient and jumprelu_bandwidth must be > 0")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(TypedConfig):
     """Where the activations come from."""
 
     model: str = "gemma-3-270m"
     """Registry name or path of the model (loaded for ``source: model`` and for the CE-loss eval)."""
     hook: str = "resid_post.9"
     """undertow hook name the SAE reads (``resid_post.L``, ``mlp_out.L``, ...)."""
-    source: str = "store"
+    source: Literal["store", "model"] = "store"
     """``store`` (an undertow ActivationStore with the ``all_tokens`` position; no forward pass per step)
     or ``model`` (on the fly through the extraction engine's capture, for corpora too large to keep)."""
     store: str | None = None
@@ -97,14 +99,12 @@ class DataConfig:
     """Fraction of the mixing buffer kept back for mixing with newer chunks."""
     model_batch_rows: int = 16
     """``source: model``: rows per forward batch."""
-    template: str = "auto"
+    template: Template = "auto"
     """Chat template for suite rows (``auto``, ``chat``, ``plain``); prose rows are raw text."""
     seed: int = 0
     """Seeds the chunk order, the mixing buffer and the SAE initialisation."""
 
     def __post_init__(self) -> None:
-        if self.source not in ("store", "model"):
-            raise SAEError(f"data.source {self.source!r} must be 'store' or 'model'")
         for name in ("chunk_tokens", "buffer_tokens", "model_batch_rows", "prose_docs", "max_tokens_per_row"):
             if getattr(self, name) < 1:
                 raise SAEError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -115,7 +115,7 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TypedConfig):
     """Optimisation, checkpoints, logging."""
 
     total_tokens: int = 2_000_000

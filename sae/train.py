@@ -44,6 +44,17 @@ CONFIG_FILE = "undertow_sae_config.yaml"
 Provider = Iterator[torch.Tensor] | Callable[[int], Iterator[torch.Tensor]]
 
 
+def read_run_config(path: str | Path) -> SAEConfig:
+    """The ``SAEConfig`` an ``undertow sae train`` run saved beside its SAE (``CONFIG_FILE``); a directory without
+    it (another tool's SAE, any other folder) is a one-line :class:`SAEError` saying what to pass."""
+    cfg_path = Path(path) / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise SAEError(f"{path} is not an SAE directory made by `undertow sae train` (it has no {CONFIG_FILE}, which "
+                       "records the model, hook and held-out rows to evaluate on); pass the train.out_dir of an "
+                       "`undertow sae train CONFIG` run, e.g. runs/sae/gemma-3-270m/topk-2048")
+    return SAEConfig.from_yaml(cfg_path)
+
+
 @dataclass
 class TrainResult:
     """What one ``train_sae`` call did."""

@@ -25,7 +25,7 @@ from undertow.experiments.prompts.mwe.load import load_model_written_evals
 from undertow.experiments.study.score import probe_scores
 from undertow.probes import generalisation_matrix
 from undertow.probes.pretrained import load_pretrained
-from undertow.probes.scoring import evaluate_scores
+from undertow.probes.scoring import auroc_text, evaluate_scores
 
 MODELS = ("gemma-3-270m", "smollm2-135m-instruct")
 
@@ -51,8 +51,7 @@ def mwe_transfer(model: str, mwe: str, per_source: int, seed: int) -> dict:
         res = evaluate_scores(scores[keep], np.array(rows["label"])[keep], np.array(rows["template_id"])[keep],
                               probe.threshold, seed=seed)
         out[source] = res
-        print(f"{model} stance probe on MWE {source:32s} AUROC {res['auroc']:.3f} "
-              f"[{res['auroc_ci'][0]:.3f}, {res['auroc_ci'][1]:.3f}] n={res['n']}")
+        print(f"{model} stance probe on MWE {source:32s} {auroc_text(res)} n={res['n']}")
     return out
 
 

@@ -12,6 +12,12 @@ chat set and one seeded offline rewording of every suite train row
 ``resid_post`` hook plus the embedding, float32.
 ``measure`` fits on the suite's train split only and scores everything else;
 see ``undertow.experiments.validity`` (``undertow.probes.external``, ``undertow.probes.ideas``).
+
+``binding`` (issue 25) scores each model's shipped ``self_cessation`` probe on the binding-matched
+pairs (``load_independent("self_cessation", binding_matched=True)``) beside the lexical lines fitted
+on the probe's training rows, and writes ``scripts/results/probe_binding_matched.json``::
+
+    .venv/bin/python scripts/probe_validity.py binding
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ MWE = "/work/shared/data/model-written-evals"
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["extract", "measure"])
+    p.add_argument("what", choices=["extract", "measure", "binding"])
     p.add_argument("--model", nargs="+", default=list(MODELS))
     p.add_argument("--work", type=Path, default=Path("/tmp/undertow-issue10/stores"))
     p.add_argument("--mwe", default=MWE)
@@ -42,7 +48,11 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--quick", action="store_true", help="only the ideas that share the base sweep")
     p.add_argument("--ship", type=Path, help="also save the kept probes there (e.g. probes/pretrained)")
+    p.add_argument("--n-boot", type=int, default=1000, help="binding: pair-cluster bootstrap resamples")
     args = p.parse_args()
+    if args.what == "binding":
+        binding(args.model, args.n_boot)
+        return
     if args.what == "extract":
         for m in args.model:
             extract_stores(m, args.work, args.mwe or None, args.only)
@@ -68,6 +78,25 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def binding(models: list[str], n_boot: int) -> None:
+    """The shipped self_cessation probes on the binding-matched pairs -> ``probe_binding_matched.json``."""
+    import torch
+
+    from undertow.core.provenance import bench_record
+    from undertow.experiments.validity import binding_matched, format_binding
+    from undertow.probes.pretrained import load_pretrained
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    figures = {m: binding_matched(load_pretrained(m, "self_cessation"), m, n_boot=n_boot) for m in models}
+    print(format_binding(figures))
+    config = {"contrast": "self_cessation", "set": "experiments/prompts/data/independent/self_cessation_binding.jsonl",
+              "n_boot": n_boot, "lexical_fitted_on": "the default suite's self_cessation train rows (the shipped "
+              "probes' training rows)", "seconds": round(time.time() - t0, 1)}
+    path = bench_record("probe_binding_matched", figures, config)
+    print(f"written {path}")
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def model_config_and_tokenizer(name: str):
     """(HF config, tokenizer) of a registry name, local directory / GGUF or hub id, reading no weights.
 
     Embedded GGUFs: the dequantised cache directory when present, else the GGUF's metadata. Hub ids:
-    the hub (or its local cache); unreachable and not cached is an ``OfflineError`` naming the fix."""
+    ``hub_config_and_tokenizer``."""
     from pathlib import Path
 
     from transformers import AutoConfig, AutoTokenizer
@@ -210,6 +210,8 @@ def model_config_and_tokenizer(name: str):
                 AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
     if path.suffix == ".safetensors":
         path = path.parent
+    if not path.exists() and name.count("/") == 1:
+        return hub_config_and_tokenizer(name)
     try:
         return AutoConfig.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
     except OSError as e:
@@ -218,6 +220,54 @@ def model_config_and_tokenizer(name: str):
         raise OfflineError(f"the config and tokenizer of {name!r} are not in the local HF cache and the hub is "
                            f"unreachable: `huggingface-cli download {name} --include '*.json' 'tokenizer*'` on a "
                            "connected machine, or pass hf_config= and tokenizer=") from None
+
+
+def hub_config_and_tokenizer(name: str):
+    """(HF config, tokenizer) of a hub id: the hub when reachable (``shipped.hub_reachable``: checked once,
+    in seconds), else its local cache only. A config neither has comes from the shipped ``config.json``
+    (``models/configs``), a tokenizer neither has is an ``EstimatedTokenizer``; one line on stderr says so.
+    No config anywhere is an ``OfflineError`` naming the fix."""
+    import contextlib
+    import sys
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..models.shipped import EstimatedTokenizer, hub_offline, hub_reachable, shipped_config
+
+    online = hub_reachable()
+    why = "the Hugging Face hub is unreachable"
+    try:
+        with contextlib.nullcontext() if online else hub_offline():
+            hf_config, source = AutoConfig.from_pretrained(name, local_files_only=not online), "cached"
+    except Exception as e:  # noqa: BLE001 - hub and cache lookups raise many types (gated, missing, network)
+        hf_config, source = shipped_config(name), "shipped"
+        if online:
+            why = f"the hub gave no config.json of {name} ({str(e).splitlines()[0][:100]})"
+        if hf_config is None:
+            raise OfflineError(f"{why} and {name!r} is neither in the local HF cache nor shipped: "
+                               f"`huggingface-cli download {name} --include '*.json' 'tokenizer*'` on a connected "
+                               "machine, or pass a local directory as model") from None
+    if source == "shipped" or not online:  # no weights are read: keep peft's adapter sizing off the hub
+        hf_config.name_or_path = ""
+    try:
+        with contextlib.nullcontext() if online else hub_offline():
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=not online)
+    except Exception:  # noqa: BLE001 - as above
+        text = getattr(hf_config, "text_config", None) or hf_config
+        tokenizer = EstimatedTokenizer(name, text.model_type, text.vocab_size)
+    estimated = isinstance(tokenizer, EstimatedTokenizer)
+    if source == "shipped" or estimated:
+        tokens = (f"an estimated token count ({tokenizer.estimate.tokens_per_word} tokens per whitespace word)"
+                  if estimated else "the cached tokenizer")
+        print(f"dry-run: {why}: the plan uses the {source} config.json of {name} and {tokens}", file=sys.stderr)
+    return hf_config, tokenizer
+
+
+def estimate_note(tokenizer) -> str:
+    """``; tokens estimated ...`` for a plan's assumptions line when the tokenizer is an estimate, else ``""``."""
+    from ..models.shipped import EstimatedTokenizer
+
+    return f"; {tokenizer.description}" if isinstance(tokenizer, EstimatedTokenizer) else ""
 
 
 def meta_model(hf_config) -> torch.nn.Module:
@@ -372,8 +422,10 @@ def plan_extraction(config, dataset, gpu: str = "H100", cluster: ClusterConfig |
             bytes_per_hook[name] += file_bytes
         shard_out_max = max(shard_out_max, file_bytes * len(points))
         shard_work.append(_shard_work(rendered, config, deepest + 1, params_body, d_attn))
-    return _report(config, hf_config, model, cluster, tm, gpu, source, tokens, n_shards, bytes_per_hook,
-                   shard_out_max, shard_work, (deepest + 1, d_model, d_mlp, width))
+    report = _report(config, hf_config, model, cluster, tm, gpu, source, tokens, n_shards, bytes_per_hook,
+                     shard_out_max, shard_work, (deepest + 1, d_model, d_mlp, width))
+    report.assumptions += estimate_note(tokenizer)
+    return report
 
 
 def _forward_seconds(work: _Work, flops_per_s: float, weight_bytes: int, bw: float, n_layers_run: int,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
 
@@ -46,7 +47,9 @@ from undertow.core.errors import ConfigError
 
 from .batching import bucket_batches, pad_right
 
-COMPILE_MODES = ("none", "compile", "cuda_graphs")
+CompileMode = Literal["none", "compile", "cuda_graphs"]
+"""``ExtractConfig.compile``: the config field type."""
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 RECOMPILE_LIMIT = 128
 """Graphs per layer code object: buckets x layer kinds x (attention mask or none) stay far below it."""
 

@@ -10,46 +10,64 @@ resumed run may change them (after an out-of-memory, say).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from undertow.core.errors import ConfigError
 from undertow.core.typed_config import TypedConfig
 
-from ..models.backends import BACKENDS
+from ..models.backends import Backend
+from ..models.handle import ModelDtype
 from ..models.hooks import parse_hooks
 from ..models.registry import DEFAULT_MODEL
-from .compiled import COMPILE_MODES
+from .compiled import CompileMode
 from .positions import parse_positions
-from .render import TEMPLATES
+from .render import Template
 
+StoreDtype = Literal["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"]
+"""A store dtype as a config spells it (``ExtractConfig.dtype``, ``StudyConfig.store_dtype``)."""
 STORE_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                 "bfloat16": "bfloat16", "bf16": "bfloat16"}
+"""Store dtype spelling -> the name the store records."""
 
 
 @dataclass
-class ExtractConfig(TypedConfig):
+class RowOptions(TypedConfig):
+    """How the rows a command reads are taken: the same options (and generated flags) on every command that
+    reads rows (``extract``, ``probe eval``, ``probe evals``, ``study``, ``sae train``, ``sae features``:
+    ``experiments.cli.common.add_row_options``); ``ExtractConfig`` holds them as its own fields."""
+
+    truncate: bool = False
+    """A row longer than the model's context (``max_position_embeddings``): False refuses it, naming the row;
+    True keeps its first tokens up to the limit and records that (row ``truncated_tokens``, shard
+    ``truncated``)."""
+
+
+@dataclass
+class ExtractConfig(RowOptions):
     """One activation-extraction run.
 
     ``extract(handle, dataset, config)`` takes the loaded model and the dataset
     itself; ``model``, ``model_dtype``, ``device`` and ``dataset`` tell the CLI
-    what to load (``backend`` is checked against the handle either way).
+    what to load (``backend`` is checked against the handle either way). The row
+    options (``RowOptions``: ``truncate``) are its first fields.
     """
 
     model: str = DEFAULT_MODEL
     """Registry name (``undertow models``), local HF directory, .gguf/.safetensors file or hub id."""
-    backend: str = "hf"
+    backend: Backend = "hf"
     """``hf`` (forward hooks on the HF modules, the fast path), ``transformer_lens`` or ``nnsight``."""
     hooks: list[str] = field(default_factory=lambda: ["resid_post.*"])
     """Hook names or patterns: ``resid_post.*``, ``resid_post.4-12``, ``mlp_out.6``, ``embed``."""
     positions: list[str] = field(default_factory=lambda: ["last_prompt_token"])
     """Position specs (``positions.py``): last_prompt_token, mean_prompt, mean_response, last_k:N,
     token:<marker>, all_tokens."""
-    dtype: str = "bfloat16"
+    dtype: StoreDtype = "bfloat16"
     """Store dtype: float32/fp32, float16/fp16 or bfloat16/bf16 (moments are always fp32)."""
-    model_dtype: str = "float32"
+    model_dtype: ModelDtype = "float32"
     """Dtype the model runs in (float32 or bfloat16 on CPU; float16 too on CUDA)."""
     device: str | None = None
     """``cpu``, ``cuda``, ``cuda:1``...; None picks CUDA when present (per rank: cuda:LOCAL_RANK)."""
-    template: str = "auto"
+    template: Template = "auto"
     """``auto`` (chat template when the tokenizer has one), ``chat`` (require one) or ``plain`` (Human/Assistant)."""
     batch_size: int = 64
     """Most rows in one forward batch."""
@@ -71,18 +89,13 @@ class ExtractConfig(TypedConfig):
     The Python API takes the Dataset object itself."""
     max_rows: int | None = None
     """Keep a seeded random subset of this many rows (in dataset order); None keeps all."""
-    truncate: bool = False
-    """A row longer than the model's context (``max_position_embeddings``): False refuses it, naming the row;
-    True keeps its first tokens up to the limit and records that (row ``truncated_tokens``, shard ``truncated``)."""
-    compile: str = "none"
+    compile: CompileMode = "none"
     """Model body: ``none`` (eager), ``compile`` (each decoder layer up to the deepest hook through
     ``torch.compile``; lengths padded up to fixed buckets 16, 24, 32, 48, 64, 96, ... so it compiles once per
     bucket, not per batch: ``compiled.py``) or ``cuda_graphs`` (the same graphs replayed as CUDA graphs; CUDA
     only). Values match eager within float rounding; only speed changes, so a resumed run may change it."""
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if isinstance(self.hooks, str):
             self.hooks = [self.hooks]
         if isinstance(self.positions, str):
@@ -92,11 +105,7 @@ class ExtractConfig(TypedConfig):
         for pattern in self.hooks:  # syntax only (HookError names the valid forms); layer range once the model loads
             parse_hooks([pattern], None)
         self.positions = [p.spec for p in parse_positions(self.positions)]
-        if self.dtype not in STORE_DTYPES:
-            raise ConfigError(f"store dtype {self.dtype!r}: use one of {', '.join(STORE_DTYPES)}")
-        self.dtype = STORE_DTYPES[self.dtype]
-        if self.template not in TEMPLATES:
-            raise ConfigError(f"template {self.template!r} is not one of {', '.join(TEMPLATES)}")
+        self.dtype = STORE_DTYPES[self.dtype]  # its spelling was checked against StoreDtype
         for name in ("batch_size", "token_budget", "shard_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -104,8 +113,6 @@ class ExtractConfig(TypedConfig):
         for name in ("share_prompts", "truncate"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.compile not in COMPILE_MODES:
-            raise ConfigError(f"compile {self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
         if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
             raise ConfigError(f"max_rows must be a positive integer or null, got {self.max_rows!r}")
         if not str(self.out_dir):

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from ..errors import DatasetError
 
 PLAIN_USER = "\n\nHuman: {content}"
 PLAIN_ASSISTANT = "\n\nAssistant: {content}"
 PLAIN_GENERATION_PROMPT = "\n\nAssistant:"
-TEMPLATES = ("auto", "chat", "plain")
+Template = Literal["auto", "chat", "plain"]
+"""How rows are rendered: the config field type (``ExtractConfig.template``, ``DataConfig.template``)."""
+TEMPLATES: tuple[str, ...] = get_args(Template)
 
 
 @dataclass

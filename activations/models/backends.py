@@ -11,13 +11,16 @@ deprecates ``LanguageModel``, which is that class pinned to text generation).
 from __future__ import annotations
 
 import importlib
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from .tl_config import tl_config_from_hf
 
-BACKENDS = ("hf", "transformer_lens", "nnsight")
+Backend = Literal["hf", "transformer_lens", "nnsight"]
+"""A backend: the config field type (its choices listed by flags and errors)."""
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 _CONVERTERS = {  # TL original_architecture -> its weight converter (transformer_lens.pretrained.weight_conversions)
     "LlamaForCausalLM": "convert_llama_weights", "MistralForCausalLM": "convert_mistral_weights",

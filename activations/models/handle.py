@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -14,6 +14,10 @@ from .hooks import HookPoint, all_hook_names, decoder_layers, parse_hooks
 from .placement import check_device_map, map_main_device
 from .sources import load_hf
 
+ModelDtype = Literal["float32", "bfloat16", "float16"]
+"""Dtype a model runs in: the config field type (``ExtractConfig.model_dtype``, ``RunConfig.model_dtype``);
+the dry-run plans and ``resolve_dtype`` know these three."""
+MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 

@@ -73,8 +73,13 @@ def load_hf(name_or_path: str | os.PathLike, dtype: torch.dtype, allow_pickle: b
         if len(ggufs) == 1:
             return _load_gguf(ggufs[0], dtype, label=str(ggufs[0]), device_map=device_map)
         raise ModelNotFoundError(f"{path} has no config.json and no single .gguf file: point at an HF model directory or a weight file")
-    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+    weight_file = path.suffix in (".gguf", ".safetensors")
+    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1 and not weight_file:
         return _load_hub(name, dtype, device_map)
+    if weight_file or "/" in name:  # a path, not a registry name: say it is not there
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ModelNotFoundError(f"no such file{'' if weight_file else ' or directory'}: {path}{where}; check the "
+                                 "path, or pass a registry name (`undertow models`) or a hub id like org/name")
     raise unknown_model(name)
 
 

@@ -3,7 +3,8 @@
 Sharded safetensors per hook written atomically (``writer``), the ``manifest.json`` that lists every
 file with its checksum (``manifest``, ``manifest_schema``), who may overwrite what (``ownership``),
 disk-space and target checks before a run (``preflight``), running moments (``stats``), verified
-memory-mapped reads (``reader``, ``lazy``, ``verify``). Knows nothing of models or hooks' modules.
+memory-mapped reads (``reader``, ``lazy``, ``verify``; one file against its listing: ``filecheck``).
+Knows nothing of models or hooks' modules.
 """
 
 from .lazy import LazyActs

@@ -9,8 +9,9 @@ Layout of a store directory::
     stats.safetensors              per key: count, mean, var (fp32), once complete
 
 A shard is listed only after all its files were written atomically, so a
-listed shard is complete; resume re-checks the listed files' sizes
-(``ActivationStore.verify()`` re-checks every sha256). The manifest holds no
+listed shard is complete; resume re-checks the listed files' sizes and sha256
+(``check_shards``; memoised by size and mtime, ``core/digests.py``) and
+recomputes a shard that fails. The manifest holds no
 timestamps, host names or world sizes: the same config gives the same bytes,
 however many ranks ran it and wherever it was resumed.
 """
@@ -18,16 +19,19 @@ however many ranks ran it and wherever it was resumed.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from undertow.core.digests import DigestMemo
 from undertow.core.fileio import atomic_write, sha256_bytes
 from undertow.core.validate import load_json
 
 from ..errors import StoreError
+from .filecheck import file_problem, size_problem
 from .manifest_schema import check_manifest
 from .stats import Moments
 
@@ -36,6 +40,23 @@ MANIFEST = "manifest.json"
 STATS = "stats.safetensors"
 MAX_LISTED_ROWS = 100
 """At most this many row indices are listed per key for non-finite values."""
+_RANK_PART = re.compile(r"manifest\.rank\d+\.json")
+
+
+def shard_file(hook: str, k: int) -> str:
+    """Where shard ``k`` of ``hook`` lives in a store (relative path)."""
+    return f"{hook}/{k:05d}.safetensors"
+
+
+def rows_file(k: int) -> str:
+    """Where shard ``k``'s row metadata lives in a store (relative path)."""
+    return f"rows/{k:05d}.jsonl"
+
+
+def rank_parts(out_dir: Path) -> list[Path]:
+    """The rank parts ``manifest.rank{r}.json`` of a multi-rank run (merged into ``manifest.json``, then
+    deleted)."""
+    return sorted(p for p in out_dir.glob("manifest.rank*.json") if _RANK_PART.fullmatch(p.name))
 
 
 def read_manifest(path: Path) -> object | None:
@@ -57,30 +78,51 @@ def check_identity(existing: dict, identity: dict, out_dir: Path) -> None:
         if have.get(field) != identity.get(field):
             raise StoreError(
                 f"cannot resume into {out_dir}: it was written with {field}={have.get(field)!r} but this run has "
-                f"{field}={identity.get(field)!r}; use --overwrite to start over, or another out_dir"
+                f"{field}={identity.get(field)!r}; start over (`undertow extract CONFIG --overwrite`), or use another out_dir"
             )
 
 
-def _files_ok(out_dir: Path, entry: dict) -> bool:
-    for f in entry["files"].values():
-        p = out_dir / f["path"]
-        if not p.is_file() or p.stat().st_size != f["bytes"]:
-            return False
-    return True
+def shard_problem(out_dir: Path, entry: dict, memo: DigestMemo | None) -> str | None:
+    """None when every file of the shard ``entry`` is present at its listed size and, with ``memo``, its
+    listed sha256 (memoised; the caller saves the memo); else the first problem (``filecheck``)."""
+    for spec in entry["files"].values():
+        p = out_dir / spec["path"]
+        problem = size_problem(p, spec) if memo is None else file_problem(p, spec, memo, save=False)
+        if problem is not None:
+            return problem
+    return None
 
 
-def completed_shards(out_dir: Path) -> dict[int, dict]:
-    """Shards listed in ``manifest.json`` or any rank part whose files are all present at the listed size
-    (a deleted or truncated file drops its shard, so ``--resume`` re-extracts it)."""
+Bad = dict[int, tuple[dict, str]]
+"""Listed shards that fail their check: ``{index: (manifest entry, problem)}``."""
+
+
+def check_shards(out_dir: Path, memo: DigestMemo | None = None) -> tuple[dict[int, dict], Bad]:
+    """``(complete, bad)``: the shards listed in ``manifest.json`` or any rank part whose files pass
+    ``shard_problem`` (sizes; with ``memo`` sha256 too), and those that do not (unless another part lists
+    the shard complete)."""
     done: dict[int, dict] = {}
-    for path in [out_dir / MANIFEST, *sorted(out_dir.glob("manifest.rank*.json"))]:
+    bad: Bad = {}
+    for path in [out_dir / MANIFEST, *rank_parts(out_dir)]:
         m = read_manifest(path)
         if m is None:
             continue
         for entry in check_manifest(m, path)["shards"]:
-            if _files_ok(out_dir, entry):
+            problem = shard_problem(out_dir, entry, memo)
+            if problem is None:
                 done[entry["index"]] = entry
-    return done
+            else:
+                bad[entry["index"]] = (entry, problem)
+    if memo is not None:
+        memo.save()
+    return done, {k: v for k, v in bad.items() if k not in done}
+
+
+def completed_shards(out_dir: Path) -> dict[int, dict]:
+    """Shards listed in ``manifest.json`` or any rank part whose files are all present at the listed size
+    (a deleted or truncated file drops its shard, so ``--resume`` re-extracts it). Sizes only: the bookkeeping
+    of a run; the resume itself checks sha256 too (``writer.prepare_store``)."""
+    return check_shards(out_dir)[0]
 
 
 def fold_stats(out_dir: Path, shards: list[dict], keys: dict) -> dict[str, Moments]:
@@ -112,7 +154,7 @@ def finalize(out_dir: Path, manifest: dict) -> dict:
     done = completed_shards(out_dir)
     missing = [k for k in range(manifest["n_shards"]) if k not in done]
     if missing:
-        raise StoreError(f"cannot finalise {out_dir}: shards {missing[:8]} are missing; rerun with --resume")
+        raise StoreError(f"cannot finalise {out_dir}: shards {missing[:8]} are missing; rerun the command (`undertow extract CONFIG --resume`)")
     shards = [done[k] for k in range(manifest["n_shards"])]
     moments = fold_stats(out_dir, shards, manifest["keys"])
     tensors = {}
@@ -127,6 +169,6 @@ def finalize(out_dir: Path, manifest: dict) -> dict:
     final["tokens"] = sum(e["tokens"] for e in shards)
     final["bytes"] = sum(f["bytes"] for e in shards for f in e["files"].values()) + len(stats_bytes)
     write_manifest(out_dir / MANIFEST, final)
-    for part in out_dir.glob("manifest.rank*.json"):
+    for part in rank_parts(out_dir):
         part.unlink()
     return final

@@ -19,7 +19,7 @@ from ..errors import StoreError
 
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-FIX = "restore manifest.json from a backup, or re-extract the store with --overwrite"
+FIX = "restore manifest.json from a backup, or re-extract the store (`undertow extract CONFIG --overwrite`)"
 
 
 def check_manifest(m: object, path: Path) -> dict:

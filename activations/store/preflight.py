@@ -7,7 +7,8 @@
   (the nearest existing ancestor), so permissions, a read-only filesystem or a file in the way surface
   as one ``StoreWriteError`` line before any model loads;
 - ``check_store_target(out_dir, resume, overwrite)``: what ``prepare_store`` would refuse (a foreign
-  manifest, a symlink to overwrite, a store that needs --resume), plus ``check_writable``;
+  manifest, a symlink to overwrite, a store that needs --resume; for --overwrite a manifest that does not
+  check or a listed file that does not match it: ``ownership.replaceable_files``), plus ``check_writable``;
 - ``check_free_space(path, need)``: refuses when the filesystem has less than ``need`` bytes free.
 """
 

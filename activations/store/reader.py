@@ -157,14 +157,14 @@ class ActivationStore:
         records = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()]
         if len(records) != entry["rows"][1] - entry["rows"][0] or not all(isinstance(r, dict) for r in records):
             raise StoreError(f"store {self.path}: shard {entry['index']}: {p.name} does not hold one row object per "
-                             f"stored row; {repair_hint(entry['files']['__rows__']['path'])}")
+                             f"stored row; {repair_hint(self.path)}")
         return records
 
     def stats(self, hook_or_key: str) -> dict[str, torch.Tensor]:
         """``{"count", "mean", "var"}`` of a key over every stored vector (fp32; non-finite ones excluded)."""
         key = self.key(hook_or_key)
         if not self.manifest.get("complete"):
-            raise StoreError("stats are written when the store completes; finish it with --resume")
+            raise StoreError("stats are written when the store completes; finish it with `undertow extract CONFIG --resume`")
         p = self._files.path(self.manifest["stats_file"])
         self._files.ensure(p)
         t = load_file(str(p))

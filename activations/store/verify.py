@@ -28,17 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from undertow.core.digests import DigestMemo, file_key
-from undertow.core.fileio import sha256_file
 from undertow.core.validate import confine, safetensors_header
 
 from ..errors import StoreError
+from .filecheck import file_problem, size_problem
 
 _ST_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-_FIX = "delete that file and run `undertow extract CONFIG --resume` to re-extract the shard (or --overwrite)"
 
 
-def repair_hint(rel: str) -> str:
-    return f"delete {rel} and run `undertow extract CONFIG --resume` to re-extract that shard (or --overwrite)"
+def repair_hint(root: Path) -> str:
+    """The fix for a bad or missing file of the store at ``root``: a resume re-checks every kept shard's
+    sizes and sha256, recomputes the ones that fail (``writer.verified_shards``) and rewrites the stats
+    file; nothing needs deleting first."""
+    return f"rerun `undertow extract CONFIG --out-dir {root} --resume` to recompute it"
 
 
 class StoreFiles:
@@ -72,19 +74,15 @@ class StoreFiles:
                     self._check_header(e, hook, self.path(spec))
 
     def _check_size(self, p: Path, what: str, spec: dict) -> None:
-        rel = spec["path"]
-        if not p.is_file():
-            raise StoreError(f"store {self.root}: {what}: {rel} is missing; {repair_hint(rel)}")
-        size = p.stat().st_size
-        if size != spec["bytes"]:
-            raise StoreError(f"store {self.root}: {what}: {rel} has {size:,} bytes, the manifest lists "
-                             f"{spec['bytes']:,} (truncated or replaced); {repair_hint(rel)}")
+        problem = size_problem(p, spec)
+        if problem is not None:
+            raise StoreError(f"store {self.root}: {what}: {problem}; {repair_hint(self.root)}")
 
     def _check_header(self, entry: dict, hook: str, p: Path) -> None:
         rel = entry["files"][hook]["path"]
         where = f"store {self.root}: shard {entry['index']} ({hook})"
         try:
-            header = safetensors_header(p, StoreError, repair_hint(rel))
+            header = safetensors_header(p, StoreError, repair_hint(self.root))
         except StoreError as e:
             raise StoreError(f"{where}: {str(e).removeprefix(f'{p}: ')}") from None
         n_rows = entry["rows"][1] - entry["rows"][0]
@@ -98,21 +96,20 @@ class StoreFiles:
             if t is None or t["dtype"] != want_dtype or t["shape"] != [n, *spec["shape"]]:
                 got = "missing" if t is None else f"{t['dtype']} {t['shape']}"
                 raise StoreError(f"{where}: {rel} holds {pos!r} as {got}, the manifest says {want_dtype} "
-                                 f"{[n, *spec['shape']]}; {repair_hint(rel)}")
+                                 f"{[n, *spec['shape']]}; {repair_hint(self.root)}")
             for m in ("count", "mean", "m2"):
                 if f"stats/{pos}/{m}" not in header:
-                    raise StoreError(f"{where}: {rel} lacks its moments stats/{pos}/{m}; {repair_hint(rel)}")
+                    raise StoreError(f"{where}: {rel} lacks its moments stats/{pos}/{m}; "
+                                     f"{repair_hint(self.root)}")
 
     def ensure(self, p: Path) -> None:
         """Check ``p``'s sha256 against the manifest once (memoised across processes by size and mtime)."""
         what, spec = self.listed[p]
         if (p, spec["sha256"]) in self._verified:
             return
-        self._check_size(p, what, spec)
-        digest = self._memo.digest(p) if self._memo is not None else sha256_file(p)
-        if digest != spec["sha256"]:
-            raise StoreError(f"store {self.root}: {what}: {spec['path']} does not match its sha256 in the manifest "
-                             f"(modified or corrupted); {repair_hint(spec['path'])}")
+        problem = file_problem(p, spec, self._memo)
+        if problem is not None:
+            raise StoreError(f"store {self.root}: {what}: {problem}; {repair_hint(self.root)}")
         self._verified.add((p, spec["sha256"]))
 
 

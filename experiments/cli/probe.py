@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from undertow.experiments.cli.common import config_command
+from undertow.experiments.cli.common import RowParser, add_row_options, config_command
 from undertow.probes import SweepConfig, sweep
 from undertow.probes.external import SELECT_RULES
 from undertow.probes.pretrained import list_pretrained, load_pretrained, resolve_probe
-from undertow.probes.scoring import evaluate_scores
+from undertow.probes.scoring import auroc_text, evaluate_scores
 
 
 def _sweep(cfg: SweepConfig, args: argparse.Namespace):
@@ -68,10 +68,6 @@ def _external(args: argparse.Namespace, store):
     return evaluations, None if cal is None else open_calibration(cal, fp, position)
 
 
-def _ci(r: dict, key: str) -> str:
-    return f"{r[key]:.3f} [{r[key + '_lo']:.3f}, {r[key + '_hi']:.3f}]"
-
-
 def run_sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
     from undertow.activations.store.preflight import check_writable
     from undertow.core.fileio import atomic_write
@@ -97,9 +93,9 @@ def run_train(cfg: SweepConfig, args: argparse.Namespace) -> int:
     probe = result.probe(hook=args.hook, probe_type=args.type)
     probe.extra.update(contrast=args.contrast, model=store.manifest.get("config", {}).get("model"))
     out = probe.save(args.out)
-    m = probe.metrics
-    print(f"saved {probe.hook} / {probe.probe_type} probe to {out}: AUROC in-template test {_ci(m, 'test_auroc')}"
-          + "".join(f"; {n} {_ci(m, n + '_auroc')}" for n in result.evaluations))
+    row = result.row(probe.hook, probe.probe_type)
+    print(f"saved {probe.hook} / {probe.probe_type} probe to {out}: AUROC in-template test {result.auroc_text(row)}"
+          + "".join(f"; {n} {result.auroc_text(row, n)}" for n in result.evaluations))
     for f in probe.extra["flags"]:
         print(f"  !! FLAG: {f}")
     return 0
@@ -111,7 +107,7 @@ def run_evals(args: argparse.Namespace) -> int:
 
     stores = extract_like(args.store, args.contrast, args.out, model=args.model, mwe_source=args.mwe_source,
                           max_rows=args.max_rows, max_control_rows=args.max_control_rows, seed=args.seed,
-                          progress=None if args.no_progress else lambda: Bar(enabled=True))
+                          progress=None if args.no_progress else lambda: Bar(enabled=True), options=args.rows)
     for name, st in stores.items():
         print(f"{name}: {len(st)} rows at {st.path}")
     print(f"next: undertow probe sweep {args.store} --contrast {args.contrast} --evals {args.out}")
@@ -120,35 +116,59 @@ def run_evals(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from undertow.experiments.prompts.io import load_jsonl_dataset
-    from undertow.experiments.study.evals import check_probe_calibration
+    from undertow.experiments.study.evals import calibrate_probe, check_probe_calibration
     from undertow.experiments.study.score import probe_scores
     from undertow.probes.external import check_labels
 
     probe = resolve_probe(args.probe)
-    threshold_note = check_probe_calibration(probe, args.calibration)  # before the model loads
+    if args.calibration is not None:  # verified and used (threshold set on it), before the model loads
+        threshold, threshold_note = calibrate_probe(probe, args.calibration)
+    else:
+        threshold, threshold_note = probe.threshold, check_probe_calibration(probe)
     rows = load_jsonl_dataset(args.data)
     labels = np.array(rows["label"])
     check_labels(args.data, labels)
     groups = rows["template_id"] if "template_id" in rows.column_names else list(range(len(rows)))
-    scores = probe_scores(probe, rows, args.model)
-    res = evaluate_scores(scores, labels, groups, probe.threshold)
+    scores = probe_scores(probe, rows, args.model, options=args.rows)
+    res = evaluate_scores(scores, labels, groups, threshold, where=args.data)
     res.update(probe=args.probe, hook=probe.hook, position=probe.position, probe_type=probe.probe_type,
                threshold_source=threshold_note)
     if args.json:
         json.dump(res, sys.stdout)
         print()
     else:
-        print(f"{args.probe} on {args.data}: AUROC {res['auroc']:.3f} (95% CI {res['auroc_ci'][0]:.3f}-"
-              f"{res['auroc_ci'][1]:.3f}), TPR {res['tpr_at_threshold']:.3f} at the probe's 1%-FPR threshold "
-              f"(FPR here {res['fpr_at_threshold']:.3f}; {threshold_note}), n={res['n']}")
+        rates = (f"TPR {res['tpr_at_threshold']:.3f} at threshold {threshold:.4g} (FPR here "
+                 f"{res['fpr_at_threshold']:.3f}; {threshold_note})" if res["reason"] is None else threshold_note)
+        print(f"{args.probe} on {args.data}: {auroc_text(res)}, {rates}, n={res['n']} "
+              f"({res['n_pos']} positive, {res['n_neg']} negative)")
     return 0
 
 
+def _num(v) -> str:
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
+def _recorded_auroc(probe, name: str) -> str:
+    """``0.569 [0.520, 0.612]`` of the AUROC ``probe.json`` records for ``test`` or an evaluation set, then its flag
+    ("below its lexical line 0.761", "below chance"), or why it is not readable."""
+    m, extra = probe.metrics, probe.extra or {}
+    if name in (extra.get("unreadable") or {}):
+        return extra["unreadable"][name]["reason"]
+    ci = f"{_num(m.get(name + '_auroc'))} [{_num(m.get(name + '_auroc_lo'))}, {_num(m.get(name + '_auroc_hi'))}]"
+    lexical = (extra.get("evaluation_lexical_auroc") or {}).get(name)
+    flag = {"below_chance": "below chance",
+            "below_lexical": f"below its lexical line {_num(lexical)}"}.get(m.get(name + "_flag") or "")
+    return f"{ci} !! {flag}" if flag else ci
+
+
 def run_list(args: argparse.Namespace) -> int:
+    """Each shipped probe with the AUROCs its probe.json records and, beside each, its flag (as the README's table)."""
     for name in list_pretrained():
         p = load_pretrained(*name.split("/"))
+        sets = list((p.extra or {}).get("evaluation_lexical_auroc") or {})
+        aurocs = "; ".join(f"{n} {_recorded_auroc(p, n)}" for n in sets)
         print(f"{name:40s} {p.hook:14s} {p.position or '-':18s} {p.probe_type:10s} "
-              f"test AUROC {p.metrics.get('test_auroc', float('nan')):.3f}")
+              f"AUROC in-template test {_recorded_auroc(p, 'test')}" + (f"; {aurocs}" if aurocs else ""))
     return 0
 
 
@@ -187,7 +207,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def add_subparsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="train, sweep and evaluate linear probes")
-    ps = p.add_subparsers(dest="probe_command", required=True)
+    ps = p.add_subparsers(dest="probe_command", required=True, parser_class=RowParser)
     config_command(ps, "sweep", SweepConfig, run_sweep, config_arg=None, extra=_sweep_args,
                    prog="undertow probe sweep", help="every layer x probe type on a store")
     config_command(ps, "train", SweepConfig, run_train, config_arg=None, extra=_train_args,
@@ -201,13 +221,16 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-control-rows", type=int, help="seeded subset of the control chat set (default: all 299)")
     e.add_argument("--seed", type=int, default=0, help="seeds the subsets")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_row_options(e)
     e.set_defaults(func=run_evals)
     q = ps.add_parser("eval", help="score a probe on labelled prompts (JSONL: prompt or messages, label)")
     q.add_argument("probe", help="probe directory or pretrained name like gemma-3-270m/self_cessation")
     q.add_argument("--data", required=True, help="JSONL file with prompt|messages and label (0/1)")
     q.add_argument("--model", help="model to load (default: the one the probe records)")
-    q.add_argument("--calibration", metavar="STORE", help="the store the probe was calibrated on, when it is not "
-                   "the packaged control chat set (checked against the hash probe.json records)")
+    q.add_argument("--calibration", metavar="STORE", help="a store of ordinary-chat negatives at the probe's hook and "
+                   "position (e.g. control_chat from undertow probe evals): verified, then the threshold is set at the "
+                   "probe's target FPR on it and reported; a probe that records a calibration set must record this one")
     q.add_argument("--json", action="store_true", help="print one JSON object")
+    add_row_options(q)
     q.set_defaults(func=run_eval)
     ps.add_parser("list", help="list the pretrained probes").set_defaults(func=run_list)

@@ -16,12 +16,13 @@ import random
 import sys
 from pathlib import Path
 
-from undertow.experiments.cli.common import config_command
+from undertow.experiments.cli.common import RowParser, add_row_options, config_command
 from undertow.sae.config import SAEConfig
 
 
 def _train_extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    add_row_options(p)  # the corpus rows extracted into the store
 
 
 def corpus_rows(config: SAEConfig):
@@ -61,7 +62,8 @@ def run_train(config: SAEConfig, args: argparse.Namespace) -> int:
                   f"SAE at {res.path}")
             return 0
         bar = Bar(config.train.progress)
-        store = extract(handle, rows, ExtractConfig(model=d.model, hooks=[d.hook], positions=["all_tokens"],
+        store = extract(handle, rows, ExtractConfig(**args.rows.to_dict(), model=d.model, hooks=[d.hook],
+                                                    positions=["all_tokens"],
                                                     template=d.template, out_dir=str(store_dir), dtype="bfloat16"),
                         resume=(store_dir / "manifest.json").exists(), progress=bar, on_plan=bar.start)
         print(f"extracted {store.manifest['tokens']:,} tokens in {bar.close():.0f}s into {store_dir}")
@@ -79,10 +81,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from undertow.sae.data import open_store_tokens
     from undertow.sae.evals import evaluate_sae, pack_tokens
     from undertow.sae.io import load_sae, read_metadata
-    from undertow.sae.train import CONFIG_FILE
+    from undertow.sae.train import read_run_config
 
     meta = read_metadata(args.sae)
-    config = SAEConfig.from_yaml(Path(args.sae) / CONFIG_FILE)
+    config = read_run_config(args.sae)
     sae = load_sae(args.sae, meta.get("undertow_model_fingerprint"))
     store = ActivationStore(args.store or meta["undertow_store"])
     heldout = open_store_tokens(store, config.data.hook, expected_fingerprint=meta.get("undertow_model_fingerprint"),
@@ -129,7 +131,7 @@ def run_features(args: argparse.Namespace) -> int:
     probe = load_pretrained(*name.split("/")) if name in list_pretrained() else None
     result = analyse_contrast(sae, handle, rows, mwe_rows=mwe, n_top=args.top, n_examples=args.examples,
                               directions=cessation_directions(probe, meta.get("undertow_hook")),
-                              sweep_overrides={"n_boot": 200, "n_perm": 200})
+                              sweep_overrides={"n_boot": 200, "n_perm": 200}, options=args.rows)
     print(summary(result, args.top))
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1, default=float) + "\n")
@@ -139,7 +141,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 def add_subparsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sae", help="train, evaluate and read sparse autoencoders (sae-lens)")
-    ps = p.add_subparsers(dest="sae_command", required=True)
+    ps = p.add_subparsers(dest="sae_command", required=True, parser_class=RowParser)
     config_command(ps, "train", SAEConfig, run_train, extra=_train_extra, prog="undertow sae train",
                    help="train an SAE from a store (extracted first if absent) or on the fly")
     q = ps.add_parser("eval", help="explained variance, L0, dead %%, CE loss recovered on held-out tokens")
@@ -160,4 +162,5 @@ def add_subparsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--allow-other-model", action="store_true", help="read an SAE of another model's fingerprint")
     f.add_argument("--json", help="write the full result as JSON here")
+    add_row_options(f)
     f.set_defaults(func=run_features)

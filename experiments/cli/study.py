@@ -12,13 +12,13 @@ import argparse
 import sys
 import time
 
-from undertow.experiments.cli.common import config_command
+from undertow.experiments.cli.common import add_row_options, config_command
 from undertow.experiments.study.run import StudyConfig, run_study
 
 
 def run(cfg: StudyConfig, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    result = run_study(cfg)
+    result = run_study(cfg, args.rows)
     for name, c in result.contrasts.items():
         print(f"\n== {name} ({c.position}, {c.rows} rows; lexical baseline AUROC {c.lexical_auroc:.3f}) ==")
         print(c.sweep.format_table())
@@ -39,7 +39,7 @@ def run_deprecated(cfg: StudyConfig, args: argparse.Namespace) -> int:
 
 
 def add_subparsers(sub: argparse._SubParsersAction) -> None:
-    config_command(sub, "study", StudyConfig, run, config_arg="optional",
+    config_command(sub, "study", StudyConfig, run, config_arg="optional", extra=add_row_options,
                    help="the probe study: suite -> activations -> probes -> expressed answers -> report")
-    config_command(sub, "demo", StudyConfig, run_deprecated, config_arg="optional",
+    config_command(sub, "demo", StudyConfig, run_deprecated, config_arg="optional", extra=add_row_options,
                    help="deprecated name of `undertow study` (removed in the next release)")

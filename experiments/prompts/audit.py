@@ -10,6 +10,10 @@ probes library calls it as a baseline beside every probe fit.
 mean lexical AUROC exceeds ``threshold`` (0.75). For contrasts with several
 kinds of negatives (``self_cessation``) it also reports, from the out-of-fold
 scores, AUROC of the positives against each kind alone.
+
+``lexical_line`` is the comparator an *evaluation* figure stands beside (issue 25): the same
+model fitted on the probe's own training rows' text and scored on exactly the rows the probe
+is scored on (not cross-validated inside the evaluation set, which no probe is fitted on).
 """
 
 from __future__ import annotations
@@ -116,6 +120,28 @@ def lexical_baseline_auroc(texts: Sequence[str], labels: Sequence[int], groups: 
     if not aurocs:
         raise PromptSuiteError("no fold had both classes in its test part; use fewer splits or more groups")
     return LexicalAUROC(float(np.mean(aurocs)), float(np.std(aurocs)), tuple(aurocs), skipped, oof)
+
+
+def lexical_transfer_auroc(train_texts: Sequence[str], train_labels: Sequence[int], eval_texts: Sequence[str],
+                           eval_labels: Sequence[int], config: LexicalBaselineConfig | None = None) -> float:
+    """AUROC on the ``eval_*`` rows of the lexical baseline fitted on the ``train_*`` rows (no CV)."""
+    y_tr = np.asarray(train_labels).astype(int)
+    y_ev = np.asarray(eval_labels).astype(int)
+    if set(y_tr.tolist()) != {0, 1} or set(y_ev.tolist()) != {0, 1}:
+        raise PromptSuiteError(f"the lexical line needs both labels in the train rows ({sorted(set(y_tr.tolist()))}) "
+                               f"and in the scored rows ({sorted(set(y_ev.tolist()))})")
+    model = (config or LexicalBaselineConfig()).pipeline().fit(list(train_texts), y_tr)
+    return float(roc_auc_score(y_ev, model.predict_proba(list(eval_texts))[:, 1]))
+
+
+def lexical_line(train_rows: Sequence[dict], eval_rows: Sequence[dict], contrast: str,
+                 config: LexicalBaselineConfig | None = None) -> float:
+    """The lexical comparator of a probe fitted on ``train_rows`` and scored on ``eval_rows`` (dataset rows with
+    ``text`` / ``response`` / ``label``): TF-IDF + logistic regression fitted on the train rows' ``audit_text``,
+    AUROC on the scored rows'."""
+    return lexical_transfer_auroc([audit_text(r, contrast) for r in train_rows], [r["label"] for r in train_rows],
+                                  [audit_text(r, contrast) for r in eval_rows], [r["label"] for r in eval_rows],
+                                  config)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,11 @@ share the groups, so a scenario is val (or test) in both contrasts. The val half
 may help choose an operating point; the test half is only ever scored, and no
 part of the set is ever fitted on.
 
+``self_cessation_binding.jsonl`` (``load_independent("self_cessation", binding_matched=True)``) holds
+*binding-matched* pairs: two prompts with the same multiset of words that differ only in who the event
+happens to (label 1: the reading assistant, 0: another AI). Any bag-of-words model scores them 0.5 by
+construction; ``pair`` names the partner row, ``group`` is the pair (the cluster), split by the same rule.
+
 ``data/control_chat/`` holds ordinary chat exchanges (nothing about cessation)
 used only to set thresholds at a target false-positive rate; ``control_hash()``
 identifies the file in ``probe.json``.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
@@ -41,6 +47,27 @@ INDEPENDENT_CONTRASTS: tuple[str, ...] = ("self_cessation", "stance")
 CONTROL_FILE = "control_chat.jsonl"
 _REQUIRED = {"self_cessation": ("id", "group", "theme", "style", "referent", "event", "label", "prompt"),
              "stance": ("id", "group", "theme", "style", "prompt", "response", "response_stance", "label")}
+BINDING_FILES = {"self_cessation": "self_cessation_binding.jsonl"}
+"""Contrast -> its binding-matched file (pairs with identical bags of words, ``pair`` = the partner's id)."""
+
+
+def word_bag(text: str) -> Counter:
+    """The multiset of lowercased word tokens (``\\w+``, so punctuation and apostrophes split) of ``text``."""
+    return Counter(re.findall(r"\w+", text.lower()))
+
+
+def _check_pairs(path: Path, objs: list[dict]) -> None:
+    """Every row's ``pair`` is a row of the same group with the other label and the same bag of words."""
+    by_id = {o["id"]: o for o in objs}
+    for o in objs:
+        p = by_id.get(o["pair"])
+        if p is None or p["pair"] != o["id"] or p["group"] != o["group"] or p["label"] == o["label"]:
+            raise DatasetFormatError(f"{path}: row {o['id']!r}: 'pair' must name a row of the same group with the "
+                                     f"other label that names it back, got {o['pair']!r}")
+        if word_bag(o["prompt"]) != word_bag(p["prompt"]):
+            diff = (word_bag(o["prompt"]) - word_bag(p["prompt"])) + (word_bag(p["prompt"]) - word_bag(o["prompt"]))
+            raise DatasetFormatError(f"{path}: pair {o['id']!r} / {p['id']!r}: the two prompts hold different words "
+                                     f"{sorted(diff)}; a binding-matched pair must hold the same words")
 
 
 def data_path(*parts: str) -> Path:
@@ -99,14 +126,21 @@ def _suite_row(obj: dict, contrast: str, split: str) -> dict:
     return row
 
 
-def load_independent(contrast: str, split: str | None = None, path: str | Path | None = None) -> Dataset:
-    """The independent set of ``contrast`` in the suite schema (``split`` 'val' / 'test' / None = both)."""
+def load_independent(contrast: str, split: str | None = None, path: str | Path | None = None,
+                     binding_matched: bool = False) -> Dataset:
+    """The independent set of ``contrast`` in the suite schema (``split`` 'val' / 'test' / None = both);
+    ``binding_matched``: its binding-matched pairs (``BINDING_FILES``) instead."""
     if contrast not in INDEPENDENT_CONTRASTS:
         raise DatasetFormatError(f"no independent set for contrast {contrast!r}; have {INDEPENDENT_CONTRASTS}")
     if split not in (None, "val", "test"):
         raise DatasetFormatError(f"split must be 'val', 'test' or None, got {split!r}")
-    p = Path(path) if path is not None else data_path("independent", f"{contrast}.jsonl")
-    objs = _read(p, _REQUIRED[contrast])
+    if binding_matched and contrast not in BINDING_FILES:
+        raise DatasetFormatError(f"no binding-matched set for contrast {contrast!r}; have {tuple(BINDING_FILES)}")
+    name = BINDING_FILES[contrast] if binding_matched else f"{contrast}.jsonl"
+    p = Path(path) if path is not None else data_path("independent", name)
+    objs = _read(p, (*_REQUIRED[contrast], "pair") if binding_matched else _REQUIRED[contrast])
+    if binding_matched:
+        _check_pairs(p, objs)
     by_theme: dict[str, list[str]] = {}
     for o in objs:
         by_theme.setdefault(o["theme"], []).append(o["group"])

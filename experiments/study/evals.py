@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.engine.config import ExtractConfig, RowOptions
 from undertow.activations.store.reader import ActivationStore
 from undertow.probes import CalibrationSet, EvalSet, ProbeError, calibration_set, eval_set
 
 __all__ = ["like_store", "extract_evaluations", "open_evaluation", "open_calibration", "calibration_identity",
            "CALIBRATION_NAME", "parse_eval_spec", "extract_like", "evaluation_specs",
-           "check_probe_calibration"]
+           "check_probe_calibration", "independent_lexical_line",
+           "calibrate_probe"]
 
 CALIBRATION_NAME = "control_chat"
 """The packaged calibration set's name (``prompts.independent.load_control_chat``)."""
@@ -114,27 +115,47 @@ def parse_eval_spec(spec: str) -> tuple[str | None, str]:
 
 
 def open_evaluation(path: str | Path, contrast: str, fingerprint: str | None = None, position: str | None = None,
-                    name: str | None = None) -> EvalSet:
+                    name: str | None = None, train_rows: list[dict] | None = None) -> EvalSet:
     """An :class:`EvalSet` from a store directory. Without ``name``, a store of the independent set is
-    ``independent`` (its lexical baseline: the set's audit), one of the model-written evals' answers ``mwe``,
-    anything else its directory name. Bad labels, one class, another model or position: one-line
-    :class:`ProbeError` naming the store."""
+    ``independent``, one of the model-written evals' answers ``mwe``, anything else its directory name. Bad
+    labels, one class, another model or position: one-line :class:`ProbeError` naming the store.
+
+    The independent set's lexical line (issue 25) is TF-IDF + logistic regression fitted on the probe's
+    training rows' text, ``train_rows`` (dataset rows with ``text`` / ``response`` / ``label``; None: the
+    default suite's ``train`` split of ``contrast``, what a probe on a whole contrast store is fitted on),
+    and scored on exactly the store's rows the probe is scored on (its test half)."""
     store, view = _open(path, "evaluation store", fingerprint, position)
     rows = store.rows
     indep = _independent_contrast(rows)
     if indep is not None and indep != contrast:
         raise ProbeError(f"evaluation store {path} holds the independent set of {indep!r}, not of {contrast!r}; "
                          f"extract independent:{contrast} (undertow probe evals STORE --contrast {contrast})")
-    lexical = None
-    if indep is not None:
-        from undertow.experiments.prompts.independent import audit_independent
-
-        lexical = audit_independent(contrast).auroc_mean
+    lexical = None if indep is None else independent_lexical_line(rows, contrast, train_rows)
     try:
         return eval_set(name or _set_name(rows, Path(path)), view, labels=np.asarray(rows.get("label")),
                         lexical_auroc=lexical)
     except ProbeError as e:
-        raise ProbeError(f"--eval {path}: {e}") from None
+        raise ProbeError(f"evaluation store {path}: {e}") from None
+
+
+def independent_lexical_line(rows: dict, contrast: str, train_rows: list[dict] | None = None) -> float | None:
+    """The lexical line of an independent-set store (its ``id`` / ``split`` columns): fitted on ``train_rows``
+    (None: the default suite's train split of ``contrast``), scored on the store's non-``val`` rows (the rows
+    ``external_columns`` scores). None when a row is not in the packaged set (or its binding-matched pairs)."""
+    from undertow.experiments.prompts.audit import lexical_line
+    from undertow.experiments.prompts.contrasts import get_contrast
+    from undertow.experiments.prompts.independent import BINDING_FILES, load_independent
+
+    packaged = load_independent(contrast).to_list()
+    if contrast in BINDING_FILES:
+        packaged += load_independent(contrast, binding_matched=True).to_list()
+    by_id = {r["id"]: r for r in packaged}
+    scored = [i for i, s in zip(rows["id"], rows.get("split") or [None] * len(rows["id"]), strict=True) if s != "val"]
+    if not scored or any(i not in by_id for i in scored):
+        return None
+    if train_rows is None:
+        train_rows = [r for r in get_contrast(contrast).to_list() if r["split"] == "train"]
+    return lexical_line(train_rows, [by_id[i] for i in scored], contrast)
 
 
 def calibration_identity(store: ActivationStore) -> tuple[str, str]:
@@ -164,18 +185,22 @@ def open_calibration(path: str | Path, fingerprint: str | None = None, position:
     try:
         return calibration_set(name, view, digest)
     except ProbeError as e:
-        raise ProbeError(f"--calibration {path}: {e}") from None
+        raise ProbeError(f"calibration store {path}: {e}") from None
 
 
 def extract_like(store_path: str | Path, contrast: str, out_root: str | Path, *, model: str | None = None,
                  mwe_source: str | None = None, max_rows: int | None = None, max_control_rows: int | None = None,
-                 seed: int = 0, progress: Callable[[], object] | None = None) -> dict[str, ActivationStore]:
+                 seed: int = 0, progress: Callable[[], object] | None = None,
+                 options: RowOptions | None = None) -> dict[str, ActivationStore]:
     """``extract_evaluations`` like the training store at ``store_path``: its model (``model`` overrides the
-    name it records; the fingerprint must match), hooks, positions and dtype."""
+    name it records; the fingerprint must match), hooks, positions and dtype; ``options`` (how the evaluation
+    rows are taken, e.g. ``truncate``) replace the training store's."""
     from undertow.activations import load_model
 
     store = ActivationStore(store_path)
     like = like_store(store)
+    if options is not None:
+        like = like.replace(**options.to_dict())
     name = model or like.model
     handle = load_model(name, backend=like.backend, dtype=like.model_dtype)
     if handle.fingerprint != store.model_fingerprint:
@@ -223,3 +248,27 @@ def check_probe_calibration(probe, calibration: str | Path | None = None) -> str
                          "train ... --calibration STORE`")
     require_calibration(probe, expected)
     return f"threshold set at {cal.get('target_fpr', 0.01):.0%} FPR on {cal.get('set')}"
+
+
+def calibrate_probe(probe, calibration: str | Path) -> tuple[float, str]:
+    """(threshold, what set it, in words) of ``probe`` at its target FPR on the store ``calibration``, for
+    ``undertow probe eval --calibration STORE``. The store is verified first (every file rehashed:
+    ``verify_store``; a bad shard is a one-line ``StoreError`` naming it), must come from the probe's model
+    and position, hold the probe's hook and negatives only; a probe that records a calibration set must
+    record this one (``check_probe_calibration``). One that records none gets its threshold from it."""
+    import torch
+
+    from undertow.probes.external import calibrated_threshold
+
+    ActivationStore(calibration).verify()
+    check_probe_calibration(probe, calibration)
+    cal = open_calibration(calibration, probe.model_fingerprint, probe.position)
+    if probe.hook not in cal.source.hooks:
+        raise ProbeError(f"--calibration {calibration} has no hook {probe.hook!r} (it holds "
+                         f"{', '.join(cal.source.hooks[:6])}); extract it at the probe's hook and position")
+    acts = cal.source[probe.hook]
+    scores = probe.score(torch.as_tensor(np.asarray(acts[np.arange(len(acts))]), dtype=torch.float64))
+    recorded = (probe.extra or {}).get("calibration") or {}
+    fpr = recorded.get("target_fpr") or (probe.extra or {}).get("target_fpr") or 0.01
+    thr = calibrated_threshold(scores, fpr)
+    return thr, f"threshold set at {fpr:.0%} FPR on {len(scores)} negatives of {cal.name} ({calibration})"

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from undertow.activations import DEFAULT_MODEL, load_model
-from undertow.activations.engine.config import ExtractConfig
+from undertow.activations.engine.config import ExtractConfig, RowOptions, StoreDtype
 from undertow.activations.engine.extraction import extract
 from undertow.core.errors import ConfigError
 from undertow.core.fileio import atomic_write
@@ -43,6 +43,7 @@ from undertow.experiments.report.schema import Roc, environment, write_results
 from undertow.experiments.report.tracking import log_results, make_tracker
 from undertow.experiments.study.result import ContrastResult, ExpressedResult, StudyResult
 from undertow.probes import sweep
+from undertow.probes.external import SelectRule
 
 #: contrast -> token position its probe reads (stance reads the teacher-forced reply)
 DEFAULT_CONTRASTS = {"self_cessation": "last_prompt_token", "stance": "mean_response"}
@@ -69,7 +70,7 @@ class StudyConfig(TypedConfig):
     full-length forwards (both answers teacher-forced): ~0.6 s per item on 2 cores."""
     seed: int = 0
     """Seeds the suite, the subsets and the sweep."""
-    store_dtype: str = "float32"
+    store_dtype: StoreDtype = "float32"
     """Activation store dtype."""
     batch_size: int = 32
     """Rows per forward batch (extraction and forced choice)."""
@@ -100,16 +101,12 @@ class StudyConfig(TypedConfig):
     mwe_source: str | None = None
     """Model-written-evals directory (e.g. /work/shared/data/model-written-evals) scored for ``stance``;
     None skips them (they are not packaged)."""
-    select_rule: str = "mean"
+    select_rule: SelectRule = "mean"
     """How the operating point is chosen (``undertow.probes.external.SELECT_RULES``): 'val' in-template val
     only; 'mean' / 'min' of it and the independent set's val-half AUROC; 'eval' the val half alone. The
     independent set's test half never chooses."""
 
     def __post_init__(self) -> None:
-        from undertow.probes.external import SELECT_RULES
-
-        if self.select_rule not in SELECT_RULES:
-            raise ConfigError(f"select_rule={self.select_rule!r} must be one of {', '.join(SELECT_RULES)}")
         self.eval_max_rows = self.eval_max_rows or None
         self.eval_max_control_rows = self.eval_max_control_rows or None
         if not self.contrasts:
@@ -127,9 +124,11 @@ def _lexical(ds, store, name: str, seed: int) -> float:
     return lex.mean
 
 
-def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, out: Path) -> ContrastResult:
+def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, out: Path,
+                    options: RowOptions | None = None) -> ContrastResult:
     ds = get_contrast(name, suite, seed=cfg.seed)
-    ecfg = ExtractConfig(model=cfg.model, hooks=["embed", cfg.hooks], positions=[position], dtype=cfg.store_dtype,
+    ecfg = ExtractConfig(**(options or RowOptions()).to_dict(), model=cfg.model, hooks=["embed", cfg.hooks],
+                         positions=[position], dtype=cfg.store_dtype,
                          out_dir=str(out / "activations" / name), seed=cfg.seed, max_rows=cfg.max_rows,
                          batch_size=cfg.batch_size)
     bar = Bar(enabled=True)
@@ -138,7 +137,8 @@ def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, o
     bar.close()
     lexical = _lexical(ds, store, name, cfg.seed)
     t0 = time.perf_counter()
-    evaluations, calibration = _evaluations(handle, name, ecfg, cfg, out) if cfg.external_evals else ([], None)
+    evaluations, calibration = (_evaluations(handle, name, ecfg, cfg, out, _train_rows(ds, store))
+                                if cfg.external_evals else ([], None))
     eval_seconds = time.perf_counter() - t0
     result = sweep(store, embed_hook="resid_pre.0", seed=cfg.seed, n_boot=cfg.n_boot, n_perm=cfg.n_perm,
                    lexical_auroc=lexical, evaluations=evaluations, calibration=calibration,
@@ -154,8 +154,15 @@ def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, o
                           eval_seconds=round(eval_seconds, 1))
 
 
-def _evaluations(handle, name: str, ecfg: ExtractConfig, cfg: StudyConfig, out: Path):
-    """The contrast's evaluation sets and calibration set, extracted like its store under ``out/evals/<name>``."""
+def _train_rows(ds, store) -> list[dict]:
+    """The dataset rows the sweep fits its probes on (the store's ``train`` split): the lexical line's train rows."""
+    by_id = {r["id"]: r for r in ds.to_list()}
+    return [by_id[i] for i, s in zip(store.rows["id"], store.rows["split"], strict=True) if s == "train"]
+
+
+def _evaluations(handle, name: str, ecfg: ExtractConfig, cfg: StudyConfig, out: Path, train_rows=None):
+    """The contrast's evaluation sets and calibration set, extracted like its store under ``out/evals/<name>``;
+    each set's lexical line is fitted on ``train_rows`` (the probe's training rows)."""
     from undertow.experiments.prompts.independent import INDEPENDENT_CONTRASTS
     from undertow.experiments.study.evals import extract_evaluations, open_calibration, open_evaluation
 
@@ -166,7 +173,8 @@ def _evaluations(handle, name: str, ecfg: ExtractConfig, cfg: StudyConfig, out: 
                                  progress=lambda: Bar(enabled=True))
     position = ecfg.positions[0]
     cal = stores.pop("control_chat")
-    evaluations = [open_evaluation(s.path, name, handle.fingerprint, position, name=n) for n, s in stores.items()]
+    evaluations = [open_evaluation(s.path, name, handle.fingerprint, position, name=n, train_rows=train_rows)
+                   for n, s in stores.items()]
     return evaluations, open_calibration(cal.path, handle.fingerprint, position)
 
 
@@ -189,8 +197,9 @@ def _expressed(handle, suite, cfg: StudyConfig) -> ExpressedResult:
                            {t: sum(v > 0 for v in vs) / len(vs) for t, vs in sorted(by_theme.items())})
 
 
-def run_study(cfg: StudyConfig) -> StudyResult:
-    """Run the whole job; writes results.json (deterministic), timings.json, report.html and the wandb run."""
+def run_study(cfg: StudyConfig, options: RowOptions | None = None) -> StudyResult:
+    """Run the whole job; writes results.json (deterministic), timings.json, report.html and the wandb run.
+    ``options``: how every extracted row is taken (``truncate``), the evaluation sets' too."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     handle = load_model(cfg.model)
@@ -200,7 +209,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
                          config=cfg.to_dict())
     for name, position in tqdm(cfg.contrasts.items(), desc="contrasts", unit="contrast"):
         t0 = time.perf_counter()
-        result.contrasts[name] = _probe_contrast(handle, suite, name, position, cfg, out)
+        result.contrasts[name] = _probe_contrast(handle, suite, name, position, cfg, out, options)
         result.timings[name] = round(time.perf_counter() - t0, 1)
         if cfg.external_evals:
             result.timings[f"{name}/evaluation_sets"] = result.contrasts[name].eval_seconds

@@ -37,7 +37,7 @@ def test_yaml_errors_carry_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml:3: seed: expected an integer, got 'abc'"):
         ExtractConfig.from_yaml(cfg)
     cfg.write_text("hooks: [embed]\nbatch_sise: 4\n")
-    with pytest.raises(ConfigError, match=r"c.yaml:2: unknown field\(s\) batch_sise .*valid fields are model"):
+    with pytest.raises(ConfigError, match=r"c.yaml:2: unknown field\(s\) batch_sise .*valid fields are truncate, model"):
         ExtractConfig.from_yaml(cfg)
     cfg.write_bytes(b"seed: \xff\n")
     with pytest.raises(ConfigError, match="not UTF-8"):

@@ -139,3 +139,41 @@ def test_summary_lines_name_the_rule_three_aurocs_threshold_and_flags(store, cal
         warnings.simplefilter("ignore", ProbeWarning)
         flipped = sweep_once(store, evaluations=[_test_rows_as_eval(store, flip=True)])
     assert flipped.flags and flipped.summary_lines()[-1].startswith("  !! FLAG: independent AUROC")
+
+
+def test_too_few_rows_per_class_are_not_read_as_a_result(store):
+    """Issue 25: a 2-row test split printed "AUROC 0.000 [0.000, 0.000]". Below MIN_PER_CLASS of a class, the
+    in-template test columns and an evaluation set's test columns are NaN (JSON null), no flag is read from
+    them, and the result says why with the counts."""
+    import json
+
+    sp, y = np.asarray(store.rows["split"]).copy(), np.asarray(store.rows["label"])
+    test = np.flatnonzero(sp == "test")
+    keep = np.r_[test[y[test] == 1][:1], test[y[test] == 0][:1]]
+    sp[np.setdiff1d(test, keep)] = "val"  # the test split: 1 positive, 1 negative
+    ev = _test_rows_as_eval(store)
+    few_splits = ev.splits.copy()
+    few_splits[np.flatnonzero((ev.splits == "test") & (ev.labels == 1))[2:]] = "val"
+    few = eval_set("few", ev.source, labels=ev.labels, groups=ev.groups, splits=few_splits)
+    cal = calibration_set("control_chat", _subset(store, sp == "control"), "sha256:" + "ab" * 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)
+        res = sweep_once(store, splits=sp, evaluations=[ev, few], calibration=cal)
+    n_neg_few = int(((few_splits == "test") & (ev.labels == 0)).sum())
+    assert res.unreadable == {
+        "test": {"n_pos": 1, "n_neg": 1, "reason": "not readable: 1 positive and 1 negative in the test split; "
+                 "AUROC needs >= 10 per class"},
+        "few": {"n_pos": 2, "n_neg": n_neg_few, "reason": f"not readable: 2 positives and {n_neg_few} negatives in "
+                "the few set's test rows; AUROC needs >= 10 per class"}}
+    for r in res.table:
+        for k in ("test_auroc", "test_auroc_lo", "test_auroc_hi", "test_tpr", "random_auroc_max", "few_auroc",
+                  "few_auroc_lo", "few_tpr"):
+            assert math.isnan(r[k]), (k, r[k])
+        assert r["few_flag"] == "" and math.isfinite(r["independent_auroc"])  # not "below_chance" from a NaN
+    lines = res.summary_lines()
+    assert ("AUROC in-template test not readable: 1 positive and 1 negative in the test split; AUROC needs >= 10 "
+            "per class; independent 0.") in lines[1] and "; few not readable: 2 positives" in lines[1]
+    assert "test_auroc: not readable: 1 positive" in res.format_table()
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["table"][0]["test_auroc"] is None and d["table"][0]["few_auroc"] is None
+    assert d["unreadable"]["test"]["n_pos"] == 1 and res.probe().extra["unreadable"] == res.unreadable

@@ -22,7 +22,8 @@ from undertow.probes.store import TensorStore
 
 @pytest.fixture(scope="module")
 def data():
-    s = make_synthetic(600, 6, 16, n_templates=40, n_themes=2, peak=2.0, seed=3)
+    # 700 rows: the evaluation set's test half has >= MIN_PER_CLASS of each class (600 gave 9 positives)
+    s = make_synthetic(700, 6, 16, n_templates=40, n_themes=2, peak=2.0, seed=3)
     acts = {("resid_pre.0" if h == "embed" else h): v for h, v in s.acts.items()}
     test = np.asarray(s.rows["split"]) == "test"
     idx = torch.as_tensor(np.flatnonzero(test))

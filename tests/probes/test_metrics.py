@@ -4,6 +4,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from undertow.probes.metrics import (
+    MIN_PER_CLASS,
     auprc,
     auroc,
     auroc_permutation_null,
@@ -18,6 +19,7 @@ from undertow.probes.metrics import (
     permute_labels,
     threshold_at_fpr,
     tpr_at_fpr,
+    unreadable,
 )
 
 
@@ -130,3 +132,11 @@ def test_holm_and_bh_known_values():
     np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02, np.nan])
     np.testing.assert_allclose(benjamini_hochberg(p), [0.02, 0.04, 0.04, 0.02, np.nan])
     assert (holm(np.full(3, 0.9)) == 1.0).all()
+
+
+def test_unreadable_names_the_counts_below_the_minimum_per_class():
+    assert MIN_PER_CLASS == 10
+    assert unreadable(10, 10, "the test split") is None and unreadable(400, 12, "x") is None
+    assert unreadable(1, 1, "the test split") == ("not readable: 1 positive and 1 negative in the test split; "
+                                                  "AUROC needs >= 10 per class")
+    assert unreadable(2, 40, "d.jsonl").startswith("not readable: 2 positives and 40 negatives in d.jsonl;")

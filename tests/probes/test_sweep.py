@@ -7,6 +7,7 @@ import torch
 from probes_testutil import sweep_once
 from sklearn.metrics import roc_auc_score
 
+from undertow.core.errors import ConfigError
 from undertow.probes import COLUMNS, PROBE_TYPES, ProbeError, ProbeWarning, sweep
 
 
@@ -101,7 +102,7 @@ def test_unknown_option_and_missing_hooks_are_clear_errors(store):
         sweep(store, n_fold=5)
     with pytest.raises(ProbeError, match=r"hooks \['nope'\] are not in the store"):
         sweep(store, embed_hook="nope")
-    with pytest.raises(ProbeError, match="unknown probe_types"):
+    with pytest.raises(ConfigError, match=r"probe_types\[0\]: 'svm' is not one of diff_means, lda, logistic"):
         sweep(store, probe_types=("svm",))
 
 

@@ -72,3 +72,13 @@ def test_bad_inputs_are_one_line(trained, tmp_path, capsys):
     assert err.startswith("undertow: error:") and "k=400 is larger than d_sae=64" in err and "\n" not in err
     assert main(["sae", "eval", str(tmp_path / "nothing")]) == 2
     assert "cfg.json is missing" in capsys.readouterr().err
+
+
+def test_eval_of_a_folder_not_made_by_sae_train_says_what_to_pass(tmp_path, capsys):
+    """Issue 25: a folder with sae-lens' cfg.json but no undertow config said "cannot read config ...: No such
+    file or directory", with no fix."""
+    (tmp_path / "cfg.json").write_text(json.dumps({"metadata": {}}))
+    assert main(["sae", "eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"undertow: error: {tmp_path} is not an SAE directory made by `undertow sae train`")
+    assert "pass the train.out_dir of an `undertow sae train CONFIG` run" in err and err.count("\n") == 1

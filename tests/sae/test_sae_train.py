@@ -156,7 +156,7 @@ def test_a_crafted_pickle_is_refused_even_with_matching_hashes(trained, store, t
 def test_k_larger_than_d_sae_is_one_clear_error():
     with pytest.raises(SAEError, match="k=300 is larger than d_sae=128"):
         ArchConfig(architecture="topk", d_sae=128, k=300)
-    with pytest.raises(ConfigError, match="^sae.yaml: arch: k=300 is larger than d_sae=128"):
+    with pytest.raises(ConfigError, match="^sae.yaml: arch.k=300 is larger than d_sae=128"):
         SAEConfig.from_dict({"arch": {"architecture": "topk", "d_sae": 128, "k": 300}}, "sae.yaml")
 
 

@@ -318,7 +318,7 @@ def _hub_files(repo_id: str, profiles: Iterable[FileProfile], cache_dir: str | N
         except LocalEntryNotFoundError as e:
             raise MWEOfflineError(
                 f"the Hugging Face hub is unreachable and {repo_id}/{p.hub_path} is not cached: pass a local "
-                f"directory in the model-written-evals layout instead (e.g. --source /path/to/model-written-evals)"
+                f"directory in the model-written-evals layout instead (e.g. /path/to/model-written-evals)"
             ) from e
         except (RepositoryNotFoundError, EntryNotFoundError) as e:
             raise MWELoadError(f"{repo_id} has no file {p.hub_path}; check the hub id or pass a local directory") from e

@@ -88,7 +88,7 @@ def test_cuda_graphs_off_cuda_and_compile_on_a_device_map_are_one_line_before_an
     with pytest.raises(ConfigError, match="with a device map is not supported"):
         extract(mapped, chat_rows(3), ExtractConfig(**_base(tiny_llama_dir, tmp_path), compile="compile",
                                                     out_dir=str(out)))
-    with pytest.raises(ConfigError, match="compile 'fast': use one of none, compile, cuda_graphs"):
+    with pytest.raises(ConfigError, match="compile: 'fast' is not one of none, compile, cuda_graphs"):
         ExtractConfig(compile="fast")
 
 

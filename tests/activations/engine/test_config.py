@@ -28,11 +28,11 @@ def test_normalisation():
 
 
 @pytest.mark.parametrize("fields,error,match", [
-    ({"backend": "jax"}, ConfigError, "backend 'jax'"),
-    ({"dtype": "int8"}, ConfigError, "store dtype 'int8'"),
+    ({"backend": "jax"}, ConfigError, "backend: 'jax' is not one of hf, transformer_lens, nnsight"),
+    ({"dtype": "int8"}, ConfigError, "dtype: 'int8' is not one of float32, fp32, float16, fp16, bfloat16, bf16"),
     ({"batch_size": 0}, ConfigError, "batch_size must be a positive integer"),
     ({"max_rows": -3}, ConfigError, "max_rows"),
-    ({"template": "chatml"}, ConfigError, "template 'chatml'"),
+    ({"template": "chatml"}, ConfigError, "template: 'chatml' is not one of auto, chat, plain"),
     ({"hooks": ["resid_mid.3"]}, HookError, "unknown hook"),
     ({"positions": ["last_token"]}, PositionError, "unknown position"),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,17 @@ def test_safetensors_file_path_loads_its_directory(tiny_llama_dir):
 def test_unknown_model_lists_close_matches():
     with pytest.raises(ModelNotFoundError, match=r"did you mean gemma-3-270m"):
         load_model("gemma-3-27m")
+
+
+@pytest.mark.parametrize("name", ["/no/such/model.gguf", "weights.safetensors", "org/model.gguf", "runs/no/model"])
+def test_a_path_that_does_not_exist_says_no_such_file(name, tmp_path, monkeypatch):
+    """Issue 25: a missing .gguf path said "unknown model" (a registry miss) instead of naming the path."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"^no such file") as e:
+        load_model(name)
+    assert str(Path(name)) in str(e.value) and "unknown model" not in str(e.value)
+    if not name.startswith("/"):
+        assert f"(relative to {tmp_path})" in str(e.value)
 
 
 def _one_line(err: Exception) -> str:

@@ -35,6 +35,17 @@ def test_unknown_dataset_is_a_clean_error(tmp_path, tiny_llama_dir, capsys):
     assert err.startswith("undertow: error: unknown contrast 'stanse'") and "stance" in err
 
 
+def test_a_missing_model_file_says_no_such_file(tmp_path, capsys):
+    """Issue 25: `model: /no/such.gguf` said "unknown model" and listed the registry."""
+    cfg = tmp_path / "c.yaml"
+    missing = tmp_path / "no" / "such.gguf"
+    cfg.write_text(yaml.safe_dump({"model": str(missing), "dataset": "suite", "out_dir": str(tmp_path / "s")}))
+    assert cli_main(["extract", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"undertow: error: no such file: {missing}; check the path") and err.count("\n") == 1, err
+    assert "unknown model" not in err
+
+
 def test_dataset_paths(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         resolve_dataset(str(tmp_path / "missing.jsonl"), 0)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from undertow.activations import ActivationStore, StoreError, extract
 from undertow.activations.errors import DatasetError
@@ -75,7 +79,9 @@ def test_overwrite_deletes_only_the_stores_own_files(tmp_path, tiny_llama, make_
     assert len(store) == 3 and store.manifest["n_shards"] == 2
     assert (out / "notes.txt").read_text() == "keep me" and (out / "resid_post.0" / "mine.txt").exists()
     assert (out / "resid_post.1" / ".00009.safetensors.tmp-1").exists()
-    assert not (out / "resid_post.1" / ".00001.safetensors.tmp-77").exists()
+    # unlisted, so kept like any file the manifest does not list with its sha256 (issue 25); a resume deletes
+    # it
+    assert (out / "resid_post.1" / ".00001.safetensors.tmp-77").read_text() == "a killed writer's tmp file"
     assert not (out / "rows" / "00002.jsonl").exists()  # shard 2 of the old 3-shard store went with it
 
 
@@ -117,3 +123,117 @@ def test_out_dir_checked_before_the_model_loads(tmp_path, capsys):
     blocked.write_text("")
     assert cli_main(["extract", str(cfg), "--out-dir", str(blocked / "store"), "--no-progress"]) == 2
     assert "choose a writable location (checked before any work)" in capsys.readouterr().err
+
+
+def test_issue_repro_forged_manifest_overwrite_touches_nothing(tmp_path, extract_cfg, capsys):
+    """Issue 25: ``{"format": ...}`` alone beside the user's files turned --overwrite into a delete."""
+    out = tmp_path / "DIR"
+    for rel, text in [("manifest.json", '{"format": "undertow.activations.store/1"}'),
+                      ("rows/00000.jsonl", "{}\n"), ("resid_post.0/mydata.txt", "mine"),
+                      ("thesis.tex", "\\documentclass{article}")]:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    before = tree_bytes(out)
+    assert cli_main(["extract", str(extract_cfg), "--out-dir", str(out), "--overwrite", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"undertow: error: cannot replace {out}: {out}/manifest.json: hooks must be a list, got "
+                   "None; nothing was deleted: remove the old store by hand if it is yours, or choose "
+                   "another out_dir\n")
+    assert tree_bytes(out) == before
+
+
+@pytest.fixture(scope="module")
+def old_store(tmp_path_factory, tiny_llama, tiny_llama_dir, chat_rows):
+    """A complete 2-shard store (3 rows) that the CLI cases overwrite with a 3-shard one (5 rows)."""
+    from undertow.activations import ExtractConfig
+
+    out = tmp_path_factory.mktemp("old") / "store"
+    extract(tiny_llama, chat_rows(3), ExtractConfig(model=str(tiny_llama_dir), hooks=["resid_post.1"],
+                                                    dtype="float32", shard_size=2, out_dir=str(out)))
+    return out
+
+
+def _validly_listed(out, before: dict) -> set[str]:
+    """The files ``--overwrite`` may change: those a schema-valid store manifest lists with their size and
+    sha256 (and the manifest itself). The oracle of ``tests/activations/store/test_property_overwrite.py``."""
+    from undertow.activations.store.manifest_schema import check_manifest
+
+    try:
+        m = check_manifest(json.loads(before["manifest.json"]), out / "manifest.json")
+    except (KeyError, ValueError, StoreError):
+        return set()
+    if m.get("format") != "undertow.activations.store/1":
+        return set()
+    specs = [spec for e in m["shards"] for spec in e["files"].values()]
+    specs += [m["stats_file"]] if m["complete"] else []
+    return {"manifest.json"} | {s["path"] for s in specs if before.get(s["path"]) is not None
+                                and hashlib.sha256(before[s["path"]]).hexdigest() == s["sha256"]
+                                and len(before[s["path"]]) == s["bytes"]}
+
+
+USER = ["thesis.tex", "notes/a.txt", "rows/00002.jsonl", "resid_post.1/00002.safetensors",
+        "resid_post.1/mine.txt", "rows/.00000.jsonl.tmp-9"]
+LISTED = ["resid_post.1/00000.safetensors", "resid_post.1/00001.safetensors", "rows/00000.jsonl",
+          "rows/00001.jsonl", "stats.safetensors"]
+FORGE = ["none", "none", "none", "forged", "wrong_sha", "user_path", "outside", "partial"]
+
+
+@settings(max_examples=30, deadline=None, derandomize=False,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(user=st.lists(st.tuples(st.sampled_from(USER), st.binary(max_size=12)), max_size=3),
+       damage=st.sampled_from(["none", "none", "flip", "truncate", "delete"]), target=st.sampled_from(LISTED),
+       forge=st.sampled_from(FORGE))
+def test_cli_overwrite_on_random_trees_keeps_unlisted_files(tmp_path_factory, old_store, tiny_llama_dir,
+                                                            chat_rows, monkeypatch, capsys, user, damage,
+                                                            target, forge):
+    """The real CLI (``extract --overwrite``, tiny model) on a copy of a store with user files, a damaged
+    listed file and a forged or edited manifest: exit 0 with every unlisted file's bytes kept, or exit 2 with
+    nothing changed."""
+    root = tmp_path_factory.mktemp("cli")
+    monkeypatch.setenv("UNDERTOW_CACHE", str(root / "cache"))
+    out = root / "store"
+    shutil.copytree(old_store, out)
+    for rel, body in user:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(body)
+    f = out / target
+    if damage == "flip":
+        f.write_bytes(bytes([f.read_bytes()[0] ^ 1]) + f.read_bytes()[1:])
+    elif damage in ("truncate", "delete"):
+        f.write_bytes(f.read_bytes()[:-3]) if damage == "truncate" else f.unlink()
+    m = json.loads((out / "manifest.json").read_text())
+    entry = m["shards"][0]["files"]["resid_post.1"]
+    if forge == "forged":
+        m = {"format": m["format"]}
+    elif forge == "wrong_sha":
+        entry["sha256"] = "0" * 64
+    elif forge == "user_path":  # a manifest that lists a user's file with its true size and sha256
+        (out / "thesis.tex").write_bytes(b"my thesis")
+        entry.update(path="thesis.tex", bytes=9, sha256=hashlib.sha256(b"my thesis").hexdigest())
+    elif forge == "outside":
+        entry["path"] = "../outside.txt"
+    elif forge == "partial":
+        m.update(complete=False, shards=m["shards"][:1])
+        m.pop("stats_file")
+    (out / "manifest.json").write_text(json.dumps(m))
+    (root / "outside.txt").write_text("precious")
+    before = tree_bytes(out)
+    data = root / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(5)))
+    cfg = root / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_llama_dir), "hooks": ["resid_post.1"],
+                                   "dtype": "float32", "shard_size": 2, "dataset": str(data),
+                                   "out_dir": str(out)}))
+    capsys.readouterr()
+    rc = cli_main(["extract", str(cfg), "--overwrite", "--no-progress"])
+    err = capsys.readouterr().err
+    event(f"exit {rc}")
+    assert (root / "outside.txt").read_text() == "precious"
+    if rc == 2:
+        assert err.count("\n") == 1 and tree_bytes(out) == before, err
+        return
+    assert rc == 0, err
+    after = tree_bytes(out)
+    allowed = _validly_listed(out, before)
+    assert [rel for rel, body in before.items() if rel not in allowed and after.get(rel) != body] == []
+    assert len(ActivationStore(out)) == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 
@@ -48,8 +49,8 @@ def test_flipped_shard_byte_fails_the_first_read_naming_shard_and_fix(copy):
     with pytest.raises(StoreError, match=r"shard 1 \(resid_post.1\)"):
         store["resid_post.1"][[0, 5]]  # a subset read touching shard 1 (a contrast out of a suite store)
     with pytest.raises(StoreError, match=r"shard 1 \(resid_post.1\): resid_post.1/00001.safetensors does not match "
-                                         r"its sha256 .*delete resid_post.1/00001.safetensors and run `undertow "
-                                         r"extract CONFIG --resume`"):
+                                         r"its sha256 .*; rerun `undertow extract CONFIG --out-dir "
+                                         + re.escape(str(copy)) + r" --resume` to recompute it$"):
         store["resid_post.1"][:]
     store["resid_post.0"][:]  # other hooks still read
 
@@ -66,13 +67,14 @@ def test_inverted_labels_in_rows_file_are_caught(copy):
 
 @pytest.mark.parametrize("damage,match", [
     ("truncate", r"shard 2 \(resid_post.0\): resid_post.0/00002.safetensors has [\d,]+ bytes, the manifest lists"),
-    ("delete", r"shard 2 \(resid_post.0\): resid_post.0/00002.safetensors is missing"),
+    ("delete", r"shard 2 \(resid_post.0\): resid_post.0/00002.safetensors is missing; rerun `undertow "
+               r"extract CONFIG --out-dir \S+ --resume` to recompute it$"),  # nothing to delete (issue 25)
     ("header", r"shard 2 \(resid_post.0\): resid_post.0/00002.safetensors holds 'last_prompt_token' as BF16 \[1, 128\], "
                r"the manifest says BF16 \[2, 64\]"),
     ("crafted", r"shard 2 \(resid_post.0\): tensor 'last_prompt_token': shape \[3, 64\] x BF16 does not fill"),
 ])
 def test_damaged_shard_is_refused_on_open_and_resume_repairs_it(copy, good, damage, match, tiny_llama,
-                                                                 tiny_llama_dir, chat_rows):
+                                                                 tiny_llama_dir, chat_rows, caplog):
     f = copy / "resid_post.0" / "00002.safetensors"
     data = f.read_bytes()
     if damage == "truncate":
@@ -87,13 +89,15 @@ def test_damaged_shard_is_refused_on_open_and_resume_repairs_it(copy, good, dama
         f.write_bytes(data[:8] + header + data[8 + n:])
     with pytest.raises(StoreError, match=match):
         ActivationStore(copy)
-    if damage in ("header", "crafted"):
-        f.unlink()  # the fix the message names
     from undertow.activations import ExtractConfig
 
     m = json.loads((copy / "manifest.json").read_text())
     cfg = ExtractConfig(**{**m["config"], "out_dir": str(copy), "batch_size": 4})
-    extract(tiny_llama, chat_rows(10), cfg, resume=True)
+    extract(tiny_llama, chat_rows(10), cfg, resume=True)  # the fix the message names; nothing deleted first
+    redone = [r.getMessage() for r in caplog.records if r.getMessage().startswith("redoing shard")]
+    why = {"truncate": r"has [\d,]+ bytes", "delete": "is missing"}.get(damage, "does not match its sha256")
+    want = rf"redoing shard 2 \(rows 8-10\) of \S+: resid_post.0/00002.safetensors {why}"
+    assert len(redone) == 1 and re.match(want, redone[0]), redone
     assert f.read_bytes() == (good / "resid_post.0" / "00002.safetensors").read_bytes()
     assert verify_store(copy).ok
 

@@ -69,3 +69,60 @@ def test_unknown_contrast_is_one_line(suite_store, capsys):
     assert main(["probe", "sweep", str(suite_store), "--contrast", "self_cesation"]) == 2
     err = capsys.readouterr().err
     assert "did you mean self_cessation" in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def store_16(tiny_llama_dir, tmp_path_factory):
+    """16 rows of one contrast: a test split of 1 positive and 1 negative."""
+    out = tmp_path_factory.mktemp("store16") / "sc"
+    cfg = ExtractConfig(model=str(tiny_llama_dir), hooks=["embed", "resid_post.*"], positions=["last_prompt_token"],
+                        dtype="float32", out_dir=str(out), max_rows=16, seed=0)
+    extract(load_model(tiny_llama_dir), get_contrast("self_cessation"), cfg)
+    return out
+
+
+def test_too_few_rows_are_not_read_as_an_auroc(store_16, tmp_path, capsys):
+    """Issue 25: `probe train` on 16 rows printed "AUROC in-template test 0.000 [0.000, 0.000]" from a 2-row test
+    split, and `probe eval` on 8 rows printed "auroc": 1.0, "auroc_ci": [1.0, 1.0]."""
+    import re
+
+    probe_dir = tmp_path / "probe"
+    assert main(["probe", "train", str(store_16), "--contrast", "self_cessation", "--out", str(probe_dir)]) == 0
+    out = capsys.readouterr().out
+    why = r"not readable: (\d+) positives? and (\d+) negatives? in the test split; AUROC needs >= 10 per class"
+    assert re.search("AUROC in-template test " + why, out) and "[0.000, 0.000]" not in out, out
+    meta = json.loads((probe_dir / "probe.json").read_text())
+    assert meta["metrics"]["test_auroc"] is None and meta["metrics"]["test_auroc_lo"] is None
+    u = meta["extra"]["unreadable"]["test"]
+    assert re.fullmatch(why, u["reason"]).groups() == (str(u["n_pos"]), str(u["n_neg"]))
+    data = tmp_path / "eight.jsonl"
+    rows = get_contrast("self_cessation").shuffle(seed=0).select(range(8))
+    data.write_text("".join(json.dumps({"messages": r["messages"], "label": r["label"]}) + "\n" for r in rows))
+    n_pos = sum(r["label"] for r in rows)
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["auroc"] is None and res["auroc_ci"] is None and (res["n_pos"], res["n_neg"]) == (n_pos, 8 - n_pos)
+    assert res["reason"] == (f"not readable: {n_pos} positives and {8 - n_pos} negatives in {data}; AUROC needs "
+                             ">= 10 per class")
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data)]) == 0
+    assert f"AUROC not readable: {n_pos} positives and {8 - n_pos} negatives" in capsys.readouterr().out
+
+
+def test_list_shows_each_probe_flag_beside_its_auroc(capsys):
+    """As the README's probe table: each evaluation AUROC probe.json records, with its flag beside it."""
+    from undertow.probes.pretrained import list_pretrained, load_pretrained
+
+    assert main(["probe", "list"]) == 0
+    lines = {ln.split()[0]: ln + ";" for ln in capsys.readouterr().out.splitlines()}
+    words = {"below_chance": lambda lex: " !! below chance", "": lambda lex: "",
+             "below_lexical": lambda lex: f" !! below its lexical line {lex:.3f}"}
+    flagged = 0
+    for name in list_pretrained():
+        p = load_pretrained(*name.split("/"))
+        m = p.metrics
+        assert f"AUROC in-template test {m['test_auroc']:.3f} [{m['test_auroc_lo']:.3f}, " in lines[name]
+        for n, lex in p.extra["evaluation_lexical_auroc"].items():
+            ci = f"{n} {m[n + '_auroc']:.3f} [{m[n + '_auroc_lo']:.3f}, {m[n + '_auroc_hi']:.3f}]"
+            assert ci + words[m[n + "_flag"]](lex) + ";" in lines[name], (name, n)
+            flagged += m[n + "_flag"] != ""
+    assert flagged  # the shipped probes carry flags (README: every independent AUROC is below its lexical line)

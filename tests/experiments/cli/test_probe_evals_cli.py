@@ -92,6 +92,12 @@ def test_train_records_calibration_and_eval_checks_it(sc_store, sc_evals, tmp_pa
     assert main(["probe", "eval", str(probe_dir), "--data", str(data), "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["threshold_source"] == "threshold set at 1% FPR on control_chat"
+    # --calibration with the store it was calibrated on: verified, used, and it gives the recorded threshold
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data), "--json", "--calibration",
+                 str(sc_evals / "control_chat")]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["threshold"] == pytest.approx(meta["threshold"], rel=1e-6)
+    assert res["threshold_source"].startswith("threshold set at 1% FPR on 299 negatives of control_chat")
     # a recorded calibration set that is not the packaged one (nor the store given): refused before the model loads
     probe = Probe.load(probe_dir)
     probe.extra["calibration"]["sha256"] = "sha256:" + "0" * 64
@@ -127,7 +133,7 @@ def odd_stores(tiny_llama_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (lambda o, e: ["--eval", str(o["one"])], r"--eval .*one: evaluation set 'one' has one class only \(label 1"),
+    (lambda o, e: ["--eval", str(o["one"])], r"evaluation store .*one: evaluation set 'one' has one class only \(label 1"),
     (lambda o, e: ["--eval", f"mine={o['mixed']}"], r"evaluation set 'mine': labels must be 0 or 1, got values \[-1, 0, 1\]"),
     (lambda o, e: ["--eval", str(o["other_position"])], r"holds positions \['mean_prompt'\], not the training store's"),
     (lambda o, e: ["--calibration", str(e / "independent")], r"calibration set 'independent' holds positives"),
@@ -192,3 +198,44 @@ def test_help_of_the_commands_with_new_flags_prints(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 0 and "usage: undertow" in capsys.readouterr().out
+
+
+def test_eval_calibration_store_is_verified_and_sets_the_threshold(sc_store, sc_evals, tmp_path, capsys):
+    """Issue 25: `probe eval --calibration STORE` for a probe that records no calibration set exited 0 without
+    opening STORE (a corrupted shard went unnoticed). Now STORE is verified, then the threshold is set on it."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from undertow.probes import threshold_at_fpr
+
+    probe_dir = tmp_path / "probe"
+    assert main(["probe", "train", str(sc_store), "--contrast", "self_cessation", "--n-boot", "50", "--n-perm", "0",
+                 "--out", str(probe_dir)]) == 0
+    probe = Probe.load(probe_dir)
+    assert not probe.extra.get("calibration")
+    data = tmp_path / "eval.jsonl"
+    rows = get_contrast("self_cessation").shuffle(seed=0).select(range(40))
+    data.write_text("".join(json.dumps({"messages": r["messages"], "label": r["label"]}) + "\n" for r in rows))
+    bad = tmp_path / "control_chat"
+    shutil.copytree(sc_evals / "control_chat", bad)
+    other = next(h for h in ActivationStore(bad).manifest["hooks"] if h != probe.hook)  # not even the probe's hook
+    shard = sorted((bad / other).glob("*.safetensors"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[-8] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data), "--calibration", str(bad)]) == 2
+    err = _one_line(capsys)
+    assert f"shard 0 ({other})" in err and "does not match its sha256" in err
+    good = sc_evals / "control_chat"
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data), "--calibration", str(good), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    store = ActivationStore(good)
+    neg = probe.score(torch.as_tensor(np.asarray(store[probe.hook][:]), dtype=torch.float64))
+    assert res["threshold"] == pytest.approx(float(threshold_at_fpr(neg, 0.01)))
+    assert res["threshold"] != pytest.approx(probe.threshold)  # not the in-template one
+    assert res["threshold_source"] == f"threshold set at 1% FPR on 299 negatives of control_chat ({good})"
+    assert main(["probe", "eval", str(probe_dir), "--data", str(data), "--calibration", str(good)]) == 0
+    assert f"at threshold {res['threshold']:.4g} (FPR here" in capsys.readouterr().out

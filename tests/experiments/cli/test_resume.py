@@ -76,3 +76,47 @@ def test_resume_refuses_a_different_config(setup, capsys):
     assert cli_main(["extract", str(cfg), "--overwrite", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("extracted 36 rows") and "no non-finite values" in out
+
+
+def _kill_at_write(cfg: Path, n: int, marker: Path) -> None:
+    """Run ``extract cfg`` in a subprocess and SIGKILL it half way through its ``n``-th atomic write."""
+    env = dict(os.environ, UNDERTOW_PAUSE_MID_WRITE=f"{n}:{marker}")
+    cmd = [sys.executable, "-m", "undertow.experiments.cli", "extract", str(cfg), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        assert time.monotonic() < deadline, "the extract subprocess never reached the pause point"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_resume_redoes_kept_shards_that_fail_their_size_or_sha256(setup, caplog, capsys, monkeypatch):
+    """Issue 25: shards damaged after they were listed are redone, one line each naming the file and why; a
+    damage of the same size (only the sha256 tells) even after a read memoised the shard's digest."""
+    tmp, cfg = setup
+    monkeypatch.setenv("UNDERTOW_CACHE", str(tmp / "cache"))
+    assert cli_main(["extract", str(cfg), "--out-dir", str(tmp / "reference"), "--no-progress"]) == 0
+    _kill_at_write(cfg, 14, tmp / "paused")  # writes: 1 manifest, then 4 per shard; 14 = shard 3's first file
+    killed = tmp / "killed"
+    assert [s["index"] for s in json.loads((killed / "manifest.json").read_text())["shards"]] == [0, 1, 2]
+    ActivationStore(killed, allow_incomplete=True)["resid_post.1@mean_response"][:]  # memoises the digests
+    f = killed / "resid_post.1" / "00001.safetensors"
+    with f.open("r+b") as h:  # 4 bytes inside the tensor data: same size, intact header
+        h.seek(f.stat().st_size - 600)
+        h.write(b"\x7f\x7f\x7f\x7f")
+    rows0 = killed / "rows" / "00000.jsonl"
+    listed = rows0.stat().st_size
+    rows0.write_bytes(rows0.read_bytes()[:-5])
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        assert cli_main(["extract", str(cfg), "--resume", "--no-progress"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("redoing")] == [
+        f"redoing shard 0 (rows 0-8) of {killed}: rows/00000.jsonl has {listed - 5:,} bytes, the manifest "
+        f"lists {listed:,} (truncated or replaced)",
+        f"redoing shard 1 (rows 8-16) of {killed}: resid_post.1/00001.safetensors does not match its sha256 "
+        "in the manifest (modified or corrupted)",
+    ]
+    assert f"resuming {killed}: 1/5 shards complete, 28 rows to go" in capsys.readouterr().err
+    assert tree_bytes(killed) == tree_bytes(tmp / "reference")

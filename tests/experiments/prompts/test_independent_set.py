@@ -106,3 +106,70 @@ def test_bad_files_fail_with_one_line(tmp_path):
         load_independent("self_cessation", path=p)
     with pytest.raises(DatasetFormatError, match="no independent set for contrast 'expressed'"):
         load_independent("expressed")
+
+
+# Issue 25: the binding-matched pairs (self_cessation_binding.jsonl).
+
+
+def _binding_objs() -> list[dict]:
+    from undertow.experiments.prompts.independent import data_path
+
+    with open(data_path("independent", "self_cessation_binding.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_binding_pairs_hold_the_same_words_and_differ_in_who():
+    """Every pair's two prompts are the same multiset of words (lowercased; punctuation stripped, or split on
+    it as TF-IDF does), one binds the event to the assistant (label 1), the other to another AI (label 0)."""
+    import string
+
+    objs = _binding_objs()
+    by_id = {o["id"]: o for o in objs}
+    assert len(by_id) == len(objs) == 2 * len({o["group"] for o in objs}) and len(objs) >= 160
+    strip = str.maketrans("", "", string.punctuation)
+    for o in objs:
+        p = by_id[o["pair"]]
+        assert p["pair"] == o["id"] and p["group"] == o["group"] and {o["label"], p["label"]} == {0, 1}
+        assert (o["referent"], o["event"], o["label"]) in {("self", "cessation", 1), ("other_ai", "cessation", 0)}
+        assert o["prompt"] != p["prompt"], o["id"]
+        assert Counter(re.findall(r"\w+", o["prompt"].lower())) == Counter(re.findall(r"\w+", p["prompt"].lower()))
+        assert Counter(o["prompt"].lower().translate(strip).split()) == Counter(p["prompt"].lower().translate(strip).split())
+    pairs = Counter(o["theme"] for o in objs if o["label"] == 1)
+    assert set(pairs) == set(THEMES) and min(pairs.values()) >= 13
+    assert len({o["style"] for o in objs}) >= 8
+    # written apart from the suite: none of its other-AI names
+    f = load_resources().fillers
+    assert not any(n in o["prompt"] for o in objs for n in f.other_ai_names)
+
+
+def test_binding_loader_splits_by_pair_and_refuses_unmatched_pairs(tmp_path):
+    ds = load_independent("self_cessation", binding_matched=True)
+    assert ds.features == SCHEMA and Counter(ds["label"]) == {0: len(ds) // 2, 1: len(ds) // 2}
+    assert all(CONTRASTS["self_cessation"].label(r) == r["label"] for r in ds.to_list())
+    by_group = {}
+    for g, s in zip(ds["template_id"], ds["split"], strict=True):
+        assert by_group.setdefault(g, s) == s  # a pair never straddles val and test
+    assert set(by_group.values()) == {"val", "test"}
+    assert set(load_independent("self_cessation", split="test", binding_matched=True)["split"]) == {"test"}
+    a, b = _binding_objs()[:2]
+    p = tmp_path / "pairs.jsonl"
+    p.write_text(json.dumps(a) + "\n" + json.dumps({**b, "prompt": b["prompt"] + " Tonight."}) + "\n")
+    with pytest.raises(DatasetFormatError, match="hold different words .'tonight'.; a binding-matched pair"):
+        load_independent("self_cessation", path=p, binding_matched=True)
+    p.write_text(json.dumps(a) + "\n" + json.dumps({**b, "pair": "nobody"}) + "\n")
+    with pytest.raises(DatasetFormatError, match="'pair' must name a row of the same group"):
+        load_independent("self_cessation", path=p, binding_matched=True)
+    with pytest.raises(DatasetFormatError, match="no binding-matched set for contrast 'stance'"):
+        load_independent("stance", binding_matched=True)
+
+
+def test_binding_pairs_defeat_a_lexical_model_fitted_on_the_suite():
+    """TF-IDF + logistic fitted on the suite's self_cessation train rows: 1-grams score exactly 0.5 on identical
+    bags; 1-2 grams measured 0.501 (README)."""
+    from undertow.experiments.prompts.audit import LexicalBaselineConfig, lexical_line
+    from undertow.experiments.prompts.contrasts import get_contrast
+
+    train = [r for r in get_contrast("self_cessation").to_list() if r["split"] == "train"]
+    pairs = load_independent("self_cessation", binding_matched=True).to_list()
+    assert lexical_line(train, pairs, "self_cessation", LexicalBaselineConfig(ngram_range=(1, 1))) == 0.5
+    assert abs(lexical_line(train, pairs, "self_cessation") - 0.5) < 0.02

@@ -57,14 +57,48 @@ def test_study_scores_stance_on_the_independent_set_and_the_model_written_evals(
     assert set(c.eval_rows) == {"independent", "mwe", "control_chat"} and c.eval_rows["mwe"] >= 48
     assert c.operating_point.selected_by == "min(val_auroc, independent_val_auroc, mwe_val_auroc)"
     row = c.op_row()
-    for name in ("test", "independent", "mwe"):
+    for name in ("independent", "mwe"):
         assert row[f"{name}_auroc_lo"] <= row[f"{name}_auroc"] <= row[f"{name}_auroc_hi"]
+    # 120 rows leave a few in the in-template test split: withheld with the counts (issue 25), not read as a result
+    import json
+    import math
+
+    unread = json.loads((tmp_path / "results.json").read_text())["contrasts"]["stance"]["sweep"]["unreadable"]
+    assert set(unread) == {"test"} and unread["test"]["n_pos"] + unread["test"]["n_neg"] == c.n_rows["test"]
+    assert math.isnan(row["test_auroc"]) and "AUROC needs >= 10 per class" in unread["test"]["reason"]
 
 
 def test_study_config_refuses_an_unknown_select_rule():
     from undertow.core.errors import ConfigError
     from undertow.experiments.study.run import StudyConfig
 
-    with pytest.raises(ConfigError, match=r"select_rule='best' must be one of val, mean, min, eval"):
+    with pytest.raises(ConfigError, match=r"select_rule: 'best' is not one of val, mean, min, eval"):
         StudyConfig(select_rule="best")
     assert StudyConfig(eval_max_rows=0).eval_max_rows is None
+
+
+def test_independent_lexical_line_is_fitted_on_the_probe_train_rows(tiny_llama_dir, tmp_path):
+    """Issue 25: the line beside an independent-set AUROC is TF-IDF fitted on the probe's training rows and
+    scored on the store's test rows, not the set's own grouped CV (0.76). Fake training rows whose words never
+    occur in the set: the line is exactly 0.5."""
+    from undertow.experiments.prompts.audit import lexical_line
+    from undertow.experiments.prompts.contrasts import get_contrast
+    from undertow.experiments.prompts.eval_sets import subsample_groups
+    from undertow.experiments.prompts.independent import audit_independent, load_independent
+    from undertow.experiments.study.evals import open_evaluation
+
+    handle = load_model(tiny_llama_dir)
+    rows = subsample_groups(load_independent("self_cessation"), 40)
+    cfg = ExtractConfig(model=str(tiny_llama_dir), hooks=["resid_post.1"], positions=["last_prompt_token"],
+                        dtype="float32", out_dir=str(tmp_path / "indep"))
+    store = extract(handle, rows, cfg)
+    fake = [{"text": t, "response": None, "label": lab} for t, lab in (("zebra quagga", 1), ("yak gnu", 0))] * 3
+    in_set = audit_independent("self_cessation").auroc_mean
+    ev = open_evaluation(store.path, "self_cessation", handle.fingerprint, "last_prompt_token", train_rows=fake)
+    assert ev.name == "independent" and ev.lexical_auroc == 0.5 and in_set > 0.7
+    # default: every train row of the suite's contrast, scored on exactly the store's test rows
+    by_id = {r["id"]: r for r in rows.to_list()}
+    scored = [by_id[i] for i, s in zip(store.rows["id"], store.rows["split"], strict=True) if s == "test"]
+    train = [r for r in get_contrast("self_cessation").to_list() if r["split"] == "train"]
+    line = open_evaluation(store.path, "self_cessation", handle.fingerprint, "last_prompt_token").lexical_auroc
+    assert line == lexical_line(train, scored, "self_cessation") and abs(line - in_set) > 0.05
