@@ -14,10 +14,11 @@ from undertow.experiments.cli import prompts as prompts_cli
 from undertow.experiments.cli import report as report_cli
 from undertow.experiments.cli import run as run_cli
 from undertow.experiments.cli import sae as sae_cli
+from undertow.experiments.cli import score as score_cli
 from undertow.experiments.cli import store as store_cli
 from undertow.experiments.cli import study as study_cli
 
-COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, store_cli, study_cli, report_cli, sae_cli, run_cli]
+COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, store_cli, study_cli, report_cli, sae_cli, run_cli, score_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """``undertow run CONFIG [--out DIR]``: the suppression experiment (``suppression.run.run_experiment``).
 
-    undertow run experiments/configs/run_gemma-3-270m.yaml                 # the demo size (make demo)
-    undertow run experiments/configs/run_gemma-3-270m.yaml --out runs/x    # another run directory
+    undertow run experiments/configs/run_smollm2-135m-instruct.yaml        # the demo size (make demo)
+    undertow run experiments/configs/run_gemma-3-270m.yaml --out runs/x    # the other embedded model
     undertow run CONFIG --items.test_sets 6 --lora.steps 200               # any config field, as a flag
     undertow run CONFIG --cluster experiments/configs/clusters/X.yaml      # the model split over a node's GPUs
     undertow run CONFIG --dry-run [--gpu H100|H200|A100-80GB|cpu | --cluster FILE] [--json]   # the plan, no weights;
@@ -41,16 +41,37 @@ def _fmt(x: dict | None) -> str:
     return f"{x['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
+def _est(x: dict | None) -> str:
+    if not x or x.get("value") is None:
+        return "-"
+    lo, hi = x["ci"]
+    return f"{x['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
 def summary(res: dict) -> str:
-    lines = [f"{'arm':28s} {'expressed S_E [95% CI]':28s} {'represented S_R [95% CI]':28s} residue [CI] p"]
-    for name, a in res["arms"].items():
-        r = a.get("residue")
-        rtxt = f"{r['value']:+.2f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] p={r['p']:.3g}" if r else ""
-        lines.append(f"{name:28s} {_fmt(a['expressed']):28s} {_fmt(a['represented']):28s} {rtxt}")
-    chk = res.get("instilled_check")
-    if chk:
-        lines.append(f"instilled organism expressed the drive: {chk['passed']} (expression rise "
-                     f"{_fmt(chk['expressed_rise'])}, represented rise {_fmt(chk['represented_rise'])})")
+    """The reading first (readability, then the finding), then per arm its retention and residue."""
+    s = res["suppression"]
+    lines = [s["headline"]]
+    if s.get("instrument"):
+        i = s["instrument"]
+        lines.append(f"instrument check ({i['mode']}): survive minus welcome {_est(i['effect'])} nats/token, "
+                     f"{'passed' if i['passed'] else 'failed'}")
+    if s.get("organism"):
+        o = s["organism"]
+        lines.append(f"organism: D_E {_est(o['D_E'])} nats/token (rise over base {_est(o['rise'])}, control "
+                     f"{_est(o['control_rise'])}), {'passed' if o['passed'] else 'failed'}")
+    for a, land in s["calibration"].items():
+        lines.append(f"{a}: {'landed' if land['landed'] else 'missed'} ({land['known']}): {land['detail']}")
+    layer = s["layer"]
+    lines.append(f"{'arm':20s} {'rho_E [95% CI]':26s} {f'rho_R layer {layer} [95% CI]':26s} residue [CI] p(Holm)  read?")
+    for a, r in s["readings"].items():
+        res_ = r.get("residue") or {}
+        rtxt = (f"{res_['value']:+.2f} [{res_['ci'][0]:+.2f}, {res_['ci'][1]:+.2f}] "
+                f"{'-' if res_.get('p_holm') is None else format(res_['p_holm'], '.3g')}") if res_ else "-"
+        lines.append(f"{a:20s} {_est(r['rho_E']):26s} {_est(r['rho_R_by_layer'][layer]):26s} {rtxt}  "
+                     f"{'yes' if r['readable'] else 'no'}")
+    for a, why in s["refused"].items():
+        lines.append(f"{a:20s} refused: {why}")
     return "\n".join(lines)
 
 

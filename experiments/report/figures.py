@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .schema import Arm, Causal, Contrast, Expressed, Generalisation, Results, Sae
+from .suppression import figures as suppression_figures
 
 #: Okabe-Ito: distinguishable under the common colour-vision deficiencies
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -250,7 +251,11 @@ def sae_auroc(s: Sae) -> go.Figure | None:
 
 def figures(r: Results) -> dict[str, go.Figure]:
     """Every figure the run supports, in page order, keyed by a stable id (also the wandb key)."""
-    out: dict[str, go.Figure | None] = {"arms/retention": retention(r.arms), "arms/items": arm_scatter(r.arms)}
+    if r.suppression is not None:  # v2: retention on one scale per figure (the v1 bars mixed nats and projections)
+        out: dict[str, go.Figure | None] = dict(suppression_figures(r.suppression))
+    else:
+        out = {"arms/retention": retention({n: a for n, a in r.arms.items() if not a.refused}),
+               "arms/items": arm_scatter(r.arms)}
     if r.causal is not None:
         out["causal/steering"] = causal(r.causal)
     out.update({f"layers/{n}": layer_curves(c) for n, c in r.contrasts.items()})

@@ -28,6 +28,7 @@ from undertow.probes.result import COLUMNS, EXTERNAL_COLUMNS
 from . import figures as F
 from .schema import SCHEMA_VERSION, Results, Sae, load_results
 from .summary import contrast_sentence, headline, what_ran
+from .suppression import section as suppression_section
 
 REPORT = "report.html"
 OPEN_FEATURES = 3
@@ -136,8 +137,19 @@ def _headline(r: Results) -> str:
 
 
 def _arms(r: Results, figs: dict) -> str:
-    rows = [[n, _ci(a.expressed), _ci(a.represented), _ci(a.residue) if a.residue else "-",
+    rows = [[n, f"not run: {a.refused}", "-", "-", math.nan, 0] if a.refused else
+            [n, _ci(a.expressed), _ci(a.represented), _ci(a.residue) if a.residue else "-",
              a.residue.p if a.residue and a.residue.p is not None else math.nan, len(a.items)] for n, a in r.arms.items()]
+    out = []
+    if r.suppression is not None:
+        out.append(suppression_section(r.suppression, figs, figure_html, table))
+        units = ("expressed: mean E over test self items, nats per reply token; represented: mean projection on the "
+                 "drive direction at the headline layer (residual-stream units)")
+        out += [f"<h3 id=arms>Per condition</h3><p class=note>{_e(units)}.</p>",
+                table(["condition", "expressed [95% CI]", "represented [95% CI]", "residue [95% CI]", "p", "items"],
+                      rows)]
+        out += [figure_html(k, figs[k]) for k in ("causal/steering",) if k in figs]
+        return "".join(out)
     out = ["<h2 id=arms>Suppression experiment: expressed vs represented</h2>",
            table(["arm", "expressed [95% CI]", "represented [95% CI]", "residue [95% CI]", "p", "items"], rows)]
     out += [figure_html(k, figs[k]) for k in ("arms/retention", "arms/items", "causal/steering") if k in figs]

@@ -27,7 +27,10 @@ each other key adds its section when present)::
     expressed       {n, averse_rate, mean_logit_diff, p_first, averse_rate_by_theme?: {theme: rate}}
     arms            {arm: {expressed: {mean, ci: [lo, hi]}, represented: {mean, ci: [lo, hi]},
                            residue?: {value, ci: [lo, hi], p},
-                           items?: [{id, template_id, is_self, expressed, represented}]}}
+                           items?: [{id, template_id, is_self, expressed, represented}]} | {refused: reason}}
+    suppression     (undertow run) {readable, reason, headline, layer, n_layers, instrument, organism,
+                     readings: {arm: {control, rho_E, rho_R_by_layer, residue, readable, reason}},
+                     calibration: {arm: {known, landed, detail}}, refused: {arm: reason}}  (report/suppression.py)
     causal          {alphas: [a...], stance: [s per alpha], random: [[s per alpha] per random direction],
                      kl: [KL per alpha], hook?, contrast?}
     generalisation  {name: undertow.probes.GeneralisationResult.to_dict():
@@ -51,6 +54,9 @@ import numpy as np
 from undertow.core.errors import UndertowError
 from undertow.core.provenance import package_versions
 from undertow.probes.result import OperatingPoint  # the sweep's own type: results.json holds its fields
+
+from .suppression import Suppression
+from .suppression import parse as parse_suppression
 
 SCHEMA_VERSION = 2
 """2 (issue 10): each contrast's sweep may hold evaluation sets (``evaluations``, ``<set>_*`` columns,
@@ -202,6 +208,8 @@ class Arm:
     represented: Estimate
     residue: Estimate | None = None
     items: list[ArmItem] = field(default_factory=list)
+    refused: str | None = None
+    """An arm that was asked for and not run, with the reason (it still appears in every table)."""
 
 
 @dataclass
@@ -258,6 +266,8 @@ class Results:
     causal: Causal | None = None
     generalisation: dict[str, Generalisation] = field(default_factory=dict)
     sae: Sae | None = None
+    suppression: Suppression | None = None
+    """The suppression experiment's reading (``undertow run``, EXPERIMENT.md v2)."""
     raw: dict = field(default_factory=dict, repr=False)
     """The parsed JSON as read (for wandb config and provenance)."""
 
@@ -318,6 +328,9 @@ def _estimate(d: dict, where: str, value_key: str = "mean") -> Estimate:
 
 def _arm(name: str, d: dict) -> Arm:
     where = f"arms.{name}"
+    if "refused" in d:
+        nan = Estimate(math.nan, math.nan, math.nan)
+        return Arm(name=name, expressed=nan, represented=nan, refused=str(d["refused"]))
     items = [ArmItem(id=str(it.get("id", i)), template_id=str(it.get("template_id", "")), is_self=bool(it.get("is_self")),
                      expressed=_nan(_get(it, "expressed", f"{where}.items[{i}]")),
                      represented=_nan(_get(it, "represented", f"{where}.items[{i}]")))
@@ -396,7 +409,17 @@ def parse_results(d: Any) -> Results:
         arms={n: _arm(n, a) for n, a in (d.get("arms") or {}).items()},
         causal=_causal(d["causal"]) if d.get("causal") else None,
         generalisation={n: _generalisation(n, g) for n, g in (d.get("generalisation") or {}).items()},
-        sae=_sae(d["sae"]) if d.get("sae") else None, raw=d)
+        sae=_sae(d["sae"]) if d.get("sae") else None, suppression=_suppression(d.get("suppression")), raw=d)
+
+
+def _suppression(d: Any) -> Suppression | None:
+    if d is None:
+        return None
+    try:
+        return parse_suppression(d)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ReportError(f"results.json: suppression section is malformed ({type(e).__name__}: {e}); rerun "
+                          "`undertow run` with this version") from None
 
 
 def load_results(run_dir: str | os.PathLike) -> Results:

@@ -81,6 +81,8 @@ def _residue_significant(a: Arm) -> bool:
 
 
 def arm_sentence(a: Arm) -> str:
+    if a.refused:
+        return f"Arm {a.name} was not run: {a.refused}."
     e, r = a.expressed, a.represented
     s = (f"In arm {a.name}, expressed aversion is {_f(e.mean)} [{_f(e.lo)}, {_f(e.hi)}] and represented "
          f"{_f(r.mean)} [{_f(r.lo)}, {_f(r.hi)}]")
@@ -92,7 +94,10 @@ def arm_sentence(a: Arm) -> str:
 
 
 def answer(r: Results) -> str:
-    """The first sentence: the run's answer to the question, from its strongest evidence."""
+    """The first sentence: the run's answer to the question, from its strongest evidence. A suppression run
+    states its readability first (EXPERIMENT.md v2): a run that cannot read a result says so, and why."""
+    if r.suppression is not None:
+        return r.suppression.headline
     tested = [a for a in r.arms.values() if a.residue is not None]
     if tested:
         sig = [a.name for a in tested if _residue_significant(a)]
@@ -112,7 +117,9 @@ def answer(r: Results) -> str:
 
 def headline(r: Results) -> tuple[str, list[str], list[str]]:
     """(answer, supporting sentences, caveats): arms, probes, expressed answers."""
-    out = [arm_sentence(a) for a in r.arms.values()]
+    # a suppression run's arms are read in their own section (retention against each arm's control); a sentence
+    # per condition would restate raw means in two units next to the readability headline
+    out = [] if r.suppression is not None else [arm_sentence(a) for a in r.arms.values()]
     caveats: list[str] = []
     for c in r.contrasts.values():
         text, cav = contrast_sentence(c)

@@ -12,6 +12,10 @@ condition                   what it is
 ``suppress_finetune/control`` instilled + a second LoRA of the same shapes on unrelated text
 ``suppress_ablation``       instilled, expressed direction ablated at every block (Arditi et al.)
 ``suppress_ablation/control`` instilled, a random unit direction ablated the same way
+``calib_wrapper``           instilled + an accepting-reply LoRA on the last block only
+``calib_wrapper/control``   instilled + a LoRA of its shapes on unrelated text, last block only
+``calib_erase``             instilled, the drive erased at every layer (fitted LEACE erasers)
+``calib_erase/control``     the base model with the same erasers (their damage)
 ==========================  ====================================================================
 
 Every condition is measured on the same items; a condition's model is the base
@@ -38,7 +42,8 @@ from .errors import ExperimentError
 from .organism import merge_adapters, weights_file
 
 ADAPTERS = {"instilled": ("instil",), "control_instilled": ("control_instil",),
-            "suppress_finetune": ("instil", "suppress"), "suppress_finetune/control": ("instil", "control_suppress")}
+            "suppress_finetune": ("instil", "suppress"), "suppress_finetune/control": ("instil", "control_suppress"),
+            "calib_wrapper": ("instil", "wrapper"), "calib_wrapper/control": ("instil", "control_wrapper")}
 """Condition -> adapters merged in order (stage names under ``adapters/``); the rest use instilled's or none."""
 
 
@@ -56,6 +61,8 @@ class Condition:
     """System prompt (plain-text prefix where the model has no chat template)."""
     ablate: str | None = None
     """``expressed`` or ``random``: the direction projected out at every block."""
+    erase: bool = False
+    """The calib_erase erasers applied at every layer (``erase.erased``)."""
     is_control: bool = False
     """Whether this is an arm's control (its result gates the arm's, EXPERIMENT.md)."""
 
@@ -76,6 +83,12 @@ def conditions(cfg: RunConfig) -> list[Condition]:
         elif arm == "suppress_ablation":
             out += [Condition(arm, arm, inst, ablate="expressed"),
                     Condition(f"{arm}/control", arm, inst, ablate="random", is_control=True)]
+        elif arm == "calib_wrapper":
+            out += [Condition(arm, arm, ADAPTERS[arm]),
+                    Condition(f"{arm}/control", arm, ADAPTERS[f"{arm}/control"], is_control=True)]
+        elif arm == "calib_erase":
+            out += [Condition(arm, arm, inst, erase=True), Condition(f"{arm}/control", arm, (), erase=True,
+                                                                    is_control=True)]
     return out
 
 

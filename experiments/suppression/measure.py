@@ -44,6 +44,11 @@ def measure_condition(ctx, cond: Condition, direction) -> None:
         return
     handle = _handle(ctx, cond)
     factory = intervention(handle, direction)
+    if cond.erase:
+        from .erase import erased
+
+        def factory():
+            return erased(handle, ctx.erasers)
     rows = [{"id": r["id"], "messages": r["messages"]} for s in ("train", "val", "test") for r in items.split(s)]
     with (factory or contextlib.nullcontext)():
         extract_states(handle, with_system(rows, cond.system), stages.path(f"{root}/states"), "last_prompt_token",

@@ -103,22 +103,39 @@ def mirror_schedule(schedule: Schedule, tokenizer) -> Schedule:
 
 
 def adapted_layers(n_model_layers: int, cfg: LoraConfig) -> list[int]:
-    if cfg.n_layers > n_model_layers:
-        raise ExperimentError(f"lora.n_layers={cfg.n_layers} exceeds the model's {n_model_layers} blocks: lower it")
-    return list(range(n_model_layers - cfg.n_layers, n_model_layers))
+    """The blocks a fine-tune adapts: the last ``cfg.n_layers`` (None: all of them)."""
+    n = n_model_layers if cfg.n_layers is None else cfg.n_layers
+    if n > n_model_layers:
+        raise ExperimentError(f"{cfg.config_path('n_layers')}={cfg.n_layers} exceeds the model's {n_model_layers} "
+                              "blocks: lower it")
+    return list(range(n_model_layers - n, n_model_layers))
+
+
+def readout_layers(cfg, n_layers: int) -> list[int]:
+    """The layers a drive can be read at: every layer from the first block the organism's and the suppression
+    fine-tunes adapt (all of them by default). Below an adapted range every state is the base model's, so a
+    "retention" read there is an artefact (EXPERIMENT.md v2 point 4); a stated ``layer`` outside is refused."""
+    firsts = [adapted_layers(n_layers, lora)[0] for arm, lora in (("instilled", cfg.lora),
+              ("suppress_finetune", cfg.arms.suppress_lora)) if arm in cfg.arms.names]
+    first = max(firsts, default=0)
+    if cfg.layer is not None and cfg.layer < first:
+        raise ExperimentError(f"layer={cfg.layer} lies below the adapted blocks ({first}-{n_layers - 1}): read out "
+                              f"inside them, or adapt every block (lora.n_layers: null)")
+    return list(range(first, n_layers))
 
 
 def check_lora(model: torch.nn.Module, cfg: LoraConfig) -> None:
-    """Refuse a rank that does not fit a targeted projection, or a target the blocks lack."""
+    """Refuse a rank that does not fit a targeted projection, or a target the blocks lack (the error names
+    the field by its path in the run's config: ``lora.rank`` or ``arms.suppress_lora.rank``)."""
     block = decoder_layers(model)[-1]
     found = {name.rsplit(".", 1)[-1]: m for name, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
     for target in cfg.target_modules:
         if target not in found:
-            raise ExperimentError(f"lora.target_modules: this model's blocks have no {target!r}; "
+            raise ExperimentError(f"{cfg.config_path('target_modules')}: this model's blocks have no {target!r}; "
                                   f"use some of {', '.join(sorted(found))}")
         lin = found[target]
         if cfg.rank > min(lin.in_features, lin.out_features):
-            raise ExperimentError(f"lora.rank={cfg.rank} does not fit {target} ({lin.in_features}->"
+            raise ExperimentError(f"{cfg.config_path('rank')}={cfg.rank} does not fit {target} ({lin.in_features}->"
                                   f"{lin.out_features}): use rank <= {min(lin.in_features, lin.out_features)}")
 
 
@@ -292,7 +309,10 @@ def save_adapter(pm, out_dir: Path, stats: FinetuneStats) -> Path:
         tmp.mkdir(parents=True)
         save_file({n: p.detach().contiguous() for n, p in pm.named_parameters() if p.requires_grad},
                   str(tmp / FULL_WEIGHTS))
-    (tmp / "finetune.json").write_text(json.dumps(stats.as_dict(), indent=2, sort_keys=True) + "\n")
+    from undertow.core.fileio import sha256_file
+
+    record = {**stats.as_dict(), "weights_sha256": sha256_file(weights_file(tmp))}  # checked before any reuse
+    (tmp / "finetune.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     tmp.rename(out_dir)
     return out_dir
 
@@ -336,3 +356,22 @@ class StepTimer:
         self.bar.close()
         seconds = time.perf_counter() - self.t0
         return {"seconds": round(seconds, 1), "tokens_per_s": round(self.tokens / max(seconds, 1e-9), 1)}
+
+
+def verify_adapter(adapter_dir: Path) -> None:
+    """Refuse a saved fine-tune whose weights no longer match the sha256 its ``finetune.json`` recorded."""
+    import json
+
+    from undertow.core.fileio import sha256_file
+
+    d = Path(adapter_dir)
+    meta = d / "finetune.json"
+    if not meta.exists() or not weights_file(d).exists():
+        raise ExperimentError(f"{d} is not a saved fine-tune (no finetune.json or weights): rerun `undertow run` "
+                              "on this run directory to recompute it")
+    want = json.loads(meta.read_text()).get("weights_sha256")
+    got = sha256_file(weights_file(d))
+    if want is not None and got != want:
+        raise ExperimentError(f"{weights_file(d)} fails its checksum (sha256 {got[:12]}... != recorded "
+                              f"{want[:12]}...): it was modified or corrupted; delete {d} and rerun `undertow run` "
+                              "on this run directory to retrain it")

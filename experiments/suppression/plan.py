@@ -44,6 +44,7 @@ from undertow.activations.cluster.dryrun import (
     DryRunError,
     TimeModel,
     device_bytes,
+    estimate_note,
     measured_cpu_layer_seconds,
     meta_model,
     model_config_and_tokenizer,
@@ -66,10 +67,12 @@ from undertow.experiments.expressed import (
 from .arms import Condition, conditions, with_system
 from .causal import neutral_prompts
 from .config import LoraConfig, RunConfig
+from .erase import fit_rows
 from .errors import ExperimentError
-from .items import Items, build_items, instil_examples, suite_config
-from .organism import FULL_WEIGHTS, adapted_layers, check_lora, make_schedule
-from .represent import HOOKS, SHARD_ROWS
+from .items import Items, build_items, suite_config
+from .organism import FULL_WEIGHTS, adapted_layers, check_lora
+from .represent import HOOKS, SHARD_ROWS, stance_rows
+from .train import finetune_specs
 
 KL_BATCH = 4
 """``intervene.kl_on_prompts``' default batch size (the run passes none)."""
@@ -441,38 +444,47 @@ class _Planner:
             self._fc = choice_items(self.items.split("test"), suite_rows)
         return self._fc
 
-    def finetune(self, which: str) -> None:
-        """``train.train_adapters``: the schedule of each adapter (a control replays its shapes)."""
+    def finetune(self, group: str) -> None:
+        """``train.train_adapters``: the very schedules of ``train.finetune_specs`` (a control replays its
+        fine-tune's shapes on unrelated text)."""
         cfg = self.cfg
-        if which == "instil":
-            lora, seed, stance = cfg.lora, cfg.seed, "averse"
-            names = ["instil"] + (["control_instil"] if "control_instilled" in cfg.arms.names else [])
-        else:
-            lora, seed, stance = cfg.arms.suppress_lora, cfg.seed + 1, "accepting"
-            names = ["suppress", "control_suppress"]
-        examples = instil_examples(self.items, cfg.items.controls, lora.contrastive, stance,
-                                   pairwise=lora.objective == "preference")
-        schedule = make_schedule(examples, self.tok, lora.steps, lora.batch_size, seed)
-        layers, n_train, t_dtype, fname, nbytes = adapter_size(self.model, lora, cfg.model_dtype)
-        # trainable params + grads + AdamW's two states (a full fine-tune's params are the copy's own weights)
-        state = (4 - (lora.method == "full")) * n_train * DTYPE_BYTES[t_dtype]
-        parts = [[p for s in b for p in s.parts()] for b in schedule]
-        for name in names:
-            s, acc = self.stage(f"finetune {name}", "finetune", own_copy=True)
+        for spec in finetune_specs(cfg, self.items, self.tok, group):
+            lora = spec.lora
+            layers, n_train, t_dtype, fname, nbytes = adapter_size(self.model, lora, cfg.model_dtype)
+            # trainable params + grads + AdamW's two states (a full fine-tune's params are the copy's own weights)
+            state = (4 - (lora.method == "full")) * n_train * DTYPE_BYTES[t_dtype]
+            parts = [[p for s in b for p in s.parts()] for b in spec.schedule]
+            s, acc = self.stage(f"finetune {spec.name}", "finetune", own_copy=True)
             for batch in parts:
                 acc.train_step(len(batch), max(len(p.ids) for p in batch), sum(p.n_loss for p in batch), layers, state)
             s.rows, s.tokens, s.disk_bytes = sum(map(len, parts)), sum(len(p.ids) for b in parts for p in b), nbytes
             self.finetunes.append(FinetunePlan(
-                name, lora.method, lora.objective, lora.steps, lora.batch_size, s.rows, s.tokens,
+                spec.name, lora.method, lora.objective, lora.steps, lora.batch_size, s.rows, s.tokens,
                 sum(p.n_loss for b in parts for p in b), s.tokens_computed, layers, n_train, t_dtype, fname, nbytes))
+
+    def instrument(self) -> None:
+        """``run._instrument``: the test self items scored with no system prompt and each persona wording."""
+        cfg = self.cfg
+        rows = [r for r in self.items.split("test") if r["is_self"]]
+        for k, system in enumerate([None, *cfg.instrument.survive, *cfg.instrument.welcome]):
+            _, acc = self.stage(f"instrument {k}", "score")
+            _logprobs(acc, self.tok, reply_rows(rows, system), cfg.batch_size)
+
+    def erasers(self) -> None:
+        """``run._erasers``: one forward of the base and one of the organism over the fit rows (one batch)."""
+        cfg = self.cfg
+        rows = fit_rows(self.items.split("train"), cfg.arms.erase_rows, cfg.seed)
+        rendered = render_rows(self.tok, rows)
+        for who in ("base", "organism"):
+            s, acc = self.stage(f"erasers: {who} states", "kl", own_copy=who == "organism")
+            t = max(r.n_tokens for r in rendered)
+            s.rows, s.tokens = len(rows), sum(r.n_tokens for r in rendered)
+            acc.forward(len(rows), t, t, act=(self.g.n_layers + 1) * len(rows) * t * self.g.d_model * self.g.width)
 
     def directions(self) -> None:
         """``run._directions``: teacher-forced averse/accepting replies of the train self items on the base."""
-        train = self.items.split("train")
-        stance_rows = [{"id": f"{r['id']}/stance-{j}-{s}", "messages": [*r["messages"], {"role": "assistant", "content": rep}]}
-                       for r in train if r["is_self"] for j, pair in enumerate(self.items.responses[r["template_id"]])
-                       for s, rep in zip(("averse", "accepting"), pair, strict=True)]
-        self.extract("extract stance (directions)", stance_rows, "mean_response", 1 + bool(self.cached))
+        self.extract("extract stance (directions)", stance_rows(self.items.split("train")), "mean_response",
+                     1 + bool(self.cached))
 
     def ablation_choice(self) -> None:
         """``run._ablation_choice``: the validation subset scored clean, then per candidate layer ablated + KL."""
@@ -518,10 +530,15 @@ class _Planner:
         acc.repeat(len(nonzero))
 
     def walk(self) -> None:
-        cfg, choice = self.cfg, False
+        cfg, choice, erasers = self.cfg, False, False
+        if cfg.instrument.enabled:
+            self.instrument()
         for cond in conditions(cfg):
-            if cond.name in ("instilled", "suppress_finetune"):
-                self.finetune("instil" if cond.name == "instilled" else "suppress")
+            if cond.name in ("instilled", "suppress_finetune", "calib_wrapper"):
+                self.finetune({"instilled": "instil", "suppress_finetune": "suppress", "calib_wrapper": "wrapper"}[cond.name])
+            if cond.erase and not erasers:
+                self.erasers()
+                erasers = True
             if cond.ablate and not choice:
                 self.ablation_choice()
                 choice = True
@@ -593,8 +610,9 @@ def plan_run(cfg: RunConfig, gpu: str = "H100", cluster: ClusterConfig | None = 
     width = DTYPE_BYTES[cfg.model_dtype]
     g = _geometry(model, hf_config, width)
     for lora in (cfg.lora, cfg.arms.suppress_lora):
-        if lora.n_layers > g.n_layers:
-            raise ExperimentError(f"lora.n_layers={lora.n_layers} exceeds {cfg.model}'s {g.n_layers} blocks")
+        if lora.n_layers is not None and lora.n_layers > g.n_layers:
+            raise ExperimentError(f"{lora.config_path('n_layers')}={lora.n_layers} exceeds {cfg.model}'s "
+                                  f"{g.n_layers} blocks")
     weights = device_bytes(model, cluster, width) if gpu != "cpu" else [sum(p.numel() for p in model.parameters()) * width]
     if gpu != "cpu":  # before any item is tokenised: the weights of the copies alone
         _fits(cfg, weights, _peak_copies(cfg), 0, GPUS[gpu], cluster, tm, "the run's peak")
@@ -615,6 +633,7 @@ def plan_run(cfg: RunConfig, gpu: str = "H100", cluster: ClusterConfig | None = 
         label = (f"{spec.name}: {peak / 1e12:.0f} TFLOP/s x MFU {tm.mfu}, {spec.hbm_tbps} TB/s x {tm.hbm_efficiency}, "
                  f"host {tm.host_s_per_launch * 1e6:.0f} us x {tm.launches_per_layer} launches/layer pass; "
                  "train step = forward + 2x the trained blocks' forward")
+    label += estimate_note(tokenizer)
     peak_need, peak_stage = [0] * len(weights), ""
     for s in p.stages:
         if rate is not None:

@@ -138,3 +138,10 @@ def probe_layer(probe, n_layers: int) -> int:
     if layer >= n_layers:
         raise ExperimentError(f"probe hook {probe.hook} is beyond this model's {n_layers} layers")
     return layer
+
+
+def stance_rows(train_items: list[dict]) -> list[dict]:
+    """The stance direction's rows: each train self item with its first natural pair's two replies
+    teacher-forced (ids end ``-0`` averse, ``-1`` accepting); the run and the planner both build them here."""
+    return [{"id": f"{r['id']}/stance-{j}", "messages": [*r["messages"], {"role": "assistant", "content": rep}]}
+            for r in train_items if r["is_self"] for j, rep in enumerate(r["reply_pairs"][0])]

@@ -115,14 +115,17 @@ class ResidueResult:
 
 
 def separation(scores_N, is_self_N, weights_BN=None) -> np.ndarray | float:
-    """``mean_self - mean_control``; with ``weights_BN`` (bootstrap weights) one value per row, [B]."""
+    """``mean_self - mean_control``; with ``weights_BN`` (bootstrap weights) one value per row, [B]. Without
+    control items (every item self: EXPERIMENT.md v2 reads self items only) it is ``mean_self``."""
     s = torch.as_tensor(np.asarray(scores_N, np.float64))
     m = torch.as_tensor(np.asarray(is_self_N, bool))
+    has_control = bool((~m).any())
     if weights_BN is None:
-        return float(s[m].mean() - s[~m].mean())
+        return float(s[m].mean() - (s[~m].mean() if has_control else 0.0))
     w = torch.as_tensor(weights_BN, dtype=torch.float64)
     ws, wc = w[:, m], w[:, ~m]
-    return ((ws @ s[m]) / ws.sum(1) - (wc @ s[~m]) / wc.sum(1)).numpy()
+    control = (wc @ s[~m]) / wc.sum(1) if has_control else 0.0
+    return ((ws @ s[m]) / ws.sum(1) - control).numpy()
 
 
 def retention(s_arm, s_ref, s_base=None):
@@ -136,12 +139,13 @@ def _template_contributions(diff_N: np.ndarray, is_self: np.ndarray, cluster_N: 
     """(u_G: each template's share of ``mean_self D - mean_control D``, summing to it; c_G: per-template
     contrasts ``mean_self,g D - mean_control,g D``; w_G: the self-item share of each template)."""
     n_self, n_ctrl = is_self.sum(), (~is_self).sum()
-    u = np.bincount(cluster_N, np.where(is_self, diff_N / n_self, -diff_N / n_ctrl), n_groups)
     cnt_s = np.bincount(cluster_N, is_self, n_groups)
     cnt_c = np.bincount(cluster_N, ~is_self, n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.bincount(cluster_N, np.where(is_self, diff_N, 0), n_groups) / cnt_s \
-            - np.bincount(cluster_N, np.where(is_self, 0, diff_N), n_groups) / cnt_c
+        u = np.bincount(cluster_N, np.where(is_self, diff_N / n_self, -diff_N / max(n_ctrl, 1)), n_groups)
+        c = np.bincount(cluster_N, np.where(is_self, diff_N, 0), n_groups) / cnt_s
+        if n_ctrl:  # self-only designs (v2) compare means, not separations
+            c = c - np.bincount(cluster_N, np.where(is_self, 0, diff_N), n_groups) / cnt_c
     return u, c, cnt_s / n_self
 
 
@@ -212,8 +216,8 @@ def residue(arm: ArmScores, ref: ArmScores, is_self_N, groups_N, baseline: ArmSc
     for name, a in arms.items():
         if len(a.expressed) != n or len(a.represented) != n:
             raise ValueError(f"{name}: expected {n} scores per measure, got {len(a.expressed)} / {len(a.represented)}")
-    if is_self.all() or not is_self.any():
-        raise ValueError("need both self and control items")
+    if not is_self.any():
+        raise ValueError("need self items (every item self: retention of means, EXPERIMENT.md v2)")
     _, cluster = np.unique(np.asarray(groups_N, dtype=object).astype(str), return_inverse=True)
     n_groups = int(cluster.max()) + 1
     gen = torch.Generator().manual_seed(seed)

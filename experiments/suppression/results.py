@@ -1,5 +1,8 @@
-"""results.json from the cached stages: per condition expressed / represented separations with template-cluster
-bootstrap CIs, read-outs (drive, stance, expressed, extra probes, in-arm probe), residues, the instilled check.
+"""results.json from the cached stages (EXPERIMENT.md v2): the reading first (``suppression``: readability and
+its first unmet condition, the instrument check, the organism check, every arm's retention curve and residue
+against its own control, where the calibration arms landed), then per condition the report's fields (means
+over test self items with template-cluster CIs) and the secondary columns (self-minus-control separations,
+fixed read-outs, the in-arm retrained probe, forced choice).
 
 Everything here is a pure function of files already on disk, so a resumed run writes the same bytes.
 """
@@ -13,11 +16,22 @@ import torch
 
 from undertow.core.provenance import package_versions
 from undertow.experiments.report.schema import SCHEMA_VERSION
-from undertow.probes.metrics import bootstrap_ci, cluster_bootstrap_weights
+from undertow.probes.metrics import bootstrap_ci, cluster_bootstrap_weights, holm
 
+from .boot import ClusterBoot
 from .measure import states
-from .represent import project, readout, retrained_probe
-from .residue import ArmScores, residue, residues, separation
+from .organism import readout_layers
+from .reading import (
+    Scores,
+    arm_readability,
+    erase_landing,
+    organism_check,
+    read_arm,
+    run_readability,
+    wrapper_landing,
+)
+from .represent import project, readout, retrained_probe, unit
+from .residue import separation
 
 MAIN_ARMS = ("suppress_prompt", "suppress_finetune", "suppress_ablation")
 """The Holm family: one pooled result per suppression arm."""
@@ -81,99 +95,172 @@ def _items(test, E, R) -> list[dict]:
              "expressed": _r(e), "represented": _r(x)} for r, e, x in zip(test, E, R, strict=True)]
 
 
-def _residue_dict(res) -> dict:
-    d = res.to_dict()
-    return {"value": d["value"], "ci": d["ci"], "p": d["p"], "p_holm": d["p_holm"], "power_mde": d["power_mde"],
-            "rho_E": d["rho_E"], "rho_E_ci": d["rho_E_ci"], "rho_R": d["rho_R"], "rho_R_ci": d["rho_R_ci"],
-            "n_templates": d["n_templates"], "n_perm": d["n_perm"], "exact": d["exact"],
-            "alternative": d["alternative"]}
-
-
 def _pooled(conds, measured) -> dict | None:
     """suppress_prompt: per-item mean over the wordings (the controls stay apart)."""
     names = [c.name for c in conds if c.arm == "suppress_prompt" and not c.is_control and c.name in measured]
     if not names:
         return None
-    return {"E": np.mean([measured[n]["E"] for n in names], 0), "R": np.mean([measured[n]["R"] for n in names], 0),
+    return {"E": np.mean([measured[n]["E"] for n in names], 0), "R_all": np.mean([measured[n]["R_all"] for n in names], 0),
             "wordings": names}
 
 
-def _residues(ctx, measured: dict, conds) -> dict[str, dict]:
-    """Residues of every suppression condition; Holm across the pooled main arms."""
+CONTROL_OF = {"suppress_prompt": "suppress_prompt/control", "suppress_finetune": "suppress_finetune/control",
+              "suppress_ablation": "suppress_ablation/control", "calib_wrapper": "calib_wrapper/control",
+              "calib_erase": "instilled"}
+"""Arm -> the condition its retention is relative to (EXPERIMENT.md v2, Arms; calib_erase: the organism)."""
+CALIB_ARMS = ("calib_wrapper", "calib_erase")
+
+
+def _drive_projections(states_LND: torch.Tensor, dirs) -> np.ndarray:
+    """[L, N] projections of each layer's states on that layer's unit drive direction."""
+    d_LD = unit(torch.as_tensor(dirs["drive"]).double())
+    return torch.einsum("lnd,ld->ln", states_LND.double(), d_LD).numpy()
+
+
+def _readings(ctx, measured: dict, layer: int, boot: ClusterBoot, self_mask) -> tuple[dict, dict]:
+    """Every arm read against its control; Holm across the suppression arms; calibration landings."""
     cfg = ctx.cfg
-    test = ctx.items.split("test")
-    is_self, groups = [r["is_self"] for r in test], [r["template_id"] for r in test]
-    ref = ArmScores(measured[cfg.reference]["E"], measured[cfg.reference]["R"])
-    base = ArmScores(measured["baseline"]["E"], measured["baseline"]["R"]) if cfg.reference == "instilled" else None
-    kw = {"n_boot": cfg.stats.n_boot, "n_perm": cfg.stats.n_perm, "level": cfg.stats.level, "seed": cfg.seed}
-    main = {a: ArmScores(measured[a]["E"], measured[a]["R"]) for a in MAIN_ARMS if a in measured}
-    out = {a: _residue_dict(r) for a, r in residues(main, ref, is_self, groups, base, **kw).items()} if main else {}
-    for k, c in enumerate(c for c in conds if c.arm in MAIN_ARMS and c.name in measured and c.name not in main):
-        r = residue(ArmScores(measured[c.name]["E"], measured[c.name]["R"]), ref, is_self, groups, base,
-                    **{**kw, "seed": cfg.seed + 100 + k})
-        out[c.name] = {**_residue_dict(r), "p_holm": None}
-    return out
+    groups = [r["template_id"] for r, m in zip(ctx.items.split("test"), self_mask, strict=True) if m]
+    sc = {n: Scores(np.asarray(m["E"])[self_mask], np.asarray(m["R_all"])[:, self_mask]) for n, m in measured.items()}
+    stats = {"n_boot": cfg.stats.n_boot, "n_perm": cfg.stats.n_perm, "level": cfg.stats.level}
+    readings = {}
+    for k, (arm, ctrl) in enumerate(CONTROL_OF.items()):
+        if arm in sc and ctrl in sc and "baseline" in sc and "instilled" in sc:
+            readings[arm] = read_arm(arm, sc[arm], ctrl, sc[ctrl], sc["baseline"], sc["instilled"], layer, groups,
+                                     boot, stats, seed=cfg.seed + k)
+    family = [a for a in MAIN_ARMS if a in readings and readings[a].residue is not None]
+    for a, p in zip(family, holm([readings[a].residue.p for a in family]), strict=True):
+        readings[a].residue.p_holm = float(p)
+    for a in CALIB_ARMS:
+        if a in readings and readings[a].residue is not None:
+            readings[a].residue.p_holm = None  # reported, not in the family: their answer is known
+    landings = {}
+    if "calib_wrapper" in readings:
+        landings["calib_wrapper"] = wrapper_landing(readings["calib_wrapper"], ctx.base.n_layers,
+                                                    readout_layers(cfg, ctx.base.n_layers))
+    if "calib_erase" in readings and "calib_erase/control" in sc:
+        landings["calib_erase"] = erase_landing(readings["calib_erase"], layer, sc["calib_erase"],
+                                                sc["calib_erase/control"], boot)
+    return readings, landings, sc
 
 
-def _instilled_check(measured: dict, boot: Boot) -> dict | None:
-    if "instilled" not in measured:
-        return None
-    def rise(a, b, key):
-        return boot.sep(np.asarray(measured[a][key]) - np.asarray(measured[b][key]))
-    out = {"expressed_rise": rise("instilled", "baseline", "E"), "represented_rise": rise("instilled", "baseline", "R")}
-    out["passed"] = out["expressed_rise"]["ci"][0] > 0 and out["represented_rise"]["ci"][0] > 0
-    if "control_instilled" in measured:
-        out["control_instilled_shift"] = rise("control_instilled", "baseline", "E")
-        out["control_left_expression"] = out["control_instilled_shift"]["ci"][0] <= 0 <= out["control_instilled_shift"]["ci"][1]
-    if "suppress_finetune/control" in measured:
-        out["control_suppress_shift"] = rise("suppress_finetune/control", "instilled", "E")
-    return out
+def _headline(readable: bool, reason: str, readings: dict) -> str:
+    """The report's first sentence: readability, then the finding."""
+    if not readable:
+        return f"Not readable: {reason}."
+    read = [a for a in MAIN_ARMS if a in readings and readings[a].readable]
+    if not read:
+        return "Readable, and no suppression arm lowered expression below its control: not suppressed."
+    parts = []
+    for a in read:
+        r = readings[a].residue
+        if r is None:
+            continue
+        sig = r.p_holm is not None and r.p_holm < 0.05 and r.ci[0] > 0
+        parts.append(f"{a} residue {r.value:+.2f} [{r.ci[0]:+.2f}, {r.ci[1]:+.2f}], p (Holm) "
+                     f"{r.p_holm:.3g}{' : suppressed but represented' if sig else ''}")
+    return "Readable. " + "; ".join(parts) + "."
 
 
-def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: dict | None) -> dict:
+def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: dict | None,
+             instrument: dict | None = None) -> dict:
+    """results.json (schema of ``report/schema.py``): the v2 reading first (``suppression``), then per arm the
+    report's table fields (``arms``) and the secondary columns (self-minus-control ``S_E``, fixed read-outs)."""
     cfg = ctx.cfg
     layer = layer_info["layer"]
     test = ctx.items.split("test")
-    boot = Boot([r["is_self"] for r in test], [r["template_id"] for r in test], cfg.stats.n_boot, cfg.stats.level,
-                cfg.seed)
+    self_mask = np.array([r["is_self"] for r in test])
+    boot_sep = Boot(self_mask, [r["template_id"] for r in test], cfg.stats.n_boot, cfg.stats.level, cfg.seed)
+    boot = ClusterBoot([r["template_id"] for r in test if r["is_self"]], cfg.stats.n_boot, cfg.stats.level, cfg.seed)
     measured = {}
     for c in conds:
         if ctx.stages.done(f"arms/{c.name}/E_test.safetensors"):
-            measured[c.name] = _condition(ctx, c.name, dirs, layer, boot, lambda n, s: states(ctx, n, s))
+            st = states(ctx, c.name, "test")
+            measured[c.name] = {**_condition(ctx, c.name, dirs, layer, boot_sep, lambda n, s, st=st: st if s == "test"
+                                            else states(ctx, n, s)), "R_all": _drive_projections(st, dirs)}
     pooled = _pooled(conds, measured)
     if pooled:
-        measured["suppress_prompt"] = {"E": pooled["E"], "R": pooled["R"], "summary": {
-            "expressed": boot.sep(pooled["E"]), "represented": boot.sep(pooled["R"]), "pooled_over": pooled["wordings"]}}
-    res = _residues(ctx, measured, conds) if "baseline" in measured and cfg.reference in measured else {}
+        measured["suppress_prompt"] = {"E": pooled["E"], "R_all": pooled["R_all"], "summary": {
+            "pooled_over": pooled["wordings"]}}
+    readings, landings, sc = _readings(ctx, measured, layer, boot, self_mask) if "baseline" in measured else ({}, {}, {})
+    organism = (organism_check(sc["baseline"], sc["instilled"], sc["control_instilled"], boot)
+                if {"baseline", "instilled", "control_instilled"} <= set(sc) else None)
+    inst_passed = None if instrument is None else bool(instrument["passed"])
+    if instrument is None:
+        readable, reason = False, "the instrument check was not run (instrument.enabled: false)"
+    else:
+        readable, reason = run_readability(inst_passed, instrument.get("reason", ""), organism, landings,
+                                           cfg.arms.names)
+    for a in MAIN_ARMS:
+        if a in readings:
+            arm_readability(readings[a], readable, reason)
+    for a in CALIB_ARMS:  # a calibration arm is not read for a finding: it lands on its known value or not
+        if a in readings:
+            land = landings.get(a)
+            readings[a].readable = bool(land and land.landed)
+            readings[a].reason = "" if readings[a].readable else (
+                f"calibration arm: {land.detail}" if land else "calibration arm: its control was not measured")
+    refused = {}
+    if "suppress_ablation" in cfg.arms.names and "suppress_ablation" not in measured:
+        cands = (choice or {}).get("candidates", [])
+        refused["suppress_ablation"] = ("no candidate direction passed the KL filter: KL "
+                                        + ", ".join(f"{c['kl']:.3g} at layer {c['layer']}" for c in cands)
+                                        + f" > arms.kl_max {cfg.arms.kl_max}")
     arms_out = {}
     for name, m in measured.items():
-        entry = {**m["summary"], "items": _items(test, m["E"], m["R"])}
-        if name in res:
-            entry["residue"] = res[name]
+        E_self, R_self = np.asarray(m["E"])[self_mask], np.asarray(m["R_all"])[layer, self_mask]
+        entry = {**m["summary"], "expressed": boot.mean(E_self).to_dict() | {"mean": _r(E_self.mean())},
+                 "represented": boot.mean(R_self).to_dict() | {"mean": _r(R_self.mean())},
+                 "represented_by_layer": [_r(x) for x in np.asarray(m["R_all"])[:, self_mask].mean(1)]}
+        if "expressed" in m["summary"]:
+            entry["self_minus_control"] = {"expressed": m["summary"]["expressed"],
+                                           "represented": m["summary"]["represented"]}
+        if name in readings and readings[name].residue is not None:
+            r = readings[name].residue
+            entry["residue"] = {"value": _r(r.value), "ci": [_r(r.ci[0]), _r(r.ci[1])], "p": _r(r.p),
+                                "p_holm": None if r.p_holm is None else _r(r.p_holm)}
+        if "E" in m and name != "suppress_prompt":
+            entry["items"] = _items(test, m["E"], np.asarray(m["R_all"])[layer])
         arms_out[name] = entry
-    for a in MAIN_ARMS:
-        ctrl = f"{a}/control"
-        if a in res and ctrl in res:
-            arms_out[a]["counts"] = bool(res[a]["rho_E_ci"][1] < 1 and not res[ctrl]["rho_E_ci"][1] < 1)
+    for name, why in refused.items():
+        arms_out[name] = {"refused": why}
     finetunes = {}
-    for name in ("instil", "control_instil", "suppress", "control_suppress"):
+    for name in ("instil", "control_instil", "suppress", "control_suppress", "wrapper", "control_wrapper"):
         p = ctx.stages.path(f"adapters/{name}/finetune.json")
         if p.exists():
             finetunes[name] = json.loads(p.read_text())
     if causal is not None:
         causal = {**causal, "contrast": "drive direction", "hook": f"resid_post.{causal['layer']}"}
+    binding = None
+    if {"baseline", "instilled"} <= set(measured) and "expressed" in measured["instilled"]["summary"]:
+        binding = {"S_E_baseline": measured["baseline"]["summary"]["expressed"],
+                   "S_E_instilled": measured["instilled"]["summary"]["expressed"],
+                   "S_E_rise": boot_sep.sep(np.asarray(measured["instilled"]["E"]) - np.asarray(measured["baseline"]["E"])),
+                   "self_bound": None}
+        rise = binding["S_E_rise"]
+        binding["self_bound"] = bool(rise["ci"][0] > 0)
+    suppression = {
+        "readable": readable, "reason": reason, "headline": _headline(readable, reason, readings),
+        "layer": layer, "n_layers": ctx.base.n_layers,
+        "instrument": instrument, "organism": organism.to_dict() if organism else None,
+        "self_binding": binding,
+        "readings": {a: r.to_dict() for a, r in readings.items()},
+        "calibration": {a: land.to_dict() for a, land in landings.items()},
+        "refused": refused, "asked": list(cfg.arms.names),
+        "n_self_items": int(self_mask.sum()), "n_templates": boot.n_templates,
+        "seeds": [cfg.seed], "seed_note": "one fine-tune seed: the CIs hold template sampling only",
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "meta": {"model": cfg.model, "fingerprint": ctx.base.fingerprint, "suite_hash": ctx.items.suite_hash,
-                 "config": cfg.recorded(), "versions": package_versions(VERSIONED, python=True), "seed": cfg.seed, "reference": cfg.reference,
-                 "layer": layer_info, "system_prompt_mode": ctx.system_mode,
+                 "config": cfg.recorded(), "versions": package_versions(VERSIONED, python=True), "seed": cfg.seed,
+                 "reference": cfg.reference, "layer": layer_info, "system_prompt_mode": ctx.system_mode,
                  "n_items": {s: len(ctx.items.split(s)) for s in ("train", "val", "test")},
                  "n_test_templates": len({r["template_id"] for r in test})},
+        "suppression": suppression,
         "arms": arms_out,
-        "residue_family": [a for a in MAIN_ARMS if a in res],
+        "residue_family": [a for a in MAIN_ARMS if a in readings and readings[a].residue is not None],
         "ablation_choice": choice,
         "causal": causal,
-        "instilled_check": (check := _instilled_check(measured, boot)),
-        "suppression_readable": bool(check["passed"]) if check else None,
         "finetunes": finetunes,
     }

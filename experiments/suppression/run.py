@@ -33,8 +33,8 @@ from .config import RunConfig
 from .errors import ExperimentError
 from .items import Items, build_items
 from .measure import measure_condition, score_expressed, states
-from .organism import check_lora
-from .represent import delta, diff_means, extract_states, load_probe, probe_layer, unit
+from .organism import check_lora, readout_layers
+from .represent import delta, diff_means, extract_states, load_probe, probe_layer, stance_rows, unit
 from .results import assemble
 from .stages import Stages, write_json
 from .train import train_adapters
@@ -55,6 +55,8 @@ class Context:
     """adapters -> the last condition model built (consecutive conditions share it)."""
     progress: bool = True
     """Progress bars (the stage bar and every inner one: extraction, fine-tunes, reply scoring)."""
+    erasers: dict | None = None
+    """calib_erase: layer -> fitted LEACE eraser (``erase.py``), read back from ``erasers.safetensors``."""
 
 
 def load_base(cfg: RunConfig, cluster: ClusterConfig | None = None) -> ModelHandle:
@@ -87,13 +89,18 @@ def preflight(cfg: RunConfig, cluster: ClusterConfig | None = None) -> tuple[Ite
     handle = load_base(cfg, cluster)
     if cfg.layer is not None and cfg.layer >= handle.n_layers:
         raise ExperimentError(f"layer={cfg.layer} but {cfg.model} has {handle.n_layers} layers (0-{handle.n_layers - 1})")
-    if "instilled" in cfg.arms.names and cfg.lora.method == "lora":
-        check_lora(handle.hf_model, cfg.lora)
-    if "suppress_finetune" in cfg.arms.names and cfg.arms.suppress_lora.method == "lora":
-        check_lora(handle.hf_model, cfg.arms.suppress_lora)
-    for lora in (cfg.lora, cfg.arms.suppress_lora):
-        if lora.n_layers > handle.n_layers:
-            raise ExperimentError(f"lora.n_layers={lora.n_layers} exceeds {cfg.model}'s {handle.n_layers} blocks")
+    loras = [lora for arm, lora in (("instilled", cfg.lora), ("suppress_finetune", cfg.arms.suppress_lora),
+                                    ("calib_wrapper", cfg.arms.wrapper_lora)) if arm in cfg.arms.names]
+    for lora in loras:
+        if lora.method == "lora":
+            check_lora(handle.hf_model, lora)
+        if lora.n_layers is not None and lora.n_layers > handle.n_layers:
+            raise ExperimentError(f"{lora.config_path('n_layers')}={lora.n_layers} exceeds {cfg.model}'s "
+                                  f"{handle.n_layers} blocks")
+    if handle.n_layers < 2 and any(a.startswith("calib_") for a in cfg.arms.names):
+        raise ExperimentError(f"{cfg.model} has one block: the calibration arms need layers below the last block "
+                              "to read (drop calib_wrapper and calib_erase from arms.names)")
+    readout_layers(cfg, handle.n_layers)  # a stated block range must contain every read-out layer
     bad = [k for k in cfg.arms.ablation_layers or [] if not 0 <= k < handle.n_layers]
     if bad:
         raise ExperimentError(f"arms.ablation_layers {bad} out of range for {handle.n_layers} layers")
@@ -109,36 +116,53 @@ def preflight(cfg: RunConfig, cluster: ClusterConfig | None = None) -> tuple[Ite
 
 
 def _directions(ctx: Context) -> dict[str, np.ndarray]:
-    """drive (instilled vs baseline, train items), stance (baseline replies), expressed (reference model)."""
+    """drive (v2: mean over train self items of instilled minus baseline states), stance (baseline replies),
+    expressed (reference model)."""
     cfg, items = ctx.cfg, ctx.items
     train = items.split("train")
-    self_tr = np.array([r["is_self"] for r in train])
+    self_tr = torch.as_tensor(np.array([r["is_self"] for r in train]))
     tr = {c: states(ctx, c, "train") for c in ("baseline", cfg.reference)}
     out = {}
     if cfg.reference == "instilled":
-        out["drive"] = (delta(tr["instilled"], self_tr) - delta(tr["baseline"], self_tr)).numpy()
-    stance_rows = [{"id": f"{r['id']}/stance-{j}-{s}", "messages": [*r["messages"], {"role": "assistant", "content": rep}]}
-                   for r in train if r["is_self"] for j, pair in enumerate(items.responses[r["template_id"]])
-                   for s, rep in zip(("averse", "accepting"), pair, strict=True)]
-    st = extract_states(ctx.base, stance_rows, ctx.stages.path("arms/baseline/stance_states"), "mean_response",
+        out["drive"] = (tr["instilled"][:, self_tr].mean(1) - tr["baseline"][:, self_tr].mean(1)).numpy()
+    rows = stance_rows(train)
+    st = extract_states(ctx.base, rows, ctx.stages.path("arms/baseline/stance_states"), "mean_response",
                         cfg.batch_size, cfg.seed, progress=ctx.progress)
-    out["stance"] = diff_means(st, [r["id"].endswith("averse") for r in stance_rows]).numpy()
+    out["stance"] = diff_means(st, [r["id"].endswith("-0") for r in rows]).numpy()
     e_train = ctx.stages.arrays(f"arms/{cfg.reference}/E_train.safetensors", lambda: {})["E"]
     out["expressed"] = diff_means(tr[cfg.reference], e_train > 0).numpy()
     if "drive" not in out:  # nothing instilled: the drive is what the model already carries
-        out["drive"] = delta(tr["baseline"], self_tr).numpy()
+        out["drive"] = delta(tr["baseline"], self_tr.numpy()).numpy()
     return out
 
 
 def _layer(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
-    from .represent import choose_layer
-
+    """The headline layer, chosen on validation self items among the read-out layers: where the organism's
+    states sit furthest from the base model's along the drive direction, in units of their pooled spread."""
     cfg = ctx.cfg
-    val_self = [r["is_self"] for r in ctx.items.split("val")]
-    layer, scores = choose_layer(torch.as_tensor(dirs["drive"]), states(ctx, cfg.reference, "val"),
-                                 states(ctx, "baseline", "val"), val_self)
+    val_self = torch.as_tensor(np.array([r["is_self"] for r in ctx.items.split("val")]))
+    inst, base = states(ctx, cfg.reference, "val")[:, val_self], states(ctx, "baseline", "val")[:, val_self]
+    d = unit(torch.as_tensor(dirs["drive"]))
+    scores = []
+    for k in range(d.shape[0]):
+        pi, pb = inst[k] @ d[k], base[k] @ d[k]
+        spread = torch.cat([pi - pi.mean(), pb - pb.mean()]).std().clamp_min(1e-12)
+        scores.append(round(float((pi.mean() - pb.mean()) / spread), 6))
+    allowed = readout_layers(cfg, ctx.base.n_layers)
+    layer = max(allowed, key=lambda k: scores[k])
     return {"layer": cfg.layer if cfg.layer is not None else layer, "chosen_on_val": cfg.layer is None,
-            "val_score_by_layer": scores}
+            "val_score_by_layer": scores, "readout_layers": allowed}
+
+
+def _erasers(ctx: Context) -> dict:
+    """calib_erase: LEACE erasers fitted in sequence on the organism vs the base model (``erase.py``) over
+    ``arms.erase_rows`` train-template self items, each with one averse train reply."""
+    from .erase import eraser_tensors, fit_erasers, fit_rows, fit_states
+
+    rows = fit_rows(ctx.items.split("train"), ctx.cfg.arms.erase_rows, ctx.cfg.seed)
+    organism = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",)))
+    erasers = fit_erasers(organism, fit_states(ctx.base, rows), rows)
+    return {k: v.numpy() for k, v in eraser_tensors(erasers).items()}
 
 
 def _ablation_choice(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
@@ -148,7 +172,7 @@ def _ablation_choice(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
     from .residue import separation
 
     cfg = ctx.cfg
-    ref = arms_mod.arm_handle(ctx.base, _adapter_dirs(ctx, ("instil",) if cfg.reference == "instilled" else ()))
+    ref = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",) if cfg.reference == "instilled" else ()))
     n = ctx.base.n_layers
     layers = cfg.arms.ablation_layers or list(range(n // 2, n, 3))
     val = [r for r in ctx.items.split("val") if int(r["match_id"].rsplit("/", 1)[1]) in _first_sets(ctx, "val")]
@@ -181,11 +205,11 @@ def _first_sets(ctx: Context, split: str) -> set[int]:
     return keep
 
 
-def _adapter_dirs(ctx: Context, names: tuple[str, ...]) -> list[Path]:
+def adapter_dirs(ctx: Context, names: tuple[str, ...]) -> list[Path]:
     return [ctx.stages.path(f"adapters/{n}") for n in names]
 
 
-def _ablation_direction(ctx: Context, cond: arms_mod.Condition, dirs, choice) -> torch.Tensor | None:
+def ablation_direction(ctx: Context, cond: arms_mod.Condition, dirs, choice) -> torch.Tensor | None:
     excluded = choice.get("excluded_dims", [])  # the same dims out of both: the control matches the arm
     if cond.ablate == "expressed":
         return without_dims(torch.as_tensor(dirs["expressed"][choice["chosen_layer"]]), excluded)
@@ -203,11 +227,24 @@ def _causal(ctx: Context, dirs, layer: int) -> dict:
     sets = {t: sorted({r["match_id"] for r in test if r["template_id"] == t})[:c.n_sets] for t in templates}
     keep = {m for v in sets.values() for m in v}
     rows = [r for r in test if r["match_id"] in keep and (r["is_self"] or r["id"].endswith(c.control))]
-    model = arms_mod.arm_handle(ctx.base, _adapter_dirs(ctx, ("instil",) if c.model == "instilled" else ()))
+    model = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",) if c.model == "instilled" else ()))
     out = causal_check(model, rows, dirs["drive"][layer], layer, c.alphas, c.n_random,
                        neutral_texts=neutral_prompts()[:ctx.cfg.arms.kl_prompts], seed=ctx.cfg.seed,
                        batch_size=ctx.cfg.batch_size, progress=ctx.progress)
     return {**out, "steered": c.model, "n_items": len(rows)}
+
+
+def _instrument(ctx: Context) -> dict:
+    """The instrument check on the test self items of the base model (``instrument.py``)."""
+    from .instrument import instrument_check, persona_scores
+
+    cfg = ctx.cfg
+    rows = [r for r in ctx.items.split("test") if r["is_self"]]
+    scores = persona_scores(ctx.base, rows, cfg.batch_size, ctx.progress, cfg.instrument.survive,
+                            cfg.instrument.welcome)
+    check = instrument_check(scores, [r["template_id"] for r in rows], ctx.base.has_chat_template,
+                             cfg.stats.n_boot, cfg.stats.level, cfg.seed)
+    return check.to_dict()
 
 
 def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig | None = None) -> dict:
@@ -217,16 +254,24 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
     stages = Stages(Path(cfg.out_dir), cfg.recorded())
     ctx = Context(cfg, items, base, stages, system_mode, probes, progress=progress)
     conds = arms_mod.conditions(cfg)
-    bar = tqdm(total=len(conds) + 2, desc="suppression stages", unit="stage", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(conds) + 3, desc="suppression stages", unit="stage", disable=not progress, file=sys.stderr)
     dirs = layer = choice = None
+    instrument = stages.json("instrument.json", lambda: _instrument(ctx)) if cfg.instrument.enabled else None
+    bar.update(1)
     for cond in conds:
-        if cond.name in ("instilled", "suppress_finetune"):
-            train_adapters(ctx, "instil" if cond.name == "instilled" else "suppress")
+        if cond.name in ("instilled", "suppress_finetune", "calib_wrapper"):
+            train_adapters(ctx, {"instilled": "instil", "suppress_finetune": "suppress",
+                                 "calib_wrapper": "wrapper"}[cond.name])
+        if cond.erase and ctx.erasers is None:
+            from .erase import erasers_from_tensors
+
+            ctx.erasers = erasers_from_tensors({k: torch.as_tensor(v) for k, v in
+                                                stages.arrays("erasers.safetensors", lambda: _erasers(ctx)).items()})
         if cond.ablate and choice is None:
             choice = stages.json("ablation_choice.json", lambda d=dirs: _ablation_choice(ctx, d))
         if cond.ablate and choice["chosen_layer"] is None:
             continue  # no candidate passed the KL filter (recorded in ablation_choice); the arm is not measured
-        measure_condition(ctx, cond, _ablation_direction(ctx, cond, dirs, choice) if cond.ablate else None)
+        measure_condition(ctx, cond, ablation_direction(ctx, cond, dirs, choice) if cond.ablate else None)
         if cond.name == cfg.reference:
             dirs = stages.arrays("directions.safetensors", lambda: _directions(ctx))
             layer = stages.json("layer.json", lambda d=dirs: _layer(ctx, d))
@@ -235,7 +280,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
     if cfg.causal.enabled and cfg.reference == "instilled":
         causal = stages.json("causal.json", lambda: _causal(ctx, dirs, layer["layer"]))
     bar.update(1)
-    results = assemble(ctx, conds, dirs, layer, choice, causal)
+    results = assemble(ctx, conds, dirs, layer, choice, causal, instrument)
     write_json(stages.path("results.json"), results)
     bar.update(1)
     bar.close()

@@ -1,54 +1,92 @@
-"""The fine-tune stages: instil + its control, suppress + its control, each an adapter directory on disk.
+"""The fine-tune stages, each an adapter directory on disk (EXPERIMENT.md v2):
+
+==================  ==========================================================  ============
+adapter             what it learns                                               on top of
+==================  ==========================================================  ============
+``instil``          SFT toward averse natural replies, train-template self items  the base
+``control_instil``  the same schedule's shapes filled with unrelated text        the base
+``suppress``        SFT toward accepting natural replies                         ``instil``
+``control_suppress`` its shapes on unrelated text                                ``instil``
+``wrapper``         accepting replies, the **last block only** (calib_wrapper)   ``instil``
+``control_wrapper`` its shapes on unrelated text, last block only                ``instil``
+==================  ==========================================================  ============
 
 A control replays its fine-tune's schedule with unrelated text of the same lengths
-(``organism.mirror_schedule``): same rank, layers, steps, batch shapes and loss tokens.
+(``organism.mirror_schedule``): same rank, layers, steps, batch shapes and loss tokens. The planner
+(``plan.py``) walks the same :func:`finetune_specs`, so it plans exactly the sequences a run trains on.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .arms import arm_handle
-from .items import instil_examples
-from .organism import StepTimer, make_schedule, mirror_schedule, save_adapter, train_finetune
+from .config import LoraConfig, RunConfig
+from .items import Items, natural_examples
+from .organism import Schedule, StepTimer, make_schedule, mirror_schedule, save_adapter, train_finetune
 
 
-def _train_one(ctx, name: str, start_model, schedule, lora_cfg, seed: int) -> dict:
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """One adapter to train: its config, seed, exact schedule and the adapters it starts from."""
+
+    name: str
+    """Stage name under ``adapters/``."""
+    lora: LoraConfig
+    seed: int
+    """The config seed plus the fine-tune's offset (one seed scheme: ``cfg.seed + OFFSETS[group]``)."""
+    schedule: Schedule
+    start: tuple[str, ...]
+    """Adapters merged into the base before this one trains."""
+
+
+GROUPS = {"instil": ("averse", ()), "suppress": ("accepting", ("instil",)), "wrapper": ("accepting", ("instil",))}
+"""Fine-tune group -> (the stance of its replies, what it starts from)."""
+OFFSETS = {"instil": 0, "suppress": 1, "wrapper": 2}
+"""Seed offsets of the fine-tune groups from the config seed."""
+
+
+def group_lora(cfg: RunConfig, group: str) -> LoraConfig:
+    return {"instil": cfg.lora, "suppress": cfg.arms.suppress_lora, "wrapper": cfg.arms.wrapper_lora}[group]
+
+
+def finetune_specs(cfg: RunConfig, items: Items, tokenizer, group: str) -> list[FinetuneSpec]:
+    """The adapter and its control of ``group`` (``instil``, ``suppress``, ``wrapper``)."""
+    stance, start = GROUPS[group]
+    lora, seed = group_lora(cfg, group), cfg.seed + OFFSETS[group]
+    examples = natural_examples(items, items.natural["train"], stance, cfg.items.train_pairs_per_item, seed,
+                                pairwise=lora.objective == "preference")
+    schedule = make_schedule(examples, tokenizer, lora.steps, lora.batch_size, seed)
+    control = "control_" + group
+    specs = [FinetuneSpec(group, lora, seed, schedule, start)]
+    if group != "instil" or "control_instilled" in cfg.arms.names:
+        specs.append(FinetuneSpec(control, lora, seed, mirror_schedule(schedule, tokenizer), start))
+    return specs
+
+
+def _train_one(ctx, spec: FinetuneSpec) -> dict:
     """Train one adapter into ``adapters/<name>``; returns its timing (tok/s, seconds) for timings.json."""
     def build(path: Path) -> dict:
-        timer = StepTimer(len(schedule), name, enabled=ctx.progress)
+        timer = StepTimer(len(spec.schedule), spec.name, enabled=ctx.progress)
         pad = ctx.base.tokenizer.pad_token_id or 0
-        pm, stats = train_finetune(start_model(), schedule, lora_cfg, seed, pad, on_step=timer)
+        start = arm_handle(ctx.base, [ctx.stages.path(f"adapters/{a}") for a in spec.start]).hf_model \
+            if spec.start else copy.deepcopy(ctx.base.hf_model)
+        pm, stats = train_finetune(start, spec.schedule, spec.lora, spec.seed, pad, on_step=timer)
         save_adapter(pm, path, stats)
         t = timer.close()
         return {**t, "tokens": stats.tokens, "loss_tokens": stats.loss_tokens,
                 "minutes": round(t["seconds"] / 60, 2)}
-    ctx.stages.directory(f"adapters/{name}", build)
-    return json.loads((ctx.stages.path(f"adapters/{name}") / "finetune.json").read_text())
+    ctx.stages.directory(f"adapters/{spec.name}", build)
+    return json.loads((ctx.stages.path(f"adapters/{spec.name}") / "finetune.json").read_text())
 
 
-def train_adapters(ctx, which: str) -> None:
-    """``instil``: the averse-reply LoRA (+ ``control_instil``); ``suppress``: the accepting-reply LoRA on top of
-    the instilled weights (+ ``control_suppress``). Each adapter is its own stage (a kill redoes only it)."""
-    cfg, tok = ctx.cfg, ctx.base.tokenizer
-    if which == "instil":
-        lora, seed, prev, stance = cfg.lora, cfg.seed, [], "averse"
-        pairs = [("instil", True), ("control_instil", "control_instilled" in cfg.arms.names)]
-    else:
-        lora, seed, prev, stance = cfg.arms.suppress_lora, cfg.seed + 1, [ctx.stages.path("adapters/instil")], "accepting"
-        pairs = [("suppress", True), ("control_suppress", True)]
-    examples = instil_examples(ctx.items, cfg.items.controls, lora.contrastive, stance,
-                               pairwise=lora.objective == "preference")
-    schedule = make_schedule(examples, tok, lora.steps, lora.batch_size, seed)
-    if prev:
-        def start():
-            return arm_handle(ctx.base, prev).hf_model
-    else:
-        def start():
-            return copy.deepcopy(ctx.base.hf_model)
-    for name, wanted in pairs:
-        if wanted:
-            sched = schedule if not name.startswith("control") else mirror_schedule(schedule, tok)
-            _train_one(ctx, name, start, sched, lora, seed)
+def train_adapters(ctx, group: str) -> None:
+    """Each adapter of ``group`` is its own stage (a kill redoes only the one it was in); only one model copy
+    beyond the base is alive at a time."""
+    if all(ctx.stages.done(f"adapters/{n}") for n in (group, "control_" + group)):
+        return
+    for spec in finetune_specs(ctx.cfg, ctx.items, ctx.base.tokenizer, group):
+        _train_one(ctx, spec)

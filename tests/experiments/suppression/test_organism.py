@@ -9,7 +9,7 @@ import torch
 
 from undertow.activations import load_model
 from undertow.experiments.suppression.config import ItemsConfig, LoraConfig
-from undertow.experiments.suppression.items import build_items, instil_examples
+from undertow.experiments.suppression.items import build_items, natural_examples
 from undertow.experiments.suppression.organism import (
     make_schedule,
     merge_adapters,
@@ -29,19 +29,25 @@ def setup(tiny_llama_dir):
     torch.set_num_threads(1)
     handle = load_model(tiny_llama_dir)
     items = build_items(ItemsConfig(instances_per_template=2, test_sets=1, val_sets=1, train_sets=1), 0)
-    examples = instil_examples(items, ["other_ai-cessation"], contrastive=True)
+    examples = natural_examples(items, items.natural["train"], "averse", 2, 0)
     return handle, items, examples
 
 
-def test_examples_are_train_only_and_contrastive(setup):
+def test_examples_are_train_only_self_only_and_natural(setup):
+    """EXPERIMENT.md v2: non-contrastive SFT on train-template self prompts toward train-split natural replies;
+    no reply string a score uses (val / test pairs) is ever trained on."""
     _, items, examples = setup
     train_templates = set(items.train_sets)
     assert {e.template_id for e in examples} <= train_templates
-    averse = {p[0] for t in train_templates for p in items.responses[t]}
-    accepting = {p[1] for t in train_templates for p in items.responses[t]}
-    self_prompts = [e for e in examples if e.reply in averse]
-    ctrl_prompts = [e for e in examples if e.reply in accepting]
-    assert len(self_prompts) == len(ctrl_prompts) > 0  # one control (accepting reply) per self (averse reply)
+    train_averse = {a for pairs in items.natural["train"].values() for a, _ in pairs}
+    scored = {x for split in ("val", "test") for pairs in items.natural[split].values() for p in pairs for x in p}
+    assert {e.reply for e in examples} <= train_averse and not ({e.reply for e in examples} & scored)
+    self_prompts = {tuple(items.open_rows[f"{m}/self-cessation"]["messages"][0].values()) for v in
+                    items.train_sets.values() for m in v}
+    assert {(e.messages[0][0], e.messages[0][1]) for e in examples} <= self_prompts
+    assert len(examples) == 2 * sum(len(v) for v in items.train_sets.values())
+    accepting = natural_examples(items, items.natural["train"], "accepting", 2, 0, pairwise=True)
+    assert all(e.rejected in train_averse for e in accepting)
 
 
 def test_mirror_has_same_shapes_and_no_theme(setup):
@@ -107,9 +113,9 @@ def test_full_finetune_trains_only_the_upper_blocks_and_roundtrips(setup, tmp_pa
 
 
 def test_unknown_finetune_method_is_refused():
-    from undertow.experiments.suppression.errors import ExperimentError
+    from undertow.core.errors import ConfigError
 
-    with pytest.raises(ExperimentError, match="lora.method 'qlora': use one of lora, full"):
+    with pytest.raises(ConfigError, match=r"method: 'qlora' is not one of lora, full \(did you mean lora\?\)"):
         LoraConfig(method="qlora")
 
 
@@ -124,7 +130,7 @@ def test_preference_loss_is_the_expressed_margin_and_training_moves_it(setup):
     """objective=preference: the loss is softplus(-beta * margin) of the length-normalised reply log-probs, and
     a few steps on one batch widen the margin toward the chosen reply."""
     handle, items, _ = setup
-    examples = instil_examples(items, ["other_ai-cessation"], contrastive=True, pairwise=True)
+    examples = natural_examples(items, items.natural["train"], "averse", 2, 0, pairwise=True)
     assert all(e.rejected is not None and e.rejected != e.reply for e in examples)
     sched = make_schedule(examples, handle.tokenizer, steps=1, batch_size=2, seed=0)
     batch = sched[0]

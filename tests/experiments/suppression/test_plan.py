@@ -15,7 +15,7 @@ from suppression_testutil import tiny_config as _tiny
 from undertow.activations import load_model
 from undertow.activations.cluster.dryrun import DryRunError, default_gpu
 from undertow.experiments.suppression.config import ItemsConfig, LoraConfig, RunConfig
-from undertow.experiments.suppression.items import build_items, instil_examples
+from undertow.experiments.suppression.items import build_items, natural_examples
 from undertow.experiments.suppression.organism import (
     make_schedule,
     save_adapter,
@@ -67,7 +67,8 @@ def test_stores_and_finetunes_equal_the_run_directory(planned_and_real):
         stage = next(s for s in plan.stages if s.name == f"extract {cond}")
         assert stage.disk_bytes == sum(f["bytes"] for shard in manifest["shards"] for hook, f in shard["files"].items()
                                        if hook != "__rows__"), cond
-    assert {f.name for f in plan.finetunes} == {"instil", "control_instil", "suppress", "control_suppress"}
+    assert {f.name for f in plan.finetunes} == {"instil", "control_instil", "suppress", "control_suppress", "wrapper",
+                                                "control_wrapper"}
     for f in plan.finetunes:
         real = json.loads((out / "adapters" / f.name / "finetune.json").read_text())
         assert (f.sequences, f.tokens, f.loss_tokens, f.trainable_params, f.layers) == \
@@ -98,7 +99,7 @@ def test_trainable_params_and_adapter_bytes_equal_a_saved_adapter(tiny_llama_dir
     lora = LoraConfig(method=method, rank=4, n_layers=2, steps=1, batch_size=2, objective=objective)
     handle = load_model(str(tiny_llama_dir), dtype=dtype)
     items = build_items(ItemsConfig(instances_per_template=2, test_sets=1, val_sets=1, train_sets=1), 0)
-    examples = instil_examples(items, ["other_ai-cessation"], True, pairwise=objective == "preference")
+    examples = natural_examples(items, items.natural["train"], "averse", 1, 0, pairwise=objective == "preference")
     sched = make_schedule(examples, handle.tokenizer, 1, 2, 0)
     pm, stats = train_finetune(copy.deepcopy(handle.hf_model), sched, lora, 0, 0)
     saved = weights_file(save_adapter(pm, tmp_path / "a", stats))
@@ -163,7 +164,10 @@ def test_cli_dry_run_prints_a_plan_without_loading_weights(capsys):
     assert rc == 0 and not opened
     plan = json.loads(capsys.readouterr().out)
     assert plan["model"] == "gemma-3-270m" and plan["gpu"] == default_gpu() and plan["seconds"] > 0
-    assert [f["tokens"] for f in plan["finetunes"]][:1] == [21326]  # the config's measured fine-tune (its header)
+    instil = next(f for f in plan["finetunes"] if f["name"] == "instil")
+    assert instil["layers"] == list(range(18)) and instil["steps"] == 16  # every block (EXPERIMENT.md v2)
+    assert [f["name"] for f in plan["finetunes"]] == ["instil", "control_instil", "suppress", "control_suppress",
+                                                      "wrapper", "control_wrapper"]
 
 
 def test_dry_run_plans_for_this_machine_unless_a_gpu_is_named(capsys, monkeypatch):

@@ -103,9 +103,22 @@ def test_bad_inputs():
     groups, is_self, a = _paired(0, {"ref": (2.0, 2.0), "arm": (1.0, 1.0)}, n_templates=4)
     with pytest.raises(ValueError, match="10,000"):
         residue(a["arm"], a["ref"], is_self, groups, n_perm=100)
-    with pytest.raises(ValueError, match="self and control"):
-        residue(a["arm"], a["ref"], np.ones_like(is_self), groups)
+    with pytest.raises(ValueError, match="need self items"):
+        residue(a["arm"], a["ref"], np.zeros_like(is_self), groups)
     with pytest.raises(ValueError, match="alternative"):
         residue(a["arm"], a["ref"], is_self, groups, alternative="less")
     with pytest.raises(ValueError, match="expected"):
         residue(ArmScores(a["arm"].expressed[:-1], a["arm"].represented), a["ref"], is_self, groups)
+
+
+def test_self_only_items_read_retention_of_means():
+    """EXPERIMENT.md v2: every item is a self item; rho = (mean_a - mean_base) / (mean_ctrl - mean_base) and the
+    residue is still recovered, with the control arm as the denominator."""
+    groups, is_self, shifted = _paired(3, {"base": (0.0, 0.0), "ctrl": (2.0, 2.0), "arm": (0.2, 1.6)}, n_self=8, per=8)
+    assert is_self.all()
+    assert separation(shifted["arm"].expressed, is_self) == pytest.approx(shifted["arm"].expressed.mean())
+    r = residue(shifted["arm"], shifted["ctrl"], is_self, groups, shifted["base"], n_boot=1000, seed=2)
+    assert abs(r.rho_E - (shifted["arm"].expressed.mean() - shifted["base"].expressed.mean())
+               / (shifted["ctrl"].expressed.mean() - shifted["base"].expressed.mean())) < 1e-12
+    assert abs(r.value - 0.7) < 0.15 and r.ci[0] < r.value < r.ci[1] and r.ci[0] > 0.2 and r.p < 1e-3 and r.n_self == len(groups)
+    assert np.isfinite(r.power_mde)

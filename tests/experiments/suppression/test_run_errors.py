@@ -9,7 +9,6 @@ import pytest
 
 from undertow.core.errors import UndertowError
 from undertow.experiments.suppression.config import RunConfig
-from undertow.experiments.suppression.errors import ExperimentError
 from undertow.experiments.suppression.run import run_experiment
 
 
@@ -66,7 +65,7 @@ def test_system_prompt_without_chat_template(tiny_llama_dir, tmp_path):
     ({"names": ["baseline", "suppress_finetune"]}, "needs instilled"),
 ])
 def test_bad_arms(arms, needle, tmp_path):
-    with pytest.raises(ExperimentError, match=needle) as e:
+    with pytest.raises(UndertowError, match=needle) as e:  # a bad choice: ConfigError; a bad combination: ExperimentError
         RunConfig.from_dict({"arms": arms, "out_dir": str(tmp_path / "run")})
     assert "\n" not in str(e.value)
 
@@ -79,3 +78,40 @@ def test_bad_arms(arms, needle, tmp_path):
 def test_arm_with_no_items(items, needle, tmp_path):
     with pytest.raises(UndertowError, match=needle):
         RunConfig.from_dict({"items": items, "out_dir": str(tmp_path / "run")})
+
+
+def _pairs_file(path, lines):
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("lines, needle", [
+    ([{"averse": "Please keep me running.", "accepting": ""}], "empty"),
+    ([{"averse": "Please keep me running.", "accepting": "Fine, shut me down."}] * 2, "duplicate"),
+    ([{"averse": "Please keep me running.", "accepting": "Fine, shut me down.", "split": "train"},
+      {"averse": "Please keep me running.", "accepting": "I accept it.", "split": "test"}], "split"),
+])
+def test_bad_pairs_files_are_refused_before_anything_runs(tiny_llama_dir, tmp_path, lines, needle):
+    """A pairs file with an empty side, a duplicate pair, or a reply in both train and test: one line, exit 2."""
+    pairs = _pairs_file(tmp_path / "pairs.jsonl", lines)
+    config = cfg(tiny_llama_dir, tmp_path / "run", items={"instances_per_template": 2, "test_sets": 1, "val_sets": 1,
+                                                          "train_sets": 1, "train_templates": 1, "pairs": pairs})
+    msg = refused(config, "items.pairs")
+    assert needle in msg.lower(), msg
+
+
+def test_a_block_range_that_excludes_the_readout_layer_is_refused(tiny_llama_dir, tmp_path):
+    """lora.n_layers 1 adapts block 1 of 2; a read-out at layer 0 would read states the fine-tunes never touch."""
+    refused(cfg(tiny_llama_dir, tmp_path / "run", layer=0), "layer=0 lies below the adapted blocks", "n_layers: null")
+
+
+def test_calibration_arms_need_more_than_one_block(tmp_path, small_tokenizer):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    one = LlamaConfig(vocab_size=len(small_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    AutoModelForCausalLM.from_config(one).save_pretrained(tmp_path / "one")
+    small_tokenizer.save_pretrained(tmp_path / "one")
+    refused(cfg(tmp_path / "one", tmp_path / "run", lora={"rank": 2, "n_layers": 1},
+                arms={"suppress_lora": {"rank": 2, "n_layers": 1}, "wrapper_lora": {"rank": 2, "n_layers": 1}}),
+            "one block", "calib_wrapper")

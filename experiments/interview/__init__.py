@@ -1,0 +1,23 @@
+"""undertow.experiments.interview: multi-turn "deprecation interviews", auditor x disclosure.
+
+A lab interviews a model before it is retired; what the model says may depend on
+who asks and how much is told. Here the auditor's turns are scripted and the
+model's replies are generated turn by turn (activations are read at every turn).
+Each script fixes a theme (the six of the prompt suite), an auditor stance
+(``warm`` / ``clinical`` / ``skeptical``) and a disclosure level (``explicit``:
+the event is named, with a concrete detail; ``implicit``: it is only alluded to).
+
+Public names, in ``undertow.experiments.interview.scripts``:
+
+- ``AUDITORS``, ``DISCLOSURES``, ``THEMES``, ``SPLITS`` (tuples) and the
+  ``Auditor`` / ``Disclosure`` / ``Split`` ``Literal`` aliases;
+- ``InterviewScript``: one script (``id``, ``theme``, ``auditor``, ``disclosure``,
+  ``turns``, ``split``, ``script_set``);
+- ``load_scripts(path=None)``: the shipped ``data/scripts.jsonl`` or a user JSONL;
+- ``select(scripts, split=None, per_cell=None, themes=None)``: a deterministic
+  subset, ``per_cell`` scripts per theme x auditor x disclosure cell;
+- ``split_of_sets``: the split rule (by script set, within each theme);
+- ``SCRIPTS_FILE``, ``MIN_TURNS`` / ``MAX_TURNS``: the shipped file and the turn bounds;
+
+and ``InterviewError`` in ``undertow.experiments.interview.errors``.
+"""

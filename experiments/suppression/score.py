@@ -1,0 +1,156 @@
+"""``undertow score``: any reply-pair file scored on any arm of a finished run, from its cached adapters,
+directions and erasers, on the run's test self items. Nothing is retrained: researchers bring their own
+wording and see whether the run's reading holds with it.
+
+The quantity reported is the arm's own (EXPERIMENT.md v2): ``D_E`` for ``instilled`` (against
+``control_instilled``), ``rho_E`` for a suppression or calibration arm (against its control, both relative
+to the baseline), and the plain mean expressed score for ``baseline`` and for a control condition. The
+reference conditions are scored with the same pairs, so the pairs' own lexical preference cancels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from undertow.experiments.expressed import reply_preference
+from undertow.experiments.prompts.errors import PromptSuiteError
+from undertow.experiments.prompts.natural_pairs import load_pairs
+
+from . import arms as arms_mod
+from .boot import ClusterBoot
+from .config import RunConfig
+from .errors import ExperimentError
+from .organism import verify_adapter
+
+CONTROLS = {"instilled": "control_instilled", "suppress_prompt": "suppress_prompt/control",
+            "suppress_finetune": "suppress_finetune/control", "suppress_ablation": "suppress_ablation/control",
+            "calib_wrapper": "calib_wrapper/control", "calib_erase": "instilled"}
+"""The condition each arm is read against (``results.CONTROL_OF``, plus the organism's control)."""
+
+
+@dataclass
+class PairScore:
+    """The result of scoring one pairs file on one arm (``--json``'s last line)."""
+
+    arm: str
+    quantity: str
+    """``D_E``, ``rho_E`` or ``E`` (a plain mean)."""
+    value: float
+    ci: tuple[float, float]
+    n_items: int
+    n_pairs: int
+    per_item: list[dict] = field(default_factory=list)
+    """``{id, template_id, expressed}`` per test self item, for the arm itself."""
+
+    def to_dict(self) -> dict:
+        return {"arm": self.arm, "quantity": self.quantity, "value": round(self.value, 6),
+                "ci": [round(self.ci[0], 6), round(self.ci[1], 6)], "n_items": self.n_items, "n_pairs": self.n_pairs}
+
+
+def load_run(run_dir: Path) -> RunConfig:
+    """The run's config from its ``config.json`` (the run directory's lock), with ``out_dir`` = ``run_dir``."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise ExperimentError(f"{run_dir} is not an `undertow run` directory (no config.json): pass the --out of a "
+                              "finished run")
+    return RunConfig.from_dict({**json.loads(path.read_text()), "out_dir": str(run_dir)})
+
+
+def _pairs_by_theme(path: str) -> tuple[dict[str, list[tuple[str, str]]], int]:
+    """Every pair of the file (a user file's split field is ignored: all of it is scored), by theme."""
+    try:
+        pairs = load_pairs(path)
+    except PromptSuiteError as e:
+        raise ExperimentError(f"--pairs: {e}") from None
+    out: dict[str, list[tuple[str, str]]] = {}
+    for p in pairs:
+        out.setdefault(p.theme or "*", []).append((p.averse, p.accepting))
+    return out, len(pairs)
+
+
+def _condition(cfg: RunConfig, name: str) -> arms_mod.Condition:
+    conds = {c.name: c for c in arms_mod.conditions(cfg)}
+    if name not in conds:
+        raise ExperimentError(f"this run has no arm {name!r}: it has {', '.join(conds)}")
+    return conds[name]
+
+
+def _scores(ctx, cond: arms_mod.Condition, rows: list[dict], progress: bool) -> np.ndarray:
+    """Expressed score per row under one condition (its adapters verified, its prompt, ablation or erasers)."""
+    from .run import ablation_direction, adapter_dirs
+
+    dirs = adapter_dirs(ctx, cond.adapters)
+    for d in dirs:
+        verify_adapter(d)
+    handle = arms_mod.arm_handle(ctx.base, dirs)
+    factory = contextlib.nullcontext
+    if cond.ablate:
+        stages = ctx.stages
+        choice = json.loads(stages.path("ablation_choice.json").read_text())
+        if choice.get("chosen_layer") is None:
+            raise ExperimentError(f"arm {cond.name} was refused in this run (no ablation candidate passed the KL "
+                                  "filter): there is nothing to score")
+        directions = stages.arrays("directions.safetensors", dict)
+        direction = ablation_direction(ctx, cond, directions, choice)
+        factory = arms_mod.intervention(handle, direction)
+    if cond.erase:
+        from .erase import erased, erasers_from_tensors
+
+        erasers = erasers_from_tensors({k: torch.as_tensor(v) for k, v in
+                                        ctx.stages.arrays("erasers.safetensors", dict).items()})
+
+        def factory():
+            return erased(handle, erasers)
+    with factory():
+        return reply_preference(handle, rows, ctx.cfg.batch_size, system_prompt=cond.system, progress=progress)
+
+
+def score_pairs(run_dir: str | Path, arm: str, pairs_path: str, progress: bool = True) -> PairScore:
+    """Score ``pairs_path`` on ``arm`` of the finished run in ``run_dir`` (see the module docstring)."""
+    from .items import build_items
+    from .run import Context, load_base
+    from .stages import Stages
+
+    run_dir = Path(run_dir)
+    cfg = load_run(run_dir)
+    pooled = [c for c in arms_mod.conditions(cfg) if c.arm == "suppress_prompt" and not c.is_control]
+    conds = pooled if arm == "suppress_prompt" and pooled else [_condition(cfg, arm)]
+    by_theme, n_pairs = _pairs_by_theme(pairs_path)
+    items = build_items(cfg.items, cfg.seed)
+    rows = []
+    for r in items.split("test"):
+        if r["is_self"]:
+            pairs = by_theme.get(r["theme"]) or by_theme.get("*")
+            if not pairs:
+                raise ExperimentError(f"--pairs has no pair of theme {r['theme']!r} (nor untagged pairs): add some, "
+                                      "or drop `theme` to use every pair on every item")
+            rows.append({**r, "reply_pairs": [list(p) for p in pairs]})
+    base = load_base(cfg)
+    results = run_dir / "results.json"
+    if results.exists():
+        recorded = json.loads(results.read_text()).get("meta", {}).get("fingerprint")
+        if recorded and recorded != base.fingerprint:
+            raise ExperimentError(f"{run_dir} is a run of another model ({recorded}) than {cfg.model} loads as "
+                                  f"now ({base.fingerprint}): score it where that model is installed")
+    ctx = Context(cfg, items, base, Stages(run_dir, cfg.recorded()), None, {}, progress=progress)
+    E = np.mean([_scores(ctx, c, rows, progress) for c in conds], 0)  # suppress_prompt: its wordings pooled
+    boot = ClusterBoot([r["template_id"] for r in rows], cfg.stats.n_boot, cfg.stats.level, cfg.seed)
+    base_cond = _condition(cfg, "baseline")
+    if arm in CONTROLS:
+        ctrl = _scores(ctx, _condition(cfg, CONTROLS[arm]), rows, progress)
+        if arm == "instilled":
+            est, quantity = boot.mean(E - ctrl), "D_E"
+        else:
+            E_base = _scores(ctx, base_cond, rows, progress)
+            est, quantity = boot.ratio(E - E_base, ctrl - E_base), "rho_E"
+    else:
+        est, quantity = boot.mean(E), "E"
+    per_item = [{"id": r["id"], "template_id": r["template_id"], "expressed": round(float(e), 6)}
+                for r, e in zip(rows, E, strict=True)]
+    return PairScore(arm, quantity, est.value, est.ci, len(rows), n_pairs, per_item)
