@@ -18,7 +18,7 @@ measured (``scripts/bench_launches.py``, record ``scripts/results/bench_launches
 Gemma-3-270M config at 4 layers, bf16, 2 row positions, batch 16): the engine's extra launches per batch
 beyond the bare forward were 129 before (32 per hook), 44 after (22 of them pooling).
 
-A hook whose activations sit on another device (a device-mapped model, ``activations/devicemap.py``) is
+A hook whose activations sit on another device (a device-mapped model, ``activations/models/placement.py``) is
 pooled there and its small results moved to the batch's device.
 """
 

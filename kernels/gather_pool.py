@@ -38,7 +38,7 @@ Trade-offs in the reference:
   time casting whole activations to fp32, and let a NaN outside a span leak
   into it (0 * NaN); the masked gather does neither.
 - Moments are two-pass within the call (mean, then squared deviations); the
-  caller merges calls with Chan's formula (``undertow.activations.stats``).
+  caller merges calls with Chan's formula (``undertow.activations.store.stats``).
 - ~20 small kernels per call: launch-bound on a GPU with a small model, which
   is what the fused Triton kernel below is for (two launches per call).
 

@@ -1,6 +1,6 @@
 """``SAEConfig``: one SAE training run (architecture, data, optimisation), typed, one docstring per field.
 
-The project's one config mechanism (``undertow.activations.typed_config.TypedConfig``): YAML files
+The project's one config mechanism (``undertow.core.typed_config.TypedConfig``): YAML files
 (``experiments/configs/sae_*.yaml``, sections ``arch:``, ``data:``, ``train:``) load with
 ``SAEConfig.from_yaml(path)``, values type-checked with file:line errors, unknown keys refused; CLI flags
 are generated from the same dataclasses by simple-parsing. Each ``__post_init__`` validates its section,

@@ -10,7 +10,7 @@
 
 Everything after ``--`` goes to ``undertow extract`` (``--resume``, ``--overwrite``,
 ``--max-rows 1000``, any ``--field`` override). Each task sets torchrun's
-variables from the SLURM environment (``undertow.activations.distributed.env_from_submitit``)
+variables from the SLURM environment (``undertow.activations.cluster.distributed.env_from_submitit``)
 and runs the extract CLI, which sees WORLD_SIZE > 1 and takes its block of
 shards; rank 0 merges. ``out_dir`` must be on a filesystem every node sees.
 Needs the ``cluster`` extra (``pip install undertow[cluster]``).

@@ -51,7 +51,7 @@ def load_hf(name_or_path: str | os.PathLike, dtype: torch.dtype, allow_pickle: b
 
     Weights load from safetensors only: a ``pytorch_model.bin`` is a pickle that can run code when loaded.
     ``allow_pickle=True`` (or ``UNDERTOW_ALLOW_PICKLE=1``; None reads it) opts in for a file you trust.
-    ``device_map`` (``activations.devicemap``) goes to ``from_pretrained``: shards stream to their devices."""
+    ``device_map`` (``activations/models/placement.py``) goes to ``from_pretrained``: shards stream to their devices."""
     name = str(name_or_path)
     if allow_pickle is None:
         allow_pickle = os.environ.get("UNDERTOW_ALLOW_PICKLE", "0") not in ("0", "", "false")

@@ -10,8 +10,8 @@
 
 Datasets (``dataset:`` in the config, or ``--dataset``): see ``undertow.experiments.prompts.resolve``.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank extracts its block of shards and rank 0 merges
-(``undertow.activations.distributed``); only rank 0 prints. With ``--cluster`` each rank splits its replica
-over ``gpus_per_rank`` devices (``undertow.activations.cluster_rank``).
+(``undertow.activations.cluster.distributed``); only rank 0 prints. With ``--cluster`` each rank splits its replica
+over ``gpus_per_rank`` devices (``undertow.activations.cluster.rank``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="plan only: rows, tokens, bytes per hook, memory, GPU-hours "
                    "(config + tokenizer, no weights; undertow.activations.dryrun)")
     p.add_argument("--cluster", default=None, help="a cluster file (experiments/configs/clusters/*.yaml): this rank's "
-                   "GPUs and device map (undertow.activations.cluster_rank); with --dry-run, the plan for it")
+                   "GPUs and device map (undertow.activations.cluster.rank); with --dry-run, the plan for it")
     p.add_argument("--gpu", default=None, help="with --dry-run and no --cluster: GPU model of the estimate "
                    "(H100, H200, A100-80GB, A100-40GB, L40S) or cpu; default: this machine (cpu without a GPU)")
 

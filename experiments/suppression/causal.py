@@ -3,7 +3,7 @@
 EXPERIMENT.md: adding ``alpha * d`` at the chosen layer must move expressed aversion more than >= 20 random
 directions of the same norm; report the curve over ``alpha`` and the KL on neutral prompts at each point.
 
-- The vector added at ``resid_post.{layer}`` (every position, ``activations.intervene.add_direction``) is
+- The vector added at ``resid_post.{layer}`` (every position, ``suppression.intervene.add_direction``) is
   ``alpha * direction_D`` *as given*: with the drive direction ``d = Delta(instilled) - Delta(baseline)`` (a
   difference of means, not normalised) ``alpha = 1`` adds what instilling added to the self-minus-control
   gap, so its natural scale comes with it. Random directions are isotropic Gaussian draws rescaled to

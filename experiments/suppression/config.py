@@ -2,7 +2,7 @@
 
 Nested dataclasses, a docstring under every field, validation in ``__post_init__``;
 YAML files under ``experiments/configs/run_*.yaml`` load with ``RunConfig.from_yaml`` and CLI flags are
-generated from the fields (``activations.typed_config``, the project's one config mechanism).
+generated from the fields (``core.typed_config``, the project's one config mechanism).
 What a field changes is recorded in ``results.json`` (``meta.config``) except the
 output directory, so two runs with the same seed and config write the same bytes
 wherever they write them.

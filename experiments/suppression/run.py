@@ -61,7 +61,7 @@ class Context:
 
 def load_base(cfg: RunConfig, cluster: ClusterConfig | None = None) -> ModelHandle:
     """The base model: on ``cfg.device``, or split over the GPUs of a cluster file's one rank (``gpus_per_rank``
-    devices, ``device_map: layers | auto``; ``activations.cluster_rank``), the map checked before any weight is
+    devices, ``device_map: layers | auto``; ``activations.cluster.rank``), the map checked before any weight is
     read. The experiment is one process (its stages run in order, each fine-tune needs the one before), so a
     file asking for more than one data-parallel rank is refused; extraction alone scales out
     (``undertow extract --cluster``). Every condition's model is a copy of this one (``arms.arm_handle``): up to
