@@ -222,7 +222,7 @@ _FIX = "re-download or re-train the probe"
 
 def _read_verified(directory: Path) -> tuple[dict, dict[str, Tensor]]:
     """Metadata and tensors of a saved probe, every field type-checked and both checksums verified; any
-    problem is one ``ProbeError`` naming the file, the field and the fix (``activations.validate``)."""
+    problem is one ``ProbeError`` naming the file, the field and the fix (``core.validate``)."""
     meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
         raise ProbeError(f"{directory} is not a saved probe (needs {META_FILE} and {WEIGHTS_FILE}); "

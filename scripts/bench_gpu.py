@@ -1,5 +1,5 @@
 """GPU benchmark for a lent device: engine vs the bare forward, eager vs torch.compile, and the probe-projection
-kernel's bandwidth. Writes one JSON record per run under scripts/results/ (``activations.provenance``).
+kernel's bandwidth. Writes one JSON record per run under scripts/results/ (``core.provenance``).
 
 Models are random weights of real configs built in memory (no download): ``270m`` (Gemma-3-270M: 18 layers,
 d_model 640, vocab 262k) and ``8b`` (Llama-3.1-8B: d_model 4096, d_mlp 14336, GQA 32/8; ``--layers`` keeps

@@ -30,7 +30,7 @@ def _extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at out_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line still prints)")
     p.add_argument("--dry-run", action="store_true", help="plan only: rows, tokens, bytes per hook, memory, GPU-hours "
-                   "(config + tokenizer, no weights; undertow.activations.dryrun)")
+                   "(config + tokenizer, no weights; undertow.activations.cluster.dryrun)")
     p.add_argument("--cluster", default=None, help="a cluster file (experiments/configs/clusters/*.yaml): this rank's "
                    "GPUs and device map (undertow.activations.cluster.rank); with --dry-run, the plan for it")
     p.add_argument("--gpu", default=None, help="with --dry-run and no --cluster: GPU model of the estimate "

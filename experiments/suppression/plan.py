@@ -10,7 +10,7 @@ Exact, by running the run's own code on the real items (``build_items``, ``arms.
 - each fine-tune's steps x sequences x tokens (its schedule), trainable parameters (peft on the meta model
   with the run's LoRA config) and adapter bytes on disk (``safetensors_bytes``, tested equal to a saved file).
 
-Estimated, with ``activations.dryrun``'s ``TimeModel`` and ``GPUS``:
+Estimated, with ``activations.cluster.dryrun``'s ``TimeModel`` and ``GPUS``:
 
 - time = max(FLOPs / (peak x MFU), weights read / (HBM x efficiency), layer passes x host launches); a
   forward costs 2 x params x tokens + causal attention, the head only where the scorers apply it; a training
