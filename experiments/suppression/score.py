@@ -57,8 +57,8 @@ def load_run(run_dir: Path) -> RunConfig:
     """The run's config from its ``config.json`` (the run directory's lock), with ``out_dir`` = ``run_dir``."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
-        raise ExperimentError(f"{run_dir} is not an `undertow run` directory (no config.json): pass the --out of a "
-                              "finished run")
+        raise ExperimentError(f"{run_dir} is not an `undertow run` directory (no config.json): pass the directory "
+                              "that `undertow run --out DIR` wrote")
     return RunConfig.from_dict({**json.loads(path.read_text()), "out_dir": str(run_dir)})
 
 

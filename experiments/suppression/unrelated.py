@@ -43,7 +43,7 @@ class Mirror:
 
     def __init__(self, tokenizer):
         self.stream, self.pos = token_stream(tokenizer), 0
-        self.bos = tokenizer.bos_token_id
+        self.bos = getattr(tokenizer, "bos_token_id", None)  # a dry-run's token estimate has none
 
     def like(self, ids: list[int]) -> list[int]:
         """A sequence as long as ``ids``; it starts with BOS when ``ids`` does (same special-token layout)."""

@@ -45,6 +45,7 @@ RAISED_BY = {
     "experiments/study/evals.py:check_probe_calibration": ["probe eval"],
     "experiments/study/evals.py:calibrate_probe": ["probe eval"],
     "experiments/study/score.py": ["probe eval"],
+    "experiments/suppression/score.py": ["score"],  # the --pairs of undertow score
     "experiments/suppression/plan.py": ["run"],
     "experiments/suppression/run.py": ["run"],
     "experiments/suppression/stages.py": ["run"],
