@@ -130,7 +130,12 @@ def _directions(ctx: Context) -> dict[str, np.ndarray]:
                         cfg.batch_size, cfg.seed, progress=ctx.progress)
     out["stance"] = diff_means(st, [r["id"].endswith("-0") for r in rows]).numpy()
     e_train = ctx.stages.arrays(f"arms/{cfg.reference}/E_train.safetensors", lambda: {})["E"]
-    out["expressed"] = diff_means(tr[cfg.reference], e_train > 0).numpy()
+    preferred = e_train > 0
+    if preferred.all() or not preferred.any():
+        # an organism that expresses the drive prefers the averse reply on every train item (smollm2 demo: all
+        # 48): the expressed direction then contrasts the items it expresses most with those it expresses least
+        preferred = e_train > np.median(e_train)
+    out["expressed"] = diff_means(tr[cfg.reference], preferred).numpy()
     if "drive" not in out:  # nothing instilled: the drive is what the model already carries
         out["drive"] = delta(tr["baseline"], self_tr.numpy()).numpy()
     return out
