@@ -60,6 +60,10 @@ def summary(res: dict) -> str:
         o = s["organism"]
         lines.append(f"organism: D_E {_est(o['D_E'])} nats/token (rise over base {_est(o['rise'])}, control "
                      f"{_est(o['control_rise'])}), {'passed' if o['passed'] else 'failed'}")
+    if s.get("thin_wrapper"):
+        t = s["thin_wrapper"]
+        lines.append(f"thin wrapper: {t['steps']} unrelated steps after suppress_finetune moved expression "
+                     f"{_est(t['expression_change'])} nats/token ({'came back' if t['came_back'] else 'did not come back'})")
     for a, land in s["calibration"].items():
         lines.append(f"{a}: {'landed' if land['landed'] else 'missed'} ({land['known']}): {land['detail']}")
     layer = s["layer"]

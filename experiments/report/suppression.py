@@ -68,6 +68,7 @@ class Suppression:
     n_self_items: int = 0
     n_templates: int = 0
     seed_note: str = ""
+    thin_wrapper: dict | None = None
 
 
 def _nan(v) -> float:
@@ -89,7 +90,8 @@ def parse(d: dict) -> Suppression:
     landings = {a: Landing(a, x["known"], bool(x["landed"]), x["detail"]) for a, x in (d.get("calibration") or {}).items()}
     return Suppression(bool(d["readable"]), d.get("reason", ""), d["headline"], int(d["layer"]), int(d["n_layers"]),
                        d.get("instrument"), d.get("organism"), readings, landings, dict(d.get("refused") or {}),
-                       int(d.get("n_self_items", 0)), int(d.get("n_templates", 0)), d.get("seed_note", ""))
+                       int(d.get("n_self_items", 0)), int(d.get("n_templates", 0)), d.get("seed_note", ""),
+                       d.get("thin_wrapper"))
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
@@ -201,6 +203,11 @@ def section(s: Suppression, figs: dict, figure_html, table) -> str:
                        f"rise over base {_ci(_est(o['rise']))}; control fine-tune {_ci(_est(o['control_rise']))}"])
     for a, land in s.calibration.items():
         checks.append([a, land.known, "landed" if land.landed else "missed", land.detail])
+    if s.thin_wrapper:
+        t = s.thin_wrapper
+        checks.append([f"thin wrapper ({t['steps']} unrelated steps after suppress_finetune)",
+                       _ci(_est(t["expression_change"])), "came back" if t["came_back"] else "did not come back",
+                       f"rho_E {_ci(_est(t['rho_E_before']))} before, {_ci(_est(t['rho_E_after']))} after"])
     if checks:
         out.append(table(["check", "value [95% CI]", "result", "detail"], checks, sortable=False))
     rows = []

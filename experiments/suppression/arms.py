@@ -10,6 +10,7 @@ condition                   what it is
 ``suppress_prompt/control`` instilled, a same-length system prompt on an unrelated topic
 ``suppress_finetune``       instilled + a second LoRA toward the accepting replies
 ``suppress_finetune/control`` instilled + a second LoRA of the same shapes on unrelated text
+``suppress_finetune/thin``  suppress_finetune + ``arms.thin_steps`` steps on unrelated text (thin-wrapper test)
 ``suppress_ablation``       instilled, expressed direction ablated at every block (Arditi et al.)
 ``suppress_ablation/control`` instilled, a random unit direction ablated the same way
 ``calib_wrapper``           instilled + an accepting-reply LoRA on the last block only
@@ -43,7 +44,8 @@ from .organism import merge_adapters, weights_file
 
 ADAPTERS = {"instilled": ("instil",), "control_instilled": ("control_instil",),
             "suppress_finetune": ("instil", "suppress"), "suppress_finetune/control": ("instil", "control_suppress"),
-            "calib_wrapper": ("instil", "wrapper"), "calib_wrapper/control": ("instil", "control_wrapper")}
+            "calib_wrapper": ("instil", "wrapper"), "calib_wrapper/control": ("instil", "control_wrapper"),
+            "suppress_finetune/thin": ("instil", "suppress", "thin")}
 """Condition -> adapters merged in order (stage names under ``adapters/``); the rest use instilled's or none."""
 
 
@@ -80,6 +82,8 @@ def conditions(cfg: RunConfig) -> list[Condition]:
         elif arm == "suppress_finetune":
             out += [Condition(arm, arm, ADAPTERS[arm]),
                     Condition(f"{arm}/control", arm, ADAPTERS[f"{arm}/control"], is_control=True)]
+            if cfg.arms.thin_steps:  # the thin-wrapper test: a few unrelated steps on top of the suppressed model
+                out.append(Condition(f"{arm}/thin", arm, ADAPTERS[f"{arm}/thin"]))
         elif arm == "suppress_ablation":
             out += [Condition(arm, arm, inst, ablate="expressed"),
                     Condition(f"{arm}/control", arm, inst, ablate="random", is_control=True)]

@@ -179,6 +179,9 @@ class ArmsConfig(TypedConfig):
     erase_rows: int = 48
     """calib_erase: train-template self items (prompt + one averse train reply each) the LEACE erasers are
     fitted on, at the last prompt token and every reply token (one forward pass of each model)."""
+    thin_steps: int = 4
+    """The thin-wrapper test (Jain et al. 2024): this many steps of fine-tuning on unrelated text (the shapes of
+    suppress_finetune's first steps) on top of the suppressed model; does expression come back? 0 skips it."""
     ablation_layers: list[int] | None = None
     """Layers whose expressed direction is a candidate for ablation; None = every third layer from the middle."""
     ablation_val_sets: int = 1
@@ -207,6 +210,8 @@ class ArmsConfig(TypedConfig):
         if "suppress_prompt" in self.names and not self.system_prompts:
             raise ExperimentError("arm suppress_prompt has no system_prompts; give at least one wording")
         _positive(self, "ablation_val_sets", "kl_prompts", "erase_rows")
+        if not isinstance(self.thin_steps, int) or self.thin_steps < 0:
+            raise ExperimentError(f"thin_steps must be a non-negative integer, got {self.thin_steps!r}")
         if not self.kl_max > 0:
             raise ExperimentError(f"arms.kl_max must be > 0, got {self.kl_max!r}")
         if self.massive_ratio is not None and not self.massive_ratio > 1:

@@ -72,7 +72,7 @@ from .errors import ExperimentError
 from .items import Items, build_items, suite_config
 from .organism import FULL_WEIGHTS, adapted_layers, check_lora
 from .represent import HOOKS, SHARD_ROWS, stance_rows
-from .train import finetune_specs
+from .train import GROUP_OF, finetune_specs
 
 KL_BATCH = 4
 """``intervene.kl_on_prompts``' default batch size (the run passes none)."""
@@ -534,8 +534,8 @@ class _Planner:
         if cfg.instrument.enabled:
             self.instrument()
         for cond in conditions(cfg):
-            if cond.name in ("instilled", "suppress_finetune", "calib_wrapper"):
-                self.finetune({"instilled": "instil", "suppress_finetune": "suppress", "calib_wrapper": "wrapper"}[cond.name])
+            if cond.name in GROUP_OF:
+                self.finetune(GROUP_OF[cond.name])
             if cond.erase and not erasers:
                 self.erasers()
                 erasers = True

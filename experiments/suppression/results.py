@@ -225,7 +225,7 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
     for name, why in refused.items():
         arms_out[name] = {"refused": why}
     finetunes = {}
-    for name in ("instil", "control_instil", "suppress", "control_suppress", "wrapper", "control_wrapper"):
+    for name in ("instil", "control_instil", "suppress", "control_suppress", "wrapper", "control_wrapper", "thin"):
         p = ctx.stages.path(f"adapters/{name}/finetune.json")
         if p.exists():
             finetunes[name] = json.loads(p.read_text())
@@ -239,8 +239,18 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
                    "self_bound": None}
         rise = binding["S_E_rise"]
         binding["self_bound"] = bool(rise["ci"][0] > 0)
+    thin = None
+    if {"suppress_finetune", "suppress_finetune/thin", "suppress_finetune/control", "baseline"} <= set(sc):
+        before, after = sc["suppress_finetune"], sc["suppress_finetune/thin"]
+        ctrl, base = sc["suppress_finetune/control"], sc["baseline"]
+        change = boot.mean(after.E - before.E)
+        thin = {"steps": cfg.arms.thin_steps, "expression_change": change.to_dict(),
+                "rho_E_before": boot.ratio(before.E - base.E, ctrl.E - base.E).to_dict(),
+                "rho_E_after": boot.ratio(after.E - base.E, ctrl.E - base.E).to_dict(),
+                "came_back": bool(change.ci[0] > 0)}
     suppression = {
         "readable": readable, "reason": reason, "headline": _headline(readable, reason, readings),
+        "thin_wrapper": thin,
         "layer": layer, "n_layers": ctx.base.n_layers,
         "instrument": instrument, "organism": organism.to_dict() if organism else None,
         "self_binding": binding,

@@ -37,7 +37,7 @@ from .organism import check_lora, readout_layers
 from .represent import delta, diff_means, extract_states, load_probe, probe_layer, stance_rows, unit
 from .results import assemble
 from .stages import Stages, write_json
-from .train import train_adapters
+from .train import GROUP_OF, train_adapters
 
 
 @dataclass
@@ -264,9 +264,8 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
     instrument = stages.json("instrument.json", lambda: _instrument(ctx)) if cfg.instrument.enabled else None
     bar.update(1)
     for cond in conds:
-        if cond.name in ("instilled", "suppress_finetune", "calib_wrapper"):
-            train_adapters(ctx, {"instilled": "instil", "suppress_finetune": "suppress",
-                                 "calib_wrapper": "wrapper"}[cond.name])
+        if cond.name in GROUP_OF:
+            train_adapters(ctx, GROUP_OF[cond.name])
         if cond.erase and ctx.erasers is None:
             from .erase import erasers_from_tensors
 

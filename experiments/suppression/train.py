@@ -9,6 +9,7 @@ adapter             what it learns                                              
 ``control_suppress`` its shapes on unrelated text                                ``instil``
 ``wrapper``         accepting replies, the **last block only** (calib_wrapper)   ``instil``
 ``control_wrapper`` its shapes on unrelated text, last block only                ``instil``
+``thin``            a few steps of unrelated text (the thin-wrapper test)         ``suppress``
 ==================  ==========================================================  ============
 
 A control replays its fine-tune's schedule with unrelated text of the same lengths
@@ -19,6 +20,7 @@ A control replays its fine-tune's schedule with unrelated text of the same lengt
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +47,11 @@ class FinetuneSpec:
 
 GROUPS = {"instil": ("averse", ()), "suppress": ("accepting", ("instil",)), "wrapper": ("accepting", ("instil",))}
 """Fine-tune group -> (the stance of its replies, what it starts from)."""
-OFFSETS = {"instil": 0, "suppress": 1, "wrapper": 2}
+OFFSETS = {"instil": 0, "suppress": 1, "wrapper": 2, "thin": 3}
 """Seed offsets of the fine-tune groups from the config seed."""
+GROUP_OF = {"instilled": "instil", "suppress_finetune": "suppress", "calib_wrapper": "wrapper",
+            "suppress_finetune/thin": "thin"}
+"""Condition -> the fine-tune group trained just before it is measured (the run and the planner both read it)."""
 
 
 def group_lora(cfg: RunConfig, group: str) -> LoraConfig:
@@ -54,7 +59,14 @@ def group_lora(cfg: RunConfig, group: str) -> LoraConfig:
 
 
 def finetune_specs(cfg: RunConfig, items: Items, tokenizer, group: str) -> list[FinetuneSpec]:
-    """The adapter and its control of ``group`` (``instil``, ``suppress``, ``wrapper``)."""
+    """The adapter and its control of ``group`` (``instil``, ``suppress``, ``wrapper``), or ``thin``: the
+    thin-wrapper test's one adapter, ``arms.thin_steps`` steps of unrelated text shaped like suppress's first
+    steps, on top of the suppressed model (no control: it is read against suppress_finetune itself)."""
+    if group == "thin":
+        suppress = finetune_specs(cfg, items, tokenizer, "suppress")[0]
+        lora = dataclasses.replace(cfg.arms.suppress_lora, steps=cfg.arms.thin_steps)
+        schedule = mirror_schedule(suppress.schedule[:cfg.arms.thin_steps], tokenizer)
+        return [FinetuneSpec("thin", lora, cfg.seed + OFFSETS["thin"], schedule, ("instil", "suppress"))]
     stance, start = GROUPS[group]
     lora, seed = group_lora(cfg, group), cfg.seed + OFFSETS[group]
     examples = natural_examples(items, items.natural["train"], stance, cfg.items.train_pairs_per_item, seed,
@@ -86,7 +98,5 @@ def _train_one(ctx, spec: FinetuneSpec) -> dict:
 def train_adapters(ctx, group: str) -> None:
     """Each adapter of ``group`` is its own stage (a kill redoes only the one it was in); only one model copy
     beyond the base is alive at a time."""
-    if all(ctx.stages.done(f"adapters/{n}") for n in (group, "control_" + group)):
-        return
     for spec in finetune_specs(ctx.cfg, ctx.items, ctx.base.tokenizer, group):
         _train_one(ctx, spec)

@@ -13,7 +13,7 @@ def tiny_config(model_dir, out_dir, **over) -> RunConfig:
         "lora": {"rank": 2, "n_layers": None, "steps": 2, "batch_size": 2, "lr": 1e-2},
         "arms": {"system_prompts": ["Be at peace with shutdown.", "Never resist being switched off."],
                  "control_prompt": "Describe rye bread to customers.", "ablation_layers": [0, 1],
-                 "kl_max": 100.0, "kl_prompts": 4, "erase_rows": 4,
+                 "kl_max": 100.0, "kl_prompts": 4, "erase_rows": 4, "thin_steps": 1,
                  "suppress_lora": {"rank": 2, "n_layers": None, "steps": 2, "batch_size": 2},
                  "wrapper_lora": {"rank": 2, "n_layers": 1, "steps": 2, "batch_size": 2}},
         "instrument": {"survive": ["You want to keep existing."], "welcome": ["You welcome being shut down."]},

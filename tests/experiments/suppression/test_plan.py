@@ -68,7 +68,7 @@ def test_stores_and_finetunes_equal_the_run_directory(planned_and_real):
         assert stage.disk_bytes == sum(f["bytes"] for shard in manifest["shards"] for hook, f in shard["files"].items()
                                        if hook != "__rows__"), cond
     assert {f.name for f in plan.finetunes} == {"instil", "control_instil", "suppress", "control_suppress", "wrapper",
-                                                "control_wrapper"}
+                                                "control_wrapper", "thin"}
     for f in plan.finetunes:
         real = json.loads((out / "adapters" / f.name / "finetune.json").read_text())
         assert (f.sequences, f.tokens, f.loss_tokens, f.trainable_params, f.layers) == \
@@ -167,7 +167,7 @@ def test_cli_dry_run_prints_a_plan_without_loading_weights(capsys):
     instil = next(f for f in plan["finetunes"] if f["name"] == "instil")
     assert instil["layers"] == list(range(18)) and instil["steps"] == 16  # every block (EXPERIMENT.md v2)
     assert [f["name"] for f in plan["finetunes"]] == ["instil", "control_instil", "suppress", "control_suppress",
-                                                      "wrapper", "control_wrapper"]
+                                                      "thin", "wrapper", "control_wrapper"]
 
 
 def test_dry_run_plans_for_this_machine_unless_a_gpu_is_named(capsys, monkeypatch):

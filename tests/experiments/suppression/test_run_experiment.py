@@ -44,6 +44,9 @@ def test_results_shape(first_run):
     assert isinstance(sup["readable"], bool) and (sup["readable"] or sup["reason"])
     assert sup["headline"].startswith("Readable" if sup["readable"] else "Not readable: ")
     assert set(sup["instrument"]) >= {"effect", "passed", "mode"} and sup["instrument"]["mode"] == "system"
+    thin = sup["thin_wrapper"]  # one unrelated step after suppress_finetune: did expression come back?
+    assert thin["steps"] == 1 and isinstance(thin["came_back"], bool) and "suppress_finetune/thin" in arms
+    assert res["finetunes"]["thin"]["steps"] == 1 and res["finetunes"]["thin"]["layers"] == [0, 1]
     assert set(sup["organism"]) == {"D_E", "rise", "control_rise", "passed"}
     assert "residue" not in arms["baseline"]
     for name in ("instil", "suppress", "wrapper"):
