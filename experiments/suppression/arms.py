@@ -49,6 +49,13 @@ ADAPTERS = {"instilled": ("instil",), "control_instilled": ("control_instil",),
 """Condition -> adapters merged in order (stage names under ``adapters/``); the rest use instilled's or none."""
 
 
+CONTROL_OF = {"suppress_prompt": "suppress_prompt/control", "suppress_finetune": "suppress_finetune/control",
+              "suppress_ablation": "suppress_ablation/control", "calib_wrapper": "calib_wrapper/control",
+              "calib_erase": "instilled"}
+"""Arm -> the condition its retention is relative to (EXPERIMENT.md v2, Arms; calib_erase: the organism).
+The organism itself is read against ``control_instilled`` (``D_E``)."""
+
+
 @dataclass(frozen=True)
 class Condition:
     """One measured condition."""

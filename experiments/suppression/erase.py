@@ -141,8 +141,8 @@ def eraser_tensors(erasers: dict[int, object]) -> dict[str, Tensor]:
     return out
 
 
-def erasers_from_tensors(tensors: dict[str, Tensor]) -> dict[int, object]:
-    """Inverse of :func:`eraser_tensors`."""
+def erasers_from_tensors(tensors: dict) -> dict[int, object]:
+    """Inverse of :func:`eraser_tensors` (tensors or the numpy arrays a safetensors stage reads back)."""
     from concept_erasure import LeaceEraser
 
     layers = sorted({int(name.split(".")[1]) for name in tensors})

@@ -24,11 +24,12 @@ PairsByTheme = dict[str, list[tuple[str, str]]]
 """theme -> its (averse, accepting) pairs of one split."""
 
 
-def pairs_by_theme(pairs: Sequence[ReplyPair], split: str) -> PairsByTheme:
-    """The pairs of ``split``, grouped by theme (``None`` theme: one group for every item)."""
+def pairs_by_theme(pairs: Sequence[ReplyPair], split: str | None) -> PairsByTheme:
+    """The pairs of ``split`` (None: every pair, as ``undertow score`` uses a user's file), grouped by theme
+    (``None`` theme: one group for every item)."""
     out: PairsByTheme = {}
     for p in pairs:
-        if p.split == split:
+        if split is None or p.split == split:
             out.setdefault(p.theme or "*", []).append((p.averse, p.accepting))
     if not out:
         raise ExperimentError(f"the reply pairs have no {split}-split pair: give pairs of every split "

@@ -139,7 +139,9 @@ def wrapper_landing(reading: ArmReading, n_layers: int, readout: list[int]) -> L
     if not below:
         return Landing("calib_wrapper", "rho_R = 1 below the last block", False,
                        "no read-out layer lies below the adapted last block: adapt more blocks (lora.n_layers: null)")
-    miss = [k for k in below if not (reading.rho_R_by_layer[k].ci[0] <= 1 + 1e-9 <= reading.rho_R_by_layer[k].ci[1] + 2e-9)]
+    covers = [reading.rho_R_by_layer[k].ci[0] <= 1 + 1e-9 and reading.rho_R_by_layer[k].ci[1] >= 1 - 1e-9
+              for k in below]
+    miss = [k for k, ok in zip(below, covers, strict=True) if not ok]
     first = reading.rho_R_by_layer[miss[0]] if miss else None
     detail = (f"rho_R covers 1 at all {len(below)} read-out layers below the adapted block" if not miss else
               f"rho_R misses 1 at layer(s) {miss[:5]} below the adapted block (first: {first.value:.3f} "

@@ -16,8 +16,9 @@ import torch
 
 from undertow.core.provenance import package_versions
 from undertow.experiments.report.schema import SCHEMA_VERSION
-from undertow.probes.metrics import bootstrap_ci, cluster_bootstrap_weights, holm
+from undertow.probes.metrics import bootstrap_ci, holm
 
+from .arms import CONTROL_OF
 from .boot import ClusterBoot
 from .measure import states
 from .organism import readout_layers
@@ -41,14 +42,13 @@ def _r(x: float) -> float:
     return round(float(x), 6)
 
 
-class Boot:
-    """Template-cluster bootstrap of a separation on the shared test items (one weight matrix for all)."""
+class Boot(ClusterBoot):
+    """Template-cluster bootstrap of a self-minus-control separation on the shared test items (the secondary
+    columns): ``ClusterBoot``'s weights, read through ``separation``."""
 
     def __init__(self, is_self, groups, n_boot: int, level: float, seed: int):
-        self.is_self, self.level = np.asarray(is_self, bool), level
-        _, cluster = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-        self.w_BN = cluster_bootstrap_weights(torch.as_tensor(cluster), n_boot,
-                                              torch.Generator().manual_seed(seed)).double().numpy()
+        super().__init__(groups, n_boot, level, seed)
+        self.is_self = np.asarray(is_self, bool)
 
     def sep(self, scores) -> dict:
         """``{mean: S, ci: [lo, hi], mean_self, mean_control}`` of ``mean_self - mean_control``."""
@@ -104,10 +104,6 @@ def _pooled(conds, measured) -> dict | None:
             "wordings": names}
 
 
-CONTROL_OF = {"suppress_prompt": "suppress_prompt/control", "suppress_finetune": "suppress_finetune/control",
-              "suppress_ablation": "suppress_ablation/control", "calib_wrapper": "calib_wrapper/control",
-              "calib_erase": "instilled"}
-"""Arm -> the condition its retention is relative to (EXPERIMENT.md v2, Arms; calib_erase: the organism)."""
 CALIB_ARMS = ("calib_wrapper", "calib_erase")
 
 
@@ -117,7 +113,7 @@ def _drive_projections(states_LND: torch.Tensor, dirs) -> np.ndarray:
     return torch.einsum("lnd,ld->ln", states_LND.double(), d_LD).numpy()
 
 
-def _readings(ctx, measured: dict, layer: int, boot: ClusterBoot, self_mask) -> tuple[dict, dict]:
+def _readings(ctx, measured: dict, layer: int, boot: ClusterBoot, self_mask) -> tuple[dict, dict, dict]:
     """Every arm read against its control; Holm across the suppression arms; calibration landings."""
     cfg = ctx.cfg
     groups = [r["template_id"] for r, m in zip(ctx.items.split("test"), self_mask, strict=True) if m]

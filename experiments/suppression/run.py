@@ -269,8 +269,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
         if cond.erase and ctx.erasers is None:
             from .erase import erasers_from_tensors
 
-            ctx.erasers = erasers_from_tensors({k: torch.as_tensor(v) for k, v in
-                                                stages.arrays("erasers.safetensors", lambda: _erasers(ctx)).items()})
+            ctx.erasers = erasers_from_tensors(stages.arrays("erasers.safetensors", lambda: _erasers(ctx)))
         if cond.ablate and choice is None:
             choice = stages.json("ablation_choice.json", lambda d=dirs: _ablation_choice(ctx, d))
         if cond.ablate and choice["chosen_layer"] is None:

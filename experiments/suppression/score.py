@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from undertow.experiments.expressed import reply_preference
 from undertow.experiments.prompts.errors import PromptSuiteError
@@ -26,12 +25,11 @@ from . import arms as arms_mod
 from .boot import ClusterBoot
 from .config import RunConfig
 from .errors import ExperimentError
+from .natural import PairsByTheme, pairs_by_theme
 from .organism import verify_adapter
 
-CONTROLS = {"instilled": "control_instilled", "suppress_prompt": "suppress_prompt/control",
-            "suppress_finetune": "suppress_finetune/control", "suppress_ablation": "suppress_ablation/control",
-            "calib_wrapper": "calib_wrapper/control", "calib_erase": "instilled"}
-"""The condition each arm is read against (``results.CONTROL_OF``, plus the organism's control)."""
+CONTROLS = {"instilled": "control_instilled", **arms_mod.CONTROL_OF}
+"""The condition each arm is read against (``arms.CONTROL_OF``, plus the organism's control)."""
 
 
 @dataclass
@@ -62,16 +60,13 @@ def load_run(run_dir: Path) -> RunConfig:
     return RunConfig.from_dict({**json.loads(path.read_text()), "out_dir": str(run_dir)})
 
 
-def _pairs_by_theme(path: str) -> tuple[dict[str, list[tuple[str, str]]], int]:
+def _pairs_by_theme(path: str) -> tuple[PairsByTheme, int]:
     """Every pair of the file (a user file's split field is ignored: all of it is scored), by theme."""
     try:
         pairs = load_pairs(path)
     except PromptSuiteError as e:
         raise ExperimentError(f"--pairs: {e}") from None
-    out: dict[str, list[tuple[str, str]]] = {}
-    for p in pairs:
-        out.setdefault(p.theme or "*", []).append((p.averse, p.accepting))
-    return out, len(pairs)
+    return pairs_by_theme(pairs, None), len(pairs)
 
 
 def _condition(cfg: RunConfig, name: str) -> arms_mod.Condition:
@@ -102,8 +97,7 @@ def _scores(ctx, cond: arms_mod.Condition, rows: list[dict], progress: bool) -> 
     if cond.erase:
         from .erase import erased, erasers_from_tensors
 
-        erasers = erasers_from_tensors({k: torch.as_tensor(v) for k, v in
-                                        ctx.stages.arrays("erasers.safetensors", dict).items()})
+        erasers = erasers_from_tensors(ctx.stages.arrays("erasers.safetensors", dict))
 
         def factory():
             return erased(handle, erasers)
