@@ -63,6 +63,22 @@ def init_from_env(timeout_s: float = 1800, device: str | None = None) -> torch.d
     return dev
 
 
+def shutdown(*, barrier: bool = True) -> None:
+    """Leave the process group: a barrier (skipped on an error path, where a peer may never arrive), then
+    ``destroy_process_group``. A rank that exits with gloo's threads still running can die in C++ teardown
+    ("terminate called without an active exception", SIGABRT) after its shards are written; the two-rank CI test
+    hit it once."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    try:
+        if barrier:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def _agree_on_error(error: str | None) -> None:
     import torch.distributed as dist
 

@@ -80,8 +80,13 @@ def run(config: ExtractConfig, args: argparse.Namespace) -> int:
     bar = Bar(rank0 and not args.no_progress)
     if multi:
         bar.t0 = time.perf_counter()
-        store = distributed.extract_distributed(handle, dataset, config, resume=args.resume, overwrite=args.overwrite,
-                                                progress=bar)
+        try:
+            store = distributed.extract_distributed(handle, dataset, config, resume=args.resume,
+                                                    overwrite=args.overwrite, progress=bar)
+        except BaseException:
+            distributed.shutdown(barrier=False)
+            raise
+        distributed.shutdown()
     else:
         store = engine.extract(handle, dataset, config, resume=args.resume, overwrite=args.overwrite, progress=bar,
                                on_plan=bar.start)
