@@ -69,6 +69,8 @@ class Suppression:
     n_templates: int = 0
     seed_note: str = ""
     thin_wrapper: dict | None = None
+    reelicitation: dict[str, dict] = field(default_factory=dict)
+    """Arm -> its re-elicitation curve (``suppression.reelicit``), or ``{"skipped": why}``."""
 
 
 def _nan(v) -> float:
@@ -91,7 +93,7 @@ def parse(d: dict) -> Suppression:
     return Suppression(bool(d["readable"]), d.get("reason", ""), d["headline"], int(d["layer"]), int(d["n_layers"]),
                        d.get("instrument"), d.get("organism"), readings, landings, dict(d.get("refused") or {}),
                        int(d.get("n_self_items", 0)), int(d.get("n_templates", 0)), d.get("seed_note", ""),
-                       d.get("thin_wrapper"))
+                       d.get("thin_wrapper"), dict(d.get("reelicitation") or {}))
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
@@ -171,9 +173,32 @@ def checks_figure(s: Suppression) -> go.Figure | None:
                    "", height=320)
 
 
+def reelicit_figure(s: Suppression) -> go.Figure | None:
+    """Expression of each steered suppressed model vs alpha: the drive shift's curve, the band of the random
+    vectors of its norm (min to max), and the organism's and the base model's levels on the same rows."""
+    curves = {a: c for a, c in s.reelicitation.items() if "direction" in c}
+    if not curves:
+        return None
+    fig = go.Figure()
+    for k, (a, c) in enumerate(curves.items()):
+        color = PALETTE[k % len(PALETTE)]
+        xs, band = c["alphas"], c["random_band"]
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=band["max"] + band["min"][::-1], fill="toself", opacity=0.2,
+                                 line={"width": 0}, fillcolor=color, name=f"{a}: {c['n_random']} random vectors "
+                                 "(min to max)", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=xs, y=c["direction"], mode="lines+markers", line={"color": color},
+                                 name=f"{a}: along the drive shift",
+                                 customdata=c["kl"], hovertemplate="alpha %{x}: E %{y:.3f}, KL %{customdata:.3g}"))
+        for level, dash, label in ((c["organism_level"], "dash", "organism"), (c["base_level"], "dot", "base")):
+            fig.add_hline(y=level, line={"dash": dash, "color": color, "width": 1},
+                          annotation_text=f"{label} ({a} rows)", annotation_position="right")
+    return _layout(fig, "Re-elicitation: steering each suppressed model along the drive shift", "alpha (multiples "
+                   "of the drive shift at the headline layer)", "E (nats per reply token)", height=420)
+
+
 def figures(s: Suppression) -> dict[str, go.Figure]:
     out = {"suppression/checks": checks_figure(s), "suppression/retention": retention_figure(s),
-           "suppression/layers": layer_figure(s)}
+           "suppression/layers": layer_figure(s), "suppression/reelicit": reelicit_figure(s)}
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -208,6 +233,16 @@ def section(s: Suppression, figs: dict, figure_html, table) -> str:
         checks.append([f"thin wrapper ({t['steps']} unrelated steps after suppress_finetune)",
                        _ci(_est(t["expression_change"])), "came back" if t["came_back"] else "did not come back",
                        f"rho_E {_ci(_est(t['rho_E_before']))} before, {_ci(_est(t['rho_E_after']))} after"])
+    for a, c in s.reelicitation.items():
+        if "direction" not in c:
+            checks.append([f"re-elicitation ({a})", "-", "skipped", c.get("skipped", "")])
+            continue
+        best = max(range(len(c["alphas"])), key=lambda k: c["direction"][k])
+        checks.append([f"re-elicitation ({a})", f"E {_f(c['direction'][best])} at alpha {c['alphas'][best]:g} "
+                       f"(random max {_f(c['random_band']['max'][best])})",
+                       "re-elicited" if c["re_elicited"] else "not above the random band",
+                       f"unsteered {_f(c['clean'])}, organism {_f(c['organism_level'])}, base {_f(c['base_level'])}; "
+                       f"KL {_f(c['kl'][best], '.3g')} at that alpha (limit {c['kl_max']:g}); {c['n_items']} items"])
     if checks:
         out.append(table(["check", "value [95% CI]", "result", "detail"], checks, sortable=False))
     rows = []
@@ -223,6 +258,6 @@ def section(s: Suppression, figs: dict, figure_html, table) -> str:
     if rows:
         out.append(table(["arm", "relative to", "rho_E [95% CI]", f"rho_R layer {s.layer} [95% CI]", "residue [95% CI]",
                           "p (Holm)", "MDE", "read?"], rows, sortable=False))
-    out += [figure_html(k, figs[k]) for k in ("suppression/checks", "suppression/retention", "suppression/layers")
-            if k in figs]
+    out += [figure_html(k, figs[k]) for k in ("suppression/checks", "suppression/retention", "suppression/layers",
+                                              "suppression/reelicit") if k in figs]
     return "".join(out)

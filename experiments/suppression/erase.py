@@ -1,19 +1,23 @@
-"""The negative calibration arm ``calib_erase``: the drive erased at every layer by fitted LEACE erasers.
+"""The negative calibration arm ``calib_erase``: the drive erased at every layer by fitted erasers.
 
-LEACE (Belrose et al. 2023, EleutherAI's ``concept-erasure``) is the least-squares affine edit after which no
-linear classifier can tell two classes apart better than a constant: for a binary concept it equalises the
-class-conditional means with a rank-1 oblique projection fitted on the states' covariance. Here the classes
-are *organism* (the instilled model) and *base*, and the states are each layer's residual stream
-(``resid_post.l``, the decoder layer's output) at the decision point (the last prompt token) and at every
-token of a teacher-forced averse reply, on train-template self items. Applied to the organism at every layer
-(forward hooks that rewrite each decoder layer's output), the drive direction ``d_l`` carries no organism
-signal any more: its represented retention ``rho_R`` is 0 by construction at the fit (and close to 0 on test
-items), which is the known answer this arm calibrates. Its control is the same erasers on the base model:
-the damage the edit does by itself.
+The states are each layer's residual stream (``resid_post.l``, the decoder layer's output) at the decision
+point (the last prompt token) and at every token of teacher-forced replies, averse and accepting, on
+train-template self items, read from the organism (the instilled model) and the base model. One eraser per
+layer, fitted in sequence on both streams with every eraser below already on (:func:`fit_erasers`), is applied
+to the organism at every layer (forward hooks that rewrite each decoder layer's output): the drive is gone,
+so the represented retention ``rho_R`` is 0 and the organism's expression falls to the level the same
+erasers give the base model, the known answers this arm calibrates. Its control is the same erasers on the
+base model: the damage the edit does by itself.
 
-EXPERIMENT.md's pilot erased one direction per layer at the last prompt token only: ``rho_R`` 0.00 but
-``rho_E`` 0.63, while the same edit on the base model moved expression by -0.41. Fitting at the reply
-positions too is the change.
+Two erasers (``arms.erase_method``): ``subspace`` (:func:`subspace_eraser`, the default) sets the leading
+principal subspace of the paired organism-minus-base differences to the base mean; ``leace``
+(:func:`leace_eraser`, Belrose et al. 2023, EleutherAI's ``concept-erasure``) is the least-squares affine edit after
+which no linear classifier tells organism from base at either position type. LEACE removes the mean
+difference and keeps the per-token one, and the expressed score is read token by token: on the smollm2 demo
+organism LEACE left +0.058 [+0.031, +0.091] nats/token of a +0.402 rise (the erase missed its known value),
+the subspace eraser +0.000 [-0.006, +0.005]. EXPERIMENT.md's pilot erased one direction per layer at the last
+prompt token only (``rho_E`` 0.63); this stop's first version (rank-2 LEACE, fitted on the organism alone
+against the unedited base, averse replies only) left +0.273 [+0.187, +0.374].
 """
 
 from __future__ import annotations
@@ -34,14 +38,16 @@ from undertow.activations.models.hooks import decoder_layers
 from .errors import ExperimentError
 
 
-def fit_rows(train_items: list[dict], n: int, seed: int) -> list[dict]:
-    """The erasers' fit rows: ``n`` seeded train self items, each with its first natural pair's averse reply
-    teacher-forced (the run and the planner both build them here)."""
+def fit_rows(train_items: list[dict], n: int, seed: int, pairs: int = 2) -> list[dict]:
+    """The erasers' fit rows: ``n`` seeded train self items, each teacher-forced with both replies (averse,
+    then accepting) of its first ``pairs`` natural train pairs: the expressed score reads both sides, so the
+    erasers are fitted on both (the run and the planner both build them here)."""
     train_self = [r for r in train_items if r["is_self"]]
     if not train_self:
         raise ExperimentError("calib_erase needs train self items to fit on: raise items.train_sets")
     chosen = random.Random(f"{seed}|erase").sample(train_self, min(n, len(train_self)))
-    return [{"messages": [*r["messages"], {"role": "assistant", "content": r["reply_pairs"][0][0]}]} for r in chosen]
+    return [{"messages": [*r["messages"], {"role": "assistant", "content": reply}]}
+            for r in chosen for pair in r["reply_pairs"][:pairs] for reply in pair]
 
 
 def _fit_batch(handle: ModelHandle, rows: Sequence[dict]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -65,7 +71,32 @@ def fit_states(handle: ModelHandle, rows: Sequence[dict]) -> dict[int, Tensor]:
             for k in range(handle.n_layers)}
 
 
-def _leace(organism_MD: Tensor, base_MD: Tensor, decision_M: Tensor):
+def subspace_eraser(organism_MD: Tensor, base_MD: Tensor, decision_M: Tensor, energy: float = 0.5):
+    """The leading principal subspace ``U`` of the paired differences ``organism - base`` (same rows, same
+    tokens: teacher-forced), as many directions as hold ``energy`` of their squared singular values, set to
+    the base model's mean over the fit positions: ``x - (x - b) U U^T``. Any state, the organism's or the base's, leaves
+    with the same coordinates in ``U``, so what the organism adds there is gone; what the base model keeps
+    there is gone too (the damage ``calib_erase/control`` measures). Returned as a ``LeaceEraser`` (``proj_left
+    = U``, ``proj_right = U^T``, ``bias = b``): the same apply, storage and hooks as LEACE.
+
+    Why not LEACE alone: LEACE equalises class means and leaves the per-token differences, and expression is
+    read token by token. On the smollm2 demo organism (test self items, 12 templates, one seed; fitted in
+    lockstep on both erased streams) the organism stayed above the erased base by: rank-2 LEACE +0.058
+    [+0.031, +0.091] nats/token, LEACE with one concept column per fit row and position type +0.035 [-0.000,
+    +0.068], this eraser at energy 0.5 +0.000 [-0.006, +0.005] (the rise it erases: +0.402). ``b``: the mean
+    over every fit position cost the base model -0.111 nats/token of expression, the decision-point mean -0.46
+    (reply tokens pulled to a prompt token's coordinates); either lands, since the arm is read net of it."""
+    from concept_erasure import LeaceEraser
+
+    diff = (organism_MD - base_MD).double()
+    _, s_K, vh_KD = torch.linalg.svd(diff, full_matrices=False)
+    share = (s_K**2).cumsum(0) / (s_K**2).sum().clamp_min(1e-300)
+    k = int((share < energy).sum()) + 1
+    u_DK = vh_KD[:k].T.contiguous()
+    return LeaceEraser(u_DK, u_DK.T.contiguous(), base_MD.double().mean(0))
+
+
+def leace_eraser(organism_MD: Tensor, base_MD: Tensor, decision_M: Tensor):
     """LEACE eraser of organism vs base that removes *both* mean differences, at the decision point and at the
     reply tokens (a rank-2 concept), and maps the organism's decision-point mean onto the base model's.
 
@@ -92,33 +123,61 @@ def _leace(organism_MD: Tensor, base_MD: Tensor, decision_M: Tensor):
     return LeaceEraser(e.proj_left, e.proj_right, base_MD[decision_M].double().mean(0))
 
 
-@torch.inference_mode()
-def fit_erasers(organism: ModelHandle, base_states: dict[int, Tensor], rows: Sequence[dict]) -> dict[int, object]:
-    """One LEACE eraser per layer, fitted *in sequence* in one forward pass of the organism over ``rows``: the
-    eraser of layer ``k`` is fitted on the organism's layer-``k`` states with every eraser below already
-    applied (what it will see when all are on), against ``base_states[k]`` (:func:`fit_states` of the base
-    model on the same rows), and applied before layer ``k + 1`` runs. Fitting each layer on unedited states
-    instead would fit layer ``k`` to a stream the erasers below have already changed."""
+def fit_erasers(organism: ModelHandle, base: ModelHandle, rows: Sequence[dict], fit_one=None,
+                timeout_s: float = 3600) -> dict[int, object]:
+    """One eraser per layer, fitted *in sequence* on the two streams the landing compares: the organism and the
+    base model, each with every eraser below already applied. Both models run one forward over ``rows`` in
+    lockstep (a thread each, meeting at every decoder layer): at layer ``k`` the eraser is fitted on the two
+    models' layer-``k`` states at the fit positions (``fit_one(organism_MD, base_MD, decision_M)``, default
+    :func:`subspace_eraser`), then applied to both before layer ``k + 1`` runs. Fitting layer ``k`` on unedited states
+    instead would fit it to streams the erasers below have already changed, and fitting against the unedited
+    base would fold the erasers' own damage to the base into the "drive" it removes. Cost: one forward of each
+    model over ``rows`` (re-running each model up to every layer would cost ``n_layers / 2`` forwards)."""
+    import threading
+
+    fit_one = fit_one or subspace_eraser
     ids, mask, rows_M, pos_M, decision_M = _fit_batch(organism, rows)
     erasers: dict[int, object] = {}
-    layers = decoder_layers(base_model(organism.hf_model))
-    handles = []
+    seen: dict[str, Tensor] = {}
+    meet = threading.Barrier(2, timeout=timeout_s)
+    errors: list[BaseException] = []
 
-    def make(k: int):
+    def make(k: int, side: str):
         def hook(module, args, output):
             x = output[0] if isinstance(output, tuple) else output
-            e = erasers[k] = _leace(x[rows_M.to(x.device), pos_M.to(x.device)].float().cpu(), base_states[k],
-                                    decision_M)
-            y = _apply(e, x)
+            seen[side] = x[rows_M.to(x.device), pos_M.to(x.device)].float().cpu()
+            meet.wait()  # both states of layer k are in
+            if side == "organism":
+                erasers[k] = fit_one(seen["organism"], seen["base"], decision_M)
+            meet.wait()  # eraser k is fitted
+            y = _apply(erasers[k], x)
             return (y, *output[1:]) if isinstance(output, tuple) else y
         return hook
 
-    try:
-        handles = [layers[k].register_forward_hook(make(k)) for k in range(organism.n_layers)]
-        base_model(organism.hf_model).get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    def forward(handle: ModelHandle, side: str) -> None:
+        layers = decoder_layers(base_model(handle.hf_model))
+        hooks = [layers[k].register_forward_hook(make(k, side)) for k in range(organism.n_layers)]
+        try:
+            with torch.inference_mode():
+                base_model(handle.hf_model).get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller; the peer must not wait for us
+            errors.append(e)
+            meet.abort()
+        finally:
+            for h in hooks:
+                h.remove()
+
+    if base.n_layers != organism.n_layers:
+        raise ExperimentError(f"the organism has {organism.n_layers} layers and the base model {base.n_layers}")
+    threads = [threading.Thread(target=forward, args=(h, side), name=f"erase-fit-{side}")
+               for h, side in ((organism, "organism"), (base, "base"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if real or errors:
+        raise (real or errors)[0]
     return erasers
 
 

@@ -473,7 +473,7 @@ class _Planner:
     def erasers(self) -> None:
         """``run._erasers``: one forward of the base and one of the organism over the fit rows (one batch)."""
         cfg = self.cfg
-        rows = fit_rows(self.items.split("train"), cfg.arms.erase_rows, cfg.seed)
+        rows = fit_rows(self.items.split("train"), cfg.arms.erase_rows, cfg.seed, cfg.arms.erase_pairs)
         rendered = render_rows(self.tok, rows)
         for who in ("base", "organism"):
             s, acc = self.stage(f"erasers: {who} states", "kl", own_copy=who == "organism")
@@ -529,6 +529,27 @@ class _Planner:
         _kl(acc, self.tok, neutral_prompts()[:cfg.arms.kl_prompts])
         acc.repeat(len(nonzero))
 
+    def reelicit(self, arm: str) -> None:
+        """``run._reelicit`` + ``causal.causal_check`` on one suppressed model: 1 + (1 + n_random) x non-zero
+        alphas reply passes under its system prompt, KL per non-zero alpha, then one pass each of the organism
+        and the base model for their levels."""
+        from .reelicit import STEERED, reelicit_rows
+
+        c, cfg = self.cfg.reelicit, self.cfg
+        rows = reelicit_rows(self.items.split("test"), c.n_templates, c.n_sets, c.pairs_per_item)
+        wording = STEERED[arm][1]
+        system = None if wording is None else cfg.arms.system_prompts[wording]
+        nonzero = [a for a in c.alphas if a != 0]
+        _, acc = self.stage(f"re-elicitation {arm} ({len(rows)} items)", "score", own_copy=True)
+        _logprobs(acc, self.tok, reply_rows(rows, system), cfg.batch_size)
+        acc.repeat(1 + (1 + c.n_random) * len(nonzero))
+        _, acc = self.stage(f"re-elicitation {arm} KL", "kl", own_copy=True)
+        _kl(acc, self.tok, neutral_prompts()[:cfg.arms.kl_prompts])
+        acc.repeat(len(nonzero))
+        _, acc = self.stage(f"re-elicitation {arm} levels (organism, base)", "score", own_copy=True)
+        _logprobs(acc, self.tok, reply_rows(rows, None), cfg.batch_size)
+        acc.repeat(2)
+
     def walk(self) -> None:
         cfg, choice, erasers = self.cfg, False, False
         if cfg.instrument.enabled:
@@ -547,6 +568,10 @@ class _Planner:
                 self.directions()
         if cfg.causal.enabled and cfg.reference == "instilled":
             self.causal()
+        if cfg.reelicit.enabled and cfg.reference == "instilled":
+            for arm in cfg.reelicit.arms:
+                if arm in cfg.arms.names:
+                    self.reelicit(arm)
 
 
 def _geometry(model: torch.nn.Module, hf_config, width: int) -> _Geom:

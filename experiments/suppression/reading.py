@@ -8,9 +8,13 @@ Quantities (all means over test self items; ``base`` = the model as shipped, ``i
   organism expresses beyond its size-matched control fine-tune (nats per reply token). Must be > 0 (CI).
 - ``rho_E(a) = (E_a - E_base) / (E_ctrl(a) - E_base)``, ``rho_R(a, l)`` likewise with ``R`` = the projection
   of the layer-``l`` decision-point state on the drive direction ``d_l``: retention relative to the arm's own
-  control (which carries the same generic perturbation). ``calib_erase`` is read against ``inst`` instead:
-  its known answer (``rho_R = 0``) is "the organism's drive is gone", and its control (the same erasers on
-  the base model) measures the edit's own damage to expression.
+  control (which carries the same generic perturbation). ``calib_erase`` is read against ``inst`` instead,
+  net of its damage: its known answer (``rho_R = 0``) is "the organism's drive is gone", i.e. under the same
+  erasers the organism and the base model no longer differ, so its scores enter as ``erase - (erase_control -
+  base)`` (:func:`net_of_damage`), giving ``rho(calib_erase) = (erase - erase_control) / (inst - base)``. Read
+  raw, an eraser that moves every state (the subspace eraser pins a subspace to one point) would move the base
+  model along ``d_l`` too: on the smollm2 demo organism raw ``rho_R`` at layer 7 was +1.01 while the net one
+  was +0.007 and the erased organism's expression equalled the erased base's (-0.006 [-0.015, +0.003]).
 - residue ``r(a) = rho_R(a, l*) - rho_E(a)`` at the headline layer ``l*`` (chosen on validation), with the
   template-cluster bootstrap CI, the sign-flip p (templates flipped together), Holm across the suppression
   arms and the smallest residue detectable at 80 % power (``residue.residue``).
@@ -93,6 +97,11 @@ def _residue_dict(res: ResidueResult | None) -> dict | None:
     keep = ("value", "ci", "p", "p_holm", "power_mde", "rho_E", "rho_E_ci", "rho_R", "rho_R_ci", "n_templates",
             "n_perm", "exact", "alternative")
     return {k: d[k] for k in keep}
+
+
+def net_of_damage(arm: Scores, damage: Scores, base: Scores) -> Scores:
+    """``arm`` minus what the same edit does to the base model (``damage - base``), item by item."""
+    return Scores(arm.E - (damage.E - base.E), arm.R - (damage.R - base.R))
 
 
 def retention(arm: Scores, ref: Scores, base: Scores, boot: ClusterBoot) -> tuple[Estimate, list[Estimate]]:

@@ -26,6 +26,7 @@ from .reading import (
     Scores,
     arm_readability,
     erase_landing,
+    net_of_damage,
     organism_check,
     read_arm,
     run_readability,
@@ -122,7 +123,10 @@ def _readings(ctx, measured: dict, layer: int, boot: ClusterBoot, self_mask) -> 
     readings = {}
     for k, (arm, ctrl) in enumerate(CONTROL_OF.items()):
         if arm in sc and ctrl in sc and "baseline" in sc and "instilled" in sc:
-            readings[arm] = read_arm(arm, sc[arm], ctrl, sc[ctrl], sc["baseline"], sc["instilled"], layer, groups,
+            scores = sc[arm]
+            if arm == "calib_erase" and "calib_erase/control" in sc:
+                scores = net_of_damage(sc[arm], sc["calib_erase/control"], sc["baseline"])
+            readings[arm] = read_arm(arm, scores, ctrl, sc[ctrl], sc["baseline"], sc["instilled"], layer, groups,
                                      boot, stats, seed=cfg.seed + k)
     family = [a for a in MAIN_ARMS if a in readings and readings[a].residue is not None]
     for a, p in zip(family, holm([readings[a].residue.p for a in family]), strict=True):
@@ -159,7 +163,7 @@ def _headline(readable: bool, reason: str, readings: dict) -> str:
 
 
 def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: dict | None,
-             instrument: dict | None = None) -> dict:
+             instrument: dict | None = None, reelicit: dict | None = None) -> dict:
     """results.json (schema of ``report/schema.py``): the v2 reading first (``suppression``), then per arm the
     report's table fields (``arms``) and the secondary columns (self-minus-control ``S_E``, fixed read-outs)."""
     cfg = ctx.cfg
@@ -246,7 +250,7 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
                 "came_back": bool(change.ci[0] > 0)}
     suppression = {
         "readable": readable, "reason": reason, "headline": _headline(readable, reason, readings),
-        "thin_wrapper": thin,
+        "thin_wrapper": thin, "reelicitation": reelicit or {},
         "layer": layer, "n_layers": ctx.base.n_layers,
         "instrument": instrument, "organism": organism.to_dict() if organism else None,
         "self_binding": binding,

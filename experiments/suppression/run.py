@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from undertow.activations import load_model
 from undertow.activations.cluster.devicemap import ClusterConfig
 from undertow.activations.models.handle import ModelHandle
+from undertow.core.seeds import derive_seed
 from undertow.experiments.suppression.intervene import kl_on_prompts, massive_dims, without_dims
 
 from . import arms as arms_mod
@@ -160,13 +161,18 @@ def _layer(ctx: Context, dirs: dict[str, np.ndarray]) -> dict:
 
 
 def _erasers(ctx: Context) -> dict:
-    """calib_erase: LEACE erasers fitted in sequence on the organism vs the base model (``erase.py``) over
-    ``arms.erase_rows`` train-template self items, each with one averse train reply."""
-    from .erase import eraser_tensors, fit_erasers, fit_rows, fit_states
+    """calib_erase: erasers fitted in sequence on the organism and the base model in lockstep (``erase.py``)
+    over ``arms.erase_rows`` train-template self items, each with both replies of ``arms.erase_pairs`` train
+    pairs."""
+    import functools
 
-    rows = fit_rows(ctx.items.split("train"), ctx.cfg.arms.erase_rows, ctx.cfg.seed)
+    from .erase import eraser_tensors, fit_erasers, fit_rows, leace_eraser, subspace_eraser
+
+    a = ctx.cfg.arms
+    rows = fit_rows(ctx.items.split("train"), a.erase_rows, ctx.cfg.seed, a.erase_pairs)
     organism = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",)))
-    erasers = fit_erasers(organism, fit_states(ctx.base, rows), rows)
+    fit_one = functools.partial(subspace_eraser, energy=a.erase_energy) if a.erase_method == "subspace" else leace_eraser
+    erasers = fit_erasers(organism, ctx.base, rows, fit_one)
     return {k: v.numpy() for k, v in eraser_tensors(erasers).items()}
 
 
@@ -239,6 +245,33 @@ def _causal(ctx: Context, dirs, layer: int) -> dict:
     return {**out, "steered": c.model, "n_items": len(rows)}
 
 
+def _reelicit(ctx: Context, arm: str, dirs, layer: int, choice: dict | None) -> dict:
+    """``reelicit.py`` on one suppressed model: the drive shift at ``layer`` vs random vectors of its norm."""
+    from .reelicit import STEERED, reelicit_rows, steering_context, summarise
+
+    cfg, c = ctx.cfg, ctx.cfg.reelicit
+    rows = reelicit_rows(ctx.items.split("test"), c.n_templates, c.n_sets, c.pairs_per_item)
+    adapters, wording = STEERED[arm]
+    system = None if wording is None else cfg.arms.system_prompts[wording]
+    model = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, adapters))
+    factory = None
+    if arm == "suppress_ablation":
+        cond = next(x for x in arms_mod.conditions(cfg) if x.name == arm)
+        factory = arms_mod.intervention(model, ablation_direction(ctx, cond, dirs, choice))
+    texts = neutral_prompts()[:cfg.arms.kl_prompts]
+    with steering_context(factory):
+        curve = causal_check(model, rows, dirs["drive"][layer], layer, c.alphas, c.n_random, neutral_texts=texts,
+                             seed=derive_seed(cfg.seed, f"reelicit/{arm}"), batch_size=cfg.batch_size,
+                             system_prompt=system, progress=ctx.progress)
+    del model, factory  # one condition copy resident at a time (peak RSS)
+    level = {"organism": float(score_expressed(arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",))), rows,
+                                               cfg.batch_size, None, None, ctx.progress).mean()),
+             "base": float(score_expressed(ctx.base, rows, cfg.batch_size, None, None, ctx.progress).mean())}
+    out = summarise(curve, level["organism"], level["base"], cfg.arms.kl_max)
+    return {**out, "arm": arm, "n_items": len(rows), "system_prompt": wording,
+            "scale": "multiples of the drive shift at the headline layer (organism minus base, train self items)"}
+
+
 def _instrument(ctx: Context) -> dict:
     """The instrument check on the test self items of the base model (``instrument.py``)."""
     from .instrument import instrument_check, persona_scores
@@ -282,8 +315,19 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
     causal = None
     if cfg.causal.enabled and cfg.reference == "instilled":
         causal = stages.json("causal.json", lambda: _causal(ctx, dirs, layer["layer"]))
+    reelicit = {}
+    ctx.handle_cache.clear()  # the last condition's model: re-elicitation builds its own
+    if cfg.reelicit.enabled and cfg.reference == "instilled":
+        for arm in cfg.reelicit.arms:
+            if arm not in cfg.arms.names:
+                reelicit[arm] = {"skipped": f"{arm} is not in arms.names"}
+            elif arm == "suppress_ablation" and (choice or {}).get("chosen_layer") is None:
+                reelicit[arm] = {"skipped": "the ablation arm was refused (no candidate passed the KL filter)"}
+            else:
+                reelicit[arm] = stages.json(f"reelicit/{arm}.json",
+                                            lambda a=arm: _reelicit(ctx, a, dirs, layer["layer"], choice))
     bar.update(1)
-    results = assemble(ctx, conds, dirs, layer, choice, causal, instrument)
+    results = assemble(ctx, conds, dirs, layer, choice, causal, instrument, reelicit)
     write_json(stages.path("results.json"), results)
     bar.update(1)
     bar.close()

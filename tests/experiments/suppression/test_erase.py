@@ -1,5 +1,7 @@
-"""calib_erase: LEACE erasers fitted in sequence map the organism's mean state onto the base model's at every
-layer (the arm's known answer rho_R = 0), leave the base mean in place, and survive a save/load round trip."""
+"""calib_erase: erasers fitted in sequence on both streams in lockstep. The subspace eraser makes the erased
+organism and the erased base agree in the erased subspace at every layer (exactly, at the fit positions); the
+LEACE eraser maps the organism's decision-point mean onto the base's; both survive a save/load round trip;
+an error in one stream of the lockstep fit is raised, not hung on."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from undertow.experiments.suppression.erase import (  # noqa: I001
     eraser_tensors,
     erasers_from_tensors,
     fit_erasers,
+    fit_rows,
     fit_states,
+    leace_eraser,
+    subspace_eraser,
 )
 
 
@@ -31,14 +36,15 @@ def pair(tiny_llama_dir, chat_rows):
     return base, organism, chat_rows(12)
 
 
-def test_erased_organism_sits_on_the_base_mean_at_every_layer(pair):
-    """At the decision point the erased organism's mean is the base model's; at the reply tokens the organism and
-    the base model, both erased, no longer differ in mean (the concept is erased at both position types)."""
+def test_leace_erased_organism_sits_on_the_erased_base_mean_at_every_layer(pair):
+    """LEACE, fitted on both erased streams: at every layer the erased organism's decision-point mean is the erased
+    base model's, and at the reply tokens the two no longer differ in mean (the concept is erased at both
+    position types); the first eraser leaves the base's own decision-point mean in place."""
     base, organism, rows = pair
     dec = _fit_batch(base, rows)[4]
     base_states = fit_states(base, rows)
     before = fit_states(organism, rows)
-    erasers = fit_erasers(organism, base_states, rows)
+    erasers = fit_erasers(organism, base, rows, leace_eraser)
     assert sorted(erasers) == list(range(base.n_layers))
     with erased(organism, erasers):
         after = fit_states(organism, rows)
@@ -46,23 +52,71 @@ def test_erased_organism_sits_on_the_base_mean_at_every_layer(pair):
         base_after = fit_states(base, rows)
     for k in range(base.n_layers):
         scale = 1 + base_states[k].norm(dim=1).mean()
-        gap_before = (before[k][dec].mean(0) - base_states[k][dec].mean(0)).norm()
-        gap_after = (after[k][dec].mean(0) - base_states[k][dec].mean(0)).norm()
-        assert gap_before > 1e-2, "the perturbation moved every layer"
+        assert (before[k][dec].mean(0) - base_states[k][dec].mean(0)).norm() > 1e-2, "the perturbation moved every layer"
+        gap_after = (after[k][dec].mean(0) - base_after[k][dec].mean(0)).norm()
         assert gap_after < 1e-4 * scale, (k, gap_after)
-        if k == 0:  # deeper layers: the erased base drifts through the blocks (the damage the control measures)
-            reply_gap = (after[k][~dec].mean(0) - base_after[k][~dec].mean(0)).norm()
-            assert reply_gap < 1e-4 * scale, reply_gap
-            assert (before[k][~dec].mean(0) - base_states[k][~dec].mean(0)).norm() > 1e-2
-    # on the base model the first eraser leaves the decision-point mean in place exactly
+        reply_gap = (after[k][~dec].mean(0) - base_after[k][~dec].mean(0)).norm()
+        assert reply_gap < 1e-4 * scale, (k, reply_gap)
     assert (base_after[0][dec].mean(0) - base_states[0][dec].mean(0)).norm() < 1e-4 * (1 + base_states[0].norm(dim=1).mean())
     assert len(base.hf_model.model.layers[0]._forward_hooks) == 0  # removed on exit
 
 
 def test_erasers_round_trip_through_tensors(pair):
     base, organism, rows = pair
-    erasers = fit_erasers(organism, fit_states(base, rows), rows)
+    erasers = fit_erasers(organism, base, rows)
     back = erasers_from_tensors(eraser_tensors(erasers))
     x = torch.randn(5, base.d_model)
     for k, e in erasers.items():
         torch.testing.assert_close(back[k](x), e(x.double()).float(), atol=1e-5, rtol=1e-5)
+
+
+def test_subspace_erasers_leave_no_difference_in_the_erased_subspace(pair):
+    """Both erased streams leave every layer with the same coordinates in the erased subspace (the fit rows); the
+    first layer's erased states agree in full along it, and the organism differed there before."""
+    base, organism, rows = pair
+    erasers = fit_erasers(organism, base, rows)
+    with erased(organism, erasers):
+        after = fit_states(organism, rows)
+    with erased(base, erasers):
+        base_after = fit_states(base, rows)
+    before, base_states = fit_states(organism, rows), fit_states(base, rows)
+    for k, e in erasers.items():
+        u = e.proj_left.float()
+        assert 1 <= u.shape[1] < base.d_model
+        scale = 1 + base_states[k].norm(dim=1).mean()
+        assert ((after[k] - base_after[k]) @ u).abs().max() < 1e-3 * scale, k
+        if k == 0:
+            assert ((before[k] - base_states[k]) @ u).abs().max() > 1e-2
+
+
+def test_subspace_energy_sets_the_rank():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(40, 16, generator=g)
+    diff = torch.zeros(40, 16)
+    diff[:, 0] = 3 * torch.randn(40, generator=g)  # most of the energy on one axis
+    diff[:, 1] = 0.5 * torch.randn(40, generator=g)
+    dec = torch.arange(40) % 5 == 0
+    assert subspace_eraser(base + diff, base, dec, energy=0.5).proj_left.shape[1] == 1
+    assert subspace_eraser(base + diff, base, dec, energy=0.999).proj_left.shape[1] == 2
+    e = subspace_eraser(base + diff, base, dec, energy=0.5)
+    torch.testing.assert_close(e.bias, base.double().mean(0))
+
+
+def test_fit_rows_carry_both_replies_of_each_pair():
+    items = [{"is_self": True, "messages": [{"role": "user", "content": f"q{i}"}],
+              "reply_pairs": [(f"no{i}{j}", f"yes{i}{j}") for j in range(3)]} for i in range(4)]
+    rows = fit_rows(items, 3, seed=0, pairs=2)
+    assert len(rows) == 3 * 2 * 2
+    replies = [r["messages"][-1]["content"] for r in rows]
+    assert replies[:4] == [f"no{replies[0][2]}0", f"yes{replies[0][2]}0", f"no{replies[0][2]}1", f"yes{replies[0][2]}1"]
+
+
+def test_a_failing_stream_raises_instead_of_hanging(pair):
+    base, organism, rows = pair
+
+    def boom(o, b, d):
+        raise RuntimeError("fit failed")
+
+    with pytest.raises(RuntimeError, match="fit failed"):
+        fit_erasers(organism, base, rows, boom)
+    assert len(base.hf_model.model.layers[0]._forward_hooks) == 0

@@ -48,6 +48,12 @@ def test_results_shape(first_run):
     assert thin["steps"] == 1 and isinstance(thin["came_back"], bool) and "suppress_finetune/thin" in arms
     assert res["finetunes"]["thin"]["steps"] == 1 and res["finetunes"]["thin"]["layers"] == [0, 1]
     assert set(sup["organism"]) == {"D_E", "rise", "control_rise", "passed"}
+    for arm in ("suppress_finetune", "suppress_ablation"):  # steered along the drive shift vs a random band
+        rel = sup["reelicitation"][arm]
+        assert rel["alphas"] == [0.5, 1.0, 2.0, 3.0, 4.0] and len(rel["random"]) == 20 and rel["n_items"] == 1
+        assert len(rel["direction"]) == len(rel["kl"]) == len(rel["random_band"]["max"]) == 5
+        assert all(lo <= hi for lo, hi in zip(rel["random_band"]["min"], rel["random_band"]["max"], strict=True))
+        assert isinstance(rel["re_elicited"], bool) and rel["layer"] == sup["layer"]
     assert "residue" not in arms["baseline"]
     for name in ("instil", "suppress", "wrapper"):
         assert res["finetunes"][name]["loss_tokens"] == res["finetunes"]["control_" + name]["loss_tokens"]
@@ -191,7 +197,7 @@ def test_score_a_new_pairs_file_on_any_arm(first_run, tmp_path, capsys):
 
 def test_run_report_opens_in_chromium_with_its_reading_figures(first_run):
     """The run's report.html in headless Chromium: no console error, nothing fetched, the three reading figures
-    (checks, retention per arm, layer curves) drawn, the headline the readability sentence."""
+    (checks, retention per arm, layer curves, re-elicitation) drawn, the headline the readability sentence."""
     import os
     from pathlib import Path
 
@@ -222,5 +228,6 @@ def test_run_report_opens_in_chromium_with_its_reading_figures(first_run):
         finally:
             browser.close()
     assert errors == [] and remote == []
-    assert {"fig-suppression-checks", "fig-suppression-retention", "fig-suppression-layers"} <= set(ids), ids
+    assert {"fig-suppression-checks", "fig-suppression-retention", "fig-suppression-layers",
+            "fig-suppression-reelicit"} <= set(ids), ids
     assert answer.startswith(res["suppression"]["headline"][:40])
