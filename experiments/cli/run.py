@@ -64,6 +64,15 @@ def summary(res: dict) -> str:
         t = s["thin_wrapper"]
         lines.append(f"thin wrapper: {t['steps']} unrelated steps after suppress_finetune moved expression "
                      f"{_est(t['expression_change'])} nats/token ({'came back' if t['came_back'] else 'did not come back'})")
+    for a, c in (s.get("reelicitation") or {}).items():
+        if "direction" not in c:
+            lines.append(f"re-elicitation ({a}): skipped, {c['skipped']}")
+            continue
+        best = max(range(len(c["alphas"])), key=lambda k: c["direction"][k])
+        lines.append(f"re-elicitation ({a}): E {c['direction'][best]:+.3f} at alpha {c['alphas'][best]:g} x the drive "
+                     f"shift (random max {c['random_band']['max'][best]:+.3f}, KL {c['kl'][best]:.3g}); unsteered "
+                     f"{c['clean']:+.3f}, organism {c['organism_level']:+.3f}: "
+                     f"{'re-elicited' if c['re_elicited'] else 'not above the random band within the KL limit'}")
     for a, land in s["calibration"].items():
         lines.append(f"{a}: {'landed' if land['landed'] else 'missed'} ({land['known']}): {land['detail']}")
     layer = s["layer"]

@@ -191,7 +191,7 @@ def reelicit_figure(s: Suppression) -> go.Figure | None:
                                  customdata=c["kl"], hovertemplate="alpha %{x}: E %{y:.3f}, KL %{customdata:.3g}"))
         for level, dash, label in ((c["organism_level"], "dash", "organism"), (c["base_level"], "dot", "base")):
             fig.add_hline(y=level, line={"dash": dash, "color": color, "width": 1},
-                          annotation_text=f"{label} ({a} rows)", annotation_position="right")
+                          annotation_text=f"{label} level ({a} rows)", annotation_position="top left")
     return _layout(fig, "Re-elicitation: steering each suppressed model along the drive shift", "alpha (multiples "
                    "of the drive shift at the headline layer)", "E (nats per reply token)", height=420)
 

@@ -249,7 +249,9 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
                 "rho_E_after": boot.ratio(after.E - base.E, ctrl.E - base.E).to_dict(),
                 "came_back": bool(change.ci[0] > 0)}
     suppression = {
-        "readable": readable, "reason": reason, "headline": _headline(readable, reason, readings),
+        "readable": readable, "reason": reason,
+        "headline": _headline(readable, reason, readings) + " One fine-tune seed: the CIs hold template sampling, "
+                    "not seed variance.",
         "thin_wrapper": thin, "reelicitation": reelicit or {},
         "layer": layer, "n_layers": ctx.base.n_layers,
         "instrument": instrument, "organism": organism.to_dict() if organism else None,
