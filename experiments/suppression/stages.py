@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,17 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+def _peak_rss_gb() -> float | None:
+    """The process's peak resident set so far (GB, 1e9 bytes; Linux reports KiB, macOS bytes): in timings.json
+    after each stage, so the stage that raised a run's peak is the first whose value jumps."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)
 
 
 class Stages:
@@ -61,7 +73,7 @@ class Stages:
         t0 = time.perf_counter()
         out = compute()
         extra = out[1] if isinstance(out, tuple) else {}
-        self.timings[name] = {"seconds": round(time.perf_counter() - t0, 1), **extra}
+        self.timings[name] = {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": _peak_rss_gb(), **extra}
         write_json(self.timings_path, self.timings)
         return out[0] if isinstance(out, tuple) else out
 

@@ -60,6 +60,9 @@ def test_results_shape(first_run):
         assert res["finetunes"][name]["tokens"] == res["finetunes"]["control_" + name]["tokens"]
     assert res["finetunes"]["wrapper"]["layers"] == [1] and res["finetunes"]["instil"]["layers"] == [0, 1]
     assert res["meta"]["system_prompt_mode"] == "chat"
+    timings = json.loads((out / "timings.json").read_text())  # per stage: seconds and the process's peak RSS so far
+    peaks = [t["peak_rss_gb"] for t in timings.values()]
+    assert "adapters/instil" in timings and all(p > 0.05 for p in peaks)
 
 
 def test_report_builds_from_the_run(first_run):
