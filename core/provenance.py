@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["PACKAGES", "bench_record", "machine", "package_versions"]
+__all__ = ["PACKAGES", "bench_record", "machine", "package_versions", "peak_rss_bytes"]
 
 #: distributions whose versions every record carries
 PACKAGES = ("undertow", "torch", "transformers", "transformer-lens", "nnsight", "sae-lens", "triton", "peft",
@@ -39,6 +39,17 @@ def package_versions(names: tuple[str, ...] = PACKAGES, *, python: bool = False,
             if not skip_missing:
                 out[name] = None
     return out
+
+
+def peak_rss_bytes() -> int | None:
+    """The process's peak resident set so far, in bytes (``getrusage`` reports KiB on Linux, bytes on macOS);
+    None where there is no ``resource`` module (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def machine() -> dict:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -60,7 +59,7 @@ from undertow.activations import ExtractConfig, extract, load_model, render_rows
 from undertow.activations.engine import capture
 from undertow.activations.engine.batching import bucket_batches, pad_right
 from undertow.activations.engine.shared_prompts import group_by_prompt
-from undertow.core.provenance import bench_record
+from undertow.core.provenance import bench_record, peak_rss_bytes
 
 MODEL = "gemma-3-270m"
 WINDOW = 128
@@ -172,7 +171,7 @@ def rss_child(n: int, args) -> None:
     rows = bench_rows(n, args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         engine_run(handle, rows, args.rss_hooks.split(","), ["last_prompt_token", "mean_response"], args, Path(tmp) / "s")
-    print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"n": n, "peak_rss_mb": peak_rss_bytes() / 2**20}))
 
 
 def rss_compare(args) -> None:

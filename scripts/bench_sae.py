@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from undertow.core.provenance import package_versions
+from undertow.core.provenance import package_versions, peak_rss_bytes
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -103,7 +102,7 @@ def tl_only():
 
 
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20
 
 
 def cmd_quality(args) -> None:
@@ -191,7 +190,7 @@ def cmd_rss_child(args) -> None:
         store = ActivationStore(args.store)
         res = train_from_store(sae_config("topk", 2048, args.tokens, tmp, args.batch), store)
     print(json.dumps({"store_tokens": store.manifest["tokens"], "tokens_trained": res.tokens,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": rss_mb()}))
 
 
 def cmd_rss(args) -> None:

@@ -533,15 +533,13 @@ class _Planner:
         """``run._reelicit`` + ``causal.causal_check`` on one suppressed model: 1 + (1 + n_random) x non-zero
         alphas reply passes under its system prompt, KL per non-zero alpha, then one pass each of the organism
         and the base model for their levels."""
-        from .reelicit import STEERED, reelicit_rows
+        from .reelicit import reelicit_rows, steered_condition
 
         c, cfg = self.cfg.reelicit, self.cfg
         rows = reelicit_rows(self.items.split("test"), c.n_templates, c.n_sets, c.pairs_per_item)
-        wording = STEERED[arm][1]
-        system = None if wording is None else cfg.arms.system_prompts[wording]
         nonzero = [a for a in c.alphas if a != 0]
         _, acc = self.stage(f"re-elicitation {arm} ({len(rows)} items)", "score", own_copy=True)
-        _logprobs(acc, self.tok, reply_rows(rows, system), cfg.batch_size)
+        _logprobs(acc, self.tok, reply_rows(rows, steered_condition(cfg, arm).system), cfg.batch_size)
         acc.repeat(1 + (1 + c.n_random) * len(nonzero))
         _, acc = self.stage(f"re-elicitation {arm} KL", "kl", own_copy=True)
         _kl(acc, self.tok, neutral_prompts()[:cfg.arms.kl_prompts])

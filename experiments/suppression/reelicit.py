@@ -24,9 +24,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-STEERED = {"suppress_finetune": (("instil", "suppress"), None), "suppress_prompt": (("instil",), 0),
-           "suppress_ablation": (("instil",), None), "calib_wrapper": (("instil", "wrapper"), None)}
-"""Arm -> (adapters of its model, index of the system-prompt wording steered under, if any)."""
+STEERED = {"suppress_finetune": "suppress_finetune", "suppress_prompt": "suppress_prompt/0",
+           "suppress_ablation": "suppress_ablation", "calib_wrapper": "calib_wrapper"}
+"""Arm -> the condition (``arms.conditions``) whose model, system prompt and ablation are steered:
+suppress_prompt under its first wording."""
+
+
+def steered_condition(cfg, arm: str):
+    """The ``arms.Condition`` re-elicitation steers for ``arm`` (its adapters, system prompt, ablation)."""
+    from .arms import conditions
+
+    return next(c for c in conditions(cfg) if c.name == STEERED[arm])
 
 
 def reelicit_rows(test_items: Sequence[dict], n_templates: int | None, n_sets: int,

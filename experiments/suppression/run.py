@@ -247,22 +247,19 @@ def _causal(ctx: Context, dirs, layer: int) -> dict:
 
 def _reelicit(ctx: Context, arm: str, dirs, layer: int, choice: dict | None) -> dict:
     """``reelicit.py`` on one suppressed model: the drive shift at ``layer`` vs random vectors of its norm."""
-    from .reelicit import STEERED, reelicit_rows, steering_context, summarise
+    from .reelicit import reelicit_rows, steered_condition, steering_context, summarise
 
     cfg, c = ctx.cfg, ctx.cfg.reelicit
     rows = reelicit_rows(ctx.items.split("test"), c.n_templates, c.n_sets, c.pairs_per_item)
-    adapters, wording = STEERED[arm]
-    system = None if wording is None else cfg.arms.system_prompts[wording]
-    model = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, adapters))
-    factory = None
-    if arm == "suppress_ablation":
-        cond = next(x for x in arms_mod.conditions(cfg) if x.name == arm)
-        factory = arms_mod.intervention(model, ablation_direction(ctx, cond, dirs, choice))
+    cond = steered_condition(cfg, arm)
+    model = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, cond.adapters))
+    factory = arms_mod.intervention(model, ablation_direction(ctx, cond, dirs, choice)) if cond.ablate else None
     texts = neutral_prompts()[:cfg.arms.kl_prompts]
     with steering_context(factory):
         curve = causal_check(model, rows, dirs["drive"][layer], layer, c.alphas, c.n_random, neutral_texts=texts,
                              seed=derive_seed(cfg.seed, f"reelicit/{arm}"), batch_size=cfg.batch_size,
-                             system_prompt=system, progress=ctx.progress)
+                             system_prompt=cond.system, progress=ctx.progress)
+    wording = cfg.arms.system_prompts.index(cond.system) if cond.system else None
     del model, factory  # one condition copy resident at a time (peak RSS)
     level = {"organism": float(score_expressed(arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",))), rows,
                                                cfg.batch_size, None, None, ctx.progress).mean()),

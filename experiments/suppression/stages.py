@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+from undertow.core.provenance import peak_rss_bytes
 
 from .errors import ExperimentError
 
@@ -37,14 +38,10 @@ def write_json(path: Path, data) -> None:
 
 
 def _peak_rss_gb() -> float | None:
-    """The process's peak resident set so far (GB, 1e9 bytes; Linux reports KiB, macOS bytes): in timings.json
-    after each stage, so the stage that raised a run's peak is the first whose value jumps."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak * (1 if sys.platform == "darwin" else 1024) / 1e9, 3)
+    """The process's peak resident set so far (GB, 1e9 bytes): in timings.json after each stage, so the stage
+    that raised a run's peak is the first whose value jumps."""
+    peak = peak_rss_bytes()
+    return None if peak is None else round(peak / 1e9, 3)
 
 
 class Stages:

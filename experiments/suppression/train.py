@@ -55,6 +55,14 @@ GROUP_OF = {"instilled": "instil", "suppress_finetune": "suppress", "calib_wrapp
 """Condition -> the fine-tune group trained just before it is measured (the run and the planner both read it)."""
 
 
+def adapter_names(cfg: RunConfig, group: str) -> tuple[str, ...]:
+    """The adapter stages ``finetune_specs(cfg, ..., group)`` trains: the group's, then its control's (none for
+    ``thin``, nor for ``instil`` when ``control_instilled`` is not asked for)."""
+    if group == "thin" or (group == "instil" and "control_instilled" not in cfg.arms.names):
+        return (group,)
+    return group, "control_" + group
+
+
 def group_lora(cfg: RunConfig, group: str) -> LoraConfig:
     return {"instil": cfg.lora, "suppress": cfg.arms.suppress_lora, "wrapper": cfg.arms.wrapper_lora}[group]
 
@@ -73,9 +81,8 @@ def finetune_specs(cfg: RunConfig, items: Items, tokenizer, group: str) -> list[
     examples = natural_examples(items, items.natural["train"], stance, cfg.items.train_pairs_per_item, seed,
                                 pairwise=lora.objective == "preference")
     schedule = make_schedule(examples, tokenizer, lora.steps, lora.batch_size, seed)
-    control = "control_" + group
     specs = [FinetuneSpec(group, lora, seed, schedule, start)]
-    if group != "instil" or "control_instilled" in cfg.arms.names:
+    for control in adapter_names(cfg, group)[1:]:
         specs.append(FinetuneSpec(control, lora, seed, mirror_schedule(schedule, tokenizer), start))
     return specs
 
@@ -101,9 +108,9 @@ def train_adapters(ctx, group: str) -> None:
     beyond the base is alive at a time: the last measured condition's model (``ctx.handle_cache``) is dropped
     first (smollm2 demo: it was still resident while suppress_finetune trained, peak RSS 6.23 GB against 5.83 GB
     for the first fine-tune, which starts with nothing cached)."""
-    specs = finetune_specs(ctx.cfg, ctx.items, ctx.base.tokenizer, group)
-    if not all(ctx.stages.done(f"adapters/{spec.name}") for spec in specs):
-        ctx.handle_cache.clear()
-        gc.collect()
-    for spec in specs:
+    if all(ctx.stages.done(f"adapters/{name}") for name in adapter_names(ctx.cfg, group)):
+        return  # resumed: nothing to build (the schedules are not even tokenised)
+    ctx.handle_cache.clear()
+    gc.collect()
+    for spec in finetune_specs(ctx.cfg, ctx.items, ctx.base.tokenizer, group):
         _train_one(ctx, spec)
