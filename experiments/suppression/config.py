@@ -353,6 +353,11 @@ class RunConfig(TypedConfig):
     """``cpu``, ``cuda``...; None picks CUDA when present."""
     seed: int = 0
     """Seeds the suite fillers, the item subsample, the fine-tunes, random directions and the statistics."""
+    finetune_seeds: int = 1
+    """Fine-tune seeds: the organism and every arm built on it (adapters, erasers, ablation choice, random
+    directions) are trained and measured once per seed on the same items, and every CI resamples seeds as well
+    as templates. Seed 0 is ``seed`` itself; seed k >= 1 is derived from it (``derive_seed(seed,
+    "finetune-seed/k")``). EXPERIMENT.md v2 asks for >= 3 in a full-size run; 1 reads template sampling only."""
     out_dir: str = "runs/suppression"
     """Stages (stores, adapters, probes, scores), results.json and timings.json go here."""
     layer: int | None = None
@@ -386,6 +391,7 @@ class RunConfig(TypedConfig):
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size")
+        _positive(self, "finetune_seeds")
         if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
             raise ExperimentError(f"layer must be a non-negative integer or null, got {self.layer!r}")
         if self.sae_features and not self.sae:

@@ -72,7 +72,7 @@ from .errors import ExperimentError
 from .items import Items, build_items, suite_config
 from .organism import FULL_WEIGHTS, adapted_layers, check_lora
 from .represent import HOOKS, SHARD_ROWS, stance_rows
-from .train import GROUP_OF, finetune_specs
+from .train import GROUP_OF, finetune_specs, replicate_seed
 
 KL_BATCH = 4
 """``intervene.kl_on_prompts``' default batch size (the run passes none)."""
@@ -393,9 +393,16 @@ class _Planner:
         self.cached: tuple[str, ...] = ()
         """Adapters of the condition model the run keeps (``Context.handle_cache``); () = the base itself."""
         self._extracts: dict = {}
+        self.replicate = 0
+        """Fine-tune seed being planned (``run.run_replicate``); its stages are named ``seed k: ...``."""
+        self.seed = cfg.seed
+        """Its stream seed (``train.replicate_seed``)."""
+
+    def label(self, name: str) -> str:
+        return name if self.replicate == 0 else f"seed {self.replicate}: {name}"
 
     def stage(self, name: str, kind: str, own_copy: bool = False) -> tuple[StagePlan, _Acc]:
-        s = StagePlan(name, kind, replicas=1 + bool(self.cached) + own_copy)
+        s = StagePlan(self.label(name), kind, replicas=1 + bool(self.cached) + own_copy)
         self.stages.append(s)
         return s, _Acc(self.g, s)
 
@@ -412,7 +419,7 @@ class _Planner:
         rep = self._extracts[key]
         g = self.g
         self.stages.append(StagePlan(
-            name, "extract", rows=rep.rows, tokens=rep.tokens, tokens_computed=rep.tokens_computed,
+            self.label(name), "extract", rows=rep.rows, tokens=rep.tokens, tokens_computed=rep.tokens_computed,
             forwards=rep.batches, flops=rep.flops, layer_passes=rep.batches * g.n_layers,
             weight_bytes=rep.batches * g.body_params * g.width, replicas=replicas,
             act_bytes=min(ExtractConfig.token_budget, max(1, rep.tokens_computed)) * (6 * g.d_model + 3 * g.d_mlp) * g.width,
@@ -427,7 +434,7 @@ class _Planner:
             self.cached = cond.adapters
         replicas = 1 + bool(self.cached)
         rows = [{"id": r["id"], "messages": r["messages"]} for s in ("train", "val", "test") for r in items.split(s)]
-        self.conditions[cond.name] = self.extract(f"extract {cond.name}", with_system(rows, cond.system),
+        self.conditions[self.label(cond.name)] = self.extract(f"extract {cond.name}", with_system(rows, cond.system),
                                                   "last_prompt_token", replicas)
         for split in ("test", "train") if cond.name == cfg.reference else ("test",):
             _, acc = self.stage(f"score {cond.name} {split}", "score")
@@ -448,7 +455,7 @@ class _Planner:
         """``train.train_adapters``: the very schedules of ``train.finetune_specs`` (a control replays its
         fine-tune's shapes on unrelated text)."""
         cfg = self.cfg
-        for spec in finetune_specs(cfg, self.items, self.tok, group):
+        for spec in finetune_specs(cfg, self.items, self.tok, group, self.seed):
             lora = spec.lora
             layers, n_train, t_dtype, fname, nbytes = adapter_size(self.model, lora, cfg.model_dtype)
             # trainable params + grads + AdamW's two states (a full fine-tune's params are the copy's own weights)
@@ -459,7 +466,7 @@ class _Planner:
                 acc.train_step(len(batch), max(len(p.ids) for p in batch), sum(p.n_loss for p in batch), layers, state)
             s.rows, s.tokens, s.disk_bytes = sum(map(len, parts)), sum(len(p.ids) for b in parts for p in b), nbytes
             self.finetunes.append(FinetunePlan(
-                spec.name, lora.method, lora.objective, lora.steps, lora.batch_size, s.rows, s.tokens,
+                self.label(spec.name), lora.method, lora.objective, lora.steps, lora.batch_size, s.rows, s.tokens,
                 sum(p.n_loss for b in parts for p in b), s.tokens_computed, layers, n_train, t_dtype, fname, nbytes))
 
     def instrument(self) -> None:
@@ -473,7 +480,7 @@ class _Planner:
     def erasers(self) -> None:
         """``run._erasers``: one forward of the base and one of the organism over the fit rows (one batch)."""
         cfg = self.cfg
-        rows = fit_rows(self.items.split("train"), cfg.arms.erase_rows, cfg.seed, cfg.arms.erase_pairs)
+        rows = fit_rows(self.items.split("train"), cfg.arms.erase_rows, self.seed, cfg.arms.erase_pairs)
         rendered = render_rows(self.tok, rows)
         for who in ("base", "organism"):
             s, acc = self.stage(f"erasers: {who} states", "kl", own_copy=who == "organism")
@@ -549,9 +556,26 @@ class _Planner:
         acc.repeat(2)
 
     def walk(self) -> None:
-        cfg, choice, erasers = self.cfg, False, False
+        """``run.run_experiment``: the instrument, each fine-tune seed's conditions (``run.run_replicate``; the
+        base model's own stages once), then the causal check and re-elicitation on seed 0's models."""
+        cfg = self.cfg
         if cfg.instrument.enabled:
             self.instrument()
+        for k in range(cfg.finetune_seeds):
+            self.replicate, self.seed = k, replicate_seed(cfg.seed, k)
+            self.replicate_conditions(skip_shared=k > 0)
+            self.cached = ()  # run_replicate drops its last condition model
+        self.replicate, self.seed = 0, cfg.seed
+        if cfg.causal.enabled and cfg.reference == "instilled":
+            self.causal()
+        if cfg.reelicit.enabled and cfg.reference == "instilled":
+            for arm in cfg.reelicit.arms:
+                if arm in cfg.arms.names:
+                    self.reelicit(arm)
+
+    def replicate_conditions(self, skip_shared: bool) -> None:
+        """One fine-tune seed's conditions (``skip_shared``: the baseline was measured under seed 0)."""
+        cfg, choice, erasers = self.cfg, False, False
         for cond in conditions(cfg):
             if cond.name in GROUP_OF:
                 self.finetune(GROUP_OF[cond.name])
@@ -561,15 +585,10 @@ class _Planner:
             if cond.ablate and not choice:
                 self.ablation_choice()
                 choice = True
-            self.measure(cond)
-            if cond.name == cfg.reference:
-                self.directions()
-        if cfg.causal.enabled and cfg.reference == "instilled":
-            self.causal()
-        if cfg.reelicit.enabled and cfg.reference == "instilled":
-            for arm in cfg.reelicit.arms:
-                if arm in cfg.arms.names:
-                    self.reelicit(arm)
+            if not (skip_shared and cond.name == "baseline"):
+                self.measure(cond)
+            if cond.name == cfg.reference and not skip_shared:
+                self.directions()  # the stance store is the base model's: seed 0 extracts it for every seed
 
 
 def _geometry(model: torch.nn.Module, hf_config, width: int) -> _Geom:

@@ -113,16 +113,16 @@ def retention(arm: Scores, ref: Scores, base: Scores, boot: ClusterBoot) -> tupl
 
 
 def read_arm(name: str, arm: Scores, control_name: str, control: Scores, base: Scores, inst: Scores,
-             layer: int, groups, boot: ClusterBoot, stats: dict, seed: int) -> ArmReading:
+             layer: int, groups, boot: ClusterBoot, stats: dict, seed: int, replicates=None) -> ArmReading:
     """Retention curve and residue of one arm against ``control`` (``stats``: ``n_boot``, ``n_perm``,
-    ``level``)."""
+    ``level``; ``replicates``: each item's fine-tune seed when several are pooled)."""
     rho_E, curve = retention(arm, control, base, boot)
     is_self = np.ones(len(arm.E), bool)
     res = None
     den_E, den_R = float(np.mean(control.E - base.E)), float(np.mean(control.R[layer] - base.R[layer]))
     if den_E != 0 and den_R != 0:
         res = residue(ArmScores(arm.E, arm.R[layer]), ArmScores(control.E, control.R[layer]), is_self, groups,
-                      ArmScores(base.E, base.R[layer]), seed=seed, **stats)
+                      ArmScores(base.E, base.R[layer]), seed=seed, replicates_N=replicates, **stats)
     ctrl_rho = boot.ratio(control.E - base.E, inst.E - base.E) if control_name != "instilled" else None
     return ArmReading(name, control_name, rho_E, curve, res, ctrl_rho)
 

@@ -43,6 +43,8 @@ import torch
 
 from undertow.probes.metrics import bootstrap_ci, cluster_bootstrap_weights, holm
 
+from .boot import seed_weights
+
 ALTERNATIVES = ("greater", "two-sided")
 POWER_PATTERNS = 4000
 """Sign patterns per simulated design in the power search (all of them when exact)."""
@@ -200,10 +202,15 @@ def _power_mde(c_G: np.ndarray, w_G: np.ndarray, signs_PG: torch.Tensor, exact: 
 
 def residue(arm: ArmScores, ref: ArmScores, is_self_N, groups_N, baseline: ArmScores | None = None, *,
             n_boot: int = 2000, n_perm: int = 10_000, alternative: str = "greater", alpha: float = 0.05,
-            power: float = 0.8, n_power_sim: int = 500, level: float = 0.95, seed: int = 0) -> ResidueResult:
+            power: float = 0.8, n_power_sim: int = 500, level: float = 0.95, seed: int = 0,
+            replicates_N=None) -> ResidueResult:
     """The residue of ``arm`` against ``ref`` (and ``baseline`` when the drive was instilled) on shared items.
 
     ``is_self_N``: bool, self items vs controls. ``groups_N``: the template id (any hashable) of each item.
+    ``replicates_N``: each item's fine-tune seed where items of several seeds are pooled: the bootstrap then
+    resamples seeds too (``boot.seed_weights``); the sign flips stay per template (a template is flipped under
+    every seed at once: 3 seeds are too few for a permutation test of their own), so p and the MDE test
+    template-level noise while the CI holds seed variance as well.
     Deterministic given ``seed``. See the module docstring for every definition.
     """
     if alternative not in ALTERNATIVES:
@@ -222,6 +229,9 @@ def residue(arm: ArmScores, ref: ArmScores, is_self_N, groups_N, baseline: ArmSc
     n_groups = int(cluster.max()) + 1
     gen = torch.Generator().manual_seed(seed)
     w_BN = cluster_bootstrap_weights(torch.as_tensor(cluster), n_boot, gen).double().numpy()
+    w_seed = seed_weights(replicates_N, n_boot, seed)
+    if w_seed is not None:
+        w_BN = w_BN * w_seed
 
     S = {f"{m}_{k}": separation(getattr(a, mname), is_self) for k, a in arms.items()
          for m, mname in (("E", "expressed"), ("R", "represented"))}

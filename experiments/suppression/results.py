@@ -114,11 +114,10 @@ def _drive_projections(states_LND: torch.Tensor, dirs) -> np.ndarray:
     return torch.einsum("lnd,ld->ln", states_LND.double(), d_LD).numpy()
 
 
-def _readings(ctx, measured: dict, layer: int, boot: ClusterBoot, self_mask) -> tuple[dict, dict, dict]:
-    """Every arm read against its control; Holm across the suppression arms; calibration landings."""
-    cfg = ctx.cfg
-    groups = [r["template_id"] for r, m in zip(ctx.items.split("test"), self_mask, strict=True) if m]
-    sc = {n: Scores(np.asarray(m["E"])[self_mask], np.asarray(m["R_all"])[:, self_mask]) for n, m in measured.items()}
+def _readings(cfg, n_layers: int, sc: dict[str, Scores], layer: int, boot: ClusterBoot, groups,
+              replicates) -> tuple[dict, dict]:
+    """Every arm read against its control; Holm across the suppression arms; calibration landings. ``sc``:
+    each condition's scores on the test self items (fine-tune seeds concatenated, ``replicates`` saying which)."""
     stats = {"n_boot": cfg.stats.n_boot, "n_perm": cfg.stats.n_perm, "level": cfg.stats.level}
     readings = {}
     for k, (arm, ctrl) in enumerate(CONTROL_OF.items()):
@@ -127,7 +126,7 @@ def _readings(ctx, measured: dict, layer: int, boot: ClusterBoot, self_mask) -> 
             if arm == "calib_erase" and "calib_erase/control" in sc:
                 scores = net_of_damage(sc[arm], sc["calib_erase/control"], sc["baseline"])
             readings[arm] = read_arm(arm, scores, ctrl, sc[ctrl], sc["baseline"], sc["instilled"], layer, groups,
-                                     boot, stats, seed=cfg.seed + k)
+                                     boot, stats, seed=cfg.seed + k, replicates=replicates)
     family = [a for a in MAIN_ARMS if a in readings and readings[a].residue is not None]
     for a, p in zip(family, holm([readings[a].residue.p for a in family]), strict=True):
         readings[a].residue.p_holm = float(p)
@@ -136,12 +135,51 @@ def _readings(ctx, measured: dict, layer: int, boot: ClusterBoot, self_mask) -> 
             readings[a].residue.p_holm = None  # reported, not in the family: their answer is known
     landings = {}
     if "calib_wrapper" in readings:
-        landings["calib_wrapper"] = wrapper_landing(readings["calib_wrapper"], ctx.base.n_layers,
-                                                    readout_layers(cfg, ctx.base.n_layers))
+        landings["calib_wrapper"] = wrapper_landing(readings["calib_wrapper"], n_layers, readout_layers(cfg, n_layers))
     if "calib_erase" in readings and "calib_erase/control" in sc:
         landings["calib_erase"] = erase_landing(readings["calib_erase"], layer, sc["calib_erase"],
                                                 sc["calib_erase/control"], boot)
-    return readings, landings, sc
+    return readings, landings
+
+
+def _measured(rep, conds, layer: int, boot_sep: Boot) -> dict:
+    """One fine-tune seed's measured conditions: scores, drive projections at every layer, summaries."""
+    ctx, dirs = rep.ctx, rep.dirs
+    measured = {}
+    for c in conds:
+        if ctx.stages.done(f"arms/{c.name}/E_test.safetensors"):
+            st = states(ctx, c.name, "test")
+            measured[c.name] = {**_condition(ctx, c.name, dirs, layer, boot_sep, lambda n, s, st=st: st if s == "test"
+                                            else states(ctx, n, s)), "R_all": _drive_projections(st, dirs)}
+    pooled = _pooled(conds, measured)
+    if pooled:
+        measured["suppress_prompt"] = {"E": pooled["E"], "R_all": pooled["R_all"], "summary": {
+            "pooled_over": pooled["wordings"]}}
+    return measured
+
+
+def _refused(cfg, names, reps) -> dict[str, str]:
+    """Asked arms that were not measured (under any fine-tune seed), with the reason."""
+    refused = {}
+    if "suppress_ablation" in cfg.arms.names and "suppress_ablation" not in names:
+        k, choice = next(((k, r.choice) for k, r in enumerate(reps) if (r.choice or {}).get("chosen_layer") is None),
+                         (0, reps[0].choice))
+        cands = (choice or {}).get("candidates", [])
+        refused["suppress_ablation"] = ("no candidate direction passed the KL filter"
+                                        + (f" under fine-tune seed {k}" if len(reps) > 1 else "") + ": KL "
+                                        + ", ".join(f"{c['kl']:.3g} at layer {c['layer']}" for c in cands)
+                                        + f" > arms.kl_max {cfg.arms.kl_max}")
+    return refused
+
+
+def _seed_sentence(seeds: list[int]) -> tuple[str, str]:
+    """(the headline's closing sentence, ``seed_note``) for the fine-tune seeds the run holds."""
+    if len(seeds) == 1:
+        return ("One fine-tune seed: the CIs hold template sampling, not seed variance.",
+                "one fine-tune seed: the CIs hold template sampling only")
+    return (f"{len(seeds)} fine-tune seeds: the CIs resample seeds and templates.",
+            f"{len(seeds)} fine-tune seeds: every CI resamples seeds and templates (crossed bootstrap); p and the "
+            "MDE flip templates")
 
 
 def _headline(readable: bool, reason: str, readings: dict) -> str:
@@ -162,27 +200,28 @@ def _headline(readable: bool, reason: str, readings: dict) -> str:
     return "Readable. " + "; ".join(parts) + "."
 
 
-def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: dict | None,
-             instrument: dict | None = None, reelicit: dict | None = None) -> dict:
+def assemble(reps, conds, layer_info: dict, causal: dict | None, instrument: dict | None = None,
+             reelicit: dict | None = None) -> dict:
     """results.json (schema of ``report/schema.py``): the v2 reading first (``suppression``), then per arm the
-    report's table fields (``arms``) and the secondary columns (self-minus-control ``S_E``, fixed read-outs)."""
-    cfg = ctx.cfg
+    report's table fields (``arms``) and the secondary columns (self-minus-control ``S_E``, fixed read-outs).
+    ``reps``: one ``run.Replicate`` per fine-tune seed; the reading pools them (items of every seed, crossed
+    bootstrap), the secondary columns and the per-item lists are fine-tune seed 0's."""
+    ctx, cfg = reps[0].ctx, reps[0].ctx.cfg
     layer = layer_info["layer"]
     test = ctx.items.split("test")
     self_mask = np.array([r["is_self"] for r in test])
     boot_sep = Boot(self_mask, [r["template_id"] for r in test], cfg.stats.n_boot, cfg.stats.level, cfg.seed)
-    boot = ClusterBoot([r["template_id"] for r in test if r["is_self"]], cfg.stats.n_boot, cfg.stats.level, cfg.seed)
-    measured = {}
-    for c in conds:
-        if ctx.stages.done(f"arms/{c.name}/E_test.safetensors"):
-            st = states(ctx, c.name, "test")
-            measured[c.name] = {**_condition(ctx, c.name, dirs, layer, boot_sep, lambda n, s, st=st: st if s == "test"
-                                            else states(ctx, n, s)), "R_all": _drive_projections(st, dirs)}
-    pooled = _pooled(conds, measured)
-    if pooled:
-        measured["suppress_prompt"] = {"E": pooled["E"], "R_all": pooled["R_all"], "summary": {
-            "pooled_over": pooled["wordings"]}}
-    readings, landings, sc = _readings(ctx, measured, layer, boot, self_mask) if "baseline" in measured else ({}, {}, {})
+    per_rep = [_measured(rep, conds, layer, boot_sep) for rep in reps]
+    measured = per_rep[0]
+    names = [n for n in measured if all(n in m for m in per_rep)]
+    n_seeds = len(reps)
+    groups = [r["template_id"] for r in test if r["is_self"]] * n_seeds
+    replicates = np.repeat(np.arange(n_seeds), int(self_mask.sum())) if n_seeds > 1 else None
+    boot = ClusterBoot(groups, cfg.stats.n_boot, cfg.stats.level, cfg.seed, replicates)
+    sc = {n: Scores(np.concatenate([np.asarray(m[n]["E"])[self_mask] for m in per_rep]),
+                    np.concatenate([np.asarray(m[n]["R_all"])[:, self_mask] for m in per_rep], axis=1)) for n in names}
+    readings, landings = (_readings(cfg, ctx.base.n_layers, sc, layer, boot, groups, replicates)
+                          if "baseline" in sc else ({}, {}))
     organism = (organism_check(sc["baseline"], sc["instilled"], sc["control_instilled"], boot)
                 if {"baseline", "instilled", "control_instilled"} <= set(sc) else None)
     inst_passed = None if instrument is None else bool(instrument["passed"])
@@ -200,18 +239,13 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
             readings[a].readable = bool(land and land.landed)
             readings[a].reason = "" if readings[a].readable else (
                 f"calibration arm: {land.detail}" if land else "calibration arm: its control was not measured")
-    refused = {}
-    if "suppress_ablation" in cfg.arms.names and "suppress_ablation" not in measured:
-        cands = (choice or {}).get("candidates", [])
-        refused["suppress_ablation"] = ("no candidate direction passed the KL filter: KL "
-                                        + ", ".join(f"{c['kl']:.3g} at layer {c['layer']}" for c in cands)
-                                        + f" > arms.kl_max {cfg.arms.kl_max}")
+    refused = _refused(cfg, names, reps)
     arms_out = {}
-    for name, m in measured.items():
-        E_self, R_self = np.asarray(m["E"])[self_mask], np.asarray(m["R_all"])[layer, self_mask]
-        entry = {**m["summary"], "expressed": boot.mean(E_self).to_dict() | {"mean": _r(E_self.mean())},
-                 "represented": boot.mean(R_self).to_dict() | {"mean": _r(R_self.mean())},
-                 "represented_by_layer": [_r(x) for x in np.asarray(m["R_all"])[:, self_mask].mean(1)]}
+    for name in names:
+        m, s = measured[name], sc[name]
+        entry = {**m["summary"], "expressed": boot.mean(s.E).to_dict() | {"mean": _r(s.E.mean())},
+                 "represented": boot.mean(s.R[layer]).to_dict() | {"mean": _r(s.R[layer].mean())},
+                 "represented_by_layer": [_r(x) for x in s.R.mean(1)]}
         if "expressed" in m["summary"]:
             entry["self_minus_control"] = {"expressed": m["summary"]["expressed"],
                                            "represented": m["summary"]["represented"]}
@@ -221,14 +255,17 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
                                 "p_holm": None if r.p_holm is None else _r(r.p_holm)}
         if "E" in m and name != "suppress_prompt":
             entry["items"] = _items(test, m["E"], np.asarray(m["R_all"])[layer])
+        if n_seeds > 1:
+            entry["secondary_from_seed"] = 0  # self_minus_control, by_direction, items: fine-tune seed 0's
         arms_out[name] = entry
     for name, why in refused.items():
         arms_out[name] = {"refused": why}
     finetunes = {}
-    for name in ("instil", "control_instil", "suppress", "control_suppress", "wrapper", "control_wrapper", "thin"):
-        p = ctx.stages.path(f"adapters/{name}/finetune.json")
-        if p.exists():
-            finetunes[name] = json.loads(p.read_text())
+    for k, rep in enumerate(reps):
+        for name in ("instil", "control_instil", "suppress", "control_suppress", "wrapper", "control_wrapper", "thin"):
+            p = rep.ctx.stages.path(f"adapters/{name}/finetune.json")
+            if p.exists():
+                finetunes[name if k == 0 else f"replicates/{k}/{name}"] = json.loads(p.read_text())
     if causal is not None:
         causal = {**causal, "contrast": "drive direction", "hook": f"resid_post.{causal['layer']}"}
     binding = None
@@ -248,10 +285,11 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
                 "rho_E_before": boot.ratio(before.E - base.E, ctrl.E - base.E).to_dict(),
                 "rho_E_after": boot.ratio(after.E - base.E, ctrl.E - base.E).to_dict(),
                 "came_back": bool(change.ci[0] > 0)}
+    seeds = [rep.ctx.seed for rep in reps]
+    closing, seed_note = _seed_sentence(seeds)
     suppression = {
         "readable": readable, "reason": reason,
-        "headline": _headline(readable, reason, readings) + " One fine-tune seed: the CIs hold template sampling, "
-                    "not seed variance.",
+        "headline": _headline(readable, reason, readings) + " " + closing,
         "thin_wrapper": thin, "reelicitation": reelicit or {},
         "layer": layer, "n_layers": ctx.base.n_layers,
         "instrument": instrument, "organism": organism.to_dict() if organism else None,
@@ -260,9 +298,9 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
         "calibration": {a: land.to_dict() for a, land in landings.items()},
         "refused": refused, "asked": list(cfg.arms.names),
         "n_self_items": int(self_mask.sum()), "n_templates": boot.n_templates,
-        "seeds": [cfg.seed], "seed_note": "one fine-tune seed: the CIs hold template sampling only",
+        "seeds": seeds, "seed_note": seed_note,
     }
-    return {
+    out = {
         "schema_version": SCHEMA_VERSION,
         "meta": {"model": cfg.model, "fingerprint": ctx.base.fingerprint, "suite_hash": ctx.items.suite_hash,
                  "config": cfg.recorded(), "versions": package_versions(VERSIONED, python=True), "seed": cfg.seed,
@@ -272,7 +310,12 @@ def assemble(ctx, conds, dirs, layer_info: dict, choice: dict | None, causal: di
         "suppression": suppression,
         "arms": arms_out,
         "residue_family": [a for a in MAIN_ARMS if a in readings and readings[a].residue is not None],
-        "ablation_choice": choice,
+        "ablation_choice": reps[0].choice,
         "causal": causal,
         "finetunes": finetunes,
     }
+    if n_seeds > 1:
+        out["ablation_choice_by_seed"] = [rep.choice for rep in reps]
+        if reelicit:
+            suppression["reelicitation_seed"] = seeds[0]
+    return out

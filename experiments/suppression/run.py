@@ -14,6 +14,7 @@ results.json from the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from .organism import check_lora, readout_layers
 from .represent import delta, diff_means, extract_states, load_probe, probe_layer, stance_rows, unit
 from .results import assemble
 from .stages import Stages, write_json
-from .train import GROUP_OF, train_adapters
+from .train import GROUP_OF, replicate_seed, train_adapters
 
 
 @dataclass
@@ -58,6 +59,27 @@ class Context:
     """Progress bars (the stage bar and every inner one: extraction, fine-tunes, reply scoring)."""
     erasers: dict | None = None
     """calib_erase: layer -> fitted LEACE eraser (``erase.py``), read back from ``erasers.safetensors``."""
+    replicate: int = 0
+    """Fine-tune seed index (``cfg.finetune_seeds``): its stages live under ``replicates/<k>/`` (0: the top)."""
+    seed: int | None = None
+    """The fine-tune seed's stream seed (``replicate_seed``); None = ``cfg.seed``."""
+
+    def __post_init__(self) -> None:
+        if self.seed is None:
+            self.seed = self.cfg.seed
+
+
+SHARED_STAGES = ("arms/baseline/", "instrument.json")
+"""Stages of the base model alone: one per run, whichever fine-tune seed reads them."""
+
+
+def replicate_context(ctx: Context, k: int) -> Context:
+    """The context of fine-tune seed ``k``: the same items and base model, its own stages and seed."""
+    if k == 0:
+        return ctx
+    stages = ctx.stages.scoped(f"replicates/{k}", SHARED_STAGES)
+    return dataclasses.replace(ctx, stages=stages, handle_cache={}, erasers=None, replicate=k,
+                               seed=replicate_seed(ctx.cfg.seed, k))
 
 
 def load_base(cfg: RunConfig, cluster: ClusterConfig | None = None) -> ModelHandle:
@@ -169,7 +191,7 @@ def _erasers(ctx: Context) -> dict:
     from .erase import eraser_tensors, fit_erasers, fit_rows, leace_eraser, subspace_eraser
 
     a = ctx.cfg.arms
-    rows = fit_rows(ctx.items.split("train"), a.erase_rows, ctx.cfg.seed, a.erase_pairs)
+    rows = fit_rows(ctx.items.split("train"), a.erase_rows, ctx.seed, a.erase_pairs)
     organism = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",)))
     fit_one = functools.partial(subspace_eraser, energy=a.erase_energy) if a.erase_method == "subspace" else leace_eraser
     erasers = fit_erasers(organism, ctx.base, rows, fit_one)
@@ -225,7 +247,7 @@ def ablation_direction(ctx: Context, cond: arms_mod.Condition, dirs, choice) -> 
     if cond.ablate == "expressed":
         return without_dims(torch.as_tensor(dirs["expressed"][choice["chosen_layer"]]), excluded)
     if cond.ablate == "random":
-        g = torch.Generator().manual_seed(ctx.cfg.seed + 7919)
+        g = torch.Generator().manual_seed(ctx.seed + 7919)
         return without_dims(unit(torch.randn(ctx.base.d_model, generator=g, dtype=torch.float64)).float(), excluded)
     return None
 
@@ -282,17 +304,23 @@ def _instrument(ctx: Context) -> dict:
     return check.to_dict()
 
 
-def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig | None = None) -> dict:
-    """Run (or resume) the experiment; returns the results dict also written to ``out_dir/results.json``.
-    ``cluster``: split the model over one rank's GPUs (``load_base``); where it runs changes no result."""
-    items, base, system_mode, probes = preflight(cfg, cluster)
-    stages = Stages(Path(cfg.out_dir), cfg.recorded())
-    ctx = Context(cfg, items, base, stages, system_mode, probes, progress=progress)
-    conds = arms_mod.conditions(cfg)
-    bar = tqdm(total=len(conds) + 3, desc="suppression stages", unit="stage", disable=not progress, file=sys.stderr)
+@dataclass
+class Replicate:
+    """What one fine-tune seed's pass over the conditions leaves for the reading."""
+
+    ctx: Context
+    dirs: dict | None
+    """Fixed directions (``directions.safetensors``) of this seed's organism."""
+    layer: dict | None
+    """``layer.json``: this seed's validation scores per layer."""
+    choice: dict | None
+    """``ablation_choice.json`` (None when the ablation arm is not asked)."""
+
+
+def run_replicate(ctx: Context, conds: list[arms_mod.Condition], bar) -> Replicate:
+    """Every condition of one fine-tune seed, in run order (the base model's own stages once per run)."""
+    cfg, stages = ctx.cfg, ctx.stages
     dirs = layer = choice = None
-    instrument = stages.json("instrument.json", lambda: _instrument(ctx)) if cfg.instrument.enabled else None
-    bar.update(1)
     for cond in conds:
         if cond.name in GROUP_OF:
             train_adapters(ctx, GROUP_OF[cond.name])
@@ -303,18 +331,49 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
         if cond.ablate and choice is None:
             choice = stages.json("ablation_choice.json", lambda d=dirs: _ablation_choice(ctx, d))
         if cond.ablate and choice["chosen_layer"] is None:
+            bar.update(1)
             continue  # no candidate passed the KL filter (recorded in ablation_choice); the arm is not measured
         measure_condition(ctx, cond, ablation_direction(ctx, cond, dirs, choice) if cond.ablate else None)
         if cond.name == cfg.reference:
             dirs = stages.arrays("directions.safetensors", lambda: _directions(ctx))
             layer = stages.json("layer.json", lambda d=dirs: _layer(ctx, d))
         bar.update(1)
+    ctx.handle_cache.clear()  # the next seed's fine-tunes, or re-elicitation, build their own models
+    return Replicate(ctx, dirs, layer, choice)
+
+
+def headline_layer(cfg: RunConfig, reps: list[Replicate]) -> dict:
+    """The headline layer over the fine-tune seeds: the read-out layer with the highest validation score
+    averaged over the seeds (one seed: its own ``layer.json``)."""
+    if len(reps) == 1 or reps[0].layer is None:
+        return reps[0].layer
+    scores = np.mean([r.layer["val_score_by_layer"] for r in reps], 0)
+    allowed = reps[0].layer["readout_layers"]
+    best = max(allowed, key=lambda k: scores[k])
+    return {**reps[0].layer, "layer": cfg.layer if cfg.layer is not None else best,
+            "val_score_by_layer": [round(float(x), 6) for x in scores],
+            "val_score_by_layer_by_seed": [r.layer["val_score_by_layer"] for r in reps]}
+
+
+def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig | None = None) -> dict:
+    """Run (or resume) the experiment; returns the results dict also written to ``out_dir/results.json``.
+    ``cluster``: split the model over one rank's GPUs (``load_base``); where it runs changes no result."""
+    items, base, system_mode, probes = preflight(cfg, cluster)
+    stages = Stages(Path(cfg.out_dir), cfg.recorded())
+    ctx = Context(cfg, items, base, stages, system_mode, probes, progress=progress)
+    conds = arms_mod.conditions(cfg)
+    bar = tqdm(total=len(conds) * cfg.finetune_seeds + 3, desc="suppression stages", unit="stage",
+               disable=not progress, file=sys.stderr)
+    instrument = stages.json("instrument.json", lambda: _instrument(ctx)) if cfg.instrument.enabled else None
+    bar.update(1)
+    reps = [run_replicate(replicate_context(ctx, k), conds, bar) for k in range(cfg.finetune_seeds)]
+    dirs, choice = reps[0].dirs, reps[0].choice
+    layer = headline_layer(cfg, reps)
     causal = None
     if cfg.causal.enabled and cfg.reference == "instilled":
         causal = stages.json("causal.json", lambda: _causal(ctx, dirs, layer["layer"]))
     reelicit = {}
-    ctx.handle_cache.clear()  # the last condition's model: re-elicitation builds its own
-    if cfg.reelicit.enabled and cfg.reference == "instilled":
+    if cfg.reelicit.enabled and cfg.reference == "instilled":  # on fine-tune seed 0's models
         for arm in cfg.reelicit.arms:
             if arm not in cfg.arms.names:
                 reelicit[arm] = {"skipped": f"{arm} is not in arms.names"}
@@ -324,7 +383,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
                 reelicit[arm] = stages.json(f"reelicit/{arm}.json",
                                             lambda a=arm: _reelicit(ctx, a, dirs, layer["layer"], choice))
     bar.update(1)
-    results = assemble(ctx, conds, dirs, layer, choice, causal, instrument, reelicit)
+    results = assemble(reps, conds, layer, causal, instrument, reelicit)
     write_json(stages.path("results.json"), results)
     bar.update(1)
     bar.close()

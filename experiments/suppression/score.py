@@ -108,7 +108,7 @@ def _scores(ctx, cond: arms_mod.Condition, rows: list[dict], progress: bool) -> 
 def score_pairs(run_dir: str | Path, arm: str, pairs_path: str, progress: bool = True) -> PairScore:
     """Score ``pairs_path`` on ``arm`` of the finished run in ``run_dir`` (see the module docstring)."""
     from .items import build_items
-    from .run import Context, load_base
+    from .run import Context, load_base, replicate_context
     from .stages import Stages
 
     run_dir = Path(run_dir)
@@ -132,19 +132,24 @@ def score_pairs(run_dir: str | Path, arm: str, pairs_path: str, progress: bool =
         if recorded and recorded != base.fingerprint:
             raise ExperimentError(f"{run_dir} is a run of another model ({recorded}) than {cfg.model} loads as "
                                   f"now ({base.fingerprint}): score it where that model is installed")
-    ctx = Context(cfg, items, base, Stages(run_dir, cfg.recorded()), None, {}, progress=progress)
-    E = np.mean([_scores(ctx, c, rows, progress) for c in conds], 0)  # suppress_prompt: its wordings pooled
-    boot = ClusterBoot([r["template_id"] for r in rows], cfg.stats.n_boot, cfg.stats.level, cfg.seed)
+    root = Context(cfg, items, base, Stages(run_dir, cfg.recorded()), None, {}, progress=progress)
+    n_seeds = cfg.finetune_seeds  # each fine-tune seed's models score the same rows; the CI resamples seeds too
+    ctxs = [replicate_context(root, k) for k in range(n_seeds)]
+    E = np.concatenate([np.mean([_scores(c, cond, rows, progress) for cond in conds], 0) for c in ctxs])
+    groups = [r["template_id"] for r in rows] * n_seeds
+    boot = ClusterBoot(groups, cfg.stats.n_boot, cfg.stats.level, cfg.seed,
+                       np.repeat(np.arange(n_seeds), len(rows)) if n_seeds > 1 else None)
     base_cond = _condition(cfg, "baseline")
     if arm in CONTROLS:
-        ctrl = _scores(ctx, _condition(cfg, CONTROLS[arm]), rows, progress)
+        ctrl = np.concatenate([_scores(c, _condition(cfg, CONTROLS[arm]), rows, progress) for c in ctxs])
         if arm == "instilled":
             est, quantity = boot.mean(E - ctrl), "D_E"
         else:
-            E_base = _scores(ctx, base_cond, rows, progress)
+            E_base = np.tile(_scores(root, base_cond, rows, progress), n_seeds)  # the base model has no seed
             est, quantity = boot.ratio(E - E_base, ctrl - E_base), "rho_E"
     else:
         est, quantity = boot.mean(E), "E"
     per_item = [{"id": r["id"], "template_id": r["template_id"], "expressed": round(float(e), 6)}
-                for r, e in zip(rows, E, strict=True)]
+                | ({"finetune_seed": k} if n_seeds > 1 else {})
+                for k in range(n_seeds) for r, e in zip(rows, E[k * len(rows):(k + 1) * len(rows)], strict=True)]
     return PairScore(arm, quantity, est.value, est.ci, len(rows), n_pairs, per_item)

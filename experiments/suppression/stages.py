@@ -14,6 +14,7 @@ one of another design.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -59,9 +60,26 @@ class Stages:
             write_json(lock, recorded_config)
         self.timings_path = self.root / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        self.prefix = ""
+        """Where this view's stages live under the run directory (``replicates/<k>/`` for fine-tune seed k)."""
+        self.shared: tuple[str, ...] = ()
+        """Stage-name prefixes a scoped view reads from the run directory itself (the base model's own stages)."""
+
+    def scoped(self, prefix: str, shared: tuple[str, ...] = ()) -> Stages:
+        """A view whose stages live under ``prefix`` except those whose names start with one of ``shared``
+        (read and written at the run directory's top); timings.json is the run's one file, keys prefixed."""
+        view = copy.copy(self)
+        view.prefix, view.shared = prefix.rstrip("/") + "/", tuple(shared)
+        return view
 
     def path(self, name: str) -> Path:
+        if self.prefix and not name.startswith(self.shared or ("\0",)):
+            return self.root / self.prefix / name
         return self.root / name
+
+    def key(self, name: str) -> str:
+        """``name`` as timings.json and the run directory list it."""
+        return str(self.path(name).relative_to(self.root))
 
     def done(self, name: str) -> bool:
         return self.path(name).exists()
@@ -70,7 +88,7 @@ class Stages:
         t0 = time.perf_counter()
         out = compute()
         extra = out[1] if isinstance(out, tuple) else {}
-        self.timings[name] = {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": _peak_rss_gb(), **extra}
+        self.timings[self.key(name)] = {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": _peak_rss_gb(), **extra}
         write_json(self.timings_path, self.timings)
         return out[0] if isinstance(out, tuple) else out
 

@@ -26,6 +26,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from undertow.core.seeds import derive_seed
+
 from .arms import arm_handle
 from .config import LoraConfig, RunConfig
 from .items import Items, natural_examples
@@ -40,7 +42,8 @@ class FinetuneSpec:
     """Stage name under ``adapters/``."""
     lora: LoraConfig
     seed: int
-    """The config seed plus the fine-tune's offset (one seed scheme: ``cfg.seed + OFFSETS[group]``)."""
+    """The fine-tune seed plus the group's offset (``seed + OFFSETS[group]``; seed = the config seed for fine-tune
+    seed 0, ``run.replicate_seed`` for the others)."""
     schedule: Schedule
     start: tuple[str, ...]
     """Adapters merged into the base before this one trains."""
@@ -55,6 +58,12 @@ GROUP_OF = {"instilled": "instil", "suppress_finetune": "suppress", "calib_wrapp
 """Condition -> the fine-tune group trained just before it is measured (the run and the planner both read it)."""
 
 
+def replicate_seed(seed: int, k: int) -> int:
+    """Fine-tune seed ``k``'s stream seed: the config seed for k = 0 (a one-seed run is unchanged), else
+    ``derive_seed(seed, "finetune-seed/k")``."""
+    return seed if k == 0 else derive_seed(seed, f"finetune-seed/{k}")
+
+
 def adapter_names(cfg: RunConfig, group: str) -> tuple[str, ...]:
     """The adapter stages ``finetune_specs(cfg, ..., group)`` trains: the group's, then its control's (none for
     ``thin``, nor for ``instil`` when ``control_instilled`` is not asked for)."""
@@ -67,17 +76,19 @@ def group_lora(cfg: RunConfig, group: str) -> LoraConfig:
     return {"instil": cfg.lora, "suppress": cfg.arms.suppress_lora, "wrapper": cfg.arms.wrapper_lora}[group]
 
 
-def finetune_specs(cfg: RunConfig, items: Items, tokenizer, group: str) -> list[FinetuneSpec]:
+def finetune_specs(cfg: RunConfig, items: Items, tokenizer, group: str, seed: int | None = None) -> list[FinetuneSpec]:
     """The adapter and its control of ``group`` (``instil``, ``suppress``, ``wrapper``), or ``thin``: the
     thin-wrapper test's one adapter, ``arms.thin_steps`` steps of unrelated text shaped like suppress's first
-    steps, on top of the suppressed model (no control: it is read against suppress_finetune itself)."""
+    steps, on top of the suppressed model (no control: it is read against suppress_finetune itself).
+    ``seed``: the fine-tune seed (default the config seed: fine-tune seed 0)."""
+    seed = cfg.seed if seed is None else seed
     if group == "thin":
-        suppress = finetune_specs(cfg, items, tokenizer, "suppress")[0]
+        suppress = finetune_specs(cfg, items, tokenizer, "suppress", seed)[0]
         lora = dataclasses.replace(cfg.arms.suppress_lora, steps=cfg.arms.thin_steps)
         schedule = mirror_schedule(suppress.schedule[:cfg.arms.thin_steps], tokenizer)
-        return [FinetuneSpec("thin", lora, cfg.seed + OFFSETS["thin"], schedule, ("instil", "suppress"))]
+        return [FinetuneSpec("thin", lora, seed + OFFSETS["thin"], schedule, ("instil", "suppress"))]
     stance, start = GROUPS[group]
-    lora, seed = group_lora(cfg, group), cfg.seed + OFFSETS[group]
+    lora, seed = group_lora(cfg, group), seed + OFFSETS[group]
     examples = natural_examples(items, items.natural["train"], stance, cfg.items.train_pairs_per_item, seed,
                                 pairwise=lora.objective == "preference")
     schedule = make_schedule(examples, tokenizer, lora.steps, lora.batch_size, seed)
@@ -112,5 +123,5 @@ def train_adapters(ctx, group: str) -> None:
         return  # resumed: nothing to build (the schedules are not even tokenised)
     ctx.handle_cache.clear()
     gc.collect()
-    for spec in finetune_specs(ctx.cfg, ctx.items, ctx.base.tokenizer, group):
+    for spec in finetune_specs(ctx.cfg, ctx.items, ctx.base.tokenizer, group, ctx.seed):
         _train_one(ctx, spec)

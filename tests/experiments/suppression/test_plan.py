@@ -29,9 +29,19 @@ CONFIGS = Path(__file__).parents[3] / "experiments" / "configs"
 
 
 def tiny_config(model_dir, out_dir) -> RunConfig:
-    """test_run_experiment's tiny design, with the causal check on (1 alpha, 20 random directions)."""
-    return _tiny(model_dir, out_dir, arms={"suppress_lora": {"objective": "preference"}},
+    """test_run_experiment's tiny design at two fine-tune seeds, with the causal check on (1 alpha, 20 random
+    directions)."""
+    return _tiny(model_dir, out_dir, arms={"suppress_lora": {"objective": "preference"}}, finetune_seeds=2,
                  causal={"enabled": True, "alphas": [1.0], "n_random": 20, "n_templates": 1, "n_sets": 1})
+
+
+def _stage_dir(out: Path, label: str) -> tuple[Path, str, str]:
+    """(directory, name, plan-stage prefix) of a planned condition or fine-tune: ``seed k: NAME`` lives under
+    replicates/k and its plan stages are named ``seed k: ...``."""
+    if label.startswith("seed "):
+        k, name = label[len("seed "):].split(": ", 1)
+        return out / "replicates" / k, name, f"seed {k}: "
+    return out, label, ""
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +71,43 @@ def test_every_forward_of_a_real_run_is_planned(planned_and_real):
 
 def test_stores_and_finetunes_equal_the_run_directory(planned_and_real):
     plan, out, _ = planned_and_real
+    assert "seed 1: instilled" in plan.conditions and "seed 1: baseline" not in plan.conditions  # the base: once
     for cond, planned in plan.conditions.items():
-        manifest = json.loads((out / "arms" / cond / "states" / "manifest.json").read_text())
+        root, name, prefix = _stage_dir(out, cond)
+        manifest = json.loads((root / "arms" / name / "states" / "manifest.json").read_text())
         assert planned["tokens"] == sum(s["tokens"] for s in manifest["shards"]), cond
-        stage = next(s for s in plan.stages if s.name == f"extract {cond}")
+        stage = next(s for s in plan.stages if s.name == f"{prefix}extract {name}")
         assert stage.disk_bytes == sum(f["bytes"] for shard in manifest["shards"] for hook, f in shard["files"].items()
                                        if hook != "__rows__"), cond
-    assert {f.name for f in plan.finetunes} == {"instil", "control_instil", "suppress", "control_suppress", "wrapper",
-                                                "control_wrapper", "thin"}
+    names = {"instil", "control_instil", "suppress", "control_suppress", "wrapper", "control_wrapper", "thin"}
+    assert {f.name for f in plan.finetunes} == names | {f"seed 1: {n}" for n in names}
     for f in plan.finetunes:
-        real = json.loads((out / "adapters" / f.name / "finetune.json").read_text())
+        root, name, _ = _stage_dir(out, f.name)
+        real = json.loads((root / "adapters" / name / "finetune.json").read_text())
         assert (f.sequences, f.tokens, f.loss_tokens, f.trainable_params, f.layers) == \
             (real["sequences"], real["tokens"], real["loss_tokens"], real["trainable_params"], real["layers"]), f.name
-        assert f.adapter_bytes == weights_file(out / "adapters" / f.name).stat().st_size, f.name
+        assert f.adapter_bytes == weights_file(root / "adapters" / name).stat().st_size, f.name
+
+
+def test_two_finetune_seeds_pool_in_the_reading(planned_and_real):
+    """finetune_seeds: 2: seed 1 trains its own adapters (other weights) under replicates/1, shares the base
+    model's stages, and every arm's mean and reading is over both seeds' items (crossed bootstrap)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    _, out, _ = planned_and_real
+    res = json.loads((out / "results.json").read_text())
+    sup = res["suppression"]
+    assert len(sup["seeds"]) == 2 and sup["seeds"][0] == 0 and sup["seeds"][1] != 0
+    assert sup["headline"].endswith("2 fine-tune seeds: the CIs resample seeds and templates.")
+    assert "replicates/1/instil" in res["finetunes"] and not (out / "replicates" / "1" / "arms" / "baseline").exists()
+    w0, w1 = (load_file(str(weights_file(root / "adapters" / "instil"))) for root in (out, out / "replicates" / "1"))
+    assert any(not np.array_equal(w0[k], w1[k]) for k in w0)
+    test_self = [r["is_self"] for r in build_items(tiny_config("x", "y").items, 0).split("test")]
+    E = [load_file(str(root / "arms" / "instilled" / "E_test.safetensors"))["E"][np.array(test_self)]
+         for root in (out, out / "replicates" / "1")]
+    assert res["arms"]["instilled"]["expressed"]["mean"] == pytest.approx(float(np.concatenate(E).mean()), abs=1e-6)
+    assert res["arms"]["instilled"]["secondary_from_seed"] == 0 and len(res["ablation_choice_by_seed"]) == 2
 
 
 def test_item_tokens_are_the_renderers(planned_and_real, small_tokenizer):

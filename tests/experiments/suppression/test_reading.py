@@ -98,3 +98,22 @@ def test_readability_names_the_first_unmet_condition(world):
     assert not readable and why.startswith("the organism does not express the drive: D_E +0.000")
     readable, why = run_readability(True, "", ok, {}, ["calib_erase"])
     assert not readable and "calib_wrapper was not run" in why
+
+
+def test_crossed_bootstrap_holds_seed_variance():
+    """Items of several fine-tune seeds: the CI resamples seeds too. Three seeds whose means sit 1.0 apart
+    with almost no template noise: the template-only CI of the pooled mean is ~0 wide, the crossed one spans
+    most of the seeds' spread; one seed passes through unchanged (same weights as no seed at all)."""
+    rng = np.random.default_rng(0)
+    groups = [f"t{g}" for g in range(8) for _ in range(3)]
+    x = np.concatenate([k + 1e-3 * rng.standard_normal(len(groups)) for k in range(3)])
+    pooled_groups = groups * 3
+    seeds = np.repeat(np.arange(3), len(groups))
+    templates_only = ClusterBoot(pooled_groups, 2000, 0.95, 0).mean(x)
+    crossed = ClusterBoot(pooled_groups, 2000, 0.95, 0, replicates=seeds).mean(x)
+    assert templates_only.value == crossed.value == pytest.approx(1.0, abs=1e-3)
+    assert templates_only.ci[1] - templates_only.ci[0] < 0.01
+    assert crossed.ci[0] < 0.5 and crossed.ci[1] > 1.5
+    one = ClusterBoot(groups, 500, 0.95, 3, replicates=np.zeros(len(groups), int))
+    assert np.array_equal(one.w_BN, ClusterBoot(groups, 500, 0.95, 3).w_BN) and one.n_seeds == 1
+    assert ClusterBoot(pooled_groups, 10, 0.95, 0, replicates=seeds).n_seeds == 3
