@@ -7,6 +7,22 @@ every Gemma-3-270M block with logits at every position through the 262k head):
 * LoRA only on the last ``n_layers`` blocks: the frozen blocks below them see
   no tensor that requires grad, so autograd records nothing there and the
   backward pass stops at the first adapted block (``test_organism`` checks it).
+* packed steps: a step's sequences run end to end in one row with no padding
+  (positions restart per sequence; only the attention sees them right-padded,
+  ``_packed_attention``), where the right-padded batch computed 1.19x the real
+  tokens (gemma demo schedule: 17,312 padded for 14,564 real);
+* a fused head (``_HeadLogp``): the [M, 262k] logits in one reused buffer, the
+  gradient w.r.t. the hidden states taken in the same pass (the materialised
+  cross-entropy allocated ~5 fresh 111 MB tensors a step, each page-faulted in).
+
+Profile before (torch.profiler, one gemma-3-270m step, LoRA r=16 q/v/o/down on
+the last 6 blocks, batch 8 right-padded to 136, M=106 loss positions, float32,
+2 threads on the shared 2-core box, 6.3-11.2 s a step): matmuls 63% (the body's
+projections ~45%, LoRA ~6%, the head's two [M, 640] x [640, 262144] products
+9%); the head's [M, 262k] tail (fill_, log_softmax and its backward, softcap)
+~7%; elementwise ops (RMSNorm pow/mul/sum, GELU, RoPE, residual adds) ~20%;
+sdpa forward + backward ~3%; AdamW <0.1%. ``scripts/bench_finetune.py`` measures
+the padded reference (``padded=True``) against the packed default in one process.
 
 A fine-tune is a *schedule*: the exact token sequences of every step. The
 control fine-tunes replay the schedule of the fine-tune they control with
@@ -140,7 +156,8 @@ def check_lora(model: torch.nn.Module, cfg: LoraConfig) -> None:
 
 
 def _batch_tensors(batch: list[Seq], pad: int, device) -> tuple[torch.Tensor, ...]:
-    """Right-padded ids/mask, and the (row, position) of every hidden state that predicts a loss token + targets."""
+    """Right-padded ids/mask, and the (row, position) of every hidden state that predicts a loss token + targets
+    (the padded reference path: ``padded=True``)."""
     width = max(len(s.ids) for s in batch)
     ids = torch.full((len(batch), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -155,42 +172,252 @@ def _batch_tensors(batch: list[Seq], pad: int, device) -> tuple[torch.Tensor, ..
         torch.tensor(cols, device=device), torch.tensor(targets, device=device)
 
 
-def _reply_logprobs(model: torch.nn.Module, batch: list[Seq], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per loss token: ``log p(target)`` [M] and the sequence it belongs to [M]; the head sees only those positions."""
-    device = next(model.parameters()).device
-    ids, mask, rows, cols, targets = _batch_tensors(batch, pad, device)
-    hidden_BTD = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    logits_MV = model.get_output_embeddings()(hidden_BTD[rows, cols]).float()
+@dataclass(frozen=True)
+class StepShape:
+    """What one optimiser step computes (the dry-run planner mirrors it): ``rows x width`` token positions
+    through the decoder's projections, norms and MLPs (no padding); the attention runs the sequences
+    right-padded, ``len(seq_lens) x max(seq_lens)`` (``_packed_attention``)."""
+
+    rows: int
+    width: int
+    seq_lens: tuple[int, ...]
+
+
+def step_shape(batch: list[Seq]) -> StepShape:
+    """The decoder input of one step's ``batch`` (a preference example counts as its chosen + rejected
+    sequences): every sequence packed end to end into one row, no padding (``_packed_tensors``)."""
+    lens = tuple(len(p.ids) for s in batch for p in s.parts())
+    return StepShape(1, sum(lens), lens)
+
+
+class _Packing:
+    """Where each sequence of a packed row lies: ``bounds`` [S+1] into the row; ``slot_token`` [S * L] the row
+    position of each slot of the [S, L] right-padded layout the attention runs in (a pad slot repeats position
+    0: causal attention never lets a real query see it); ``token_slot`` [N] the slot of each row position.
+    ``calls`` counts the attention calls that used it (a decoder that bypassed the interface makes none)."""
+
+    def __init__(self, lens: list[int], device):
+        self.n_seqs, self.width = len(lens), max(lens)
+        self.bounds = [0]
+        slots, tokens = [], []
+        for j, n in enumerate(lens):
+            o = self.bounds[-1]
+            slots += range(o, o + n)
+            slots += [0] * (self.width - n)
+            tokens += range(j * self.width, j * self.width + n)
+            self.bounds.append(o + n)
+        self.slot_token = torch.tensor(slots, device=device)
+        self.token_slot = torch.tensor(tokens, device=device)
+        self.calls = 0
+
+
+def _packed_tensors(batch: list[Seq], device) -> tuple:
+    """``batch`` end to end in one row: ids and position ids [1, N] (positions restart at 0 per sequence), its
+    ``_Packing``, the flat position of every hidden state that predicts a loss token, and the targets."""
+    ids, pos, flat, targets, o = [], [], [], [], 0
+    for s in batch:
+        n = len(s.ids)
+        ids += s.ids
+        pos += range(n)
+        flat += range(o + n - s.n_loss - 1, o + n - 1)  # the token at t is predicted from the state at t-1
+        targets += s.ids[n - s.n_loss:]
+        o += n
+    return (torch.tensor([ids], device=device), torch.tensor([pos], device=device),
+            _Packing([len(s.ids) for s in batch], device), torch.tensor(flat, device=device),
+            torch.tensor(targets, device=device))
+
+
+PACKED_ATTENTION = "undertow_packed"
+"""The attention implementation the packed forward switches the model to (registered with transformers'
+``AttentionInterface``; no mask interface, so the decoder builds no mask and passes None)."""
+
+
+def _packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
+                      softcap=None, packing: _Packing | None = None, **kwargs):
+    """Causal attention within each sequence of a packed row: ``query`` [1, H, N, d], ``key``/``value``
+    [1, Hkv, N, d] -> [1, N, H, d]. Only here do the sequences sit right-padded ([S, H, L, d], gathered by
+    index), so one batched sdpa call runs them: the math of the padded batch's sdpa/eager attention (sliding
+    window: a key ``sliding_window`` or more back is masked, as ``masking_utils.sliding_window_overlay``;
+    ``softcap``: Gemma-2's tanh cap on the scores, eager). One sdpa call per sequence instead cost 8.6x the
+    padded batch's sdpa backward (1,120 vs 130 ms a step: 48 small calls, and each slice's backward
+    materialised a full-row zero gradient)."""
+    if packing is None:
+        raise ExperimentError("packed attention called without its sequence layout (organism._packed_hidden "
+                              "passes it); this model's decoder does not forward attention kwargs: train it "
+                              "with padded=True")
+    packing.calls += 1
+    n_seqs, width = packing.n_seqs, packing.width
+
+    def to_slots(x):  # [1, h, N, d] -> [S, h, L, d]
+        return x[0].index_select(1, packing.slot_token).view(x.shape[1], n_seqs, width, x.shape[-1]).transpose(0, 1)
+
+    q, k, v = to_slots(query), to_slots(key), to_slots(value)
+    groups = q.shape[1] // k.shape[1]
+    mask = None
+    if (sliding_window is not None and width > sliding_window) or softcap is not None:
+        i = torch.arange(width, device=q.device)
+        mask = i[:, None] >= i[None, :]
+        if sliding_window is not None:
+            mask &= i[None, :] > i[:, None] - sliding_window
+    if softcap is None:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
+                                           scale=scaling, enable_gqa=groups > 1)
+    else:
+        k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        w = torch.tanh(q @ k.transpose(-1, -2) * scaling / softcap) * softcap
+        w = w.masked_fill(~mask, torch.finfo(w.dtype).min).softmax(-1, dtype=torch.float32).to(q.dtype)
+        o = F.dropout(w, p=dropout, training=dropout > 0) @ v
+    heads, d = o.shape[1], o.shape[-1]
+    return o.transpose(1, 2).reshape(n_seqs * width, heads, d).index_select(0, packing.token_slot)[None], None
+
+
+def _register_packed_attention() -> None:
+    from transformers import AttentionInterface
+
+    if PACKED_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
+
+
+def _packed_hidden(model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor, packing: _Packing) -> torch.Tensor:
+    """The decoder's last hidden state [N, D] of a packed row, each sequence attending only to itself."""
+    _register_packed_attention()
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION
+    try:
+        hidden = model.get_decoder()(input_ids=ids, position_ids=pos, packing=packing,
+                                     use_cache=False).last_hidden_state[0]
+    finally:
+        config._attn_implementation = before
+    if packing.calls == 0:
+        raise ExperimentError(f"{type(model).__name__}: its attention ignored transformers' attention interface, "
+                              "so the packed forward would mix sequences; train it with padded=True")
+    return hidden
+
+
+class HeadScratch:
+    """A reusable [M, V] float32 buffer for the reply head's logits, grown to the largest step's M: a fresh
+    262k-wide buffer per step was mmap-ed and page-faulted in every time (glibc serves blocks over 32 MB
+    with mmap): ~0.2 s per 111 MB tensor on the shared 2-core box, ~5 such tensors a step before this."""
+
+    def __init__(self):
+        self.buf = torch.empty(0)
+
+    def get(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        if self.buf.numel() < rows * cols or self.buf.dtype != like.dtype or self.buf.device != like.device:
+            self.buf = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
+        return self.buf[:rows * cols].view(rows, cols)
+
+
+_HEAD_ROWS = 16
+"""Rows of the head's logits per softmax chunk: 16 x 262144 float32 temporaries (16 MB, under glibc's 32 MB
+mmap ceiling, so reused from the heap). Gemma's head alone, M=119, fwd + bwd, one process, shared box: 16 rows
+1.23 s min (1.37 median), 32 rows 1.33, 4 rows 1.33 (2.53 median), 1 row 1.26 (3.60 median: ~30 small
+parallel ops per row, each waiting on the other core); its two [M, V] products alone 1.03 s; the
+materialised cross-entropy 1.79 s."""
+
+
+class _HeadLogp(torch.autograd.Function):
+    """``log p(target)`` per row through a frozen bias-free head (+ Gemma's final tanh softcap), with the
+    gradient w.r.t. the hidden states computed in the same pass: the [M, V] logits live in one reused buffer,
+    overwritten in place by d logp / d logits, then one [M, V] @ [V, D] product. Same math as
+    ``F.cross_entropy(softcap(h @ W.T))`` and its autograd backward (3 [M, V] temporaries, plus the softcap's)."""
+
+    @staticmethod
+    def forward(ctx, hidden_MD, weight_VD, targets_M, softcap, scratch):
+        m, v = hidden_MD.shape[0], weight_VD.shape[0]
+        logits_MV = torch.mm(hidden_MD, weight_VD.t(), out=scratch.get(m, v, hidden_MD))
+        if softcap:
+            logits_MV.div_(softcap).tanh_()  # t = tanh(x / c); the capped logit is c * t
+        need_grad = ctx.needs_input_grad[0]
+        logp_M = torch.empty(m, dtype=torch.float32, device=hidden_MD.device)
+        for r0 in range(0, m, _HEAD_ROWS):
+            t_RV, tgt_R1 = logits_MV[r0:r0 + _HEAD_ROWS], targets_M[r0:r0 + _HEAD_ROWS, None]
+            logp_RV = torch.log_softmax(t_RV * softcap if softcap else t_RV, -1)
+            logp_M[r0:r0 + _HEAD_ROWS] = logp_RV.gather(1, tgt_R1)[:, 0]
+            if not need_grad:
+                continue
+            p_RV = logp_RV.exp_()
+            if softcap:  # d logp / d x = (onehot - p) * (1 - t^2), written over t
+                one_R1 = 1 - t_RV.gather(1, tgt_R1).square_()
+                t_RV.square_().sub_(1).mul_(p_RV).scatter_add_(1, tgt_R1, one_R1)
+            else:  # d logp / d x = onehot - p
+                torch.neg(p_RV, out=t_RV).scatter_add_(1, tgt_R1, torch.ones_like(tgt_R1, dtype=t_RV.dtype))
+        if need_grad:
+            ctx.save_for_backward(torch.mm(logits_MV, weight_VD))
+        return logp_M
+
+    @staticmethod
+    def backward(ctx, grad_M):
+        (dlogp_MD,) = ctx.saved_tensors
+        return grad_M[:, None] * dlogp_MD, None, None, None, None
+
+
+def _head_logp(model: torch.nn.Module, hidden_MD: torch.Tensor, targets_M: torch.Tensor,
+               scratch: HeadScratch | None) -> torch.Tensor:
+    """``log p(target)`` per reply position: the fused ``_HeadLogp`` for a frozen float32 bias-free head, else
+    the head's own forward + float32 cross-entropy (the reference)."""
+    head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
+    if (type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+            and head.weight.dtype == hidden_MD.dtype == torch.float32):
+        return _HeadLogp.apply(hidden_MD, head.weight, targets_M, softcap, scratch or HeadScratch())
+    logits_MV = head(hidden_MD).float()
     if softcap:
         logits_MV = torch.tanh(logits_MV / softcap) * softcap
-    return -F.cross_entropy(logits_MV, targets, reduction="none"), rows
+    return -F.cross_entropy(logits_MV, targets_M, reduction="none")
 
 
-def reply_loss(model: torch.nn.Module, batch: list[Seq], pad: int) -> torch.Tensor:
+def _reply_logprobs(model: torch.nn.Module, batch: list[Seq], pad: int, padded: bool = False,
+                    scratch: HeadScratch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per loss token: ``log p(target)`` [M] and the sequence it belongs to [M]; the head sees only those positions.
+
+    Default: the batch packed into one row with no padding (``step_shape``), attention within each sequence,
+    and the fused head (``_HeadLogp``). ``padded=True``: the reference, right-padded to the longest sequence
+    with the head's logits materialised and autograd's cross-entropy (same loss and gradients up to float
+    rounding: ``test_packed_step_equals_padded``)."""
+    device = next(model.parameters()).device
+    rows = torch.tensor([j for j, s in enumerate(batch) for _ in range(s.n_loss)], device=device)
+    if padded:
+        ids, mask, rows, cols, targets = _batch_tensors(batch, pad, device)
+        hidden_BTD = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits_MV = model.get_output_embeddings()(hidden_BTD[rows, cols]).float()
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits_MV = torch.tanh(logits_MV / softcap) * softcap
+        return -F.cross_entropy(logits_MV, targets, reduction="none"), rows
+    ids, pos, packing, flat, targets = _packed_tensors(batch, device)
+    hidden_ND = _packed_hidden(model, ids, pos, packing)
+    return _head_logp(model, hidden_ND[flat], targets, scratch), rows
+
+
+def reply_loss(model: torch.nn.Module, batch: list[Seq], pad: int, padded: bool = False,
+               scratch: HeadScratch | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the loss tokens; the head sees only their positions."""
-    logp_M, _ = _reply_logprobs(model, batch, pad)
+    logp_M, _ = _reply_logprobs(model, batch, pad, padded, scratch)
     return -logp_M.mean()
 
 
-def preference_loss(model: torch.nn.Module, batch: list[Seq], pad: int, beta: float) -> torch.Tensor:
+def preference_loss(model: torch.nn.Module, batch: list[Seq], pad: int, beta: float, padded: bool = False,
+                    scratch: HeadScratch | None = None) -> torch.Tensor:
     """``softplus(-beta * margin)`` per example, averaged, where ``margin`` is the length-normalised
     ``log p(chosen) - log p(rejected)`` of the two replies after the same prompt: the expressed score
     (``expressed.reply_preference``) itself, so the loss spends nothing on re-learning the reply words
     (a reference-free DPO). Chosen and rejected sequences run as one batch."""
     seqs = [Seq(s.ids, s.n_loss) for s in batch] + [Seq(s.rejected, s.n_rejected) for s in batch]
-    logp_M, rows_M = _reply_logprobs(model, seqs, pad)
+    logp_M, rows_M = _reply_logprobs(model, seqs, pad, padded, scratch)
     n = torch.tensor([s.n_loss for s in seqs], device=logp_M.device, dtype=logp_M.dtype)
     mean_S = torch.zeros(len(seqs), device=logp_M.device, dtype=logp_M.dtype).index_add(0, rows_M, logp_M) / n
     margin_B = mean_S[:len(batch)] - mean_S[len(batch):]
     return F.softplus(-beta * margin_B).mean()
 
 
-def batch_loss(model: torch.nn.Module, batch: list[Seq], pad: int, cfg: LoraConfig) -> torch.Tensor:
+def batch_loss(model: torch.nn.Module, batch: list[Seq], pad: int, cfg: LoraConfig, padded: bool = False,
+               scratch: HeadScratch | None = None) -> torch.Tensor:
     """The configured objective on one step's batch."""
     if cfg.objective == "preference":
-        return preference_loss(model, batch, pad, cfg.beta)
-    return reply_loss(model, batch, pad)
+        return preference_loss(model, batch, pad, cfg.beta, padded, scratch)
+    return reply_loss(model, batch, pad, padded, scratch)
 
 
 def _pause_point(step: int) -> None:
@@ -207,14 +434,15 @@ def _pause_point(step: int) -> None:
 
 
 def _optimise(model: torch.nn.Module, params: list[torch.nn.Parameter], schedule: Schedule, cfg: LoraConfig,
-              pad: int, on_step: Callable[[int, float, int], None] | None) -> list[float]:
+              pad: int, on_step: Callable[[int, float, int], None] | None, padded: bool = False) -> list[float]:
     """AdamW over ``schedule`` (no weight decay, linear warm-up over the first tenth); returns the step losses."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    scratch = HeadScratch()
     warm = max(1, len(schedule) // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     losses = []
     for step, batch in enumerate(schedule):
-        loss = batch_loss(model, batch, pad, cfg)
+        loss = batch_loss(model, batch, pad, cfg, padded, scratch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -236,8 +464,9 @@ def _stats(schedule: Schedule, losses: list[float], params, layers: list[int]) -
 
 
 def train_lora(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed: int, pad: int,
-               on_step: Callable[[int, float, int], None] | None = None):
-    """Train a fresh LoRA on ``model`` (modified in place: peft wraps its projections). Returns (peft model, stats)."""
+               on_step: Callable[[int, float, int], None] | None = None, padded: bool = False):
+    """Train a fresh LoRA on ``model`` (modified in place: peft wraps its projections). Returns (peft model, stats).
+    ``padded=True``: the padded reference steps (``_reply_logprobs``; the benchmark's "before")."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -249,13 +478,13 @@ def train_lora(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed
     pm = get_peft_model(model, peft_cfg)
     params = [p for p in pm.parameters() if p.requires_grad]
     pm.train()
-    losses = _optimise(pm.base_model.model, params, schedule, cfg, pad, on_step)
+    losses = _optimise(pm.base_model.model, params, schedule, cfg, pad, on_step, padded)
     pm.eval()
     return pm, _stats(schedule, losses, params, layers)
 
 
 def train_full(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed: int, pad: int,
-               on_step: Callable[[int, float, int], None] | None = None):
+               on_step: Callable[[int, float, int], None] | None = None, padded: bool = False):
     """Train every weight of the last ``cfg.n_layers`` blocks of ``model`` in place (the rest frozen, so the
     backward pass still stops at the first trained block). Returns (model, stats)."""
     layers = adapted_layers(len(decoder_layers(model)), cfg)
@@ -267,7 +496,7 @@ def train_full(model: torch.nn.Module, schedule: Schedule, cfg: LoraConfig, seed
     for p in params:
         p.requires_grad_(True)
     model.train()
-    losses = _optimise(model, params, schedule, cfg, pad, on_step)
+    losses = _optimise(model, params, schedule, cfg, pad, on_step, padded)
     model.eval()
     return model, _stats(schedule, losses, params, layers)
 

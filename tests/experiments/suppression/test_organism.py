@@ -11,12 +11,14 @@ from undertow.activations import load_model
 from undertow.experiments.suppression.config import ItemsConfig, LoraConfig
 from undertow.experiments.suppression.items import build_items, natural_examples
 from undertow.experiments.suppression.organism import (
+    StepShape,
     make_schedule,
     merge_adapters,
     mirror_schedule,
     preference_loss,
     reply_loss,
     save_adapter,
+    step_shape,
     train_full,
     train_lora,
     weights_file,
@@ -149,3 +151,47 @@ def test_preference_loss_is_the_expressed_margin_and_training_moves_it(setup):
     inner = pm.base_model.model
     after = [_mean_reply_logp(inner, s.ids, s.n_loss) - _mean_reply_logp(inner, s.rejected, s.n_rejected) for s in batch]
     assert sum(after) > sum(margins)
+
+
+def _loss_and_lora_grads(pm, batch, padded: bool, objective: str):
+    for p in pm.parameters():
+        p.grad = None
+    inner = pm.base_model.model
+    loss = preference_loss(inner, batch, 0, 3.0, padded=padded) if objective == "preference" else \
+        reply_loss(inner, batch, 0, padded=padded)
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in pm.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("objective", ["sft", "preference"])
+def test_packed_step_equals_padded(setup, tiny_gemma_dir, arch, objective):
+    """The packed step (one row, no padding, attention per sequence, fused head) gives the padded reference's
+    loss and LoRA gradients (float rounding only): Llama, and Gemma-3 with its sliding window (8 tokens, shorter
+    than the sequences) and a final logit softcap."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    handle, items, _ = setup
+    base = handle.hf_model if arch == "llama" else load_model(tiny_gemma_dir).hf_model
+    examples = natural_examples(items, items.natural["train"], "averse", 2, 0, pairwise=objective == "preference")
+    batch = make_schedule(examples, handle.tokenizer, steps=1, batch_size=4, seed=0)[0]
+    lens = [len(p.ids) for s in batch for p in s.parts()]
+    assert len(set(lens)) > 1 and min(lens) > 8  # ragged (padding in the reference) and past the window
+    assert step_shape(batch) == StepShape(1, sum(lens), tuple(lens))
+    model = copy.deepcopy(base)
+    model.config.final_logit_softcapping = 5.0
+    torch.manual_seed(0)
+    pm = get_peft_model(model, PeftLoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "o_proj",
+                                                                                 "down_proj"]))
+    with torch.no_grad():  # B = 0 at init would leave A without gradient
+        for p in pm.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    loss_ref, grads_ref = _loss_and_lora_grads(pm, batch, True, objective)
+    loss, grads = _loss_and_lora_grads(pm, batch, False, objective)
+    assert abs(loss - loss_ref) < 1e-5
+    assert grads.keys() == grads_ref.keys() and len(grads) == 16
+    for n in grads:
+        assert grads_ref[n].abs().max() > 0
+        torch.testing.assert_close(grads[n], grads_ref[n], atol=1e-5, rtol=1e-4)
