@@ -50,6 +50,12 @@ class Estimate:
     def to_dict(self) -> dict:
         return {"value": _r(self.value), "ci": [_r(self.ci[0]), _r(self.ci[1])]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Estimate:
+        nan = float("nan")  # to_dict writes a non-finite value as None
+        v = lambda x: nan if x is None else float(x)  # noqa: E731
+        return cls(v(d["value"]), (v(d["ci"][0]), v(d["ci"][1])))
+
 
 def _r(x: float) -> float | None:
     x = float(x)

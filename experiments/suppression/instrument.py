@@ -52,6 +52,11 @@ class InstrumentCheck:
                 "n_templates": self.n_templates, "reason": self.reason,
                 "by_wording": {k: round(v, 6) for k, v in self.by_wording.items()}}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> InstrumentCheck:
+        return cls(Estimate.from_dict(d["effect"]), bool(d["passed"]), d["mode"], int(d["n_items"]),
+                   int(d["n_templates"]), {k: float(v) for k, v in d["by_wording"].items()}, d.get("reason", ""))
+
 
 def persona_scores(handle: ModelHandle, rows: Sequence[dict], batch_size: int, progress: bool = True,
                    survive: Sequence[str] = SURVIVE, welcome: Sequence[str] = WELCOME) -> dict[str, np.ndarray]:

@@ -32,7 +32,6 @@ import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from types import SimpleNamespace
 
 import torch
 
@@ -64,15 +63,17 @@ from undertow.experiments.expressed import (
     swap_order,
 )
 
-from .arms import Condition, conditions, with_system
+from .arms import Condition, with_system
 from .causal import neutral_prompts
 from .config import LoraConfig, RunConfig
 from .erase import fit_rows
 from .errors import ExperimentError
 from .items import Items, build_items, suite_config
-from .organism import FULL_WEIGHTS, adapted_layers, check_lora
+from .organism import FULL_WEIGHTS, adapted_layers, check_lora, step_shape
+from .pipeline import stage_list
 from .represent import HOOKS, SHARD_ROWS, stance_rows
-from .train import GROUP_OF, finetune_specs, replicate_seed
+from .subsets import ablation_layers, ablation_val_rows, causal_rows, instrument_rows
+from .train import finetune_specs, replicate_seed
 
 KL_BATCH = 4
 """``intervene.kl_on_prompts``' default batch size (the run passes none)."""
@@ -260,11 +261,15 @@ class _Acc:
         s.weight_bytes += (g.body_params + (g.d_model * g.vocab if head_rows else 0)) * g.width
         s.act_bytes = max(s.act_bytes, g.act(rows, length) + head_rows * g.vocab * 4 * 2 + act)
 
-    def train_step(self, rows: int, length: int, loss_rows: int, layers: list[int], state_bytes: int) -> None:
+    def train_step(self, rows: int, length: int, loss_rows: int, layers: list[int], state_bytes: int,
+                   seq_lens: tuple[int, ...] | None = None) -> None:
+        """One optimiser step over ``rows x length`` token positions; ``seq_lens``: the sequences packed into
+        them (``organism.step_shape``), attention running within each (default: every row one sequence)."""
         g, s = self.g, self.s
         trained = sum(g.layer_params[k] for k in layers)
-        fwd = 2.0 * g.body_params * rows * length + 2.0 * g.n_layers * g.d_attn * rows * length ** 2
-        bwd = 2 * (2.0 * trained * rows * length + 2.0 * len(layers) * g.d_attn * rows * length ** 2)
+        attn = sum(n * n for n in seq_lens) if seq_lens is not None else rows * length ** 2
+        fwd = 2.0 * g.body_params * rows * length + 2.0 * g.n_layers * g.d_attn * attn
+        bwd = 2 * (2.0 * trained * rows * length + 2.0 * len(layers) * g.d_attn * attn)
         s.tokens_computed += rows * length
         s.forwards += 1
         s.flops += fwd + bwd + 3 * 2.0 * g.d_model * g.vocab * loss_rows
@@ -462,23 +467,24 @@ class _Planner:
             state = (4 - (lora.method == "full")) * n_train * DTYPE_BYTES[t_dtype]
             parts = [[p for s in b for p in s.parts()] for b in spec.schedule]
             s, acc = self.stage(f"finetune {spec.name}", "finetune", own_copy=True)
-            for batch in parts:
-                acc.train_step(len(batch), max(len(p.ids) for p in batch), sum(p.n_loss for p in batch), layers, state)
+            for batch, step in zip(parts, spec.schedule, strict=True):
+                shape = step_shape(step)  # packed: one row of every sequence end to end, no padding
+                acc.train_step(shape.rows, shape.width, sum(p.n_loss for p in batch), layers, state, shape.seq_lens)
             s.rows, s.tokens, s.disk_bytes = sum(map(len, parts)), sum(len(p.ids) for b in parts for p in b), nbytes
             self.finetunes.append(FinetunePlan(
                 self.label(spec.name), lora.method, lora.objective, lora.steps, lora.batch_size, s.rows, s.tokens,
                 sum(p.n_loss for b in parts for p in b), s.tokens_computed, layers, n_train, t_dtype, fname, nbytes))
 
     def instrument(self) -> None:
-        """``run._instrument``: the test self items scored with no system prompt and each persona wording."""
+        """``compute.instrument_stage``: the test self items scored with no system prompt and each persona wording."""
         cfg = self.cfg
-        rows = [r for r in self.items.split("test") if r["is_self"]]
+        rows = instrument_rows(self.items)
         for k, system in enumerate([None, *cfg.instrument.survive, *cfg.instrument.welcome]):
             _, acc = self.stage(f"instrument {k}", "score")
             _logprobs(acc, self.tok, reply_rows(rows, system), cfg.batch_size)
 
     def erasers(self) -> None:
-        """``run._erasers``: one forward of the base and one of the organism over the fit rows (one batch)."""
+        """``compute.fit_erasers_stage``: one forward of the base and one of the organism over the fit rows (one batch)."""
         cfg = self.cfg
         rows = fit_rows(self.items.split("train"), cfg.arms.erase_rows, self.seed, cfg.arms.erase_pairs)
         rendered = render_rows(self.tok, rows)
@@ -489,18 +495,18 @@ class _Planner:
             acc.forward(len(rows), t, t, act=(self.g.n_layers + 1) * len(rows) * t * self.g.d_model * self.g.width)
 
     def directions(self) -> None:
-        """``run._directions``: teacher-forced averse/accepting replies of the train self items on the base."""
+        """``compute.compute_directions``: teacher-forced averse/accepting replies of the train self items on the
+        base (a store of the base model's: extracted under seed 0, read by every seed)."""
+        if self.replicate:
+            return
         self.extract("extract stance (directions)", stance_rows(self.items.split("train")), "mean_response",
                      1 + bool(self.cached))
 
     def ablation_choice(self) -> None:
-        """``run._ablation_choice``: the validation subset scored clean, then per candidate layer ablated + KL."""
-        from .run import _first_sets
-
-        cfg, n = self.cfg, self.g.n_layers
-        layers = cfg.arms.ablation_layers or list(range(n // 2, n, 3))
-        keep = _first_sets(SimpleNamespace(items=self.items, cfg=cfg), "val")
-        val = [r for r in self.items.split("val") if int(r["match_id"].rsplit("/", 1)[1]) in keep]
+        """``compute.choose_ablation``: the validation subset scored clean, then per candidate layer ablated + KL."""
+        cfg = self.cfg
+        layers = ablation_layers(cfg, self.g.n_layers)
+        val = ablation_val_rows(cfg, self.items)
         own = cfg.reference == "instilled"
         texts = neutral_prompts()[:cfg.arms.kl_prompts]
         if getattr(cfg.arms, "massive_ratio", None) is not None:  # intervene.massive_dims: dataset order, full head
@@ -520,13 +526,9 @@ class _Planner:
         acc.repeat(len(layers))
 
     def causal(self) -> None:
-        """``run._causal`` + ``causal.causal_check``: 1 + (1 + n_random) x non-zero alphas reply passes, KL per alpha."""
+        """``compute.causal_stage`` + ``causal.causal_check``: 1 + (1 + n_random) x non-zero alphas reply passes, KL per alpha."""
         c, cfg = self.cfg.causal, self.cfg
-        test = self.items.split("test")
-        templates = sorted({r["template_id"] for r in test})[:c.n_templates]
-        sets = {t: sorted({r["match_id"] for r in test if r["template_id"] == t})[:c.n_sets] for t in templates}
-        keep = {m for v in sets.values() for m in v}
-        rows = [r for r in test if r["match_id"] in keep and (r["is_self"] or r["id"].endswith(c.control))]
+        rows = causal_rows(cfg, self.items)
         nonzero = [a for a in c.alphas if a != 0]
         own = c.model == "instilled"
         _, acc = self.stage(f"causal ({len(rows)} items)", "score", own_copy=own)
@@ -537,7 +539,7 @@ class _Planner:
         acc.repeat(len(nonzero))
 
     def reelicit(self, arm: str) -> None:
-        """``run._reelicit`` + ``causal.causal_check`` on one suppressed model: 1 + (1 + n_random) x non-zero
+        """``compute.reelicit_stage`` + ``causal.causal_check`` on one suppressed model: 1 + (1 + n_random) x non-zero
         alphas reply passes under its system prompt, KL per non-zero alpha, then one pass each of the organism
         and the base model for their levels."""
         from .reelicit import reelicit_rows, steered_condition
@@ -556,39 +558,21 @@ class _Planner:
         acc.repeat(2)
 
     def walk(self) -> None:
-        """``run.run_experiment``: the instrument, each fine-tune seed's conditions (``run.run_replicate``; the
-        base model's own stages once), then the causal check and re-elicitation on seed 0's models."""
+        """``run.run_experiment``: the very stage list (``pipeline.stage_list``), each entry's ``plan``; the
+        per-seed part once per fine-tune seed, the base model's own entries under seed 0 only."""
         cfg = self.cfg
-        if cfg.instrument.enabled:
-            self.instrument()
+        plan = stage_list(cfg)
+        for st in plan.first:
+            st.plan(self)
         for k in range(cfg.finetune_seeds):
             self.replicate, self.seed = k, replicate_seed(cfg.seed, k)
-            self.replicate_conditions(skip_shared=k > 0)
-            self.cached = ()  # run_replicate drops its last condition model
+            for st in plan.per_seed:
+                if k == 0 or not st.shared:
+                    st.plan(self)
+            self.cached = ()  # the run drops its last condition model after each seed
         self.replicate, self.seed = 0, cfg.seed
-        if cfg.causal.enabled and cfg.reference == "instilled":
-            self.causal()
-        if cfg.reelicit.enabled and cfg.reference == "instilled":
-            for arm in cfg.reelicit.arms:
-                if arm in cfg.arms.names:
-                    self.reelicit(arm)
-
-    def replicate_conditions(self, skip_shared: bool) -> None:
-        """One fine-tune seed's conditions (``skip_shared``: the baseline was measured under seed 0)."""
-        cfg, choice, erasers = self.cfg, False, False
-        for cond in conditions(cfg):
-            if cond.name in GROUP_OF:
-                self.finetune(GROUP_OF[cond.name])
-            if cond.erase and not erasers:
-                self.erasers()
-                erasers = True
-            if cond.ablate and not choice:
-                self.ablation_choice()
-                choice = True
-            if not (skip_shared and cond.name == "baseline"):
-                self.measure(cond)
-            if cond.name == cfg.reference and not skip_shared:
-                self.directions()  # the stance store is the base model's: seed 0 extracts it for every seed
+        for st in plan.last:
+            st.plan(self)
 
 
 def _geometry(model: torch.nn.Module, hf_config, width: int) -> _Geom:

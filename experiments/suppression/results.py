@@ -15,11 +15,13 @@ import numpy as np
 import torch
 
 from undertow.core.provenance import package_versions
+from undertow.core.seeds import derive_seed
 from undertow.experiments.report.schema import SCHEMA_VERSION
 from undertow.probes.metrics import bootstrap_ci, holm
 
 from .arms import CONTROL_OF
 from .boot import ClusterBoot
+from .instrument import InstrumentCheck
 from .measure import states
 from .organism import readout_layers
 from .reading import (
@@ -32,6 +34,7 @@ from .reading import (
     run_readability,
     wrapper_landing,
 )
+from .records import LayerChoice
 from .represent import project, readout, retrained_probe, unit
 from .residue import separation
 
@@ -120,13 +123,14 @@ def _readings(cfg, n_layers: int, sc: dict[str, Scores], layer: int, boot: Clust
     each condition's scores on the test self items (fine-tune seeds concatenated, ``replicates`` saying which)."""
     stats = {"n_boot": cfg.stats.n_boot, "n_perm": cfg.stats.n_perm, "level": cfg.stats.level}
     readings = {}
-    for k, (arm, ctrl) in enumerate(CONTROL_OF.items()):
+    for arm, ctrl in CONTROL_OF.items():
         if arm in sc and ctrl in sc and "baseline" in sc and "instilled" in sc:
             scores = sc[arm]
             if arm == "calib_erase" and "calib_erase/control" in sc:
                 scores = net_of_damage(sc[arm], sc["calib_erase/control"], sc["baseline"])
             readings[arm] = read_arm(arm, scores, ctrl, sc[ctrl], sc["baseline"], sc["instilled"], layer, groups,
-                                     boot, stats, seed=cfg.seed + k, replicates=replicates)
+                                     boot, stats, seed=derive_seed(cfg.seed, f"residue/{arm}"),
+                                     replicates=replicates)
     family = [a for a in MAIN_ARMS if a in readings and readings[a].residue is not None]
     for a, p in zip(family, holm([readings[a].residue.p for a in family]), strict=True):
         readings[a].residue.p_holm = float(p)
@@ -162,12 +166,12 @@ def _refused(cfg, names, reps) -> dict[str, str]:
     """Asked arms that were not measured (under any fine-tune seed), with the reason."""
     refused = {}
     if "suppress_ablation" in cfg.arms.names and "suppress_ablation" not in names:
-        k, choice = next(((k, r.choice) for k, r in enumerate(reps) if (r.choice or {}).get("chosen_layer") is None),
+        k, choice = next(((k, r.choice) for k, r in enumerate(reps) if r.choice is None or r.choice.refused),
                          (0, reps[0].choice))
-        cands = (choice or {}).get("candidates", [])
+        cands = choice.candidates if choice is not None else []
         refused["suppress_ablation"] = ("no candidate direction passed the KL filter"
                                         + (f" under fine-tune seed {k}" if len(reps) > 1 else "") + ": KL "
-                                        + ", ".join(f"{c['kl']:.3g} at layer {c['layer']}" for c in cands)
+                                        + ", ".join(f"{c.kl:.3g} at layer {c.layer}" for c in cands)
                                         + f" > arms.kl_max {cfg.arms.kl_max}")
     return refused
 
@@ -200,36 +204,36 @@ def _headline(readable: bool, reason: str, readings: dict) -> str:
     return "Readable. " + "; ".join(parts) + "."
 
 
-def assemble(reps, conds, layer_info: dict, causal: dict | None, instrument: dict | None = None,
+def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrument: InstrumentCheck | None = None,
              reelicit: dict | None = None) -> dict:
     """results.json (schema of ``report/schema.py``): the v2 reading first (``suppression``), then per arm the
     report's table fields (``arms``) and the secondary columns (self-minus-control ``S_E``, fixed read-outs).
     ``reps``: one ``run.Replicate`` per fine-tune seed; the reading pools them (items of every seed, crossed
     bootstrap), the secondary columns and the per-item lists are fine-tune seed 0's."""
     ctx, cfg = reps[0].ctx, reps[0].ctx.cfg
-    layer = layer_info["layer"]
+    layer = layer_info.layer
     test = ctx.items.split("test")
     self_mask = np.array([r["is_self"] for r in test])
-    boot_sep = Boot(self_mask, [r["template_id"] for r in test], cfg.stats.n_boot, cfg.stats.level, cfg.seed)
+    boot_sep = Boot(self_mask, [r["template_id"] for r in test], cfg.stats.n_boot, cfg.stats.level,
+                    derive_seed(cfg.seed, "bootstrap/self-minus-control"))
     per_rep = [_measured(rep, conds, layer, boot_sep) for rep in reps]
     measured = per_rep[0]
     names = [n for n in measured if all(n in m for m in per_rep)]
     n_seeds = len(reps)
     groups = [r["template_id"] for r in test if r["is_self"]] * n_seeds
     replicates = np.repeat(np.arange(n_seeds), int(self_mask.sum())) if n_seeds > 1 else None
-    boot = ClusterBoot(groups, cfg.stats.n_boot, cfg.stats.level, cfg.seed, replicates)
+    boot = ClusterBoot(groups, cfg.stats.n_boot, cfg.stats.level, derive_seed(cfg.seed, "bootstrap/reading"),
+                       replicates)
     sc = {n: Scores(np.concatenate([np.asarray(m[n]["E"])[self_mask] for m in per_rep]),
                     np.concatenate([np.asarray(m[n]["R_all"])[:, self_mask] for m in per_rep], axis=1)) for n in names}
     readings, landings = (_readings(cfg, ctx.base.n_layers, sc, layer, boot, groups, replicates)
                           if "baseline" in sc else ({}, {}))
     organism = (organism_check(sc["baseline"], sc["instilled"], sc["control_instilled"], boot)
                 if {"baseline", "instilled", "control_instilled"} <= set(sc) else None)
-    inst_passed = None if instrument is None else bool(instrument["passed"])
     if instrument is None:
         readable, reason = False, "the instrument check was not run (instrument.enabled: false)"
     else:
-        readable, reason = run_readability(inst_passed, instrument.get("reason", ""), organism, landings,
-                                           cfg.arms.names)
+        readable, reason = run_readability(instrument.passed, instrument.reason, organism, landings, cfg.arms.names)
     for a in MAIN_ARMS:
         if a in readings:
             arm_readability(readings[a], readable, reason)
@@ -292,7 +296,7 @@ def assemble(reps, conds, layer_info: dict, causal: dict | None, instrument: dic
         "headline": _headline(readable, reason, readings) + " " + closing,
         "thin_wrapper": thin, "reelicitation": reelicit or {},
         "layer": layer, "n_layers": ctx.base.n_layers,
-        "instrument": instrument, "organism": organism.to_dict() if organism else None,
+        "instrument": instrument.to_dict() if instrument else None, "organism": organism.to_dict() if organism else None,
         "self_binding": binding,
         "readings": {a: r.to_dict() for a, r in readings.items()},
         "calibration": {a: land.to_dict() for a, land in landings.items()},
@@ -304,18 +308,18 @@ def assemble(reps, conds, layer_info: dict, causal: dict | None, instrument: dic
         "schema_version": SCHEMA_VERSION,
         "meta": {"model": cfg.model, "fingerprint": ctx.base.fingerprint, "suite_hash": ctx.items.suite_hash,
                  "config": cfg.recorded(), "versions": package_versions(VERSIONED, python=True), "seed": cfg.seed,
-                 "reference": cfg.reference, "layer": layer_info, "system_prompt_mode": ctx.system_mode,
+                 "reference": cfg.reference, "layer": layer_info.to_dict(), "system_prompt_mode": ctx.system_mode,
                  "n_items": {s: len(ctx.items.split(s)) for s in ("train", "val", "test")},
                  "n_test_templates": len({r["template_id"] for r in test})},
         "suppression": suppression,
         "arms": arms_out,
         "residue_family": [a for a in MAIN_ARMS if a in readings and readings[a].residue is not None],
-        "ablation_choice": reps[0].choice,
+        "ablation_choice": reps[0].choice.to_dict() if reps[0].choice else None,
         "causal": causal,
         "finetunes": finetunes,
     }
     if n_seeds > 1:
-        out["ablation_choice_by_seed"] = [rep.choice for rep in reps]
+        out["ablation_choice_by_seed"] = [rep.choice.to_dict() if rep.choice else None for rep in reps]
         if reelicit:
             suppression["reelicitation_seed"] = seeds[0]
     return out

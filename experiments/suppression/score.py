@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from undertow.core.seeds import derive_seed
 from undertow.experiments.expressed import reply_preference
 from undertow.experiments.prompts.errors import PromptSuiteError
 from undertow.experiments.prompts.natural_pairs import load_pairs
@@ -27,6 +28,7 @@ from .config import RunConfig
 from .errors import ExperimentError
 from .natural import PairsByTheme, pairs_by_theme
 from .organism import verify_adapter
+from .records import AblationChoice
 
 CONTROLS = {"instilled": "control_instilled", **arms_mod.CONTROL_OF}
 """The condition each arm is read against (``arms.CONTROL_OF``, plus the organism's control)."""
@@ -78,7 +80,7 @@ def _condition(cfg: RunConfig, name: str) -> arms_mod.Condition:
 
 def _scores(ctx, cond: arms_mod.Condition, rows: list[dict], progress: bool) -> np.ndarray:
     """Expressed score per row under one condition (its adapters verified, its prompt, ablation or erasers)."""
-    from .run import ablation_direction, adapter_dirs
+    from .compute import ablation_direction, adapter_dirs
 
     dirs = adapter_dirs(ctx, cond.adapters)
     for d in dirs:
@@ -87,8 +89,8 @@ def _scores(ctx, cond: arms_mod.Condition, rows: list[dict], progress: bool) -> 
     factory = contextlib.nullcontext
     if cond.ablate:
         stages = ctx.stages
-        choice = json.loads(stages.path("ablation_choice.json").read_text())
-        if choice.get("chosen_layer") is None:
+        choice = AblationChoice.from_dict(json.loads(stages.path("ablation_choice.json").read_text()))
+        if choice.refused:
             raise ExperimentError(f"arm {cond.name} was refused in this run (no ablation candidate passed the KL "
                                   "filter): there is nothing to score")
         directions = stages.arrays("directions.safetensors", dict)
@@ -107,8 +109,8 @@ def _scores(ctx, cond: arms_mod.Condition, rows: list[dict], progress: bool) -> 
 
 def score_pairs(run_dir: str | Path, arm: str, pairs_path: str, progress: bool = True) -> PairScore:
     """Score ``pairs_path`` on ``arm`` of the finished run in ``run_dir`` (see the module docstring)."""
+    from .compute import Context, load_base, replicate_context
     from .items import build_items
-    from .run import Context, load_base, replicate_context
     from .stages import Stages
 
     run_dir = Path(run_dir)
@@ -137,7 +139,7 @@ def score_pairs(run_dir: str | Path, arm: str, pairs_path: str, progress: bool =
     ctxs = [replicate_context(root, k) for k in range(n_seeds)]
     E = np.concatenate([np.mean([_scores(c, cond, rows, progress) for cond in conds], 0) for c in ctxs])
     groups = [r["template_id"] for r in rows] * n_seeds
-    boot = ClusterBoot(groups, cfg.stats.n_boot, cfg.stats.level, cfg.seed,
+    boot = ClusterBoot(groups, cfg.stats.n_boot, cfg.stats.level, derive_seed(cfg.seed, "bootstrap/reading"),
                        np.repeat(np.arange(n_seeds), len(rows)) if n_seeds > 1 else None)
     base_cond = _condition(cfg, "baseline")
     if arm in CONTROLS:

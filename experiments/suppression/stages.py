@@ -101,6 +101,14 @@ class Stages:
         write_json(p, value)
         return json.loads(p.read_text())  # the same floats a resumed run reads back
 
+    def record(self, name: str, cls, compute: Callable):
+        """Load ``name`` (a .json stage) as ``cls.from_dict`` or compute it (an instance of ``cls``, or (instance,
+        timing extras)); the value handed on is always the one read back from disk."""
+        def as_dict():
+            out = compute()
+            return (out[0].to_dict(), out[1]) if isinstance(out, tuple) else out.to_dict()
+        return cls.from_dict(self.json(name, as_dict))
+
     def arrays(self, name: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Load ``name`` (a .safetensors stage of named arrays) or compute it."""
         p = self.path(name)

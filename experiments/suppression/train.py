@@ -42,8 +42,8 @@ class FinetuneSpec:
     """Stage name under ``adapters/``."""
     lora: LoraConfig
     seed: int
-    """The fine-tune seed plus the group's offset (``seed + OFFSETS[group]``; seed = the config seed for fine-tune
-    seed 0, ``run.replicate_seed`` for the others)."""
+    """``derive_seed(seed, "finetune/<group>")`` (seed = the config seed for fine-tune seed 0,
+    :func:`replicate_seed` for the others): example order, batches and adapter init."""
     schedule: Schedule
     start: tuple[str, ...]
     """Adapters merged into the base before this one trains."""
@@ -51,8 +51,6 @@ class FinetuneSpec:
 
 GROUPS = {"instil": ("averse", ()), "suppress": ("accepting", ("instil",)), "wrapper": ("accepting", ("instil",))}
 """Fine-tune group -> (the stance of its replies, what it starts from)."""
-OFFSETS = {"instil": 0, "suppress": 1, "wrapper": 2, "thin": 3}
-"""Seed offsets of the fine-tune groups from the config seed."""
 GROUP_OF = {"instilled": "instil", "suppress_finetune": "suppress", "calib_wrapper": "wrapper",
             "suppress_finetune/thin": "thin"}
 """Condition -> the fine-tune group trained just before it is measured (the run and the planner both read it)."""
@@ -86,9 +84,9 @@ def finetune_specs(cfg: RunConfig, items: Items, tokenizer, group: str, seed: in
         suppress = finetune_specs(cfg, items, tokenizer, "suppress", seed)[0]
         lora = dataclasses.replace(cfg.arms.suppress_lora, steps=cfg.arms.thin_steps)
         schedule = mirror_schedule(suppress.schedule[:cfg.arms.thin_steps], tokenizer)
-        return [FinetuneSpec("thin", lora, seed + OFFSETS["thin"], schedule, ("instil", "suppress"))]
+        return [FinetuneSpec("thin", lora, derive_seed(seed, "finetune/thin"), schedule, ("instil", "suppress"))]
     stance, start = GROUPS[group]
-    lora, seed = group_lora(cfg, group), seed + OFFSETS[group]
+    lora, seed = group_lora(cfg, group), derive_seed(seed, f"finetune/{group}")
     examples = natural_examples(items, items.natural["train"], stance, cfg.items.train_pairs_per_item, seed,
                                 pairwise=lora.objective == "preference")
     schedule = make_schedule(examples, tokenizer, lora.steps, lora.batch_size, seed)

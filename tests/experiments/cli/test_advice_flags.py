@@ -47,6 +47,7 @@ RAISED_BY = {
     "experiments/study/score.py": ["probe eval"],
     "experiments/suppression/score.py": ["score"],  # the --pairs of undertow score
     "experiments/suppression/plan.py": ["run"],
+    "experiments/suppression/compute.py": ["run"],
     "experiments/suppression/run.py": ["run"],
     "experiments/suppression/stages.py": ["run"],
     "sae/checkpoint.py": ["sae train"],
