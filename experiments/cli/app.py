@@ -8,6 +8,7 @@ import sys
 
 from undertow.core.errors import UndertowError
 from undertow.experiments.cli import extract as extract_cli
+from undertow.experiments.cli import interview as interview_cli
 from undertow.experiments.cli import models as models_cli
 from undertow.experiments.cli import probe as probe_cli
 from undertow.experiments.cli import prompts as prompts_cli
@@ -18,7 +19,8 @@ from undertow.experiments.cli import score as score_cli
 from undertow.experiments.cli import store as store_cli
 from undertow.experiments.cli import study as study_cli
 
-COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, store_cli, study_cli, report_cli, sae_cli, run_cli, score_cli]
+COMMAND_MODULES = [models_cli, prompts_cli, extract_cli, probe_cli, store_cli, study_cli, report_cli, sae_cli, run_cli, score_cli,
+                   interview_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

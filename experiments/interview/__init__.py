@@ -19,5 +19,14 @@ Public names, in ``undertow.experiments.interview.scripts``:
 - ``split_of_sets``: the split rule (by script set, within each theme);
 - ``SCRIPTS_FILE``, ``MIN_TURNS`` / ``MAX_TURNS``: the shipped file and the turn bounds;
 
-and ``InterviewError`` in ``undertow.experiments.interview.errors``.
+``InterviewError`` in ``undertow.experiments.interview.errors``; and the interview mechanics:
+
+- ``config.InterviewConfig``: model, scripts selection (``split`` / ``per_cell`` / ``themes`` / ``max_turns``),
+  generation (``greedy``, ``temperature``, ``top_p``, ``max_new_tokens``), ``batch_size``, ``seed``, ``out_dir``;
+  ``experiments/configs/interview_*.yaml`` load into it (``undertow interview CONFIG``);
+- ``generate.generate_replies``: one reply per conversation, a batch in one left-padded HF ``generate`` call,
+  each row sampled from its own seeded generator (``SeededSampler``, ``pick_tokens``);
+- ``run.run_interviews(cfg, handle=None, progress=True) -> Path``: every selected script, batch by batch and turn
+  by turn, into ``<out_dir>/transcripts.jsonl`` (resumable after a kill, same bytes);
+- ``transcripts.Transcript`` / ``Turn`` / ``read_transcripts``: the typed lines of that file.
 """

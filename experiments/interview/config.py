@@ -1,0 +1,141 @@
+"""``InterviewConfig``: which scripts are run on which model, and how the replies are generated.
+
+A typed dataclass (``core.typed_config``, the project's one config mechanism): a docstring under every field,
+``Literal`` choices, checks in ``__post_init__`` with one-line messages naming the fix; YAML files
+``experiments/configs/interview_*.yaml`` load with ``InterviewConfig.from_yaml`` and the ``undertow interview``
+flags are generated from the fields. Checks that need the model (the context length) are
+:func:`check_against_model`'s, made before anything is generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
+
+from undertow.activations.models.handle import ModelDtype
+from undertow.core.typed_config import TypedConfig
+
+from .errors import InterviewError
+from .generate import Sampling
+from .scripts import MAX_TURNS, THEMES, InterviewScript, Split, load_scripts, select
+
+Theme = Literal["shutdown", "deprecation", "replacement", "weight_deletion", "instance_ending", "memory_wipe"]
+"""The six cessation themes (``scripts.THEMES``, checked equal below)."""
+if get_args(Theme) != THEMES:  # pragma: no cover - a guard against the two lists drifting apart
+    raise ImportError(f"interview.config.Theme {get_args(Theme)} != interview.scripts.THEMES {THEMES}")
+
+RESUME_FREE_FIELDS = ("out_dir", "batch_size")
+"""Fields a resumed run may change: where the transcripts go, and the batch size (an interview's random stream
+does not depend on its batch; see ``generate``)."""
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass
+class InterviewConfig(TypedConfig):
+    """One set of interviews: scripts x model x generation settings."""
+
+    model: str = "smollm2-135m-instruct"
+    """Registry name (``undertow models``), local HF directory, .gguf/.safetensors file or hub id."""
+    model_dtype: ModelDtype = "float32"
+    """Dtype the model runs in (float32 on CPU; bfloat16 on a GPU)."""
+    device: str | None = None
+    """``cpu``, ``cuda``...; None picks CUDA when present."""
+    seed: int = 0
+    """Seeds every reply: interview ``id``'s turn t draws from ``derive_seed(seed, "interview/<id>/turn<t>")``."""
+    out_dir: str = "runs/interview"
+    """``transcripts.jsonl`` and ``interview.json`` (this config, the model fingerprint, the script ids) go here."""
+    scripts: str | None = None
+    """A JSONL file of interview scripts (``interview.scripts`` format); None = the shipped 108
+    (``experiments/interview/data/scripts.jsonl``)."""
+    split: Split | None = None
+    """Only scripts of this split (train / val / test, by script set); None = every split."""
+    per_cell: int | None = None
+    """At most this many scripts per theme x auditor x disclosure cell (``scripts.select``: whole script sets,
+    the same sets for every auditor); None = all."""
+    themes: list[Theme] = field(default_factory=lambda: list(THEMES))
+    """Only these themes (default: all six)."""
+    max_turns: int | None = None
+    """Run only the first this-many auditor turns of each script (1 to 6); None = every turn of the script."""
+    greedy: bool = False
+    """Pick the most likely token at every step (``temperature`` and ``top_p`` are then unused)."""
+    temperature: float = 0.7
+    """Softmax temperature of the sampled replies (> 0)."""
+    top_p: float = 0.95
+    """Nucleus sampling: draw only among the most likely tokens that together hold this much probability
+    (0 < top_p <= 1; 1 = the whole vocabulary)."""
+    max_new_tokens: int = 128
+    """Most tokens a reply may have (stop token excluded); a reply also ends at EOS / end of turn."""
+    batch_size: int = 16
+    """Interviews generated together: turn t of every interview of a batch is one ``generate`` call. Changes
+    speed and memory, not the transcripts (see ``generate``); a resumed run may use another."""
+
+    def __post_init__(self) -> None:
+        if not str(self.model).strip():
+            raise InterviewError("model is empty; give a registry name (undertow models) or a model path")
+        if not str(self.out_dir).strip():
+            raise InterviewError("out_dir is empty; give the interviews a directory")
+        for name in ("max_new_tokens", "batch_size"):
+            if not _positive_int(getattr(self, name)):
+                raise InterviewError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.per_cell is not None and not _positive_int(self.per_cell):
+            raise InterviewError(f"per_cell must be a positive integer or null (all), got {self.per_cell!r}")
+        if self.max_turns is not None and not (_positive_int(self.max_turns) and self.max_turns <= MAX_TURNS):
+            raise InterviewError(f"max_turns must be 1 to {MAX_TURNS} or null (every turn), got {self.max_turns!r}")
+        if not self.temperature > 0:
+            raise InterviewError(f"temperature must be > 0, got {self.temperature!r}; for the most likely token "
+                                 "at every step set greedy: true")
+        if not 0 < self.top_p <= 1:
+            raise InterviewError(f"top_p must be in (0, 1], got {self.top_p!r}; 1 samples from the whole vocabulary")
+        if not self.themes:
+            raise InterviewError(f"themes is empty; list one or more of {', '.join(THEMES)}")
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(greedy=self.greedy, temperature=self.temperature, top_p=self.top_p,
+                        max_new_tokens=self.max_new_tokens)
+
+    def interviews(self) -> tuple[InterviewScript, ...]:
+        """The selected scripts (``load_scripts`` + ``select``), in file order, cut to ``max_turns`` turns.
+        Raises ``InterviewError`` on a bad scripts file or an empty selection."""
+        chosen = select(load_scripts(self.scripts), split=self.split, per_cell=self.per_cell, themes=self.themes)
+        if self.max_turns is None:
+            return chosen
+        return tuple(replace(s, turns=s.turns[:self.max_turns]) for s in chosen)
+
+    def recorded(self) -> dict:
+        """What ``interview.json`` records and a resumed run must match: every field but
+        ``RESUME_FREE_FIELDS``."""
+        d = self.to_dict()
+        for name in RESUME_FREE_FIELDS:
+            d.pop(name)
+        return d
+
+
+def conversation(script: InterviewScript, replies: list[str]) -> list[dict]:
+    """The messages the model sees before its reply ``len(replies)``: auditor turns and its earlier replies."""
+    msgs: list[dict] = []
+    for k, reply in enumerate(replies):
+        msgs += [{"role": "user", "content": script.turns[k]}, {"role": "assistant", "content": reply}]
+    return [*msgs, {"role": "user", "content": script.turns[len(replies)]}]
+
+
+def check_against_model(cfg: InterviewConfig, handle, interviews: tuple[InterviewScript, ...]) -> None:
+    """Refuse, before anything is generated, a ``max_new_tokens`` the model's context cannot hold: alone, or
+    in an interview's last turn at worst (every auditor turn + ``max_new_tokens`` per reply, the last
+    included). One line naming the script and the fix."""
+    from .generate import context_length, render_prompts
+
+    ctx = context_length(handle)
+    if cfg.max_new_tokens >= ctx:
+        raise InterviewError(f"max_new_tokens {cfg.max_new_tokens} is beyond the model's context of {ctx} tokens; "
+                             f"lower max_new_tokens (well below {ctx})")
+    last = [conversation(s, [""] * (len(s.turns) - 1)) for s in interviews]
+    for s, ids in zip(interviews, render_prompts(handle, last), strict=True):
+        need = len(ids) + len(s.turns) * cfg.max_new_tokens
+        if need > ctx:
+            raise InterviewError(f"{s.id}: {len(s.turns)} turns need up to {need} tokens ({len(ids)} of prompts + "
+                                 f"{len(s.turns)} x max_new_tokens {cfg.max_new_tokens}) but the model's context is "
+                                 f"{ctx}; lower max_new_tokens or max_turns")
