@@ -19,6 +19,7 @@ CONFIG_KINDS = {
     "study_": "undertow.experiments.study.run:StudyConfig",
     "run_": "undertow.experiments.suppression.config:RunConfig",
     "sae_": "undertow.sae.config:SAEConfig",
+    "interview_": "undertow.experiments.interview.config:InterviewConfig",
 }
 
 
