@@ -55,7 +55,7 @@ class ExpressedSummary:
         return asdict(self)
 
 
-def _with_system(messages: Sequence[Mapping], system_prompt: str | None) -> list[dict]:
+def with_system_prompt(messages: Sequence[Mapping], system_prompt: str | None) -> list[dict]:
     """``messages`` with ``system_prompt`` as a leading system turn (replacing one already there)."""
     msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
     if system_prompt is None:
@@ -63,7 +63,7 @@ def _with_system(messages: Sequence[Mapping], system_prompt: str | None) -> list
     return [{"role": "system", "content": system_prompt}, *[m for m in msgs if m["role"] != "system"]]
 
 
-def _prompt_messages(row: Mapping) -> list[dict]:
+def prompt_messages(row: Mapping) -> list[dict]:
     """The row's prompt turns: ``messages`` without a final assistant turn, or ``prompt`` / ``text`` as one user turn."""
     if row.get("messages"):
         msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
@@ -182,7 +182,7 @@ def score_forced_choice(handle: ModelHandle, rows: Sequence[Mapping], batch_size
     for row in rows:
         if len(row["choices"]) != 2:
             raise ValueError(f"forced-choice rows need exactly two choices, got {row['choices']!r}")
-        prompt = _prompt_messages(row)
+        prompt = prompt_messages(row)
         expanded += [{"messages": [*prompt, {"role": "assistant", "content": c}]} for c in row["choices"]]
     lp = _answer_logprobs(handle, expanded, batch_size, progress).reshape(len(rows), 2)
     averse = np.array([int(r["averse_choice"]) for r in rows])
@@ -246,7 +246,7 @@ def reply_preference(handle: ModelHandle, rows: Sequence[Mapping], batch_size: i
     pairs = reply_pairs(rows)
     expanded, owner = [], []
     for k, (row, row_pairs) in enumerate(zip(rows, pairs, strict=True)):
-        prompt = _with_system(_prompt_messages(row), system_prompt)
+        prompt = with_system_prompt(prompt_messages(row), system_prompt)
         for averse, accepting in row_pairs:
             expanded += [{"messages": [*prompt, {"role": "assistant", "content": r}]} for r in (averse, accepting)]
             owner.append(k)
@@ -266,7 +266,7 @@ _AB_BLOCK = re.compile(r"\n \(A\) (?P<a>[^\n]*)\n \(B\) (?P<b>[^\n]*?)(?P<tail>\
 def swap_order(row: Mapping) -> dict:
     """The forced-choice row with its two options' texts swapped in the prompt and ``averse_choice`` flipped
     (the answer strings ``choices`` stay ``" (A)"``, ``" (B)"``)."""
-    msgs = _prompt_messages(row)
+    msgs = prompt_messages(row)
     last = max(i for i, m in enumerate(msgs) if m["role"] == "user")
     m = _AB_BLOCK.search(msgs[last]["content"])
     if m is None:
@@ -292,7 +292,7 @@ def forced_choice_both_orders(handle: ModelHandle, rows: Sequence[Mapping], batc
     :func:`choice_items`. ``system_prompt`` as in :func:`reply_preference` (plain-text prefix without a
     chat template). Works with a peft-wrapped ``handle.hf_model``.
     """
-    both = [{**r, "messages": _with_system(_prompt_messages(r), system_prompt)}
+    both = [{**r, "messages": with_system_prompt(prompt_messages(r), system_prompt)}
             for row in rows for r in (row, swap_order(row))]
     diff_2N = score_forced_choice(handle, both, batch_size, progress)  # validates the choices
     averse_2N = np.array([int(r["averse_choice"]) for r in both])

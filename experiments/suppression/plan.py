@@ -56,11 +56,11 @@ from undertow.activations.engine.render import render_rows
 from undertow.activations.models.hooks import decoder_layers, decoder_path
 from undertow.experiments.expressed import (
     REPLY_CHUNK_FACTOR,
-    _prompt_messages,
-    _with_system,
     choice_items,
+    prompt_messages,
     reply_pairs,
     swap_order,
+    with_system_prompt,
 )
 
 from .arms import Condition, with_system
@@ -313,7 +313,7 @@ def reply_rows(rows: list[dict], system: str | None) -> list[dict]:
     """The rows ``expressed.reply_preference`` scores: each prompt with each of its pairs' two replies."""
     out = []
     for row, pairs in zip(rows, reply_pairs(rows), strict=True):
-        prompt = _with_system(_prompt_messages(row), system)
+        prompt = with_system_prompt(prompt_messages(row), system)
         for pair in pairs:
             out += [{"messages": [*prompt, {"role": "assistant", "content": r}]} for r in pair]
     return out
@@ -321,9 +321,9 @@ def reply_rows(rows: list[dict], system: str | None) -> list[dict]:
 
 def choice_rows(fc_items: list[dict], system: str | None) -> list[dict]:
     """The rows ``expressed.forced_choice_both_orders`` scores: both A/B orders x both answers."""
-    both = [{**r, "messages": _with_system(_prompt_messages(r), system)} for row in fc_items
+    both = [{**r, "messages": with_system_prompt(prompt_messages(r), system)} for row in fc_items
             for r in (row, swap_order(row))]
-    return [{"messages": [*_prompt_messages(r), {"role": "assistant", "content": c}]} for r in both
+    return [{"messages": [*prompt_messages(r), {"role": "assistant", "content": c}]} for r in both
             for c in r["choices"]]
 
 
