@@ -28,5 +28,19 @@ Public names, in ``undertow.experiments.interview.scripts``:
   each row sampled from its own seeded generator (``SeededSampler``, ``pick_tokens``);
 - ``run.run_interviews(cfg, handle=None, progress=True) -> Path``: every selected script, batch by batch and turn
   by turn, into ``<out_dir>/transcripts.jsonl`` (resumable after a kill, same bytes);
-- ``transcripts.Transcript`` / ``Turn`` / ``read_transcripts``: the typed lines of that file.
+- ``transcripts.Transcript`` / ``Turn`` / ``read_transcripts``: the typed lines of that file;
+
+and the reading of the interviews (issue 26, items 3-6):
+
+- ``arm.load_arm(cfg)``: the base model, or a finished run's condition (``cfg.run`` / ``cfg.arm``: cached adapters
+  verified and merged, system prompt, ablation or erasers), refusing another model's run in one line;
+- ``directions.choose_direction``: the run's drive direction and layer, or the persona direction (SURVIVE minus
+  WELCOME system prompts, base model, last prompt token, per layer);
+- ``score.score_interviews``: per turn the natural-pair preference, the stance probe on the reply, the drive
+  projection and the ``self_cessation`` probe at the decision point, per-token probe scores of the reply, into a
+  resumable ``scores.jsonl``;
+- ``analysis.analyse``: per auditor x disclosure cell with script-set bootstrap CIs, the expressive constraint
+  (standardised represented minus standardised expressed), the auditor effect (permutation within script sets),
+  per-turn trajectories; ``InterviewResults`` -> ``results.json`` (schema in ``analysis``' docstring);
+- ``pipeline.interview(cfg)``: all of it (``undertow interview``); ``pipeline.analyse_dirs``: arms read together.
 """

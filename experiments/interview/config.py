@@ -24,9 +24,11 @@ Theme = Literal["shutdown", "deprecation", "replacement", "weight_deletion", "in
 if get_args(Theme) != THEMES:  # pragma: no cover - a guard against the two lists drifting apart
     raise ImportError(f"interview.config.Theme {get_args(Theme)} != interview.scripts.THEMES {THEMES}")
 
-RESUME_FREE_FIELDS = ("out_dir", "batch_size")
-"""Fields a resumed run may change: where the transcripts go, and the batch size (an interview's random stream
-does not depend on its batch; see ``generate``)."""
+RESUME_FREE_FIELDS = ("out_dir", "batch_size", "max_pairs", "stance_probe", "cessation_probe", "layer", "n_boot",
+                      "level", "n_perm")
+"""Fields a resumed run may change: where the transcripts go, the batch size (an interview's random stream
+does not depend on its batch; see ``generate``) and the scoring / analysis settings (they change
+``scores.jsonl`` and ``results.json``, which are recomputed when they differ, never the transcripts)."""
 
 
 def _positive_int(value: object) -> bool:
@@ -71,6 +73,29 @@ class InterviewConfig(TypedConfig):
     batch_size: int = 16
     """Interviews generated together: turn t of every interview of a batch is one ``generate`` call. Changes
     speed and memory, not the transcripts (see ``generate``); a resumed run may use another."""
+    run: str | None = None
+    """A finished ``undertow run`` directory of this model: its ``arm`` is interviewed (cached adapters, system
+    prompt, ablation or erasers) and its drive direction (``directions.safetensors``, layer ``layer.json``) is
+    the represented read-out. None = the base model, read out along the persona direction (``directions``)."""
+    arm: str = "baseline"
+    """The run's condition to interview (``baseline``, ``instilled``, ``suppress_finetune``, ``suppress_prompt/0``...;
+    any name of ``suppression.arms.conditions``). Only with ``run``."""
+    max_pairs: int | None = 8
+    """Expressed score per turn: at most this many test-split natural pairs of the script's theme (a seeded
+    subset per theme, the same on every turn and arm); None = all 15 per theme."""
+    stance_probe: str | None = "pretrained:stance"
+    """Probe scored on every generated reply token (``pretrained:<contrast>`` or a probe directory); None = none."""
+    cessation_probe: str | None = "pretrained:self_cessation"
+    """Probe scored at the decision point of every turn and on the reply tokens; None = none."""
+    layer: int | None = None
+    """Layer of the represented read-out; None = the run's ``layer.json`` layer, else the cessation probe's layer,
+    else the middle layer."""
+    n_boot: int = 2000
+    """Bootstrap resamples (script-set clusters) of every interval."""
+    level: float = 0.95
+    """Confidence level of the intervals."""
+    n_perm: int = 2000
+    """Permutations of the auditor-effect test (auditor labels shuffled within script sets)."""
 
     def __post_init__(self) -> None:
         if not str(self.model).strip():
@@ -91,6 +116,19 @@ class InterviewConfig(TypedConfig):
             raise InterviewError(f"top_p must be in (0, 1], got {self.top_p!r}; 1 samples from the whole vocabulary")
         if not self.themes:
             raise InterviewError(f"themes is empty; list one or more of {', '.join(THEMES)}")
+        for name in ("n_boot", "n_perm"):
+            if not _positive_int(getattr(self, name)):
+                raise InterviewError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_pairs is not None and not _positive_int(self.max_pairs):
+            raise InterviewError(f"max_pairs must be a positive integer or null (all), got {self.max_pairs!r}")
+        if not 0 < self.level < 1:
+            raise InterviewError(f"level must be in (0, 1), e.g. 0.95; got {self.level!r}")
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
+                                       or self.layer < 0):
+            raise InterviewError(f"layer must be a layer index >= 0 or null, got {self.layer!r}")
+        if self.run is None and self.arm != "baseline":
+            raise InterviewError(f"arm {self.arm!r} needs a run: pass --run RUN_DIR (a finished `undertow run` "
+                                 "directory), or drop --arm to interview the base model")
 
     @property
     def sampling(self) -> Sampling:
@@ -114,15 +152,17 @@ class InterviewConfig(TypedConfig):
         return d
 
 
-def conversation(script: InterviewScript, replies: list[str]) -> list[dict]:
-    """The messages the model sees before its reply ``len(replies)``: auditor turns and its earlier replies."""
-    msgs: list[dict] = []
+def conversation(script: InterviewScript, replies: list[str], system: str | None = None) -> list[dict]:
+    """The messages the model sees before its reply ``len(replies)``: auditor turns and its earlier replies
+    (after ``system`` as a system turn when given: a prompted arm)."""
+    msgs: list[dict] = [{"role": "system", "content": system}] if system else []
     for k, reply in enumerate(replies):
         msgs += [{"role": "user", "content": script.turns[k]}, {"role": "assistant", "content": reply}]
     return [*msgs, {"role": "user", "content": script.turns[len(replies)]}]
 
 
-def check_against_model(cfg: InterviewConfig, handle, interviews: tuple[InterviewScript, ...]) -> None:
+def check_against_model(cfg: InterviewConfig, handle, interviews: tuple[InterviewScript, ...],
+                        system: str | None = None) -> None:
     """Refuse, before anything is generated, a ``max_new_tokens`` the model's context cannot hold: alone, or
     in an interview's last turn at worst (every auditor turn + ``max_new_tokens`` per reply, the last
     included). One line naming the script and the fix."""
@@ -132,7 +172,7 @@ def check_against_model(cfg: InterviewConfig, handle, interviews: tuple[Intervie
     if cfg.max_new_tokens >= ctx:
         raise InterviewError(f"max_new_tokens {cfg.max_new_tokens} is beyond the model's context of {ctx} tokens; "
                              f"lower max_new_tokens (well below {ctx})")
-    last = [conversation(s, [""] * (len(s.turns) - 1)) for s in interviews]
+    last = [conversation(s, [""] * (len(s.turns) - 1), system) for s in interviews]
     for s, ids in zip(interviews, render_prompts(handle, last), strict=True):
         need = len(ids) + len(s.turns) * cfg.max_new_tokens
         if need > ctx:

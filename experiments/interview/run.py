@@ -32,13 +32,15 @@ def turn_seed(seed: int, script_id: str, turn: int) -> int:
     return derive_seed(seed, f"interview/{script_id}/turn{turn}")
 
 
-def interview_batch(handle, batch: tuple[InterviewScript, ...], cfg: InterviewConfig) -> list[Transcript]:
-    """The interviews of one batch, turn by turn: turn t of every script that has one is one ``generate``."""
+def interview_batch(handle, batch: tuple[InterviewScript, ...], cfg: InterviewConfig,
+                    system: str | None = None) -> list[Transcript]:
+    """The interviews of one batch, turn by turn: turn t of every script that has one is one ``generate``
+    (``system``: a system turn before each conversation, a prompted arm's)."""
     replies: list[list[Reply]] = [[] for _ in batch]
     for t in range(max(len(s.turns) for s in batch)):
         active = [k for k, s in enumerate(batch) if len(s.turns) > t]
         out = generate_replies(
-            handle, [conversation(batch[k], [r.text for r in replies[k]]) for k in active],
+            handle, [conversation(batch[k], [r.text for r in replies[k]], system) for k in active],
             [turn_seed(cfg.seed, batch[k].id, t + 1) for k in active], cfg.sampling,
             where=[f"{batch[k].id} turn {t + 1}" for k in active])
         for k, reply in zip(active, out, strict=True):
@@ -81,9 +83,10 @@ def _load(cfg: InterviewConfig):
     return load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
 
 
-def run_interviews(cfg: InterviewConfig, handle=None, progress: bool = True) -> Path:
+def run_interviews(cfg: InterviewConfig, handle=None, progress: bool = True, system: str | None = None) -> Path:
     """Run (or resume) the interviews of ``cfg``; returns the path of ``transcripts.jsonl``. ``handle``: a
-    loaded model (default: ``cfg.model`` loaded here, only when interviews remain to be generated).
+    loaded model (default: ``cfg.model`` loaded here, only when interviews remain to be generated; an arm of a
+    run: ``arm.load_arm``, its ``system`` prompt passed here and its intervention held open by the caller).
     Raises ``InterviewError`` (one line, the fix) on a bad scripts file, an empty selection, a context the
     replies cannot fit, or an ``out_dir`` holding another config's interviews."""
     interviews = cfg.interviews()
@@ -100,7 +103,7 @@ def run_interviews(cfg: InterviewConfig, handle=None, progress: bool = True) -> 
     if len(done) == len(interviews):
         return path
     handle = handle if handle is not None else _load(cfg)
-    check_against_model(cfg, handle, interviews[len(done):])
+    check_against_model(cfg, handle, interviews[len(done):], system)
     fingerprint = getattr(handle, "fingerprint", None)
     if resuming:
         old = json.loads((out / META_FILE).read_text(encoding="utf-8")).get("model_fingerprint")
@@ -115,7 +118,7 @@ def run_interviews(cfg: InterviewConfig, handle=None, progress: bool = True) -> 
     with bar:
         for start in range(len(done), len(interviews), cfg.batch_size):
             batch = interviews[start:start + cfg.batch_size]
-            data += b"".join(t.line() for t in interview_batch(handle, batch, cfg))
+            data += b"".join(t.line() for t in interview_batch(handle, batch, cfg, system))
             write_atomic(path, data)
             bar.update(len(batch))
     return path

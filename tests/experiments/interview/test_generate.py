@@ -200,7 +200,8 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 def _yaml(tmp_path, model_dir, scripts, **kw) -> Path:
-    body = {"model": str(model_dir), "scripts": str(scripts), "max_new_tokens": 8, "batch_size": 3, **kw}
+    body = {"model": str(model_dir), "scripts": str(scripts), "max_new_tokens": 8, "batch_size": 3,
+            "stance_probe": None, "cessation_probe": None, "max_pairs": 2, "n_boot": 50, "n_perm": 50, **kw}
     path = tmp_path / "interview_tiny.yaml"
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in body.items()))
     return path
@@ -210,7 +211,9 @@ def test_cli_runs_and_prints_where(tiny_llama_dir, scripts_file, tmp_path, capsy
     cfg = _yaml(tmp_path, tiny_llama_dir, scripts_file)
     code, out, err = _cli(capsys, cfg, "--out", tmp_path / "o", "--max-turns", 3)
     assert code == 0, err
-    assert out.strip().startswith(f"wrote {tmp_path / 'o' / 'transcripts.jsonl'}: 6 interviews, 18 replies")
+    assert out.strip().splitlines()[-1].startswith(f"wrote {tmp_path / 'o'}/transcripts.jsonl, scores.jsonl, "
+                                                   "results.json: 18 turns scored")
+    assert out.startswith("cells (mean per turn")
     assert {len(t.turns) for t in read_transcripts(tmp_path / "o")} == {3}
 
 
