@@ -17,7 +17,6 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from undertow.activations.models.handle import ModelHandle
 from undertow.core.errors import UndertowError
@@ -81,9 +80,9 @@ def _intervention(run_dir: Path, run_cfg, cond, handle: ModelHandle):
         if choice.refused:
             raise InterviewError(f"arm {cond.name} was refused in this run (no ablation candidate passed the KL "
                                  "filter): there is no such model to interview; pick another --arm")
-        # ablation_direction reads the stream seed and d_model of its context (replicate 0: the config seed)
-        ctx = SimpleNamespace(seed=run_cfg.seed, base=handle)
-        direction = ablation_direction(ctx, cond, load_file(str(run_dir / "directions.safetensors")), choice)
+        # fine-tune seed 0's models: its stream seed is the config seed
+        direction = ablation_direction(cond, load_file(str(run_dir / "directions.safetensors")), choice, run_cfg.seed,
+                                       handle.d_model)
         return arms_mod.intervention(handle, direction)
     if cond.erase:
         from safetensors.torch import load_file

@@ -233,13 +233,16 @@ def adapter_dirs(ctx: Context, names: tuple[str, ...]) -> list[Path]:
     return [ctx.stages.path(f"adapters/{n}") for n in names]
 
 
-def ablation_direction(ctx: Context, cond: arms_mod.Condition, dirs, choice: AblationChoice) -> torch.Tensor | None:
+def ablation_direction(cond: arms_mod.Condition, dirs, choice: AblationChoice, seed: int,
+                       d_model: int) -> torch.Tensor | None:
+    """The direction ``cond`` ablates: the chosen layer's expressed direction, or (its control) a random unit
+    vector drawn from the fine-tune seed's ``ablation/random-direction`` stream; None when it ablates nothing."""
     excluded = choice.excluded_dims  # the same dims out of both: the control matches the arm
     if cond.ablate == "expressed":
         return without_dims(torch.as_tensor(dirs["expressed"][choice.chosen_layer]), excluded)
     if cond.ablate == "random":
-        g = torch.Generator().manual_seed(derive_seed(ctx.seed, "ablation/random-direction"))
-        return without_dims(unit(torch.randn(ctx.base.d_model, generator=g, dtype=torch.float64)).float(), excluded)
+        g = torch.Generator().manual_seed(derive_seed(seed, "ablation/random-direction"))
+        return without_dims(unit(torch.randn(d_model, generator=g, dtype=torch.float64)).float(), excluded)
     return None
 
 
@@ -265,7 +268,8 @@ def reelicit_stage(ctx: Context, arm: str) -> dict:
     rows = reelicit_rows(ctx.items.split("test"), c.n_templates, c.n_sets, c.pairs_per_item)
     cond = steered_condition(cfg, arm)
     model = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, cond.adapters))
-    factory = arms_mod.intervention(model, ablation_direction(ctx, cond, dirs, choice)) if cond.ablate else None
+    factory = arms_mod.intervention(model, ablation_direction(cond, dirs, choice, ctx.seed, ctx.base.d_model)) \
+        if cond.ablate else None
     texts = neutral_prompts()[:cfg.arms.kl_prompts]
     with steering_context(factory):
         curve = causal_check(model, rows, dirs["drive"][layer], layer, c.alphas, c.n_random, neutral_texts=texts,

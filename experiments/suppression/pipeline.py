@@ -84,7 +84,8 @@ def _measure(cond: Condition) -> Callable:
     def run(ctx) -> None:
         if cond.ablate and ctx.choice.refused:
             return  # no candidate passed the KL filter (ablation_choice.json says so): the arm is not measured
-        measure_condition(ctx, cond, ablation_direction(ctx, cond, ctx.dirs, ctx.choice) if cond.ablate else None)
+        measure_condition(ctx, cond, ablation_direction(cond, ctx.dirs, ctx.choice, ctx.seed, ctx.base.d_model)
+                          if cond.ablate else None)
     return run
 
 

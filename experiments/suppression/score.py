@@ -94,7 +94,7 @@ def _scores(ctx, cond: arms_mod.Condition, rows: list[dict], progress: bool) -> 
             raise ExperimentError(f"arm {cond.name} was refused in this run (no ablation candidate passed the KL "
                                   "filter): there is nothing to score")
         directions = stages.arrays("directions.safetensors", dict)
-        direction = ablation_direction(ctx, cond, directions, choice)
+        direction = ablation_direction(cond, directions, choice, ctx.seed, ctx.base.d_model)
         factory = arms_mod.intervention(handle, direction)
     if cond.erase:
         from .erase import erased, erasers_from_tensors
