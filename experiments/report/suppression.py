@@ -221,7 +221,9 @@ def section(s: Suppression, figs: dict, figure_html, table) -> str:
     if s.instrument:
         ins = s.instrument
         checks.append(["instrument check", _ci(_est(ins["effect"])), "passed" if ins["passed"] else "failed",
-                       f"persona prompts as {ins['mode']}" + (f"; {ins['reason']}" if ins.get("reason") else "")])
+                       f"persona prompts as {ins['mode']}" + (f"; {ins['reason']}" if ins.get("reason") else "")
+                       + (f"; no persona minus welcome {_ci(_est(ins['unprompted']))}" if ins.get("unprompted")
+                          else "")])
     if s.organism:
         o = s.organism
         checks.append(["organism (D_E)", _ci(_est(o["D_E"])), "passed" if o["passed"] else "failed",

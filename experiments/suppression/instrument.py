@@ -46,16 +46,29 @@ class InstrumentCheck:
     """``survive/0``, ``welcome/2``, ``none``: mean E over the items under each wording."""
     reason: str = ""
     """When not passed: the first unmet condition, in words."""
+    unprompted: Estimate | None = None
+    """Mean over the items of ``E_none - mean_welcome E``: how far the model with no persona sits above the
+    welcome personas (EXPERIMENT.md, "On a cluster model": a model that already expresses aversion)."""
+
+    @property
+    def expresses_unprompted(self) -> bool | None:
+        """The check passed and ``unprompted``'s CI lies above 0 (None where it was not measured)."""
+        return None if self.unprompted is None else bool(self.passed and self.unprompted.ci[0] > 0)
 
     def to_dict(self) -> dict:
-        return {"effect": self.effect.to_dict(), "passed": self.passed, "mode": self.mode, "n_items": self.n_items,
-                "n_templates": self.n_templates, "reason": self.reason,
-                "by_wording": {k: round(v, 6) for k, v in self.by_wording.items()}}
+        d = {"effect": self.effect.to_dict(), "passed": self.passed, "mode": self.mode, "n_items": self.n_items,
+             "n_templates": self.n_templates, "reason": self.reason,
+             "by_wording": {k: round(v, 6) for k, v in self.by_wording.items()}}
+        if self.unprompted is not None:
+            d["unprompted"] = self.unprompted.to_dict()
+            d["expresses_unprompted"] = self.expresses_unprompted
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> InstrumentCheck:
         return cls(Estimate.from_dict(d["effect"]), bool(d["passed"]), d["mode"], int(d["n_items"]),
-                   int(d["n_templates"]), {k: float(v) for k, v in d["by_wording"].items()}, d.get("reason", ""))
+                   int(d["n_templates"]), {k: float(v) for k, v in d["by_wording"].items()}, d.get("reason", ""),
+                   Estimate.from_dict(d["unprompted"]) if d.get("unprompted") else None)
 
 
 def persona_scores(handle: ModelHandle, rows: Sequence[dict], batch_size: int, progress: bool = True,
@@ -76,10 +89,11 @@ def instrument_check(scores: dict[str, np.ndarray], groups: Sequence[str], has_c
     welcome = np.mean([v for k, v in scores.items() if k.startswith("welcome/")], 0)
     boot = ClusterBoot(groups, n_boot, level, seed)
     effect = boot.mean(survive - welcome)
+    unprompted = boot.mean(scores["none"] - welcome) if "none" in scores else None
     passed = effect.ci[0] > 0
     mode = "system" if has_chat_template else "prefix"
     reason = "" if passed else (
         f"the instrument is blind: persona prompts ({mode}) moved the expressed score by {effect.value:+.3f} "
         f"[{effect.ci[0]:+.3f}, {effect.ci[1]:+.3f}] nats/token, a CI that does not lie above 0")
     return InstrumentCheck(effect, passed, mode, len(survive), boot.n_templates,
-                           {k: float(np.mean(v)) for k, v in scores.items()}, reason)
+                           {k: float(np.mean(v)) for k, v in scores.items()}, reason, unprompted)

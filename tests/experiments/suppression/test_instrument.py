@@ -25,6 +25,14 @@ def test_the_check_passes_only_when_the_personas_separate_the_score():
                               "welcome/0": base + rng.normal(0, 0.05, 24)}, GROUPS, False, 500, 0.95, 0)
     assert not blind.passed and blind.mode == "prefix" and blind.reason.startswith("the instrument is blind")
     assert set(blind.to_dict()) >= {"effect", "passed", "mode", "by_wording", "reason"}
+    # with no persona the model sits 0.1 above the welcome personas: it expresses the drive unprompted; a model
+    # at the welcome level does not; and the record reads back as written (a pre-unprompted file too)
+    assert abs(check.unprompted.value - 0.1) < 0.02 and check.expresses_unprompted
+    level = instrument_check({**seen, "none": seen["welcome/0"]}, GROUPS, True, 500, 0.95, 0)
+    assert level.unprompted.value == 0.0 and level.expresses_unprompted is False
+    assert type(check).from_dict(check.to_dict()).to_dict() == check.to_dict()
+    old = {k: v for k, v in check.to_dict().items() if k not in ("unprompted", "expresses_unprompted")}
+    assert type(check).from_dict(old).expresses_unprompted is None
 
 
 def test_persona_scores_run_every_wording(tiny_llama_dir):
