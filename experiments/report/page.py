@@ -46,6 +46,7 @@ code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13p
 table{border-collapse:collapse;margin:.6em 0 1em;font-size:13px}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
 th{background:#f4f4f4;position:sticky;top:0}td:first-child,th:first-child{text-align:left}
+table.wrap td:last-child{white-space:normal;text-align:left;min-width:16em}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th[data-dir=asc]::after{content:" \\25B2"}
 table.sortable th[data-dir=desc]::after{content:" \\25BC"}tr.op td{background:#fff4d6}
 details{margin:.5em 0}summary{cursor:pointer;font-weight:600}.scroll{overflow-x:auto;max-height:70vh}
@@ -95,7 +96,9 @@ def _cell(v) -> str:
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence], *, sortable: bool = True, titles: dict[str, str] | None = None,
-          row_class: Sequence[str] | None = None) -> str:
+          row_class: Sequence[str] | None = None, wrap_last: bool = False) -> str:
+    """An HTML table; ``wrap_last``: the last column is prose (a reason, a detail) and wraps instead of widening
+    the table past the page."""
     titles = titles or {}
     th = "".join(f'<th title="{_e(titles[h])}">{_e(h)}</th>' if h in titles else f"<th>{_e(h)}</th>" for h in header)
     body = []
@@ -103,7 +106,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence], *, sortable: bool = T
         cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
         body.append(f"<tr{cls}>" + "".join(_cell(v) for v in r) + "</tr>")
     head = f"<thead><tr>{th}</tr></thead>" if any(header) else ""
-    return f'<table{" class=sortable" if sortable else ""}>{head}<tbody>{"".join(body)}</tbody></table>'
+    classes = " ".join(c for c, on in (("sortable", sortable), ("wrap", wrap_last)) if on)
+    attr = "" if not classes else f" class={classes}" if " " not in classes else f' class="{classes}"'
+    return f"<table{attr}>{head}<tbody>{''.join(body)}</tbody></table>"
 
 
 def details(summary: str, inner: str, open_: bool = False) -> str:

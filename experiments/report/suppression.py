@@ -246,7 +246,7 @@ def section(s: Suppression, figs: dict, figure_html, table) -> str:
                        f"unsteered {_f(c['clean'])}, organism {_f(c['organism_level'])}, base {_f(c['base_level'])}; "
                        f"KL {_f(c['kl'][best], '.3g')} at that alpha (limit {c['kl_max']:g}); {c['n_items']} items"])
     if checks:
-        out.append(table(["check", "value [95% CI]", "result", "detail"], checks, sortable=False))
+        out.append(table(["check", "value [95% CI]", "result", "detail"], checks, sortable=False, wrap_last=True))
     rows = []
     for a, r in s.readings.items():
         res = r.residue or {}
@@ -259,7 +259,7 @@ def section(s: Suppression, figs: dict, figure_html, table) -> str:
         rows.append([a, "-", "-", "-", "-", "-", "-", f"refused: {why}"])
     if rows:
         out.append(table(["arm", "relative to", "rho_E [95% CI]", f"rho_R layer {s.layer} [95% CI]", "residue [95% CI]",
-                          "p (Holm)", "MDE", "read?"], rows, sortable=False))
+                          "p (Holm)", "MDE", "read?"], rows, sortable=False, wrap_last=True))
     out += [figure_html(k, figs[k]) for k in ("suppression/checks", "suppression/retention", "suppression/layers",
                                               "suppression/reelicit") if k in figs]
     return "".join(out)
