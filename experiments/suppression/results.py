@@ -146,15 +146,20 @@ def _readings(cfg, n_layers: int, sc: dict[str, Scores], layer: int, boot: Clust
     return readings, landings
 
 
-def _measured(rep, conds, layer: int, boot_sep: Boot) -> dict:
-    """One fine-tune seed's measured conditions: scores, drive projections at every layer, summaries."""
+def _measured(rep, conds, layer: int, boot_sep: Boot, summaries: bool = True) -> dict:
+    """One fine-tune seed's measured conditions: scores and drive projections at every layer, plus (with
+    ``summaries``) the secondary columns, which only fine-tune seed 0's are reported for (``assemble``)."""
     ctx, dirs = rep.ctx, rep.dirs
     measured = {}
     for c in conds:
         if ctx.stages.done(f"arms/{c.name}/E_test.safetensors"):
             st = states(ctx, c.name, "test")
-            measured[c.name] = {**_condition(ctx, c.name, dirs, layer, boot_sep, lambda n, s, st=st: st if s == "test"
-                                            else states(ctx, n, s)), "R_all": _drive_projections(st, dirs)}
+            if summaries:
+                measured[c.name] = _condition(ctx, c.name, dirs, layer, boot_sep,
+                                              lambda n, s, st=st: st if s == "test" else states(ctx, n, s))
+            else:  # the retrained probe, fixed read-outs and forced choice of seed k >= 1 would go unread
+                measured[c.name] = {"E": ctx.stages.arrays(f"arms/{c.name}/E_test.safetensors", dict)["E"]}
+            measured[c.name]["R_all"] = _drive_projections(st, dirs)
     pooled = _pooled(conds, measured)
     if pooled:
         measured["suppress_prompt"] = {"E": pooled["E"], "R_all": pooled["R_all"], "summary": {
@@ -216,7 +221,7 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
     self_mask = np.array([r["is_self"] for r in test])
     boot_sep = Boot(self_mask, [r["template_id"] for r in test], cfg.stats.n_boot, cfg.stats.level,
                     derive_seed(cfg.seed, "bootstrap/self-minus-control"))
-    per_rep = [_measured(rep, conds, layer, boot_sep) for rep in reps]
+    per_rep = [_measured(rep, conds, layer, boot_sep, summaries=k == 0) for k, rep in enumerate(reps)]
     measured = per_rep[0]
     names = [n for n in measured if all(n in m for m in per_rep)]
     n_seeds = len(reps)
