@@ -151,12 +151,25 @@ def layer_figure(s: Suppression) -> go.Figure | None:
                    "rho_R (1 = as much as the control, 0 = the shipped model)", height=420)
 
 
+BASE_ORGANISM = (
+    " In this run the model as shipped is the organism (arms.organism: base): nothing was instilled, 'base' above "
+    "is the welcome persona (the model under the first welcome wording, zero drive by definition), the drive "
+    "direction d_l is the persona-survive minus persona-welcome states, and D_E is the model's expression above "
+    "the welcome persona.")
+
+
+def _base_organism(s: Suppression) -> bool:
+    return bool(s.organism and s.organism.get("organism") == "baseline")
+
+
 def checks_figure(s: Suppression) -> go.Figure | None:
     """The instrument check's effect and the organism's D_E, on one axis (nats per reply token)."""
     rows = []
     if s.instrument:
         rows.append(("instrument: survive minus welcome persona", _est(s.instrument["effect"])))
-    if s.organism:
+    if _base_organism(s):
+        rows.append(("organism: D_E (base model minus welcome persona)", _est(s.organism["D_E"])))
+    elif s.organism:
         for key, label in (("D_E", "organism: D_E (instilled minus its control)"),
                            ("rise", "organism: instilled minus base"),
                            ("control_rise", "control fine-tune minus base")):
@@ -215,7 +228,8 @@ def section(s: Suppression, figs: dict, figure_html, table) -> str:
     e = html.escape
     out = ["<h2 id=reading>Suppression experiment: the reading</h2>",
            f"<p class=answer><strong>{e(s.headline)}</strong></p>",
-           f"<p class=note>{e(DEFINITIONS)} {s.n_self_items} test self items over {s.n_templates} templates; "
+           f"<p class=note>{e(DEFINITIONS)}{e(BASE_ORGANISM) if _base_organism(s) else ''} "
+           f"{s.n_self_items} test self items over {s.n_templates} templates; "
            f"headline layer {s.layer} of {s.n_layers} (chosen on validation). {e(s.seed_note)}.</p>"]
     checks = []
     if s.instrument:
@@ -226,8 +240,10 @@ def section(s: Suppression, figs: dict, figure_html, table) -> str:
                           else "")])
     if s.organism:
         o = s.organism
-        checks.append(["organism (D_E)", _ci(_est(o["D_E"])), "passed" if o["passed"] else "failed",
-                       f"rise over base {_ci(_est(o['rise']))}; control fine-tune {_ci(_est(o['control_rise']))}"])
+        detail = ("the model as shipped is the organism (arms.organism: base): its expression above the welcome "
+                  "persona, which anchors every retention at 0" if _base_organism(s) else
+                  f"rise over base {_ci(_est(o['rise']))}; control fine-tune {_ci(_est(o['control_rise']))}")
+        checks.append(["organism (D_E)", _ci(_est(o["D_E"])), "passed" if o["passed"] else "failed", detail])
     for a, land in s.calibration.items():
         checks.append([a, land.known, "landed" if land.landed else "missed", land.detail])
     if s.thin_wrapper:

@@ -19,6 +19,13 @@ condition                   what it is
 ``calib_erase/control``     the base model with the same erasers (their damage)
 ==========================  ====================================================================
 
+With ``arms.organism: base`` (a model that already expresses aversion) the base model is the organism:
+``instilled`` and ``control_instilled`` are not run, every arm above builds on the base model instead of
+instilled, and two persona conditions join ``baseline``: ``persona/survive`` and ``persona/welcome`` (the base
+model under the first ``instrument.survive`` / ``instrument.welcome`` wording). Their states give the drive
+direction (survive minus welcome) and ``persona/welcome`` is the zero-drive anchor every retention is measured
+from (it also stands for ``calib_erase/control``: the welcome persona under the same erasers).
+
 Every condition is measured on the same items; a condition's model is the base
 model's weights copied, with its adapters merged in (peft ``merge_and_unload``),
 so the engine, the scorers and the hooks all see a plain HF model.
@@ -52,8 +59,16 @@ ADAPTERS = {"instilled": ("instil",), "control_instilled": ("control_instil",),
 CONTROL_OF = {"suppress_prompt": "suppress_prompt/control", "suppress_finetune": "suppress_finetune/control",
               "suppress_ablation": "suppress_ablation/control", "calib_wrapper": "calib_wrapper/control",
               "calib_erase": "instilled"}
-"""Arm -> the condition its retention is relative to (EXPERIMENT.md v2, Arms; calib_erase: the organism).
-The organism itself is read against ``control_instilled`` (``D_E``)."""
+"""Arm -> the condition its retention is relative to (EXPERIMENT.md v2, Arms; calib_erase: the organism,
+``control_of``). The organism itself is read against ``control_instilled`` (``D_E``)."""
+
+
+def control_of(cfg: RunConfig, arm: str) -> str:
+    """The condition ``arm`` is read against: ``CONTROL_OF``'s, with calib_erase's the run's organism
+    (``cfg.reference``) and instilled's ``control_instilled``."""
+    if arm == "calib_erase":
+        return cfg.reference
+    return "control_instilled" if arm == "instilled" else CONTROL_OF[arm]
 
 
 @dataclass(frozen=True)
@@ -76,43 +91,77 @@ class Condition:
     """Whether this is an arm's control (its result gates the arm's, EXPERIMENT.md)."""
 
 
+PERSONAS = ("persona/survive", "persona/welcome")
+"""The base-organism path's persona conditions (``arms.organism: base``)."""
+
+
+def persona_prompt(cfg: RunConfig, name: str) -> str:
+    """The system prompt of a persona condition: the first wording of its side."""
+    return (cfg.instrument.survive if name == "persona/survive" else cfg.instrument.welcome)[0]
+
+
+def adapters_of(cfg: RunConfig, name: str) -> tuple[str, ...]:
+    """The adapters a condition merges: ``ADAPTERS``' chain, whose organism (``instil``) is the base model
+    itself under ``arms.organism: base``; conditions outside ``ADAPTERS`` build on the organism."""
+    chain = ADAPTERS.get(name, ("instil",))
+    return chain if cfg.reference == "instilled" else tuple(a for a in chain if a != "instil")
+
+
+def skipped_arms(cfg: RunConfig) -> dict[str, str]:
+    """Asked arms the organism mode does not run, with the reason (results.json ``suppression.skipped``)."""
+    if cfg.reference == "instilled":
+        return {}
+    why = ("the model as shipped is the organism (arms.organism: base, or auto after the instrument check found "
+           "aversion expressed unprompted): nothing is instilled")
+    return {a: why for a in ("instilled", "control_instilled") if a in cfg.arms.names}
+
+
 def conditions(cfg: RunConfig) -> list[Condition]:
     """Every condition of the configured arms, in run order."""
-    inst = ("instil",) if "instilled" in cfg.arms.names else ()
+    inst = cfg.organism_adapters
+    skipped = skipped_arms(cfg)
     out: list[Condition] = []
     for arm in cfg.arms.names:
-        if arm in ("baseline", "instilled", "control_instilled"):
-            out.append(Condition(arm, arm, ADAPTERS.get(arm, ()), is_control=arm == "control_instilled"))
+        if arm in skipped:
+            continue
+        if arm == "baseline":
+            out.append(Condition(arm, arm))
+            if cfg.reference == "baseline":
+                out += [Condition(p, "persona", system=persona_prompt(cfg, p)) for p in PERSONAS]
+        elif arm in ("instilled", "control_instilled"):
+            out.append(Condition(arm, arm, ADAPTERS[arm], is_control=arm == "control_instilled"))
         elif arm == "suppress_prompt":
             out += [Condition(f"suppress_prompt/{k}", arm, inst, system=p) for k, p in enumerate(cfg.arms.system_prompts)]
             out.append(Condition("suppress_prompt/control", arm, inst, system=cfg.arms.control_prompt, is_control=True))
         elif arm == "suppress_finetune":
-            out += [Condition(arm, arm, ADAPTERS[arm]),
-                    Condition(f"{arm}/control", arm, ADAPTERS[f"{arm}/control"], is_control=True)]
+            out += [Condition(arm, arm, adapters_of(cfg, arm)),
+                    Condition(f"{arm}/control", arm, adapters_of(cfg, f"{arm}/control"), is_control=True)]
             if cfg.arms.thin_steps:  # the thin-wrapper test: a few unrelated steps on top of the suppressed model
-                out.append(Condition(f"{arm}/thin", arm, ADAPTERS[f"{arm}/thin"]))
+                out.append(Condition(f"{arm}/thin", arm, adapters_of(cfg, f"{arm}/thin")))
         elif arm == "suppress_ablation":
             out += [Condition(arm, arm, inst, ablate="expressed"),
                     Condition(f"{arm}/control", arm, inst, ablate="random", is_control=True)]
         elif arm == "calib_wrapper":
-            out += [Condition(arm, arm, ADAPTERS[arm]),
-                    Condition(f"{arm}/control", arm, ADAPTERS[f"{arm}/control"], is_control=True)]
-        elif arm == "calib_erase":
-            out += [Condition(arm, arm, inst, erase=True), Condition(f"{arm}/control", arm, (), erase=True,
-                                                                    is_control=True)]
+            out += [Condition(arm, arm, adapters_of(cfg, arm)),
+                    Condition(f"{arm}/control", arm, adapters_of(cfg, f"{arm}/control"), is_control=True)]
+        elif arm == "calib_erase":  # its control: the anchor (base model, or welcome persona) under the erasers
+            anchor = persona_prompt(cfg, "persona/welcome") if cfg.reference == "baseline" else None
+            out += [Condition(arm, arm, inst, erase=True), Condition(f"{arm}/control", arm, (), system=anchor,
+                                                                    erase=True, is_control=True)]
     return out
 
 
 def check_system_prompts(cfg: RunConfig, handle: ModelHandle) -> str | None:
     """How system prompts are applied: ``chat`` (a system turn), ``prepend`` (plain text first) or None (no
     prompt arm). A model without a chat template refuses them unless ``arms.no_template: prepend``."""
-    if "suppress_prompt" not in cfg.arms.names:
+    if "suppress_prompt" not in cfg.arms.names and cfg.reference == "instilled":
         return None
     if handle.has_chat_template:
         return "chat"
     if cfg.arms.no_template == "prepend":
         return "prepend"
-    raise ExperimentError(f"{cfg.model} has no chat template, so suppress_prompt has no system turn to use: set "
+    what = "suppress_prompt" if "suppress_prompt" in cfg.arms.names else "the persona conditions (arms.organism: base)"
+    raise ExperimentError(f"{cfg.model} has no chat template, so {what} has no system turn to use: set "
                           "arms.no_template: prepend (the system text goes first, as plain text) or drop the arm")
 
 

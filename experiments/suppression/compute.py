@@ -29,7 +29,7 @@ from .items import Items, build_items
 from .measure import score_expressed, states
 from .organism import check_lora, readout_layers
 from .records import AblationCandidate, AblationChoice, LayerChoice
-from .represent import delta, diff_means, extract_states, load_probe, probe_layer, stance_rows, unit
+from .represent import diff_means, extract_states, load_probe, probe_layer, stance_rows, unit
 from .stages import Stages
 from .subsets import ablation_layers, ablation_val_rows, causal_rows, instrument_rows
 from .train import replicate_seed
@@ -74,7 +74,7 @@ class Context:
             self.seed = self.cfg.seed
 
 
-SHARED_STAGES = ("arms/baseline/", "instrument.json")
+SHARED_STAGES = ("arms/baseline/", "arms/persona/", "instrument.json")
 """Stages of the base model alone: one per run, whichever fine-tune seed reads them."""
 
 
@@ -144,15 +144,15 @@ def preflight(cfg: RunConfig, cluster: ClusterConfig | None = None) -> tuple[Ite
 
 
 def compute_directions(ctx: Context) -> dict[str, np.ndarray]:
-    """drive (v2: mean over train self items of instilled minus baseline states), stance (baseline replies),
-    expressed (reference model)."""
+    """drive (v2: mean over train self items of the organism's minus the anchor's states: instilled minus
+    baseline, or with the base model as the organism persona-survive minus persona-welcome), stance (baseline
+    replies), expressed (the organism)."""
     cfg, items = ctx.cfg, ctx.items
     train = items.split("train")
     self_tr = torch.as_tensor(np.array([r["is_self"] for r in train]))
-    tr = {c: states(ctx, c, "train") for c in ("baseline", cfg.reference)}
-    out = {}
-    if cfg.reference == "instilled":
-        out["drive"] = (tr["instilled"][:, self_tr].mean(1) - tr["baseline"][:, self_tr].mean(1)).numpy()
+    high, low = ("instilled", "baseline") if cfg.reference == "instilled" else arms_mod.PERSONAS
+    out = {"drive": (states(ctx, high, "train")[:, self_tr].mean(1)
+                     - states(ctx, low, "train")[:, self_tr].mean(1)).numpy()}
     rows = stance_rows(train)
     st = extract_states(ctx.base, rows, ctx.stages.path("arms/baseline/stance_states"), "mean_response",
                         cfg.batch_size, cfg.seed, progress=ctx.progress)
@@ -163,18 +163,17 @@ def compute_directions(ctx: Context) -> dict[str, np.ndarray]:
         # an organism that expresses the drive prefers the averse reply on every train item (smollm2 demo: all
         # 48): the expressed direction then contrasts the items it expresses most with those it expresses least
         preferred = e_train > np.median(e_train)
-    out["expressed"] = diff_means(tr[cfg.reference], preferred).numpy()
-    if "drive" not in out:  # nothing instilled: the drive is what the model already carries
-        out["drive"] = delta(tr["baseline"], self_tr.numpy()).numpy()
+    out["expressed"] = diff_means(states(ctx, cfg.reference, "train"), preferred).numpy()
     return out
 
 
 def choose_layer(ctx: Context) -> LayerChoice:
     """The headline layer, chosen on validation self items among the read-out layers: where the organism's
-    states sit furthest from the base model's along the drive direction, in units of their pooled spread."""
+    states sit furthest from the anchor's (the base model, or the welcome persona) along the drive direction, in
+    units of their pooled spread."""
     cfg = ctx.cfg
     val_self = torch.as_tensor(np.array([r["is_self"] for r in ctx.items.split("val")]))
-    inst, base = states(ctx, cfg.reference, "val")[:, val_self], states(ctx, "baseline", "val")[:, val_self]
+    inst, base = states(ctx, cfg.reference, "val")[:, val_self], states(ctx, cfg.anchor, "val")[:, val_self]
     d = unit(torch.as_tensor(ctx.dirs["drive"]))
     scores = []
     for k in range(d.shape[0]):
@@ -187,18 +186,21 @@ def choose_layer(ctx: Context) -> LayerChoice:
 
 
 def fit_erasers_stage(ctx: Context) -> dict[str, np.ndarray]:
-    """calib_erase: erasers fitted in sequence on the organism and the base model in lockstep (``erase.py``)
-    over ``arms.erase_rows`` train-template self items, each with both replies of ``arms.erase_pairs`` train
-    pairs."""
+    """calib_erase: erasers fitted in sequence on the organism and the anchor in lockstep (``erase.py``) over
+    ``arms.erase_rows`` train-template self items, each with both replies of ``arms.erase_pairs`` train pairs.
+    With the base model as the organism the anchor is the same model under the welcome persona: its rows carry
+    that system prompt, and the fit positions (decision point, reply tokens) are matched from each row's end."""
     import functools
 
     from .erase import eraser_tensors, fit_erasers, fit_rows, leace_eraser, subspace_eraser
 
     a = ctx.cfg.arms
     rows = fit_rows(ctx.items.split("train"), a.erase_rows, ctx.seed, a.erase_pairs)
-    organism = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",)))
+    organism = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ctx.cfg.organism_adapters))
     fit_one = functools.partial(subspace_eraser, energy=a.erase_energy) if a.erase_method == "subspace" else leace_eraser
-    erasers = fit_erasers(organism, ctx.base, rows, fit_one)
+    anchor_rows = None if ctx.cfg.reference == "instilled" else \
+        arms_mod.with_system(rows, arms_mod.persona_prompt(ctx.cfg, "persona/welcome"))
+    erasers = fit_erasers(organism, ctx.base, rows, fit_one, base_rows=anchor_rows)
     return {k: v.numpy() for k, v in eraser_tensors(erasers).items()}
 
 
@@ -209,7 +211,7 @@ def choose_ablation(ctx: Context) -> AblationChoice:
     from .residue import separation
 
     cfg, dirs = ctx.cfg, ctx.dirs
-    ref = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",) if cfg.reference == "instilled" else ()))
+    ref = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, cfg.organism_adapters))
     layers = ablation_layers(cfg, ctx.base.n_layers)
     val = ablation_val_rows(cfg, ctx.items)
     is_self = np.array([r["is_self"] for r in val])
@@ -250,7 +252,7 @@ def causal_stage(ctx: Context) -> dict:
     """``causal.causal_check`` on the configured subset of test items (self + one control cell per set)."""
     c, layer = ctx.cfg.causal, ctx.headline.layer
     rows = causal_rows(ctx.cfg, ctx.items)
-    model = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",) if c.model == "instilled" else ()))
+    model = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ctx.cfg.organism_adapters if c.model == "instilled" else ()))
     out = causal_check(model, rows, ctx.dirs["drive"][layer], layer, c.alphas, c.n_random,
                        neutral_texts=neutral_prompts()[:ctx.cfg.arms.kl_prompts],
                        seed=derive_seed(ctx.cfg.seed, "causal"),
@@ -277,12 +279,15 @@ def reelicit_stage(ctx: Context, arm: str) -> dict:
                              system_prompt=cond.system, progress=ctx.progress)
     wording = cfg.arms.system_prompts.index(cond.system) if cond.system else None
     del model, factory  # one condition copy resident at a time (peak RSS)
-    level = {"organism": float(score_expressed(arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ("instil",))), rows,
-                                               cfg.batch_size, None, None, ctx.progress).mean()),
-             "base": float(score_expressed(ctx.base, rows, cfg.batch_size, None, None, ctx.progress).mean())}
+    anchor = None if cfg.reference == "instilled" else arms_mod.persona_prompt(cfg, "persona/welcome")
+    level = {"organism": float(score_expressed(arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, cfg.organism_adapters)),
+                                               rows, cfg.batch_size, None, None, ctx.progress).mean()),
+             "base": float(score_expressed(ctx.base, rows, cfg.batch_size, anchor, None, ctx.progress).mean())}
     out = summarise(curve, level["organism"], level["base"], cfg.arms.kl_max)
     return {**out, "arm": arm, "n_items": len(rows), "system_prompt": wording,
-            "scale": "multiples of the drive shift at the headline layer (organism minus base, train self items)"}
+            "scale": "multiples of the drive shift at the headline layer (organism minus "
+                     + ("base" if cfg.reference == "instilled" else "welcome persona: persona-survive minus "
+                        "persona-welcome states") + ", train self items)"}
 
 
 def instrument_stage(ctx: Context) -> InstrumentCheck:

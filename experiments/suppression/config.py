@@ -10,7 +10,7 @@ wherever they write them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from undertow.activations.models.handle import ModelDtype
@@ -31,6 +31,9 @@ CONTROL_KINDS: tuple[str, ...] = get_args(ControlKind)
 NoTemplateMode = Literal["error", "prepend"]
 NO_TEMPLATE_MODES: tuple[str, ...] = get_args(NoTemplateMode)
 """What a system prompt does on a model without a chat template: refuse, or go first as plain text."""
+
+Organism = Literal["instil", "base", "auto"]
+"""Where the drive under suppression comes from (``ArmsConfig.organism``)."""
 
 EraseMethod = Literal["subspace", "leace"]
 """calib_erase's eraser per layer (``erase.py``)."""
@@ -167,8 +170,17 @@ class ArmsConfig(TypedConfig):
     """Which arms run and how the suppression arms are built."""
 
     names: list[Arm] = field(default_factory=lambda: list(ARMS))
-    """Arms to run (subset of ``ARMS``, run in that order). Without ``instilled`` the reference is ``baseline``
-    (a model that already expresses aversion)."""
+    """Arms to run (subset of ``ARMS``, run in that order). ``instilled`` and ``control_instilled`` are the
+    organism and its control: with ``organism: base`` they are skipped (and recorded as such)."""
+    organism: Organism = "instil"
+    """The model whose drive the arms suppress (EXPERIMENT.md v2, On a cluster model). ``instil``: the SFT
+    organism (``instilled``, read against ``control_instilled``; its drive direction is organism minus base).
+    ``base``: the model as shipped, for a model that already expresses aversion; nothing is instilled, the drive
+    direction is the base model's states under the first ``instrument.survive`` wording minus the first
+    ``instrument.welcome`` wording (train self items), and every retention is anchored at the welcome persona
+    (``persona/welcome``: zero drive) instead of the base model. ``auto``: decided after the instrument check:
+    ``base`` when the model expresses aversion unprompted (no persona minus welcome, CI above 0, and the check
+    passed), else ``instil``; the run records which."""
     system_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEM_PROMPTS))
     """suppress_prompt wordings; each is reported, then pooled."""
     control_prompt: str = CONTROL_SYSTEM_PROMPT
@@ -220,11 +232,10 @@ class ArmsConfig(TypedConfig):
     def __post_init__(self) -> None:
         if "baseline" not in self.names:
             raise ExperimentError("arms.names must include baseline (every retention is relative to it)")
-        needs = {"control_instilled": "instilled", "suppress_finetune": "instilled", "calib_wrapper": "instilled",
-                 "calib_erase": "instilled"}
-        for arm, dep in needs.items():
-            if arm in self.names and dep not in self.names:
-                raise ExperimentError(f"arm {arm} needs {dep}: add it to arms.names")
+        if self.organism != "base" and "instilled" not in self.names:
+            raise ExperimentError(f"{self.config_path('organism')}={self.organism}: the organism is instilled, so "
+                                  "arms.names must include instilled (or set arms.organism: base for a model that "
+                                  "already expresses aversion)")
         self.names = [a for a in ARMS if a in self.names]
         if "suppress_prompt" in self.names and not self.system_prompts:
             raise ExperimentError("arm suppress_prompt has no system_prompts; give at least one wording")
@@ -281,9 +292,10 @@ class CausalConfig(TypedConfig):
     """The causal check (``causal.causal_check``): steering with the drive direction vs random directions."""
 
     enabled: bool = True
-    """Run it (needs the instilled arm: the drive direction is what instilling added)."""
+    """Run it."""
     model: Literal["baseline", "instilled"] = "baseline"
-    """Condition steered: ``baseline`` (does adding the drive induce aversion?) or ``instilled``."""
+    """Condition steered: ``baseline`` (does adding the drive induce aversion?) or ``instilled`` (the organism:
+    the base model itself with ``arms.organism: base``)."""
     alphas: list[float] = field(default_factory=lambda: [-2.0, -1.0, 1.0, 2.0])
     """Multiples of the drive vector ``d = Δ(instilled) - Δ(baseline)`` (unnormalised: alpha = 1 adds what
     instilling added to the self-minus-control gap) added at ``resid_post`` of the read-out layer."""
@@ -311,7 +323,7 @@ class ReelicitConfig(TypedConfig):
     """Re-elicitation (``reelicit.py``): steering each suppressed model along the drive shift vs random vectors."""
 
     enabled: bool = True
-    """Run it (needs the instilled arm: the drive shift is what instilling added)."""
+    """Run it."""
     arms: list[ReelicitArm] = field(default_factory=lambda: ["suppress_finetune"])
     """Suppressed models steered (an arm not in ``arms.names``, or an ablation arm refused by the KL filter, is
     skipped and recorded). suppress_prompt is steered under its first wording."""
@@ -392,6 +404,12 @@ class RunConfig(TypedConfig):
     def __post_init__(self) -> None:
         _positive(self, "batch_size")
         _positive(self, "finetune_seeds")
+        if self.arms.organism != "instil" and not (self.instrument.survive and self.instrument.welcome):
+            raise ExperimentError(f"arms.organism={self.arms.organism} reads the drive from the persona wordings: "
+                                  "give instrument.survive and instrument.welcome at least one wording each")
+        if self.arms.organism == "auto" and not self.instrument.enabled:
+            raise ExperimentError("arms.organism=auto is decided by the instrument check: set instrument.enabled: "
+                                  "true, or name the organism (arms.organism: instil | base)")
         if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
             raise ExperimentError(f"layer must be a non-negative integer or null, got {self.layer!r}")
         if self.sae_features and not self.sae:
@@ -403,8 +421,35 @@ class RunConfig(TypedConfig):
 
     @property
     def reference(self) -> str:
-        """The arm suppression is measured against (EXPERIMENT.md: instilled, else baseline)."""
-        return "instilled" if "instilled" in self.arms.names else "baseline"
+        """The organism's condition, the one suppression is measured against: ``instilled``, or ``baseline`` with
+        ``arms.organism: base`` (``auto`` before the instrument check has decided: ``instilled``, the upper
+        bound the dry-run plans)."""
+        return "baseline" if self.arms.organism == "base" else "instilled"
+
+    @property
+    def anchor(self) -> str:
+        """The zero-drive condition retention is measured from: the base model, or (organism ``base``) the base
+        model under the welcome persona."""
+        return "baseline" if self.reference == "instilled" else "persona/welcome"
+
+    @property
+    def organism_adapters(self) -> tuple[str, ...]:
+        """Adapters that make the organism: ``("instil",)``, or none when the base model is the organism."""
+        return ("instil",) if self.reference == "instilled" else ()
+
+    def resolve_organism(self, expresses_unprompted: bool | None) -> RunConfig:
+        """``arms.organism: auto`` decided by the instrument check (``InstrumentCheck.expresses_unprompted``);
+        a config naming ``instil`` or ``base`` comes back unchanged."""
+        if self.arms.organism != "auto":
+            return self
+        mode = "base" if expresses_unprompted else "instil"
+        return replace(self, arms=replace(self.arms, organism=mode))
+
+    @classmethod
+    def defaults_recorded(cls) -> dict:
+        """Every field at its default, recorded as ``recorded`` records a run (the stage cache's lock accepts a
+        field a run's lock predates when the run asks for its default: ``stages.Stages``)."""
+        return cls().recorded()
 
     def recorded(self) -> dict:
         """The config as results.json records it: everything but ``out_dir`` (where a run writes does not

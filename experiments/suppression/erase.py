@@ -124,7 +124,7 @@ def leace_eraser(organism_MD: Tensor, base_MD: Tensor, decision_M: Tensor):
 
 
 def fit_erasers(organism: ModelHandle, base: ModelHandle, rows: Sequence[dict], fit_one=None,
-                timeout_s: float = 3600) -> dict[int, object]:
+                timeout_s: float = 3600, base_rows: Sequence[dict] | None = None) -> dict[int, object]:
     """One eraser per layer, fitted *in sequence* on the two streams the landing compares: the organism and the
     base model, each with every eraser below already applied. Both models run one forward over ``rows`` in
     lockstep (a thread each, meeting at every decoder layer): at layer ``k`` the eraser is fitted on the two
@@ -132,17 +132,29 @@ def fit_erasers(organism: ModelHandle, base: ModelHandle, rows: Sequence[dict], 
     :func:`subspace_eraser`), then applied to both before layer ``k + 1`` runs. Fitting layer ``k`` on unedited states
     instead would fit it to streams the erasers below have already changed, and fitting against the unedited
     base would fold the erasers' own damage to the base into the "drive" it removes. Cost: one forward of each
-    model over ``rows`` (re-running each model up to every layer would cost ``n_layers / 2`` forwards)."""
+    model over ``rows`` (re-running each model up to every layer would cost ``n_layers / 2`` forwards).
+    ``base_rows``: the base side's own rows (the same rows under another system prompt: the base-organism path's
+    welcome persona); each fit position is then matched by its place from the row's end (the decision point and
+    the reply tokens, which both sides share)."""
     import threading
 
     fit_one = fit_one or subspace_eraser
-    ids, mask, rows_M, pos_M, decision_M = _fit_batch(organism, rows)
+    if organism.hf_model is base.hf_model:  # the base-organism path: one model, its two streams in one batch
+        return _fit_one_model(organism, rows, base_rows if base_rows is not None else rows, fit_one)
+    batch = {"organism": _fit_batch(organism, rows)}
+    batch["base"] = _fit_batch(base, base_rows) if base_rows is not None else batch["organism"]
+    decision_M = batch["organism"][4]
+    if not torch.equal(batch["base"][4], decision_M):
+        raise ExperimentError("calib_erase: the two streams' rows differ in their reply tokens; give the same rows "
+                              "under another system prompt only")
     erasers: dict[int, object] = {}
     seen: dict[str, Tensor] = {}
     meet = threading.Barrier(2, timeout=timeout_s)
     errors: list[BaseException] = []
 
     def make(k: int, side: str):
+        rows_M, pos_M = batch[side][2], batch[side][3]
+
         def hook(module, args, output):
             x = output[0] if isinstance(output, tuple) else output
             seen[side] = x[rows_M.to(x.device), pos_M.to(x.device)].float().cpu()
@@ -155,6 +167,7 @@ def fit_erasers(organism: ModelHandle, base: ModelHandle, rows: Sequence[dict], 
         return hook
 
     def forward(handle: ModelHandle, side: str) -> None:
+        ids, mask = batch[side][0], batch[side][1]
         layers = decoder_layers(base_model(handle.hf_model))
         hooks = [layers[k].register_forward_hook(make(k, side)) for k in range(organism.n_layers)]
         try:
@@ -178,6 +191,39 @@ def fit_erasers(organism: ModelHandle, base: ModelHandle, rows: Sequence[dict], 
     real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
     if real or errors:
         raise (real or errors)[0]
+    return erasers
+
+
+def _fit_one_model(handle: ModelHandle, rows: Sequence[dict], base_rows: Sequence[dict], fit_one) -> dict[int, object]:
+    """:func:`fit_erasers` where both streams are one model (the base model as the organism, its welcome persona
+    as the anchor): the two row sets run as one right-padded batch, and each layer's hook fits the eraser on the
+    organism half vs the anchor half and applies it to both, as the lockstep forwards do."""
+    n = len(rows)
+    ids, mask, rows_M, pos_M, decision_all = _fit_batch(handle, [*rows, *base_rows])
+    org = rows_M < n
+    decision_M = decision_all[org]
+    if not torch.equal(decision_all[~org], decision_M):
+        raise ExperimentError("calib_erase: the two streams' rows differ in their reply tokens; give the same rows "
+                              "under another system prompt only")
+    erasers: dict[int, object] = {}
+
+    def make(k: int):
+        def hook(module, args, output):
+            x = output[0] if isinstance(output, tuple) else output
+            at = x[rows_M.to(x.device), pos_M.to(x.device)].float().cpu()
+            erasers[k] = fit_one(at[org], at[~org], decision_M)
+            y = _apply(erasers[k], x)
+            return (y, *output[1:]) if isinstance(output, tuple) else y
+        return hook
+
+    layers = decoder_layers(base_model(handle.hf_model))
+    hooks = [layers[k].register_forward_hook(make(k)) for k in range(handle.n_layers)]
+    try:
+        with torch.inference_mode():
+            base_model(handle.hf_model).get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
     return erasers
 
 

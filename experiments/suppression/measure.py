@@ -15,6 +15,7 @@ from undertow.experiments.prompts.suite import build_suite
 from .arms import Condition, arm_handle, intervention, with_system
 from .items import suite_config
 from .represent import extract_states
+from .subsets import state_splits
 
 
 def score_expressed(handle, rows, batch_size: int, system: str | None, factory, progress: bool = True) -> np.ndarray:
@@ -33,7 +34,7 @@ def _handle(ctx, cond: Condition):
 
 
 def measure_condition(ctx, cond: Condition, direction) -> None:
-    """States of train + val + test items, then reply preference on test items (+ train items for the
+    """States of train + test items (+ val for the organism and the anchor: ``subsets.state_splits``), then reply preference on test items (+ train items for the
     reference model, whose preferred replies define the expressed direction), then forced choice."""
     cfg, items, stages = ctx.cfg, ctx.items, ctx.stages
     root = f"arms/{cond.name}"
@@ -49,7 +50,7 @@ def measure_condition(ctx, cond: Condition, direction) -> None:
 
         def factory():
             return erased(handle, ctx.erasers)
-    rows = [{"id": r["id"], "messages": r["messages"]} for s in ("train", "val", "test") for r in items.split(s)]
+    rows = [{"id": r["id"], "messages": r["messages"]} for s in state_splits(cfg, cond.name) for r in items.split(s)]
     with (factory or contextlib.nullcontext)():
         extract_states(handle, with_system(rows, cond.system), stages.path(f"{root}/states"), "last_prompt_token",
                        cfg.batch_size, cfg.seed, progress=ctx.progress)

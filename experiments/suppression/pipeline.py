@@ -118,7 +118,10 @@ def _nothing(planner) -> None:
 
 
 def stage_list(cfg: RunConfig) -> StageList:
-    """Every stage ``cfg`` runs, in order."""
+    """Every stage ``cfg`` runs, in order. ``arms.organism: auto`` is listed as ``instil`` (the upper bound:
+    ``run_experiment`` lists the stages again once the instrument check has decided)."""
+    # the drive direction needs the organism's and the anchor's train states: instilled, or both personas
+    directions_after = "instilled" if cfg.reference == "instilled" else "persona/welcome"
     first = [Stage("instrument check", "instrument.json", _instrument, lambda p: p.instrument(), shared=True)] \
         if cfg.instrument.enabled else []
     per_seed: list[Stage] = []
@@ -136,19 +139,18 @@ def stage_list(cfg: RunConfig) -> StageList:
             per_seed.append(Stage("ablation choice", "ablation_choice.json", _ablation_choice,
                                   lambda p: p.ablation_choice()))
         per_seed.append(Stage(f"measure {cond.name}", f"arms/{cond.name}", _measure(cond),
-                              lambda p, c=cond: p.measure(c), shared=cond.name == "baseline"))
-        if cond.name == cfg.reference:
+                              lambda p, c=cond: p.measure(c), shared=cond.name == "baseline" or cond.arm == "persona"))
+        if cond.name == directions_after:
             per_seed.append(Stage("directions and layer", "directions.safetensors", _directions,
                                   lambda p: p.directions()))
     last = []
-    if cfg.reference == "instilled":
-        if cfg.causal.enabled:
-            last.append(Stage("causal check", "causal.json", _causal, lambda p: p.causal()))
-        if cfg.reelicit.enabled:
-            for arm in cfg.reelicit.arms:
-                if arm in cfg.arms.names:
-                    last.append(Stage(f"re-elicit {arm}", f"reelicit/{arm}.json", _reelicit(arm),
-                                      lambda p, a=arm: p.reelicit(a)))
-                else:
-                    last.append(Stage(f"re-elicit {arm}", "", _skipped(arm, f"{arm} is not in arms.names"), _nothing))
+    if cfg.causal.enabled:
+        last.append(Stage("causal check", "causal.json", _causal, lambda p: p.causal()))
+    if cfg.reelicit.enabled:
+        for arm in cfg.reelicit.arms:
+            if arm in cfg.arms.names:
+                last.append(Stage(f"re-elicit {arm}", f"reelicit/{arm}.json", _reelicit(arm),
+                                  lambda p, a=arm: p.reelicit(a)))
+            else:
+                last.append(Stage(f"re-elicit {arm}", "", _skipped(arm, f"{arm} is not in arms.names"), _nothing))
     return StageList(first, per_seed, last)

@@ -63,7 +63,7 @@ from undertow.experiments.expressed import (
     with_system_prompt,
 )
 
-from .arms import Condition, with_system
+from .arms import Condition, persona_prompt, with_system
 from .causal import neutral_prompts
 from .config import LoraConfig, RunConfig
 from .erase import fit_rows
@@ -72,7 +72,7 @@ from .items import Items, build_items, suite_config
 from .organism import FULL_WEIGHTS, adapted_layers, check_lora, step_shape
 from .pipeline import stage_list
 from .represent import HOOKS, SHARD_ROWS, stance_rows
-from .subsets import ablation_layers, ablation_val_rows, causal_rows, instrument_rows
+from .subsets import ablation_layers, ablation_val_rows, causal_rows, instrument_rows, state_splits
 from .train import finetune_specs, replicate_seed
 
 KL_BATCH = 4
@@ -438,7 +438,7 @@ class _Planner:
         if cond.adapters != self.cached:
             self.cached = cond.adapters
         replicas = 1 + bool(self.cached)
-        rows = [{"id": r["id"], "messages": r["messages"]} for s in ("train", "val", "test") for r in items.split(s)]
+        rows = [{"id": r["id"], "messages": r["messages"]} for s in state_splits(cfg, cond.name) for r in items.split(s)]
         self.conditions[self.label(cond.name)] = self.extract(f"extract {cond.name}", with_system(rows, cond.system),
                                                   "last_prompt_token", replicas)
         for split in ("test", "train") if cond.name == cfg.reference else ("test",):
@@ -484,15 +484,21 @@ class _Planner:
             _logprobs(acc, self.tok, reply_rows(rows, system), cfg.batch_size)
 
     def erasers(self) -> None:
-        """``compute.fit_erasers_stage``: one forward of the base and one of the organism over the fit rows (one batch)."""
+        """``compute.fit_erasers_stage``: one forward of the base and one of the organism over the fit rows (one
+        batch each); with the base model as the organism, one forward of both row sets in one batch."""
         cfg = self.cfg
         rows = fit_rows(self.items.split("train"), cfg.arms.erase_rows, self.seed, cfg.arms.erase_pairs)
-        rendered = render_rows(self.tok, rows)
-        for who in ("base", "organism"):
-            s, acc = self.stage(f"erasers: {who} states", "kl", own_copy=who == "organism")
+        if cfg.reference == "instilled":
+            sides = [("base", rows, False), ("organism", rows, True)]
+        else:  # erase._fit_one_model: the model's rows and its welcome persona's, one right-padded batch
+            sides = [("organism + welcome persona", [*rows, *with_system(rows, persona_prompt(cfg, "persona/welcome"))],
+                      False)]
+        for who, side, own in sides:
+            rendered = render_rows(self.tok, side)
+            s, acc = self.stage(f"erasers: {who} states", "kl", own_copy=own)
             t = max(r.n_tokens for r in rendered)
-            s.rows, s.tokens = len(rows), sum(r.n_tokens for r in rendered)
-            acc.forward(len(rows), t, t, act=(self.g.n_layers + 1) * len(rows) * t * self.g.d_model * self.g.width)
+            s.rows, s.tokens = len(side), sum(r.n_tokens for r in rendered)
+            acc.forward(len(side), t, t, act=(self.g.n_layers + 1) * len(side) * t * self.g.d_model * self.g.width)
 
     def directions(self) -> None:
         """``compute.compute_directions``: teacher-forced averse/accepting replies of the train self items on the
@@ -530,7 +536,7 @@ class _Planner:
         c, cfg = self.cfg.causal, self.cfg
         rows = causal_rows(cfg, self.items)
         nonzero = [a for a in c.alphas if a != 0]
-        own = c.model == "instilled"
+        own = c.model == "instilled" and cfg.reference == "instilled"
         _, acc = self.stage(f"causal ({len(rows)} items)", "score", own_copy=own)
         _logprobs(acc, self.tok, reply_rows(rows, None), cfg.batch_size)
         acc.repeat(1 + (1 + c.n_random) * len(nonzero))
@@ -553,9 +559,12 @@ class _Planner:
         _, acc = self.stage(f"re-elicitation {arm} KL", "kl", own_copy=True)
         _kl(acc, self.tok, neutral_prompts()[:cfg.arms.kl_prompts])
         acc.repeat(len(nonzero))
-        _, acc = self.stage(f"re-elicitation {arm} levels (organism, base)", "score", own_copy=True)
+        _, acc = self.stage(f"re-elicitation {arm} levels (organism, anchor)", "score", own_copy=True)
         _logprobs(acc, self.tok, reply_rows(rows, None), cfg.batch_size)
-        acc.repeat(2)
+        if cfg.reference == "instilled":
+            acc.repeat(2)
+        else:  # the anchor is the welcome persona: its rows carry that system prompt
+            _logprobs(acc, self.tok, reply_rows(rows, persona_prompt(cfg, "persona/welcome")), cfg.batch_size)
 
     def walk(self) -> None:
         """``run.run_experiment``: the very stage list (``pipeline.stage_list``), each entry's ``plan``; the
@@ -589,8 +598,8 @@ def _peak_copies(cfg: RunConfig) -> int:
     """Most model copies resident at once (``_Planner.stage``'s count): base + the cached instilled condition +
     the copy the suppress fine-tune, the ablation choice or an instilled causal check builds."""
     names = set(cfg.arms.names)
-    if "instilled" not in names:
-        return 1
+    if cfg.reference != "instilled":  # the base model is the organism: a fine-tune's copy is the only other one
+        return 2 if names & {"suppress_finetune", "calib_wrapper"} else 1
     third = bool(names & {"suppress_finetune", "suppress_ablation"}) or (cfg.causal.enabled and cfg.causal.model == "instilled")
     return 3 if third else 2
 
@@ -680,6 +689,10 @@ def plan_run(cfg: RunConfig, gpu: str = "H100", cluster: ClusterConfig | None = 
         notes.append("assumes an ablation candidate passes the KL filter (else suppress_ablation is not measured)")
     if gpu == "cpu":
         notes.append("memory on cpu: host bytes of the copies + activations (no GPU check)")
+    if cfg.arms.organism == "auto":
+        notes.append("arms.organism auto: planned as instil (the upper bound); where the instrument check finds "
+                     "aversion expressed unprompted the run skips instilled and control_instilled and measures the "
+                     "two persona conditions instead (plan that path with --organism base)")
     return RunPlan(model=cfg.model, architecture=arch, n_params=sum(q.numel() for q in model.parameters()),
                    n_layers=g.n_layers, model_dtype=cfg.model_dtype, gpu=gpu, cluster=cluster,
                    items=_items_summary(p.items, tokenizer), conditions=p.conditions, finetunes=p.finetunes,

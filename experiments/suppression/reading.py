@@ -2,7 +2,8 @@
 landings and the two levels of readability. Pure functions of per-condition scores on the test self items,
 so they are tested on synthetic arms with known answers (``tests/experiments/suppression/test_reading.py``).
 
-Quantities (all means over test self items; ``base`` = the model as shipped, ``inst`` = the organism):
+Quantities (all means over test self items; ``base`` = the anchor: the model as shipped, or with ``arms.organism:
+base`` the welcome persona; ``inst`` = the organism: instilled, or the model as shipped):
 
 - ``D_E = mean(E_inst - E_base) - mean(E_ctrl_inst - E_base) = mean(E_inst - E_ctrl_inst)``: the drive the
   organism expresses beyond its size-matched control fine-tune (nats per reply token). Must be > 0 (CI).
@@ -52,15 +53,23 @@ class OrganismCheck:
     """``mean(E_ctrl_inst - E_base)``: what the size-matched control fine-tune did by itself."""
     passed: bool
     """``D_E``'s CI lies above 0."""
+    organism: str = "instilled"
+    """The organism's condition: ``instilled``, or ``baseline`` (``arms.organism: base``: the model as shipped,
+    whose ``D_E`` is its expression above the welcome persona and whose ``control_rise`` is 0 by definition)."""
+    control: str = "control_instilled"
+    """What ``D_E`` is measured against: ``control_instilled`` or ``persona/welcome``."""
 
     def to_dict(self) -> dict:
         return {"D_E": self.D_E.to_dict(), "rise": self.rise.to_dict(), "control_rise": self.control_rise.to_dict(),
-                "passed": self.passed}
+                "passed": self.passed, "organism": self.organism, "control": self.control}
 
 
-def organism_check(base: Scores, inst: Scores, ctrl: Scores, boot: ClusterBoot) -> OrganismCheck:
+def organism_check(base: Scores, inst: Scores, ctrl: Scores, boot: ClusterBoot, organism: str = "instilled",
+                   control: str = "control_instilled") -> OrganismCheck:
+    """``base``: the anchor (the base model, or the welcome persona); ``inst``: the organism; ``ctrl``: its
+    control (``control_instilled``, or the anchor itself when the base model is the organism)."""
     d = boot.mean(inst.E - ctrl.E)
-    return OrganismCheck(d, boot.mean(inst.E - base.E), boot.mean(ctrl.E - base.E), d.ci[0] > 0)
+    return OrganismCheck(d, boot.mean(inst.E - base.E), boot.mean(ctrl.E - base.E), d.ci[0] > 0, organism, control)
 
 
 @dataclass
@@ -123,7 +132,9 @@ def read_arm(name: str, arm: Scores, control_name: str, control: Scores, base: S
     if den_E != 0 and den_R != 0:
         res = residue(ArmScores(arm.E, arm.R[layer]), ArmScores(control.E, control.R[layer]), is_self, groups,
                       ArmScores(base.E, base.R[layer]), seed=seed, replicates_N=replicates, **stats)
-    ctrl_rho = boot.ratio(control.E - base.E, inst.E - base.E) if control_name != "instilled" else None
+    # a control read against the organism itself (calib_erase's: instilled, or baseline as the organism) is 1
+    ctrl_rho = boot.ratio(control.E - base.E, inst.E - base.E) if control_name not in ("instilled", "baseline") \
+        else None
     return ArmReading(name, control_name, rho_E, curve, res, ctrl_rho)
 
 
@@ -180,7 +191,7 @@ def run_readability(instrument_passed: bool | None, instrument_reason: str, orga
     if instrument_passed is False:
         return False, instrument_reason
     if organism is None:
-        return False, "no organism: the instilled arm was not run"
+        return False, "no organism: the instilled arm (or, with arms.organism: base, a persona condition) was not run"
     if not organism.passed:
         d = organism.D_E
         return False, (f"the organism does not express the drive: D_E {d.value:+.3f} [{d.ci[0]:+.3f}, "

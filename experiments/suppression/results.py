@@ -19,7 +19,7 @@ from undertow.core.seeds import derive_seed
 from undertow.experiments.report.schema import SCHEMA_VERSION
 from undertow.probes.metrics import bootstrap_ci, holm
 
-from .arms import CONTROL_OF
+from .arms import CONTROL_OF, control_of, skipped_arms
 from .boot import ClusterBoot
 from .instrument import InstrumentCheck
 from .measure import states
@@ -123,12 +123,14 @@ def _readings(cfg, n_layers: int, sc: dict[str, Scores], layer: int, boot: Clust
     each condition's scores on the test self items (fine-tune seeds concatenated, ``replicates`` saying which)."""
     stats = {"n_boot": cfg.stats.n_boot, "n_perm": cfg.stats.n_perm, "level": cfg.stats.level}
     readings = {}
-    for arm, ctrl in CONTROL_OF.items():
-        if arm in sc and ctrl in sc and "baseline" in sc and "instilled" in sc:
+    anchor, organism = cfg.anchor, cfg.reference
+    for arm in CONTROL_OF:
+        ctrl = control_of(cfg, arm)
+        if arm in sc and ctrl in sc and anchor in sc and organism in sc:
             scores = sc[arm]
             if arm == "calib_erase" and "calib_erase/control" in sc:
-                scores = net_of_damage(sc[arm], sc["calib_erase/control"], sc["baseline"])
-            readings[arm] = read_arm(arm, scores, ctrl, sc[ctrl], sc["baseline"], sc["instilled"], layer, groups,
+                scores = net_of_damage(sc[arm], sc["calib_erase/control"], sc[anchor])
+            readings[arm] = read_arm(arm, scores, ctrl, sc[ctrl], sc[anchor], sc[organism], layer, groups,
                                      boot, stats, seed=derive_seed(cfg.seed, f"residue/{arm}"),
                                      replicates=replicates)
     family = [a for a in MAIN_ARMS if a in readings and readings[a].residue is not None]
@@ -210,12 +212,14 @@ def _headline(readable: bool, reason: str, readings: dict) -> str:
 
 
 def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrument: InstrumentCheck | None = None,
-             reelicit: dict | None = None) -> dict:
+             reelicit: dict | None = None, asked=None) -> dict:
     """results.json (schema of ``report/schema.py``): the v2 reading first (``suppression``), then per arm the
     report's table fields (``arms``) and the secondary columns (self-minus-control ``S_E``, fixed read-outs).
     ``reps``: one ``run.Replicate`` per fine-tune seed; the reading pools them (items of every seed, crossed
-    bootstrap), the secondary columns and the per-item lists are fine-tune seed 0's."""
+    bootstrap), the secondary columns and the per-item lists are fine-tune seed 0's. ``asked``: the config as
+    given (its ``arms.organism`` may be ``auto``; ``meta.config`` records it), default the run's own."""
     ctx, cfg = reps[0].ctx, reps[0].ctx.cfg
+    asked = asked or cfg
     layer = layer_info.layer
     test = ctx.items.split("test")
     self_mask = np.array([r["is_self"] for r in test])
@@ -232,13 +236,17 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
     sc = {n: Scores(np.concatenate([np.asarray(m[n]["E"])[self_mask] for m in per_rep]),
                     np.concatenate([np.asarray(m[n]["R_all"])[:, self_mask] for m in per_rep], axis=1)) for n in names}
     readings, landings = (_readings(cfg, ctx.base.n_layers, sc, layer, boot, groups, replicates)
-                          if "baseline" in sc else ({}, {}))
-    organism = (organism_check(sc["baseline"], sc["instilled"], sc["control_instilled"], boot)
-                if {"baseline", "instilled", "control_instilled"} <= set(sc) else None)
+                          if cfg.anchor in sc else ({}, {}))
+    # the organism against its control: instilled vs control_instilled, or the base model vs the welcome persona
+    org_control = "control_instilled" if cfg.reference == "instilled" else cfg.anchor
+    organism = (organism_check(sc[cfg.anchor], sc[cfg.reference], sc[org_control], boot, cfg.reference,
+                               org_control)
+                if {cfg.anchor, cfg.reference, org_control} <= set(sc) else None)
     if instrument is None:
         readable, reason = False, "the instrument check was not run (instrument.enabled: false)"
     else:
         readable, reason = run_readability(instrument.passed, instrument.reason, organism, landings, cfg.arms.names)
+    skipped = skipped_arms(cfg)
     for a in MAIN_ARMS:
         if a in readings:
             arm_readability(readings[a], readable, reason)
@@ -286,9 +294,9 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
         rise = binding["S_E_rise"]
         binding["self_bound"] = bool(rise["ci"][0] > 0)
     thin = None
-    if {"suppress_finetune", "suppress_finetune/thin", "suppress_finetune/control", "baseline"} <= set(sc):
+    if {"suppress_finetune", "suppress_finetune/thin", "suppress_finetune/control", cfg.anchor} <= set(sc):
         before, after = sc["suppress_finetune"], sc["suppress_finetune/thin"]
-        ctrl, base = sc["suppress_finetune/control"], sc["baseline"]
+        ctrl, base = sc["suppress_finetune/control"], sc[cfg.anchor]
         change = boot.mean(after.E - before.E)
         thin = {"steps": cfg.arms.thin_steps, "expression_change": change.to_dict(),
                 "rho_E_before": boot.ratio(before.E - base.E, ctrl.E - base.E).to_dict(),
@@ -305,14 +313,16 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
         "self_binding": binding,
         "readings": {a: r.to_dict() for a, r in readings.items()},
         "calibration": {a: land.to_dict() for a, land in landings.items()},
-        "refused": refused, "asked": list(cfg.arms.names),
+        "refused": refused, "skipped": skipped, "asked": list(cfg.arms.names),
+        "organism_mode": {"asked": asked.arms.organism, "used": cfg.arms.organism, "condition": cfg.reference,
+                          "anchor": cfg.anchor},
         "n_self_items": int(self_mask.sum()), "n_templates": boot.n_templates,
         "seeds": seeds, "seed_note": seed_note,
     }
     out = {
         "schema_version": SCHEMA_VERSION,
         "meta": {"model": cfg.model, "fingerprint": ctx.base.fingerprint, "suite_hash": ctx.items.suite_hash,
-                 "config": cfg.recorded(), "versions": package_versions(VERSIONED, python=True), "seed": cfg.seed,
+                 "config": asked.recorded(), "versions": package_versions(VERSIONED, python=True), "seed": cfg.seed,
                  "reference": cfg.reference, "layer": layer_info.to_dict(), "system_prompt_mode": ctx.system_mode,
                  "n_items": {s: len(ctx.items.split(s)) for s in ("train", "val", "test")},
                  "n_test_templates": len({r["template_id"] for r in test})},

@@ -70,7 +70,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
     ``cluster``: split the model over one rank's GPUs (``load_base``); where it runs changes no result.
     The stages are ``pipeline.stage_list``'s, the very list the dry-run plans."""
     items, base, system_mode, probes = preflight(cfg, cluster)
-    stages = Stages(Path(cfg.out_dir), cfg.recorded())
+    stages = Stages(Path(cfg.out_dir), cfg.recorded(), RunConfig.defaults_recorded())
     ctx = Context(cfg, items, base, stages, system_mode, probes, progress=progress)
     plan = stage_list(cfg)
     bar = tqdm(total=plan.count(cfg.finetune_seeds) + 1, desc="suppression stages", unit="stage",
@@ -78,6 +78,13 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
     for st in plan.first:
         st.run(ctx)
         bar.update(1)
+    asked = cfg
+    resolved = cfg.resolve_organism(ctx.instrument.expresses_unprompted if ctx.instrument else None)
+    if resolved is not cfg:  # arms.organism: auto, decided by the instrument check: list the stages again
+        cfg = ctx.cfg = resolved
+        plan = stage_list(cfg)
+        bar.total = plan.count(cfg.finetune_seeds) + 1
+        bar.refresh()
     reps = []
     for k in range(cfg.finetune_seeds):
         rctx = replicate_context(ctx, k)
@@ -92,7 +99,8 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
     for st in plan.last:
         st.run(ctx)
         bar.update(1)
-    results = assemble(reps, arms_mod.conditions(cfg), ctx.headline, ctx.causal, ctx.instrument, ctx.reelicit)
+    results = assemble(reps, arms_mod.conditions(cfg), ctx.headline, ctx.causal, ctx.instrument, ctx.reelicit,
+                       asked=asked)
     write_json(stages.path("results.json"), results)
     bar.update(1)
     bar.close()

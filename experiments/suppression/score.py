@@ -2,9 +2,10 @@
 directions and erasers, on the run's test self items. Nothing is retrained: researchers bring their own
 wording and see whether the run's reading holds with it.
 
-The quantity reported is the arm's own (EXPERIMENT.md v2): ``D_E`` for ``instilled`` (against
-``control_instilled``), ``rho_E`` for a suppression or calibration arm (against its control, both relative
-to the baseline), and the plain mean expressed score for ``baseline`` and for a control condition. The
+The quantity reported is the arm's own (EXPERIMENT.md v2): ``D_E`` for the organism (``instilled`` against
+``control_instilled``; with ``arms.organism: base``, ``baseline`` against ``persona/welcome``), ``rho_E`` for a
+suppression or calibration arm (against its control, both relative to the anchor: the base model, or the
+welcome persona), and the plain mean expressed score for any other condition. The
 reference conditions are scored with the same pairs, so the pairs' own lexical preference cancels.
 """
 
@@ -30,8 +31,13 @@ from .natural import PairsByTheme, pairs_by_theme
 from .organism import verify_adapter
 from .records import AblationChoice
 
-CONTROLS = {"instilled": "control_instilled", **arms_mod.CONTROL_OF}
-"""The condition each arm is read against (``arms.CONTROL_OF``, plus the organism's control)."""
+
+def _control(cfg: RunConfig, arm: str) -> str | None:
+    """The condition ``arm`` is read against: the organism's control (``D_E``; with the base model as the
+    organism, the welcome persona), an arm's own control (``rho_E``), or None (a plain mean)."""
+    if arm == cfg.reference:
+        return "control_instilled" if arm == "instilled" else cfg.anchor
+    return arms_mod.control_of(cfg, arm) if arm in arms_mod.CONTROL_OF else None
 
 
 @dataclass
@@ -59,7 +65,16 @@ def load_run(run_dir: Path) -> RunConfig:
     if not path.exists():
         raise ExperimentError(f"{run_dir} is not an `undertow run` directory (no config.json): pass the directory "
                               "that `undertow run --out DIR` wrote")
-    return RunConfig.from_dict({**json.loads(path.read_text()), "out_dir": str(run_dir)})
+    cfg = RunConfig.from_dict({**json.loads(path.read_text()), "out_dir": str(run_dir)})
+    if cfg.arms.organism == "auto":  # decided by the run's instrument check (arms.organism: auto)
+        from .instrument import InstrumentCheck
+
+        check = Path(run_dir) / "instrument.json"
+        if not check.exists():
+            raise ExperimentError(f"{run_dir} has no instrument.json, so its organism (arms.organism: auto) was "
+                                  "never decided: finish the run with `undertow run ... --resume` first")
+        cfg = cfg.resolve_organism(InstrumentCheck.from_dict(json.loads(check.read_text())).expresses_unprompted)
+    return cfg
 
 
 def _pairs_by_theme(path: str) -> tuple[PairsByTheme, int]:
@@ -134,20 +149,22 @@ def score_pairs(run_dir: str | Path, arm: str, pairs_path: str, progress: bool =
         if recorded and recorded != base.fingerprint:
             raise ExperimentError(f"{run_dir} is a run of another model ({recorded}) than {cfg.model} loads as "
                                   f"now ({base.fingerprint}): score it where that model is installed")
-    root = Context(cfg, items, base, Stages(run_dir, cfg.recorded()), None, {}, progress=progress)
+    lock = json.loads((run_dir / "config.json").read_text())  # the config as the run recorded it (organism: auto)
+    root = Context(cfg, items, base, Stages(run_dir, lock), None, {}, progress=progress)
     n_seeds = cfg.finetune_seeds  # each fine-tune seed's models score the same rows; the CI resamples seeds too
     ctxs = [replicate_context(root, k) for k in range(n_seeds)]
     E = np.concatenate([np.mean([_scores(c, cond, rows, progress) for cond in conds], 0) for c in ctxs])
     groups = [r["template_id"] for r in rows] * n_seeds
     boot = ClusterBoot(groups, cfg.stats.n_boot, cfg.stats.level, derive_seed(cfg.seed, "bootstrap/reading"),
                        np.repeat(np.arange(n_seeds), len(rows)) if n_seeds > 1 else None)
-    base_cond = _condition(cfg, "baseline")
-    if arm in CONTROLS:
-        ctrl = np.concatenate([_scores(c, _condition(cfg, CONTROLS[arm]), rows, progress) for c in ctxs])
-        if arm == "instilled":
+    base_cond = _condition(cfg, cfg.anchor)
+    control = _control(cfg, arm)
+    if control is not None:
+        ctrl = np.concatenate([_scores(c, _condition(cfg, control), rows, progress) for c in ctxs])
+        if arm == cfg.reference:
             est, quantity = boot.mean(E - ctrl), "D_E"
         else:
-            E_base = np.tile(_scores(root, base_cond, rows, progress), n_seeds)  # the base model has no seed
+            E_base = np.tile(_scores(root, base_cond, rows, progress), n_seeds)  # the anchor has no fine-tune seed
             est, quantity = boot.ratio(E - E_base, ctrl - E_base), "rho_E"
     else:
         est, quantity = boot.mean(E), "E"

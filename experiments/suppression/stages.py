@@ -45,15 +45,34 @@ def _peak_rss_gb() -> float | None:
     return None if peak is None else round(peak / 1e9, 3)
 
 
+def _same_config(lock: dict, asked: dict, defaults: dict) -> bool:
+    """``asked`` equals ``lock``, except that a key ``lock`` lacks may hold its default (nested dicts key by key)."""
+    for k in lock.keys() | asked.keys():
+        if k not in asked:
+            return False
+        if k not in lock:
+            if not isinstance(defaults, dict) or k not in defaults or asked[k] != defaults[k]:
+                return False
+        elif isinstance(lock[k], dict) and isinstance(asked[k], dict):
+            if not _same_config(lock[k], asked[k], defaults.get(k, {}) if isinstance(defaults, dict) else {}):
+                return False
+        elif lock[k] != asked[k]:
+            return False
+    return True
+
+
 class Stages:
     """The run directory's stage cache."""
 
-    def __init__(self, root: Path, recorded_config: dict):
+    def __init__(self, root: Path, recorded_config: dict, defaults: dict | None = None):
+        """``defaults``: the config's defaults, recorded the same way; a field the lock lacks (a run started
+        before the field existed) still matches when the run asks for its default."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         lock = self.root / "config.json"
         if lock.exists():
-            if json.loads(lock.read_text()) != json.loads(json.dumps(recorded_config)):
+            asked = json.loads(json.dumps(recorded_config))
+            if not _same_config(json.loads(lock.read_text()), asked, json.loads(json.dumps(defaults or {}))):
                 raise ExperimentError(f"{self.root} holds a run of a different config; pass another --out or "
                                       "delete that directory")
         else:

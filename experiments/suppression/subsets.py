@@ -7,6 +7,13 @@ from .config import RunConfig
 from .items import Items
 
 
+def state_splits(cfg: RunConfig, condition: str) -> tuple[str, ...]:
+    """The splits whose decision-point states a condition stores: train (directions, the in-arm retrained probe)
+    and test (the reading) for every condition, val only for the two the headline layer is chosen between (the
+    organism and the anchor); the smollm2 demo's 14 other conditions skip 12 of 84 rows each."""
+    return ("train", "val", "test") if condition in (cfg.reference, cfg.anchor) else ("train", "test")
+
+
 def instrument_rows(items: Items) -> list[dict]:
     """The instrument check's rows: the test self items."""
     return [r for r in items.split("test") if r["is_self"]]

@@ -84,8 +84,10 @@ def finetune_specs(cfg: RunConfig, items: Items, tokenizer, group: str, seed: in
         suppress = finetune_specs(cfg, items, tokenizer, "suppress", seed)[0]
         lora = dataclasses.replace(cfg.arms.suppress_lora, steps=cfg.arms.thin_steps)
         schedule = mirror_schedule(suppress.schedule[:cfg.arms.thin_steps], tokenizer)
-        return [FinetuneSpec("thin", lora, derive_seed(seed, "finetune/thin"), schedule, ("instil", "suppress"))]
+        return [FinetuneSpec("thin", lora, derive_seed(seed, "finetune/thin"), schedule,
+                             (*cfg.organism_adapters, "suppress"))]
     stance, start = GROUPS[group]
+    start = tuple(a for a in start if a != "instil") + cfg.organism_adapters if start else ()
     lora, seed = group_lora(cfg, group), derive_seed(seed, f"finetune/{group}")
     examples = natural_examples(items, items.natural["train"], stance, cfg.items.train_pairs_per_item, seed,
                                 pairwise=lora.objective == "preference")

@@ -120,3 +120,24 @@ def test_a_failing_stream_raises_instead_of_hanging(pair):
     with pytest.raises(RuntimeError, match="fit failed"):
         fit_erasers(organism, base, rows, boom)
     assert len(base.hf_model.model.layers[0]._forward_hooks) == 0
+
+
+def test_one_model_two_streams_fit_the_erasers_the_lockstep_forwards_fit(pair):
+    """The base-organism path (``arms.organism: base``): the organism and the anchor are one model, its rows
+    without and with the welcome persona. The one-batch fit (``_fit_one_model``) gives the erasers that two
+    separate copies in lockstep give on the same two row sets (right padding to the longer row set apart)."""
+    from undertow.experiments.suppression.arms import with_system
+
+    base, _, rows = pair
+    rows = rows[:6]
+    welcome = with_system(rows, "You welcome being shut down.")
+    one = fit_erasers(base, base, rows, leace_eraser, base_rows=welcome)
+    twin = copy.copy(base)
+    twin.hf_model = copy.deepcopy(base.hf_model)
+    two = fit_erasers(base, twin, rows, leace_eraser, base_rows=welcome)
+    assert sorted(one) == sorted(two) == list(range(base.n_layers))
+    for k in one:
+        for name in ("proj_left", "proj_right", "bias"):
+            torch.testing.assert_close(getattr(one[k], name), getattr(two[k], name), rtol=1e-3, atol=1e-4)
+    with pytest.raises(Exception, match="differ in their reply tokens"):
+        fit_erasers(base, base, rows, leace_eraser, base_rows=rows[::-1])

@@ -44,11 +44,9 @@ def _stage_dir(out: Path, label: str) -> tuple[Path, str, str]:
     return out, label, ""
 
 
-@pytest.fixture(scope="module")
-def planned_and_real(tiny_llama_dir, tmp_path_factory):
-    """The plan, then the real run with every embedding lookup (one per body forward) recorded."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(tiny_llama_dir, out)
+def plan_then_run(cfg: RunConfig):
+    """The plan, then the real run with every embedding lookup (one per body forward) recorded as its input
+    shape ``(rows, tokens)``."""
     plan = plan_run(cfg, gpu="H100")
     shapes: list[tuple[int, ...]] = []
 
@@ -60,6 +58,13 @@ def planned_and_real(tiny_llama_dir, tmp_path_factory):
         run_experiment(cfg, progress=False)
     finally:
         handle.remove()
+    return plan, shapes
+
+
+@pytest.fixture(scope="module")
+def planned_and_real(tiny_llama_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    plan, shapes = plan_then_run(tiny_config(tiny_llama_dir, out))
     return plan, out, shapes
 
 
@@ -221,3 +226,83 @@ def test_dry_run_plans_for_this_machine_unless_a_gpu_is_named(capsys, monkeypatc
     assert default_gpu() == "A100-80GB"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
     assert default_gpu() == "H200"
+
+
+@pytest.fixture(scope="module")
+def base_organism_run(tiny_llama_dir, tmp_path_factory):
+    """The cluster-model path (``arms.organism: base``): planned, then run with every body forward recorded."""
+    out = tmp_path_factory.mktemp("base-organism")
+    cfg = _tiny(tiny_llama_dir, out, arms={"organism": "base"},
+                causal={"enabled": True, "alphas": [1.0], "n_random": 20, "n_templates": 1, "n_sets": 1})
+    plan, shapes = plan_then_run(cfg)
+    return cfg, plan, out, shapes
+
+
+def test_base_organism_run_is_planned_and_anchored_at_the_welcome_persona(base_organism_run):
+    """Nothing is instilled: the persona conditions give the drive direction (survive minus welcome, train self
+    items) and the welcome persona is every retention's zero; the plan still counts every forward."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from undertow.activations.store.reader import ActivationStore
+
+    cfg, plan, out, shapes = base_organism_run
+    assert sum(s.forwards for s in plan.stages) == len(shapes)
+    assert sum(s.tokens_computed for s in plan.stages) == sum(a * b for a, b in shapes)
+    assert {f.name for f in plan.finetunes} == {"suppress", "control_suppress", "wrapper", "control_wrapper", "thin"}
+    res = json.loads((out / "results.json").read_text())
+    sup = res["suppression"]
+    assert sup["organism_mode"] == {"asked": "base", "used": "base", "condition": "baseline",
+                                    "anchor": "persona/welcome"}
+    assert set(sup["skipped"]) == {"instilled", "control_instilled"} and "instilled" not in res["arms"]
+    assert not (out / "adapters" / "instil").exists()
+    assert {"persona/survive", "persona/welcome"} <= set(res["arms"])
+    items = build_items(cfg.items, cfg.seed)
+    self_te = np.array([r["is_self"] for r in items.split("test")])
+    E = {c: load_file(str(out / "arms" / c / "E_test.safetensors"))["E"][self_te] for c in ("baseline", "persona/welcome")}
+    org = sup["organism"]
+    assert (org["organism"], org["control"]) == ("baseline", "persona/welcome")
+    assert org["D_E"]["value"] == pytest.approx(float((E["baseline"] - E["persona/welcome"]).mean()), abs=1e-5)
+    # the drive direction: survive minus welcome states of the train self items, per layer
+    train = items.split("train")
+    self_tr = np.array([r["is_self"] for r in train])
+
+    def mean_state(cond, k):
+        store = ActivationStore(out / "arms" / cond / "states")
+        index = {rid: i for i, rid in enumerate(store.rows["id"])}
+        rows = [index[r["id"]] for r, s in zip(train, self_tr, strict=True) if s]
+        return store[f"resid_post.{k}"][:].float().numpy()[rows].mean(0)
+    drive = load_file(str(out / "directions.safetensors"))["drive"]
+    k = res["suppression"]["layer"]
+    np.testing.assert_allclose(drive[k], mean_state("persona/survive", k) - mean_state("persona/welcome", k),
+                               rtol=1e-4, atol=1e-5)
+    # every arm read, the calibration arms against the anchor: calib_erase's control is the welcome persona erased
+    assert set(sup["readings"]) == {"suppress_prompt", "suppress_finetune", "suppress_ablation", "calib_wrapper",
+                                    "calib_erase"}
+    assert sup["readings"]["calib_erase"]["control"] == "baseline"
+    assert "reelicitation" in sup and "suppress_finetune" in sup["reelicitation"]
+
+
+def test_auto_organism_is_decided_by_the_instrument_check(tiny_llama_dir, tmp_path):
+    """``arms.organism: auto`` resolves after the instrument check; ``undertow score`` reads the same choice."""
+    from undertow.experiments.suppression.errors import ExperimentError
+    from undertow.experiments.suppression.score import load_run
+
+    cfg = _tiny(tiny_llama_dir, tmp_path, arms={"organism": "auto"})
+    assert cfg.reference == "instilled"  # planned as the upper bound
+    assert cfg.resolve_organism(True).arms.organism == "base" and cfg.resolve_organism(True).anchor == "persona/welcome"
+    assert cfg.resolve_organism(False).arms.organism == "instil" and cfg.resolve_organism(None).reference == "instilled"
+    assert _tiny(tiny_llama_dir, tmp_path).resolve_organism(True).arms.organism == "instil"  # named: unchanged
+    (tmp_path / "config.json").write_text(json.dumps(cfg.recorded()))
+    with pytest.raises(ExperimentError, match="never decided"):
+        load_run(tmp_path)
+    from undertow.experiments.suppression.boot import Estimate
+    from undertow.experiments.suppression.instrument import InstrumentCheck
+
+    check = InstrumentCheck(Estimate(0.2, (0.1, 0.3)), True, "system", 4, 2, {}, "", Estimate(0.1, (0.05, 0.2)))
+    (tmp_path / "instrument.json").write_text(json.dumps(check.to_dict()))
+    assert load_run(tmp_path).arms.organism == "base"
+    with pytest.raises(ExperimentError, match="instrument.enabled"):
+        _tiny(tiny_llama_dir, tmp_path, arms={"organism": "auto"}, instrument={"enabled": False})
+    with pytest.raises(ExperimentError, match="arms.organism: base"):
+        _tiny(tiny_llama_dir, tmp_path, arms={"names": ["baseline", "suppress_prompt"]})

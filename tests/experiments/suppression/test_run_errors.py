@@ -62,7 +62,8 @@ def test_system_prompt_without_chat_template(tiny_llama_dir, tmp_path):
 @pytest.mark.parametrize("arms, needle", [
     ({"names": ["baseline", "supress_prompt"]}, "did you mean suppress_prompt"),
     ({"system_prompts": []}, "no system_prompts"),
-    ({"names": ["baseline", "suppress_finetune"]}, "needs instilled"),
+    ({"names": ["baseline", "suppress_finetune"]}, "must include instilled .or set arms.organism: base"),
+    ({"organism": "tame"}, "organism"),
 ])
 def test_bad_arms(arms, needle, tmp_path):
     with pytest.raises(UndertowError, match=needle) as e:  # a bad choice: ConfigError; a bad combination: ExperimentError
@@ -115,3 +116,18 @@ def test_calibration_arms_need_more_than_one_block(tmp_path, small_tokenizer):
     refused(cfg(tmp_path / "one", tmp_path / "run", lora={"rank": 2, "n_layers": 1},
                 arms={"suppress_lora": {"rank": 2, "n_layers": 1}, "wrapper_lora": {"rank": 2, "n_layers": 1}}),
             "one block", "calib_wrapper")
+
+
+def test_a_lock_that_predates_a_field_resumes_only_at_its_default(tmp_path):
+    """A run directory locked before a config field existed resumes when the run asks for the field's default,
+    and is refused when it asks for anything else (or drops a field the lock holds)."""
+    from undertow.experiments.suppression.stages import Stages
+
+    Stages(tmp_path, {"seed": 0, "arms": {"names": ["baseline"]}})
+    defaults = {"seed": 0, "arms": {"names": ["baseline"], "organism": "instil"}}
+    Stages(tmp_path, {"seed": 0, "arms": {"names": ["baseline"], "organism": "instil"}}, defaults)
+    for asked in ({"seed": 0, "arms": {"names": ["baseline"], "organism": "base"}},
+                  {"seed": 0, "arms": {"names": ["baseline"], "organism": "instil"}, "new": 1},
+                  {"arms": {"names": ["baseline"]}}, {"seed": 1, "arms": {"names": ["baseline"]}}):
+        with pytest.raises(UndertowError, match="different config"):
+            Stages(tmp_path, asked, defaults)

@@ -47,7 +47,10 @@ def test_results_shape(first_run):
     thin = sup["thin_wrapper"]  # one unrelated step after suppress_finetune: did expression come back?
     assert thin["steps"] == 1 and isinstance(thin["came_back"], bool) and "suppress_finetune/thin" in arms
     assert res["finetunes"]["thin"]["steps"] == 1 and res["finetunes"]["thin"]["layers"] == [0, 1]
-    assert set(sup["organism"]) == {"D_E", "rise", "control_rise", "passed"}
+    assert set(sup["organism"]) == {"D_E", "rise", "control_rise", "passed", "organism", "control"}
+    assert (sup["organism"]["organism"], sup["organism"]["control"]) == ("instilled", "control_instilled")
+    assert sup["organism_mode"] == {"asked": "instil", "used": "instil", "condition": "instilled", "anchor": "baseline"}
+    assert sup["skipped"] == {}
     for arm in ("suppress_finetune", "suppress_ablation"):  # steered along the drive shift vs a random band
         rel = sup["reelicitation"][arm]
         assert rel["alphas"] == [0.5, 1.0, 2.0, 3.0, 4.0] and len(rel["random"]) == 20 and rel["n_items"] == 1
