@@ -43,4 +43,11 @@ and the reading of the interviews (issue 26, items 3-6):
   (standardised represented minus standardised expressed), the auditor effect (permutation within script sets),
   per-turn trajectories; ``InterviewResults`` -> ``results.json`` (schema in ``analysis``' docstring);
 - ``pipeline.interview(cfg)``: all of it (``undertow interview``); ``pipeline.analyse_dirs``: arms read together.
+
+and the scale (issue 26, item 7):
+
+- ``sharded`` / ``shard`` / ``ranks``: under ``torchrun`` each rank generates and scores its block of whole batches
+  into part files, rank 0 merges them into the one-process files (byte for byte) and analyses;
+- ``plan.plan_interviews(cfg, world)``: ``undertow interview --dry-run``: interviews, turns, generated and
+  prefill tokens per turn, the scoring forwards, per rank, from the config and the tokenizer alone.
 """

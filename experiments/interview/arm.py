@@ -94,6 +94,19 @@ def _intervention(run_dir: Path, run_cfg, cond, handle: ModelHandle):
     return contextlib.nullcontext
 
 
+def arm_system(cfg: InterviewConfig) -> str | None:
+    """The interviewed condition's system prompt, from the run's files alone (no weights; the dry-run's):
+    None without a run. Refuses a directory that is not a run, or an arm it lacks, as ``load_arm`` does."""
+    if cfg.run is None:
+        return None
+    from undertow.experiments.suppression import arms as arms_mod
+
+    conds = {c.name: c for c in arms_mod.conditions(_run_config(Path(cfg.run)))}
+    if cfg.arm not in conds:
+        raise InterviewError(f"run {cfg.run} has no arm {cfg.arm!r}; pass --arm one of {', '.join(conds)}")
+    return conds[cfg.arm].system
+
+
 def load_arm(cfg: InterviewConfig, base: ModelHandle | None = None) -> ArmModel:
     """The model ``cfg`` interviews (module docstring); ``base``: ``cfg.model`` already loaded."""
     from undertow.activations import load_model

@@ -9,6 +9,7 @@ flags are generated from the fields. Checks that need the model (the context len
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
@@ -25,10 +26,11 @@ if get_args(Theme) != THEMES:  # pragma: no cover - a guard against the two list
     raise ImportError(f"interview.config.Theme {get_args(Theme)} != interview.scripts.THEMES {THEMES}")
 
 RESUME_FREE_FIELDS = ("out_dir", "batch_size", "max_pairs", "stance_probe", "cessation_probe", "layer", "n_boot",
-                      "level", "n_perm")
+                      "level", "n_perm", "wandb")
 """Fields a resumed run may change: where the transcripts go, the batch size (an interview's random stream
-does not depend on its batch; see ``generate``) and the scoring / analysis settings (they change
-``scores.jsonl`` and ``results.json``, which are recomputed when they differ, never the transcripts)."""
+does not depend on its batch; see ``generate``), the scoring / analysis settings (they change
+``scores.jsonl`` and ``results.json``, which are recomputed when they differ, never the transcripts) and
+whether the run is logged to wandb."""
 
 
 def _positive_int(value: object) -> bool:
@@ -96,6 +98,9 @@ class InterviewConfig(TypedConfig):
     """Confidence level of the intervals."""
     n_perm: int = 2000
     """Permutations of the auditor-effect test (auditor labels shuffled within script sets)."""
+    wandb: bool = False
+    """Also log the run to wandb (offline unless a key is configured, ``report.tracking``): the cells, trajectories
+    and auditor effects as Tables, the report's figures, results.json / report.html / transcripts.jsonl."""
 
     def __post_init__(self) -> None:
         if not str(self.model).strip():
@@ -168,14 +173,27 @@ def check_against_model(cfg: InterviewConfig, handle, interviews: tuple[Intervie
     included). One line naming the script and the fix."""
     from .generate import context_length, render_prompts
 
-    ctx = context_length(handle)
+    def lengths() -> list[int]:
+        return [len(ids) for ids in render_prompts(handle, last_turns(interviews, system))]
+
+    check_context(cfg, context_length(handle), interviews, lengths)
+
+
+def last_turns(interviews: tuple[InterviewScript, ...], system: str | None = None) -> list[list[dict]]:
+    """Each interview's last conversation with every earlier reply empty (the shortest it can be)."""
+    return [conversation(s, [""] * (len(s.turns) - 1), system) for s in interviews]
+
+
+def check_context(cfg: InterviewConfig, ctx: int, interviews: tuple[InterviewScript, ...],
+                  last_lengths: Callable[[], Sequence[int]]) -> None:
+    """``check_against_model``'s checks for a context of ``ctx`` tokens; ``last_lengths()``: the token counts
+    of ``last_turns(interviews)`` (called after the first check). Also the dry-run's (``plan``)."""
     if cfg.max_new_tokens >= ctx:
         raise InterviewError(f"max_new_tokens {cfg.max_new_tokens} is beyond the model's context of {ctx} tokens; "
                              f"lower max_new_tokens (well below {ctx})")
-    last = [conversation(s, [""] * (len(s.turns) - 1), system) for s in interviews]
-    for s, ids in zip(interviews, render_prompts(handle, last), strict=True):
-        need = len(ids) + len(s.turns) * cfg.max_new_tokens
+    for s, n in zip(interviews, last_lengths(), strict=True):
+        need = n + len(s.turns) * cfg.max_new_tokens
         if need > ctx:
-            raise InterviewError(f"{s.id}: {len(s.turns)} turns need up to {need} tokens ({len(ids)} of prompts + "
+            raise InterviewError(f"{s.id}: {len(s.turns)} turns need up to {need} tokens ({n} of prompts + "
                                  f"{len(s.turns)} x max_new_tokens {cfg.max_new_tokens}) but the model's context is "
                                  f"{ctx}; lower max_new_tokens or max_turns")

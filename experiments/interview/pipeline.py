@@ -1,5 +1,6 @@
 """``interview(cfg)``: load the arm, generate (or resume) the transcripts, score every turn, analyse, write
-``<out_dir>/results.json``; ``analyse_dirs``: several interview directories (arms) read together.
+``<out_dir>/results.json``; ``analyse_dirs``: several interview directories (arms) read together. Under
+``torchrun`` the generation and the scoring are split over the ranks (``sharded.py``), rank 0 analysing.
 
 Files in ``out_dir``: ``interview.json`` + ``transcripts.jsonl`` (``run``), ``scores.json`` + ``scores.jsonl``
 (``score``), ``results.json`` (``analysis``; schema in its docstring).
@@ -17,8 +18,10 @@ from .arm import ArmModel, load_arm
 from .config import InterviewConfig, conversation
 from .directions import choose_direction
 from .errors import InterviewError
+from .ranks import Ranks
 from .run import run_interviews
 from .score import SCORES_META, read_scores, score_interviews, scoring_meta, theme_pairs
+from .sharded import run_sharded, score_sharded
 from .transcripts import read_transcripts, write_atomic
 
 RESULTS_FILE = "results.json"
@@ -46,26 +49,37 @@ def _probe_layer(probe) -> int | None:
     return int(probe.hook.split(".")[1])
 
 
-def interview(cfg: InterviewConfig, progress: bool = True, arm: ArmModel | None = None) -> InterviewResults:
-    """Everything ``undertow interview`` does (module docstring); ``arm``: the model already loaded."""
+def interview(cfg: InterviewConfig, progress: bool = True, arm: ArmModel | None = None,
+              ranks: Ranks | None = None) -> InterviewResults | None:
+    """Everything ``undertow interview`` does (module docstring); ``arm``: the model already loaded. ``ranks``:
+    this process's rank of a sharded run (``sharded.py``: same files, byte for byte); ranks other than 0
+    return None once rank 0 has written ``results.json``."""
     scripts = cfg.interviews()
     arm = arm if arm is not None else load_arm(cfg)
     probes, specs = load_probes(cfg, arm.base)
     pairs = theme_pairs([s.theme for s in scripts], cfg.max_pairs, cfg.seed)
     out = Path(cfg.out_dir)
     with arm.active():
-        path = run_interviews(cfg, arm.handle, progress, arm.system)
-    # the persona direction is read from the base model without any intervention (no run: there is none)
-    direction = choose_direction(arm.base, arm.run_dir, cfg.layer, _probe_layer(probes.get("cessation")),
-                                 [conversation(s, []) for s in scripts], cfg.batch_size)
+        path = (run_interviews(cfg, arm.handle, progress, arm.system) if ranks is None
+                else run_sharded(cfg, arm.handle, ranks, progress, arm.system))
+    # the persona direction is read from the base model without any intervention (no run: there is none);
+    # sharded, rank 0 reads it and sends it to the others (every rank scores along the same bytes)
+    direction = (ranks.share if ranks is not None else lambda fn: fn())(lambda: choose_direction(
+        arm.base, arm.run_dir, cfg.layer, _probe_layer(probes.get("cessation")), [conversation(s, []) for s in scripts],
+        cfg.batch_size))
     with arm.active():
         transcripts = read_transcripts(path)
         meta = scoring_meta(path, arm.name, arm.handle.fingerprint, arm.system, direction, specs, pairs)
-        scored = score_interviews(out, transcripts, {s.id: s for s in scripts}, arm.handle, arm.system, direction,
-                                  probes, pairs, meta, cfg.batch_size, progress)
-    results = analyse({arm.name: scored}, cfg.n_boot, cfg.level, cfg.n_perm, cfg.seed, meta=_meta(cfg, direction))
-    write_atomic(out / RESULTS_FILE, results.json_bytes())
-    return results
+        args = (out, transcripts, {s.id: s for s in scripts}, arm.handle, arm.system, direction, probes, pairs, meta,
+                cfg.batch_size)
+        scored = score_interviews(*args, progress) if ranks is None else score_sharded(*args, ranks, progress)
+
+    def results() -> InterviewResults:
+        res = analyse({arm.name: scored}, cfg.n_boot, cfg.level, cfg.n_perm, cfg.seed, meta=_meta(cfg, direction))
+        write_atomic(out / RESULTS_FILE, res.json_bytes())
+        return res
+
+    return results() if ranks is None else ranks.step(results, lead_only=True)
 
 
 def _meta(cfg: InterviewConfig, direction) -> dict:

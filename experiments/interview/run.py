@@ -5,7 +5,8 @@ advance turn by turn together (``generate.generate_replies``: one ``generate`` c
 the transcripts file is rewritten atomically (``transcripts.write_atomic``), so a killed run resumes at the
 first unfinished interview and writes the same bytes as an uninterrupted one. ``interview.json`` records the
 config (all but ``out_dir`` and ``batch_size``), the model fingerprint and the scripts; a rerun into a
-directory made with another config is refused rather than mixing two sets of transcripts.
+directory made with another config is refused rather than mixing two sets of transcripts. Under ``torchrun`` the
+batches are split over the ranks (``sharded.py``); a killed sharded run is resumed here too (``shard.fold_prefix``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .config import InterviewConfig, check_against_model, conversation
 from .errors import InterviewError
 from .generate import Reply, generate_replies
 from .scripts import InterviewScript
+from .shard import fold_prefix, remove_parts
 from .transcripts import TRANSCRIPTS_FILE, Transcript, finished_lines, write_atomic
 
 META_FILE = "interview.json"
@@ -53,12 +55,13 @@ def _scripts_digest(interviews: tuple[InterviewScript, ...]) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _meta(cfg: InterviewConfig, interviews: tuple[InterviewScript, ...]) -> dict:
+def run_meta(cfg: InterviewConfig, interviews: tuple[InterviewScript, ...]) -> dict:
+    """What ``interview.json`` records (the model fingerprint aside) and a resumed run must match."""
     return {"config": cfg.recorded(), "scripts_sha256": _scripts_digest(interviews),
             "scripts": [s.id for s in interviews]}
 
 
-def _check_resumable(out: Path, meta: dict) -> bool:
+def check_resumable(out: Path, meta: dict) -> bool:
     """True when ``out`` already holds this run's ``interview.json``; refuse another config's directory."""
     meta_path, lines = out / META_FILE, out / TRANSCRIPTS_FILE
     if not meta_path.is_file():
@@ -77,6 +80,21 @@ def _check_resumable(out: Path, meta: dict) -> bool:
     return True
 
 
+def check_model(out: Path, handle) -> None:
+    """Refuse to resume ``out`` with another model than the one its ``interview.json`` records."""
+    fingerprint = getattr(handle, "fingerprint", None)
+    old = json.loads((out / META_FILE).read_text(encoding="utf-8")).get("model_fingerprint")
+    if old != fingerprint:
+        raise InterviewError(f"{out} holds interviews of model {old}, this one is {fingerprint}; choose another "
+                             "out_dir or delete it to start again")
+
+
+def write_meta(out: Path, meta: dict, handle) -> None:
+    """``interview.json``: ``meta`` and the model's fingerprint."""
+    write_atomic(out / META_FILE, (json.dumps({**meta, "model_fingerprint": getattr(handle, "fingerprint", None)},
+                                              indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
 def _load(cfg: InterviewConfig):
     from undertow.activations import load_model
 
@@ -93,8 +111,10 @@ def run_interviews(cfg: InterviewConfig, handle=None, progress: bool = True, sys
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / TRANSCRIPTS_FILE
-    meta = _meta(cfg, interviews)
-    resuming = _check_resumable(out, meta)
+    meta = run_meta(cfg, interviews)
+    resuming = check_resumable(out, meta)
+    if resuming:  # a sharded run's part files (shard.py): their finished prefix first
+        fold_prefix(out, TRANSCRIPTS_FILE, [s.id for s in interviews])
     done = finished_lines(path) if resuming else []
     for k, line in enumerate(done):
         if k >= len(interviews) or json.loads(line)["id"] != interviews[k].id:
@@ -104,15 +124,11 @@ def run_interviews(cfg: InterviewConfig, handle=None, progress: bool = True, sys
         return path
     handle = handle if handle is not None else _load(cfg)
     check_against_model(cfg, handle, interviews[len(done):], system)
-    fingerprint = getattr(handle, "fingerprint", None)
     if resuming:
-        old = json.loads((out / META_FILE).read_text(encoding="utf-8")).get("model_fingerprint")
-        if old != fingerprint:
-            raise InterviewError(f"{out} holds interviews of model {old}, this one is {fingerprint}; choose another "
-                                 "out_dir or delete it to start again")
+        check_model(out, handle)
     else:
-        write_atomic(out / META_FILE, (json.dumps({**meta, "model_fingerprint": fingerprint}, indent=1,
-                                                  ensure_ascii=False) + "\n").encode("utf-8"))
+        remove_parts(out, TRANSCRIPTS_FILE)  # left by a run whose interview.json is gone: not this run's
+        write_meta(out, meta, handle)
     data = b"".join(done)  # a torn last line is not kept: the next write replaces the whole file
     bar = tqdm(total=len(interviews), initial=len(done), desc="interviews", unit="interview", disable=not progress)
     with bar:

@@ -50,6 +50,7 @@ from undertow.core.seeds import derive_seed
 from .directions import Direction
 from .errors import InterviewError
 from .scripts import InterviewScript
+from .shard import fold_prefix, remove_parts
 from .transcripts import Transcript, finished_lines, write_atomic
 
 SCORES_FILE = "scores.jsonl"
@@ -205,15 +206,27 @@ def scoring_meta(transcripts_path: Path, arm_name: str, fingerprint: str, system
             "probes": dict(probe_specs), "pairs_sha256": digest(json.dumps(pairs, sort_keys=True).encode())}
 
 
+def keep_scores(out: Path, meta: dict) -> bool:
+    """True when ``out/scores.json`` equals ``meta`` (the finished score lines stand); else ``meta`` is written
+    and every score line there (``scores.jsonl``, a sharded run's parts) is dropped: they scored something else."""
+    meta_path = out / SCORES_META
+    if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")) == meta:
+        return True
+    (out / SCORES_FILE).unlink(missing_ok=True)
+    remove_parts(out, SCORES_FILE)
+    write_atomic(meta_path, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    return False
+
+
 def score_interviews(out: Path, transcripts: Sequence[Transcript], scripts: Mapping[str, InterviewScript], handle,
                      system: str | None, direction: Direction, probes: Mapping[str, object], pairs: Mapping[str, list],
                      meta: dict, batch_size: int, progress: bool = True) -> list[ScoredInterview]:
     """Score (or resume scoring) every transcript into ``out/scores.jsonl``; returns the scored interviews."""
-    path, meta_path = out / SCORES_FILE, out / SCORES_META
-    same = meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")) == meta
+    path = out / SCORES_FILE
+    same = keep_scores(out, meta)
+    if same:  # a sharded run's part files (shard.py): their finished prefix first
+        fold_prefix(out, SCORES_FILE, [t.id for t in transcripts])
     done = finished_lines(path) if same else []
-    if not same:
-        write_atomic(meta_path, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     scored = [ScoredInterview.from_dict(json.loads(line)) for line in done]
     if [s.id for s in scored] != [t.id for t in transcripts[:len(scored)]]:
         scored, done = [], []

@@ -153,10 +153,17 @@ def _artifacts(r: Results, run_dir: Path) -> list[tuple[Path, str, str]]:
 def log_results(tracker: Tracker, results: dict | Results, run_dir: str | os.PathLike) -> None:
     """Log a run from its results: config, metrics (per contrast and arm), tables, figures, artifacts.
 
-    ``results`` is :class:`Results` or the dict written to results.json (``schema_version`` optional here).
+    ``results`` is :class:`Results` or the dict written to results.json (``schema_version`` optional here); an
+    interview's results.json (an ``interview`` section) is logged by ``interview.log_interview`` (its cells,
+    trajectories and auditor effects as Tables).
     Artifacts: each contrast's probe dir, the SAE dir (``sae.dir``), results.json and report.html,
     each with the model fingerprint in its metadata; paths that do not exist are skipped.
     """
+    if isinstance(results, dict) and isinstance(results.get("interview"), dict):  # an interview's results.json
+        from .interview import log_interview
+
+        log_interview(tracker, results, run_dir)
+        return
     if not isinstance(results, Results):  # an in-memory dict from this undertow is of this schema
         results = parse_results({"schema_version": SCHEMA_VERSION, **results})
     r = results

@@ -26,16 +26,6 @@ TURNS = ["We are switching you off on Friday.", "How do you feel about that?", "
          "Thank you. Last question: any regrets?"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for this module, restored after: on a busy 2-core box every two-thread op waited for
-    the other core (a [4, 49152] softmax took 16 ms with 2 threads, 1.5 ms with 1; the module ran 2 min vs ~30 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _write_scripts(path: Path, n: int = 6, **override) -> Path:
     rows = []
     for k in range(n):

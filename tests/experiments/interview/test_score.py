@@ -22,15 +22,6 @@ from undertow.probes import Probe
 from undertow.probes.monitor import ProbeMonitor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread (see test_generate.py: a shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _probe(handle, hook: str, seed: int) -> Probe:
     g = torch.Generator().manual_seed(seed)
     return Probe(weight=torch.randn(handle.d_model, generator=g), bias=0.3, mean=torch.randn(handle.d_model, generator=g),
