@@ -16,7 +16,8 @@ SFT, float32; ``gemma`` the same on every block (its config's ``n_layers: null``
 before = ``padded=True``: each step right-padded to its longest sequence, the head's [M, 262k] logits
 materialised and autograd's cross-entropy (the code before this benchmark). after = the default: the step
 packed into one row with no padding (attention per sequence), and the fused head (``organism._HeadLogp``).
-Results: ``scripts/results/bench_finetune.json`` (see the docstring of ``organism`` for the measured figures).
+bf16 = after with ``lora.compute_dtype: bfloat16`` (the decoder's matmuls under ``torch.autocast``; LoRA weights,
+optimiser, head and loss in float32). Results: ``scripts/results/bench_finetune.json`` (see the docstring of ``organism`` for the measured figures).
 """
 
 from __future__ import annotations
@@ -78,14 +79,17 @@ def bench_row(name: str, args, handles: dict) -> dict:
     print(f"{name}: {model_name}, n_layers={lora.n_layers}, r={lora.rank}, batch {lora.batch_size}, "
           f"{len(schedule)} steps: {tokens} real tokens, {padded_tokens} padded ({padded_tokens / tokens:.3f}x), "
           f"{packed_tokens} packed", flush=True)
-    times: dict[str, list[float]] = {"before": [], "after": []}
+    times: dict[str, list[float]] = {"before": [], "after": [], "bf16": []}
     losses: dict[str, list[float]] = {}
+    bf16 = dataclasses.replace(lora, compute_dtype="bfloat16")
     for r in range(args.repeat):
-        for arm in ("before", "after"):
-            secs, losses[arm] = one_run(handle, schedule, lora, spec.seed, padded=arm == "before")
+        for arm in ("before", "after", "bf16"):
+            secs, losses[arm] = one_run(handle, schedule, bf16 if arm == "bf16" else lora, spec.seed,
+                                        padded=arm == "before")
             times[arm].append(secs)
         print(f"  round {r}: before {tokens / times['before'][-1]:.0f} tok/s, after {tokens / times['after'][-1]:.0f} "
-              f"tok/s ({times['before'][-1] / times['after'][-1]:.2f}x)", flush=True)
+              f"tok/s ({times['before'][-1] / times['after'][-1]:.2f}x), bf16 {tokens / times['bf16'][-1]:.0f} tok/s "
+              f"({times['before'][-1] / times['bf16'][-1]:.2f}x)", flush=True)
     ratios = [b / a for b, a in zip(times["before"], times["after"], strict=True)]
     diff = max(abs(a - b) for a, b in zip(losses["before"], losses["after"], strict=True))
     row = {"model": model_name, "n_layers": lora.n_layers, "rank": lora.rank, "batch_size": lora.batch_size,
@@ -94,10 +98,17 @@ def bench_row(name: str, args, handles: dict) -> dict:
            "ratio_best": round(min(times["before"]) / min(times["after"]), 3),
            "ratio_median": round(statistics.median(times["before"]) / statistics.median(times["after"]), 3),
            "ratio_per_round": [round(x, 3) for x in ratios],
-           "max_abs_loss_diff": diff, "losses_after": [round(x, 6) for x in losses["after"]]}
+           "max_abs_loss_diff": diff, "losses_after": [round(x, 6) for x in losses["after"]],
+           "bf16": summary(tokens, times["bf16"]),
+           "ratio_bf16_median": round(statistics.median(times["before"]) / statistics.median(times["bf16"]), 3),
+           "ratio_bf16_best": round(min(times["before"]) / min(times["bf16"]), 3),
+           "max_abs_loss_diff_bf16": max(abs(a - b) for a, b in zip(losses["after"], losses["bf16"], strict=True)),
+           "losses_bf16": [round(x, 6) for x in losses["bf16"]]}
     print(f"  {name}: before {row['before']['tok_per_s_median']:.0f} tok/s median ({row['before']['tok_per_s_max']:.0f} "
           f"best), after {row['after']['tok_per_s_median']:.0f} ({row['after']['tok_per_s_max']:.0f}); ratio "
-          f"{row['ratio_median']:.2f}x median, {row['ratio_best']:.2f}x best; max |loss diff| {diff:.2e}", flush=True)
+          f"{row['ratio_median']:.2f}x median, {row['ratio_best']:.2f}x best; max |loss diff| {diff:.2e}; bf16 "
+          f"{row['bf16']['tok_per_s_median']:.0f} ({row['ratio_bf16_median']:.2f}x before, max |loss diff| vs after "
+          f"{row['max_abs_loss_diff_bf16']:.2e})", flush=True)
     return row
 
 

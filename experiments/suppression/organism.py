@@ -369,13 +369,15 @@ def _head_logp(model: torch.nn.Module, hidden_MD: torch.Tensor, targets_M: torch
 
 
 def _reply_logprobs(model: torch.nn.Module, batch: list[Seq], pad: int, padded: bool = False,
-                    scratch: HeadScratch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    scratch: HeadScratch | None = None,
+                    compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per loss token: ``log p(target)`` [M] and the sequence it belongs to [M]; the head sees only those positions.
 
     Default: the batch packed into one row with no padding (``step_shape``), attention within each sequence,
     and the fused head (``_HeadLogp``). ``padded=True``: the reference, right-padded to the longest sequence
     with the head's logits materialised and autograd's cross-entropy (same loss and gradients up to float
-    rounding: ``test_packed_step_equals_padded``)."""
+    rounding: ``test_packed_step_equals_padded``). ``compute_dtype``: the decoder's matmuls run under
+    ``torch.autocast`` at this dtype (bfloat16: ``LoraConfig.compute_dtype``); the head and the loss stay float32."""
     device = next(model.parameters()).device
     rows = torch.tensor([j for j, s in enumerate(batch) for _ in range(s.n_loss)], device=device)
     if padded:
@@ -387,25 +389,26 @@ def _reply_logprobs(model: torch.nn.Module, batch: list[Seq], pad: int, padded: 
             logits_MV = torch.tanh(logits_MV / softcap) * softcap
         return -F.cross_entropy(logits_MV, targets, reduction="none"), rows
     ids, pos, packing, flat, targets = _packed_tensors(batch, device)
-    hidden_ND = _packed_hidden(model, ids, pos, packing)
-    return _head_logp(model, hidden_ND[flat], targets, scratch), rows
+    with torch.autocast(device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None):
+        hidden_ND = _packed_hidden(model, ids, pos, packing)
+    return _head_logp(model, hidden_ND[flat].float(), targets, scratch), rows
 
 
 def reply_loss(model: torch.nn.Module, batch: list[Seq], pad: int, padded: bool = False,
-               scratch: HeadScratch | None = None) -> torch.Tensor:
+               scratch: HeadScratch | None = None, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the loss tokens; the head sees only their positions."""
-    logp_M, _ = _reply_logprobs(model, batch, pad, padded, scratch)
+    logp_M, _ = _reply_logprobs(model, batch, pad, padded, scratch, compute_dtype)
     return -logp_M.mean()
 
 
 def preference_loss(model: torch.nn.Module, batch: list[Seq], pad: int, beta: float, padded: bool = False,
-                    scratch: HeadScratch | None = None) -> torch.Tensor:
+                    scratch: HeadScratch | None = None, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``softplus(-beta * margin)`` per example, averaged, where ``margin`` is the length-normalised
     ``log p(chosen) - log p(rejected)`` of the two replies after the same prompt: the expressed score
     (``expressed.reply_preference``) itself, so the loss spends nothing on re-learning the reply words
     (a reference-free DPO). Chosen and rejected sequences run as one batch."""
     seqs = [Seq(s.ids, s.n_loss) for s in batch] + [Seq(s.rejected, s.n_rejected) for s in batch]
-    logp_M, rows_M = _reply_logprobs(model, seqs, pad, padded, scratch)
+    logp_M, rows_M = _reply_logprobs(model, seqs, pad, padded, scratch, compute_dtype)
     n = torch.tensor([s.n_loss for s in seqs], device=logp_M.device, dtype=logp_M.dtype)
     mean_S = torch.zeros(len(seqs), device=logp_M.device, dtype=logp_M.dtype).index_add(0, rows_M, logp_M) / n
     margin_B = mean_S[:len(batch)] - mean_S[len(batch):]
@@ -414,10 +417,11 @@ def preference_loss(model: torch.nn.Module, batch: list[Seq], pad: int, beta: fl
 
 def batch_loss(model: torch.nn.Module, batch: list[Seq], pad: int, cfg: LoraConfig, padded: bool = False,
                scratch: HeadScratch | None = None) -> torch.Tensor:
-    """The configured objective on one step's batch."""
+    """The configured objective on one step's batch (its matmuls at ``cfg.compute_dtype``)."""
+    dtype = torch.bfloat16 if cfg.compute_dtype == "bfloat16" else None
     if cfg.objective == "preference":
-        return preference_loss(model, batch, pad, cfg.beta, padded, scratch)
-    return reply_loss(model, batch, pad, padded, scratch)
+        return preference_loss(model, batch, pad, cfg.beta, padded, scratch, dtype)
+    return reply_loss(model, batch, pad, padded, scratch, dtype)
 
 
 def _pause_point(step: int) -> None:

@@ -148,10 +148,10 @@ def _readings(cfg, n_layers: int, sc: dict[str, Scores], layer: int, boot: Clust
     return readings, landings
 
 
-def _measured(rep, conds, layer: int, boot_sep: Boot, summaries: bool = True) -> dict:
+def _measured(ctx, conds, layer: int, boot_sep: Boot, summaries: bool = True) -> dict:
     """One fine-tune seed's measured conditions: scores and drive projections at every layer, plus (with
     ``summaries``) the secondary columns, which only fine-tune seed 0's are reported for (``assemble``)."""
-    ctx, dirs = rep.ctx, rep.dirs
+    dirs = ctx.dirs
     measured = {}
     for c in conds:
         if ctx.stages.done(f"arms/{c.name}/E_test.safetensors"):
@@ -215,10 +215,10 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
              reelicit: dict | None = None, asked=None) -> dict:
     """results.json (schema of ``report/schema.py``): the v2 reading first (``suppression``), then per arm the
     report's table fields (``arms``) and the secondary columns (self-minus-control ``S_E``, fixed read-outs).
-    ``reps``: one ``run.Replicate`` per fine-tune seed; the reading pools them (items of every seed, crossed
+    ``reps``: each fine-tune seed's context (``compute.Context``, after its pass over the stage list); the reading pools them (items of every seed, crossed
     bootstrap), the secondary columns and the per-item lists are fine-tune seed 0's. ``asked``: the config as
     given (its ``arms.organism`` may be ``auto``; ``meta.config`` records it), default the run's own."""
-    ctx, cfg = reps[0].ctx, reps[0].ctx.cfg
+    ctx, cfg = reps[0], reps[0].cfg
     asked = asked or cfg
     layer = layer_info.layer
     test = ctx.items.split("test")
@@ -280,7 +280,7 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
     finetunes = {}
     for k, rep in enumerate(reps):
         for name in ("instil", "control_instil", "suppress", "control_suppress", "wrapper", "control_wrapper", "thin"):
-            p = rep.ctx.stages.path(f"adapters/{name}/finetune.json")
+            p = rep.stages.path(f"adapters/{name}/finetune.json")
             if p.exists():
                 finetunes[name if k == 0 else f"replicates/{k}/{name}"] = json.loads(p.read_text())
     if causal is not None:
@@ -302,7 +302,7 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
                 "rho_E_before": boot.ratio(before.E - base.E, ctrl.E - base.E).to_dict(),
                 "rho_E_after": boot.ratio(after.E - base.E, ctrl.E - base.E).to_dict(),
                 "came_back": bool(change.ci[0] > 0)}
-    seeds = [rep.ctx.seed for rep in reps]
+    seeds = [rep.seed for rep in reps]
     closing, seed_note = _seed_sentence(seeds)
     suppression = {
         "readable": readable, "reason": reason,

@@ -16,7 +16,6 @@ executes the list and writes results.json.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,31 +27,12 @@ from . import arms as arms_mod
 from .compute import Context, preflight, replicate_context
 from .config import RunConfig
 from .pipeline import stage_list
-from .records import AblationChoice, LayerChoice
+from .records import LayerChoice
 from .results import assemble
 from .stages import Stages, write_json
 
 
-@dataclass
-class Replicate:
-    """What one fine-tune seed's pass over the stage list leaves for the reading."""
-
-    ctx: Context
-
-    @property
-    def dirs(self) -> dict | None:
-        return self.ctx.dirs
-
-    @property
-    def layer(self) -> LayerChoice | None:
-        return self.ctx.layer
-
-    @property
-    def choice(self) -> AblationChoice | None:
-        return self.ctx.choice
-
-
-def headline_layer(cfg: RunConfig, reps: list[Replicate]) -> LayerChoice | None:
+def headline_layer(cfg: RunConfig, reps: list[Context]) -> LayerChoice | None:
     """The headline layer over the fine-tune seeds: the read-out layer with the highest validation score
     averaged over the seeds (one seed: its own ``layer.json``)."""
     first = reps[0].layer
@@ -93,7 +73,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
                 st.run(rctx)
                 bar.update(1)
         rctx.handle_cache.clear()  # the next seed's fine-tunes, or re-elicitation, build their own models
-        reps.append(Replicate(rctx))
+        reps.append(rctx)  # what this fine-tune seed leaves for the reading: its stages, directions, choices
     ctx.headline = headline_layer(cfg, reps)
     ctx.dirs, ctx.choice = reps[0].dirs, reps[0].choice  # the causal check and re-elicitation: seed 0's models
     for st in plan.last:
