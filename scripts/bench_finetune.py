@@ -71,7 +71,7 @@ def bench_row(name: str, args, handles: dict) -> dict:
         handles[model_name] = load_model(model_name, dtype=cfg.model_dtype)
     handle = handles[model_name]
     spec = finetune_specs(cfg, build_items(cfg.items, cfg.seed), handle.tokenizer, "instil")[0]
-    lora = dataclasses.replace(spec.lora, n_layers=n_layers)
+    lora = dataclasses.replace(spec.lora, n_layers=n_layers, compute_dtype="float32")  # before / after: float32
     schedule = spec.schedule[:args.steps]
     lens = [[len(s.ids) for s in b] for b in schedule]
     tokens, padded_tokens = sum(map(sum, lens)), sum(max(x) * len(x) for x in lens)
