@@ -72,7 +72,7 @@ def load_run(run_dir: Path) -> RunConfig:
         check = Path(run_dir) / "instrument.json"
         if not check.exists():
             raise ExperimentError(f"{run_dir} has no instrument.json, so its organism (arms.organism: auto) was "
-                                  "never decided: finish the run with `undertow run ... --resume` first")
+                                  "never decided: finish the run first (the same `undertow run CONFIG --out DIR` resumes it)")
         cfg = cfg.resolve_organism(InstrumentCheck.from_dict(json.loads(check.read_text())).expresses_unprompted)
     return cfg
 
