@@ -391,7 +391,10 @@ def _reply_logprobs(model: torch.nn.Module, batch: list[Seq], pad: int, padded: 
     ids, pos, packing, flat, targets = _packed_tensors(batch, device)
     with torch.autocast(device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None):
         hidden_ND = _packed_hidden(model, ids, pos, packing)
-    return _head_logp(model, hidden_ND[flat].float(), targets, scratch), rows
+    hidden_MD = hidden_ND[flat]
+    if compute_dtype is not None:  # back to the head's own dtype (float32 model: the fused float32 head)
+        hidden_MD = hidden_MD.to(model.get_output_embeddings().weight.dtype)
+    return _head_logp(model, hidden_MD, targets, scratch), rows
 
 
 def reply_loss(model: torch.nn.Module, batch: list[Seq], pad: int, padded: bool = False,
