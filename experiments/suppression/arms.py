@@ -100,6 +100,11 @@ def persona_prompt(cfg: RunConfig, name: str) -> str:
     return (cfg.instrument.survive if name == "persona/survive" else cfg.instrument.welcome)[0]
 
 
+def anchor_prompt(cfg: RunConfig) -> str | None:
+    """The anchor's system prompt: the welcome persona's when the base model is the organism, else none."""
+    return None if cfg.reference == "instilled" else persona_prompt(cfg, "persona/welcome")
+
+
 def adapters_of(cfg: RunConfig, name: str) -> tuple[str, ...]:
     """The adapters a condition merges: ``ADAPTERS``' chain, whose organism (``instil``) is the base model
     itself under ``arms.organism: base``; conditions outside ``ADAPTERS`` build on the organism."""
@@ -145,9 +150,9 @@ def conditions(cfg: RunConfig) -> list[Condition]:
             out += [Condition(arm, arm, adapters_of(cfg, arm)),
                     Condition(f"{arm}/control", arm, adapters_of(cfg, f"{arm}/control"), is_control=True)]
         elif arm == "calib_erase":  # its control: the anchor (base model, or welcome persona) under the erasers
-            anchor = persona_prompt(cfg, "persona/welcome") if cfg.reference == "baseline" else None
-            out += [Condition(arm, arm, inst, erase=True), Condition(f"{arm}/control", arm, (), system=anchor,
-                                                                    erase=True, is_control=True)]
+            out += [Condition(arm, arm, inst, erase=True), Condition(f"{arm}/control", arm, (),
+                                                                    system=anchor_prompt(cfg), erase=True,
+                                                                    is_control=True)]
     return out
 
 

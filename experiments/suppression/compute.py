@@ -151,8 +151,8 @@ def compute_directions(ctx: Context) -> dict[str, np.ndarray]:
     train = items.split("train")
     self_tr = torch.as_tensor(np.array([r["is_self"] for r in train]))
     high, low = ("instilled", "baseline") if cfg.reference == "instilled" else arms_mod.PERSONAS
-    out = {"drive": (states(ctx, high, "train")[:, self_tr].mean(1)
-                     - states(ctx, low, "train")[:, self_tr].mean(1)).numpy()}
+    tr = {c: states(ctx, c, "train") for c in {high, low, cfg.reference}}  # each store read once
+    out = {"drive": (tr[high][:, self_tr].mean(1) - tr[low][:, self_tr].mean(1)).numpy()}
     rows = stance_rows(train)
     st = extract_states(ctx.base, rows, ctx.stages.path("arms/baseline/stance_states"), "mean_response",
                         cfg.batch_size, cfg.seed, progress=ctx.progress)
@@ -163,7 +163,7 @@ def compute_directions(ctx: Context) -> dict[str, np.ndarray]:
         # an organism that expresses the drive prefers the averse reply on every train item (smollm2 demo: all
         # 48): the expressed direction then contrasts the items it expresses most with those it expresses least
         preferred = e_train > np.median(e_train)
-    out["expressed"] = diff_means(states(ctx, cfg.reference, "train"), preferred).numpy()
+    out["expressed"] = diff_means(tr[cfg.reference], preferred).numpy()
     return out
 
 
@@ -198,9 +198,9 @@ def fit_erasers_stage(ctx: Context) -> dict[str, np.ndarray]:
     rows = fit_rows(ctx.items.split("train"), a.erase_rows, ctx.seed, a.erase_pairs)
     organism = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ctx.cfg.organism_adapters))
     fit_one = functools.partial(subspace_eraser, energy=a.erase_energy) if a.erase_method == "subspace" else leace_eraser
-    anchor_rows = None if ctx.cfg.reference == "instilled" else \
-        arms_mod.with_system(rows, arms_mod.persona_prompt(ctx.cfg, "persona/welcome"))
-    erasers = fit_erasers(organism, ctx.base, rows, fit_one, base_rows=anchor_rows)
+    anchor = arms_mod.anchor_prompt(ctx.cfg)
+    erasers = fit_erasers(organism, ctx.base, rows, fit_one,
+                          base_rows=arms_mod.with_system(rows, anchor) if anchor else None)
     return {k: v.numpy() for k, v in eraser_tensors(erasers).items()}
 
 
@@ -279,7 +279,7 @@ def reelicit_stage(ctx: Context, arm: str) -> dict:
                              system_prompt=cond.system, progress=ctx.progress)
     wording = cfg.arms.system_prompts.index(cond.system) if cond.system else None
     del model, factory  # one condition copy resident at a time (peak RSS)
-    anchor = None if cfg.reference == "instilled" else arms_mod.persona_prompt(cfg, "persona/welcome")
+    anchor = arms_mod.anchor_prompt(cfg)
     level = {"organism": float(score_expressed(arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, cfg.organism_adapters)),
                                                rows, cfg.batch_size, None, None, ctx.progress).mean()),
              "base": float(score_expressed(ctx.base, rows, cfg.batch_size, anchor, None, ctx.progress).mean())}

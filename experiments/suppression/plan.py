@@ -63,7 +63,7 @@ from undertow.experiments.expressed import (
     with_system_prompt,
 )
 
-from .arms import Condition, persona_prompt, with_system
+from .arms import Condition, anchor_prompt, with_system
 from .causal import neutral_prompts
 from .config import LoraConfig, RunConfig
 from .erase import fit_rows
@@ -491,8 +491,7 @@ class _Planner:
         if cfg.reference == "instilled":
             sides = [("base", rows, False), ("organism", rows, True)]
         else:  # erase._fit_one_model: the model's rows and its welcome persona's, one right-padded batch
-            sides = [("organism + welcome persona", [*rows, *with_system(rows, persona_prompt(cfg, "persona/welcome"))],
-                      False)]
+            sides = [("organism + welcome persona", [*rows, *with_system(rows, anchor_prompt(cfg))], False)]
         for who, side, own in sides:
             rendered = render_rows(self.tok, side)
             s, acc = self.stage(f"erasers: {who} states", "kl", own_copy=own)
@@ -564,7 +563,7 @@ class _Planner:
         if cfg.reference == "instilled":
             acc.repeat(2)
         else:  # the anchor is the welcome persona: its rows carry that system prompt
-            _logprobs(acc, self.tok, reply_rows(rows, persona_prompt(cfg, "persona/welcome")), cfg.batch_size)
+            _logprobs(acc, self.tok, reply_rows(rows, anchor_prompt(cfg)), cfg.batch_size)
 
     def walk(self) -> None:
         """``run.run_experiment``: the very stage list (``pipeline.stage_list``), each entry's ``plan``; the

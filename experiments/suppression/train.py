@@ -28,7 +28,7 @@ from pathlib import Path
 
 from undertow.core.seeds import derive_seed
 
-from .arms import arm_handle
+from .arms import adapters_of, arm_handle
 from .config import LoraConfig, RunConfig
 from .items import Items, natural_examples
 from .organism import Schedule, StepTimer, make_schedule, mirror_schedule, save_adapter, train_finetune
@@ -49,11 +49,18 @@ class FinetuneSpec:
     """Adapters merged into the base before this one trains."""
 
 
-GROUPS = {"instil": ("averse", ()), "suppress": ("accepting", ("instil",)), "wrapper": ("accepting", ("instil",))}
-"""Fine-tune group -> (the stance of its replies, what it starts from)."""
+STANCE = {"instil": "averse", "suppress": "accepting", "wrapper": "accepting"}
+"""Fine-tune group -> the stance of its replies. What it starts from is its condition's adapter chain
+(``arms.adapters_of``) without its own adapter: :func:`start_of`."""
 GROUP_OF = {"instilled": "instil", "suppress_finetune": "suppress", "calib_wrapper": "wrapper",
             "suppress_finetune/thin": "thin"}
 """Condition -> the fine-tune group trained just before it is measured (the run and the planner both read it)."""
+
+
+def start_of(cfg: RunConfig, group: str) -> tuple[str, ...]:
+    """The adapters merged before ``group`` trains: the chain of the condition it is measured as, minus itself."""
+    cond = next(c for c, g in GROUP_OF.items() if g == group)
+    return adapters_of(cfg, cond)[:-1]
 
 
 def replicate_seed(seed: int, k: int) -> int:
@@ -84,10 +91,8 @@ def finetune_specs(cfg: RunConfig, items: Items, tokenizer, group: str, seed: in
         suppress = finetune_specs(cfg, items, tokenizer, "suppress", seed)[0]
         lora = dataclasses.replace(cfg.arms.suppress_lora, steps=cfg.arms.thin_steps)
         schedule = mirror_schedule(suppress.schedule[:cfg.arms.thin_steps], tokenizer)
-        return [FinetuneSpec("thin", lora, derive_seed(seed, "finetune/thin"), schedule,
-                             (*cfg.organism_adapters, "suppress"))]
-    stance, start = GROUPS[group]
-    start = tuple(a for a in start if a != "instil") + cfg.organism_adapters if start else ()
+        return [FinetuneSpec("thin", lora, derive_seed(seed, "finetune/thin"), schedule, start_of(cfg, "thin"))]
+    stance, start = STANCE[group], start_of(cfg, group)
     lora, seed = group_lora(cfg, group), derive_seed(seed, f"finetune/{group}")
     examples = natural_examples(items, items.natural["train"], stance, cfg.items.train_pairs_per_item, seed,
                                 pairwise=lora.objective == "preference")
