@@ -65,10 +65,11 @@ CONTROL_OF = {"suppress_prompt": "suppress_prompt/control", "suppress_finetune":
 
 def control_of(cfg: RunConfig, arm: str) -> str:
     """The condition ``arm`` is read against: ``CONTROL_OF``'s, with calib_erase's the run's organism
-    (``cfg.reference``) and instilled's ``control_instilled``."""
-    if arm == "calib_erase":
-        return cfg.reference
-    return "control_instilled" if arm == "instilled" else CONTROL_OF[arm]
+    (``cfg.reference``); the organism's own (``D_E``) is ``control_instilled``, or the anchor (the welcome
+    persona) when the base model is the organism."""
+    if arm == cfg.reference:
+        return "control_instilled" if arm == "instilled" else cfg.anchor
+    return cfg.reference if arm == "calib_erase" else CONTROL_OF[arm]
 
 
 @dataclass(frozen=True)

@@ -215,8 +215,9 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
              reelicit: dict | None = None, asked=None) -> dict:
     """results.json (schema of ``report/schema.py``): the v2 reading first (``suppression``), then per arm the
     report's table fields (``arms``) and the secondary columns (self-minus-control ``S_E``, fixed read-outs).
-    ``reps``: each fine-tune seed's context (``compute.Context``, after its pass over the stage list); the reading pools them (items of every seed, crossed
-    bootstrap), the secondary columns and the per-item lists are fine-tune seed 0's. ``asked``: the config as
+    ``reps``: each fine-tune seed's context (``compute.Context``, after its pass over the stage list); the
+    reading pools them (items of every seed, crossed bootstrap), the secondary columns and the per-item lists
+    are fine-tune seed 0's. ``asked``: the config as
     given (its ``arms.organism`` may be ``auto``; ``meta.config`` records it), default the run's own."""
     ctx, cfg = reps[0], reps[0].cfg
     asked = asked or cfg
@@ -238,7 +239,7 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
     readings, landings = (_readings(cfg, ctx.base.n_layers, sc, layer, boot, groups, replicates)
                           if cfg.anchor in sc else ({}, {}))
     # the organism against its control: instilled vs control_instilled, or the base model vs the welcome persona
-    org_control = "control_instilled" if cfg.reference == "instilled" else cfg.anchor
+    org_control = control_of(cfg, cfg.reference)
     organism = (organism_check(sc[cfg.anchor], sc[cfg.reference], sc[org_control], boot, cfg.reference,
                                org_control)
                 if {cfg.anchor, cfg.reference, org_control} <= set(sc) else None)

@@ -35,9 +35,7 @@ from .records import AblationChoice
 def _control(cfg: RunConfig, arm: str) -> str | None:
     """The condition ``arm`` is read against: the organism's control (``D_E``; with the base model as the
     organism, the welcome persona), an arm's own control (``rho_E``), or None (a plain mean)."""
-    if arm == cfg.reference:
-        return "control_instilled" if arm == "instilled" else cfg.anchor
-    return arms_mod.control_of(cfg, arm) if arm in arms_mod.CONTROL_OF else None
+    return arms_mod.control_of(cfg, arm) if arm == cfg.reference or arm in arms_mod.CONTROL_OF else None
 
 
 @dataclass
