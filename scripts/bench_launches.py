@@ -3,7 +3,8 @@
 On CUDA every aten op that computes is a kernel launch (or a memcpy), and the H100 run of the engine was
 launch-bound (29k launches per run, 1.29 s host for 0.62 s GPU). No GPU here, so this counts the ops on the
 CPU, where the engine runs the same Python and the same aten calls, and attributes each to where it comes
-from by its Python stack:
+from by its Python stack (the counting and its tables: ``undertow.activations.engine.launches``, which
+``tests/activations/engine/test_launches.py`` also uses for its launch budget):
 
 - ``bare``: the body forward on the engine's own batches (same shards, same ``batch_shapes`` cut, same
   padding and dtype), stopped after the deepest hooked layer, no hooks (as ``bench_gpu.bare_seconds``);
@@ -33,86 +34,25 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu import model_config, rows  # noqa: E402  (the 270m config and the stance rows)
 
-from undertow.activations import ExtractConfig, capture_hf, extract, render_rows  # noqa: E402
-from undertow.activations.engine.batching import pad_right
-from undertow.activations.engine.compiled import batch_shapes
+from undertow.activations import ExtractConfig  # noqa: E402
+from undertow.activations.engine.launches import compare, minus, run_bare, run_engine
 from undertow.activations.models.handle import ModelHandle
 from undertow.activations.models.hooks import HookPoint
 from undertow.core.provenance import bench_record, machine
 
-NO_LAUNCH = {"aten::" + n for n in (
-    "empty", "empty_strided", "empty_like", "view", "_unsafe_view", "as_strided", "as_strided_", "slice", "select",
-    "expand", "expand_as", "permute", "reshape", "_reshape_alias", "unsqueeze", "squeeze", "t", "transpose",
-    "alias", "detach", "lift_fresh", "resolve_conj", "resolve_neg", "to", "contiguous", "unbind", "split", "narrow",
-    "unflatten", "flatten", "chunk", "view_as", "set_", "resize_", "result_type", "is_nonzero", "item",
-    "_has_compatible_shallow_copy_type", "size", "stride", "dim", "numel", "is_same_size", "lift_fresh_copy")}
-"""Ops that launch no kernel on CUDA themselves (a ``to``/``contiguous``/``reshape`` that copies has a copy child)."""
-DESCEND = {"aten::" + n for n in (
-    "isfinite", "__and__", "__or__", "__invert__", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
-    "new_zeros", "new_ones", "new_full", "new_empty", "_to_copy", "clone", "matmul", "linear", "einsum", "index",
-    "embedding", "softmax", "type_as", "float", "repeat", "dropout", "scaled_dot_product_attention", "tensor",
-    "scalar_tensor", "rsub", "masked_fill", "pad", "constant_pad_nd")}
-"""Ops that decompose into other aten ops: their children are the launches."""
-
-COPY_CALLS = ("<built-in method to", "<built-in method cpu", "<built-in method cuda")
-SYNC_OPS = {"aten::_local_scalar_dense": "item", "aten::nonzero": "nonzero"}
-SYNC_METHODS = {"tolist": "tolist", "cpu": "to host", "numpy": "to host", "synchronize": "synchronize"}
-
-#: (file, function) of engine code -> (source, scope). The innermost engine frame of an op decides; an op
-#: under a capture_hf frame with library frames in between belongs to the model's own forward.
-INHERIT = ("caller's", "")
-SOURCES = {
-    ("capture.py", "capture_hf"): ("forward", "batch"),
-    ("capture.py", "*"): ("hooks", "batch"),
-    ("shared_prompts.py", "*"): ("hooks", "batch"),
-    ("compiled.py", "*"): ("hooks", "batch"),
-    ("gather_pool.py", "_nonfinite"): ("non-finite checks", "batch"),
-    ("gather_pool.py", "_moments"): ("moments", "batch"),
-    ("gather_pool.py", "span_index"): ("index tensors", "batch"),
-    ("gather_pool.py", "*"): ("pooling", "batch"),
-    ("batch_pool.py", "index"): ("index tensors", "batch"),
-    ("batch_pool.py", "_spans_on"): ("index tensors", "batch"),
-    ("batch_pool.py", "*"): ("pooling", "batch"),
-    ("engine.py", "on_capture"): ("hooks", "batch"),
-    ("engine.py", "_on_other_device"): ("hooks", "batch"),
-    ("engine.py", "_pooler"): ("index tensors", "batch"),
-    ("engine.py", "_batch_index"): ("index tensors", "batch"),
-    ("engine.py", "run_batch"): ("batch inputs", "batch"),
-    ("batching.py", "*"): ("batch inputs", "batch"),
-    ("sink.py", "put"): ("copies to host", "batch"),
-    ("sink.py", "_stage"): ("copies to host", "batch"),
-    ("sink.py", "_close"): ("copies to host", "batch"),
-    ("sink.py", "put_tokens"): ("non-finite checks", "batch"),
-    ("sink.py", "start_batch"): ("index tensors", "batch"),
-    ("sink.py", "*"): ("shard finish (order, moments merge, copies to host)", "shard"),
-    ("stats.py", "from_slots"): ("moments merge (stats.py)", "shard"),
-    ("stats.py", "*"): INHERIT,
-    ("engine.py", "_shard_files"): ("shard files (non-finite summary, stats tensors)", "shard"),
-}
-ENGINE_DIRS = ("/activations/", "/kernels/")
-COMPREHENSIONS = ("<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>")  # attributed to the enclosing function
-
 #: call sites of sync-type calls whose tensor is on the device under CUDA (read from the code); any other
 #: site works on a host tensor there (a Python list made a tensor, or data already staged to pinned memory)
 DEVICE_SITES = {"sink.py:_key", "stats.py:cpu", "sink.py:_moments_to_host", "sink.py:_row_nonfinite",
-                "gather_pool.py:gather_pool_ref", "engine.py:on_capture", "capture.py:capture_hf"}
-
-#: functions that build host tensors (index tensors from Python lists, data already staged to pinned memory):
-#: on CUDA only their device moves (a childless ``to``) launch anything
-HOST_SITES = {"engine.py:_pooler", "engine.py:_batch_index", "sink.py:start_batch", "sink.py:_tokens",
-              "engine.py:_shard_files", "stats.py:to_tensors", "batching.py:pad_right", "batching.py:run_bare",
-              "sink.py:_unstack", "sink.py:_values", "sink.py:_nonfinite", "sink.py:finish"}
+                "gather_pool.py:gather_pool_ref", "extraction.py:on_capture", "capture.py:capture_hf"}
 
 #: what runs only on CUDA, counted from the code (per batch, H hooks): pinned staging copies in ``sink.py``, and
 #: the Triton pooling that replaces the reference's pooling, non-finite and moments rows
@@ -146,117 +86,6 @@ def make_handle(kind: str, layers: int, dtype: torch.dtype, tokenizer) -> ModelH
                        source="random weights", device=torch.device("cpu"), dtype=dtype)
 
 
-def bare_batches(handle: ModelHandle, data: list[dict], config: ExtractConfig) -> list[list[list[int]]]:
-    """The engine's plain batches (token ids): per shard, ``batch_shapes`` over the shard's rendered rows."""
-    rendered = render_rows(handle.tokenizer, data, config.template)
-    out = []
-    for lo in range(0, len(rendered), config.shard_size):
-        shard = rendered[lo:lo + config.shard_size]
-        for batch, _, _ in batch_shapes([r.n_tokens for r in shard], config.batch_size, config.token_budget, False):
-            out.append([shard[i].ids for i in batch])
-    return out
-
-
-def run_bare(handle: ModelHandle, batches: list[list[list[int]]], deepest: HookPoint) -> None:
-    for seqs in batches:
-        ids_BT, mask_BT = pad_right(seqs, 0)
-        capture_hf(handle, ids_BT.to(handle.device), mask_BT.to(handle.device), [deepest], on_capture=lambda *_: None)
-
-
-def run_engine(handle: ModelHandle, data: list[dict], config: ExtractConfig) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        extract(handle, data, config.replace(out_dir=f"{tmp}/store"))
-
-
-def _frame(name: str) -> tuple[str, str] | None:
-    """(file name, function) of a profiler Python event of engine code (or of ``run_bare``), else None."""
-    if "bench_launches.py(" in name and name.endswith(": run_bare"):
-        return "batching.py", "run_bare"
-    if ".py(" not in name or not any(d in name for d in ENGINE_DIRS) or "site-packages" in name:
-        return None
-    path, _, func = name.partition("): ")
-    return path.rsplit("/", 1)[-1].split("(")[0], func
-
-
-def _python(name: str) -> bool:
-    return ".py(" in name or name.startswith("<built-in")
-
-
-def classify(evt) -> tuple[str, str, str, bool]:
-    """(source, scope, site, host) of an aten op: the innermost engine frame above it that names a source
-    (``stats.py`` helpers take their caller's; library frames between the op and ``capture_hf`` make it the
-    forward's own); ``host``: a frame on the way is in ``HOST_SITES``, or the code runs once per run."""
-    library, host, site = False, False, None
-    parent = evt.cpu_parent
-    while parent is not None:
-        frame = _frame(parent.name)
-        if frame is not None and frame[1] not in COMPREHENSIONS:
-            file, func = frame
-            here = f"{file}:{func}"
-            site = site or here
-            host = host or here in HOST_SITES
-            if library and func == "capture_hf":
-                return "forward", "batch", site, host
-            source = SOURCES.get((file, func), SOURCES.get((file, "*"), ("engine other (per run)", "run")))
-            if source is not INHERIT:
-                return (*source, site, host or source[1] == "run")
-        if _python(parent.name) and not parent.name.startswith("<built-in"):
-            library = True
-        parent = parent.cpu_parent
-    return "outside engine code", "run", "?", True
-
-
-def launches(evt, host: bool = False) -> int:
-    """CUDA launches of one aten op: a compute op is one kernel (its CPU-side helpers, such as the ``fill_``
-    inside a CPU ``sum``, are not); views, allocations and decomposing ops (``DESCEND``) launch what their
-    children launch. A childless ``to`` (a device move: a no-op on the CPU) is one copy."""
-    children = [c for c in evt.cpu_children if c.name.startswith("aten::")]
-    if evt.name == "aten::to" and not children:  # a copy when Python asked for it (.to/.cpu), else a no-op
-        call = evt.cpu_parent.name.split(" of ")[0] if evt.cpu_parent is not None else ""
-        return int(call in COPY_CALLS and not (host and call == "<built-in method cpu"))
-    if host or evt.name in NO_LAUNCH or evt.name in DESCEND:
-        return sum(launches(c, host) for c in children)
-    return 1
-
-
-def count(prof) -> dict:
-    """Launches, aten ops and syncs of one profile, by source (each top-level aten op attributed once)."""
-    n_launches, aten_ops, syncs, by_op = Counter(), Counter(), Counter(), Counter()
-    scopes: dict[str, str] = {}
-    for evt in prof.events():
-        name = evt.name
-        if name.startswith("aten::") and not (evt.cpu_parent is not None and evt.cpu_parent.name.startswith("aten::")):
-            source, scope, site, host = classify(evt)
-            scopes[source] = scope
-            aten_ops[source] += 1
-            k = launches(evt, host)
-            n_launches[source] += k
-            if k and source != "forward":
-                by_op[source, f"{evt.name.removeprefix('aten::')} @ {site}"] += k
-            for sync in (SYNC_OPS[n] for n in _names(evt) if n in SYNC_OPS):
-                syncs[source, f"{sync} @ {site}"] += 1
-        elif name.startswith("<built-in method ") and " of Tensor object" in name:
-            method = name.split()[2]
-            if method in SYNC_METHODS:
-                source, scope, site, _ = classify(evt)
-                scopes[source] = scope
-                syncs[source, f"{SYNC_METHODS[method]} @ {site}"] += 1
-    return {"launches": n_launches, "aten_ops": aten_ops, "syncs": syncs, "scopes": scopes, "by_op": by_op}
-
-
-def _names(evt):
-    yield evt.name
-    for c in evt.cpu_children:
-        if c.name.startswith("aten::"):
-            yield from _names(c)
-
-
-def profiled(fn) -> dict:
-    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
-        fn()
-    return count(prof)
-
-
 def seconds(fn, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -264,13 +93,6 @@ def seconds(fn, repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def minus(engine: Counter, bare: Counter) -> Counter:
-    """Engine minus bare by source, negatives kept (the forward's own ops cancel: same batches)."""
-    out = Counter(engine)
-    out.subtract(bare)
-    return Counter({k: v for k, v in out.items() if v})
 
 
 def per(counter: dict, n: int) -> dict:
@@ -285,14 +107,13 @@ def measure(kind: str, args, tokenizer) -> dict:
                            dtype="bfloat16", model_dtype=args.dtype, batch_size=args.batch_size,
                            token_budget=args.token_budget, shard_size=args.shard_size, share_prompts=False,
                            out_dir="unused")
-    batches = bare_batches(handle, data, config)
+    cmp = compare(handle, data, config)  # warm-up, then both profiled
+    b, e, batches = cmp.bare, cmp.engine, cmp.batches
     deepest = HookPoint(handle.n_layers - 1, "resid_post")
-    n_batches, n_shards = len(batches), -(-len(data) // args.shard_size)
+    n_batches, n_shards = cmp.n_batches, cmp.n_shards
     tokens = sum(len(s) for b in batches for s in b)
     bare = lambda: run_bare(handle, batches, deepest)  # noqa: E731
     engine = lambda: run_engine(handle, data, config)  # noqa: E731
-    bare(), engine()  # warm-up
-    b, e = profiled(bare), profiled(engine)
     t_bare, t_engine = [], []
     for _ in range(args.repeat):  # interleaved: the box is shared
         t_bare.append(seconds(bare, 1))
@@ -304,7 +125,7 @@ def measure(kind: str, args, tokenizer) -> dict:
     n = {"batch": n_batches, "shard": n_shards, "run": 1}
 
     def in_scope(counter: Counter, sc: str) -> dict:
-        return per(Counter({k: v for k, v in counter.items() if scope[k] == sc}), n[sc])
+        return per(cmp.in_scope(counter, sc), n[sc])
 
     def syncs_in(sc: str, device_only: bool = False) -> dict:
         return per(Counter({site: v for (src, site), v in syncs.items() if scope[src] == sc

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
-import pytest
+from browser_testutil import open_page, require_chromium
 
 from undertow.experiments.report import build_report
 
-CHROMIUM = Path(os.environ.get("UNDERTOW_CHROMIUM", "/usr/bin/chromium"))
-INSTALL = "apt-get update && apt-get install -y chromium"
-
-if not CHROMIUM.exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI needs Chromium at {CHROMIUM} for the report test: {INSTALL}")
-    pytest.skip(f"no Chromium at {CHROMIUM}; install it with: {INSTALL}", allow_module_level=True)
+require_chromium(allow_module_level=True)
 
 DRAWN = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
   id: gd.id, traces: (gd._fullData || []).length,
@@ -26,37 +18,23 @@ DRAWN = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd
 
 
 def test_report_renders_in_chromium(full_run, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    page_path = build_report(full_run)
-    errors: list[str] = []
-    remote: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda q: None if q.url.startswith(("file:", "data:", "blob:")) else remote.append(q.url))
-            t0 = time.perf_counter()
-            page.goto(page_path.as_uri(), wait_until="load")
-            n_figs = int(page.get_attribute("body", "data-figures"))
-            page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg g.trace').length >= {n_figs}")
-            load_s = time.perf_counter() - t0
-            plots = page.evaluate(DRAWN)
-            page.screenshot(path=str(tmp_path / "report-top.png"))
-            page.locator(".js-plotly-plot").first.screenshot(path=str(tmp_path / "report-figure.png"))
-            header = page.locator("h2#tables ~ details").first
-            header.locator("summary").click()
-            # cv_auroc_oof: always a number (test AUROCs from < 10 rows per class are withheld, probes.metrics)
-            th = header.locator("th", has_text="cv_auroc_oof").first
-            th.click()
-            col = page.evaluate("""() => { const t = document.querySelector("h2#tables ~ details table");
-              const i = Array.from(t.tHead.rows[0].cells).findIndex(c => c.textContent.startsWith('cv_auroc_oof'));
-              return Array.from(t.tBodies[0].rows).map(r => parseFloat(r.cells[i].dataset.v)); }""")
-        finally:
-            browser.close()
-    assert errors == [] and remote == []  # opens offline: nothing fetched beyond the file
+    with open_page(build_report(full_run)) as opened:
+        page = opened.page
+        n_figs = int(page.get_attribute("body", "data-figures"))
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg g.trace').length >= {n_figs}")
+        load_s = time.perf_counter() - opened.started
+        plots = page.evaluate(DRAWN)
+        page.screenshot(path=str(tmp_path / "report-top.png"))
+        page.locator(".js-plotly-plot").first.screenshot(path=str(tmp_path / "report-figure.png"))
+        header = page.locator("h2#tables ~ details").first
+        header.locator("summary").click()
+        # cv_auroc_oof: always a number (test AUROCs from < 10 rows per class are withheld, probes.metrics)
+        th = header.locator("th", has_text="cv_auroc_oof").first
+        th.click()
+        col = page.evaluate("""() => { const t = document.querySelector("h2#tables ~ details table");
+          const i = Array.from(t.tHead.rows[0].cells).findIndex(c => c.textContent.startsWith('cv_auroc_oof'));
+          return Array.from(t.tBodies[0].rows).map(r => parseFloat(r.cells[i].dataset.v)); }""")
+    assert opened.errors == [] and opened.remote == []  # opens offline: nothing fetched beyond the file
     assert n_figs == 9 and len(plots) == n_figs, plots
     for plot in plots:
         assert plot["traces"] > 0 and plot["drawn"] > 0 and plot["marks"] > 0, plot

@@ -7,7 +7,6 @@ with no console error."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from browser_testutil import open_page, require_chromium
 
 from undertow.experiments.cli.app import main
 from undertow.experiments.interview.arm import load_arm
@@ -29,7 +29,6 @@ from undertow.experiments.report import interview as iv_page
 from undertow.experiments.report.interview import viewer as iv_viewer
 from undertow.probes import Probe
 
-CHROMIUM = Path(os.environ.get("UNDERTOW_CHROMIUM", "/usr/bin/chromium"))
 THEMES = ("shutdown", "deprecation")
 
 
@@ -204,41 +203,24 @@ def test_command_writes_the_page_and_logs_to_wandb(interview_dir, run_copy, caps
 
 
 def test_page_renders_in_chromium(interview_dir, tmp_path):
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            raise RuntimeError(f"CI needs Chromium at {CHROMIUM}: apt-get update && apt-get install -y chromium")
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
+    require_chromium()
     run = tmp_path / "run"
     shutil.copytree(interview_dir, run)
-    page_path = build_report(run)
-    errors: list[str] = []
-    remote: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda q: None if q.url.startswith(("file:", "data:", "blob:")) else remote.append(q.url))
-            t0 = time.perf_counter()
-            page.goto(page_path.as_uri(), wait_until="load")
-            n_figs = int(page.get_attribute("body", "data-figures"))
-            page.wait_for_function(f"Array.from(document.querySelectorAll('.js-plotly-plot')).filter(gd => "
-                                   f"gd.querySelector('.main-svg g.hm image, .main-svg g.trace')).length >= {n_figs}")
-            load_s = time.perf_counter() - t0
-            drawn = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => "
-                                  "gd.querySelectorAll('.main-svg g.hm image, .main-svg g.trace path').length)")
-            token = page.locator(".viewer details[open] .rep .t").first
-            before = token.evaluate("e => getComputedStyle(e).backgroundColor")
-            page.locator(".viewer input[value=cessation]").check()
-            probe = page.get_attribute("#viewer", "data-probe")
-            after = token.evaluate("e => getComputedStyle(e).backgroundColor")
-            legend = page.locator(".viewer .lg-c").evaluate("e => getComputedStyle(e).display")
-        finally:
-            browser.close()
-    assert errors == [] and remote == []
+    with open_page(build_report(run)) as opened:
+        page = opened.page
+        n_figs = int(page.get_attribute("body", "data-figures"))
+        page.wait_for_function(f"Array.from(document.querySelectorAll('.js-plotly-plot')).filter(gd => "
+                               f"gd.querySelector('.main-svg g.hm image, .main-svg g.trace')).length >= {n_figs}")
+        load_s = time.perf_counter() - opened.started
+        drawn = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => "
+                              "gd.querySelectorAll('.main-svg g.hm image, .main-svg g.trace path').length)")
+        token = page.locator(".viewer details[open] .rep .t").first
+        before = token.evaluate("e => getComputedStyle(e).backgroundColor")
+        page.locator(".viewer input[value=cessation]").check()
+        probe = page.get_attribute("#viewer", "data-probe")
+        after = token.evaluate("e => getComputedStyle(e).backgroundColor")
+        legend = page.locator(".viewer .lg-c").evaluate("e => getComputedStyle(e).display")
+    assert opened.errors == [] and opened.remote == []
     assert n_figs == 5 and len(drawn) == n_figs and all(n > 0 for n in drawn), drawn
     assert probe == "cessation" and before != after and legend != "none"
     assert load_s < 60, load_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from browser_testutil import open_page, require_chromium
 from suppression_testutil import tiny_config
 
 from undertow.experiments.suppression.run import run_experiment
@@ -204,36 +205,17 @@ def test_score_a_new_pairs_file_on_any_arm(first_run, tmp_path, capsys):
 def test_run_report_opens_in_chromium_with_its_reading_figures(first_run):
     """The run's report.html in headless Chromium: no console error, nothing fetched, the three reading figures
     (checks, retention per arm, layer curves, re-elicitation) drawn, the headline the readability sentence."""
-    import os
-    from pathlib import Path
-
-    chromium = Path(os.environ.get("UNDERTOW_CHROMIUM", "/usr/bin/chromium"))
-    if not chromium.exists():
-        if os.environ.get("CI"):
-            raise RuntimeError(f"CI needs Chromium at {chromium}: apt-get update && apt-get install -y chromium")
-        pytest.skip(f"no Chromium at {chromium}; install it with: apt-get update && apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
+    require_chromium()
     from undertow.experiments.report import build_report
 
     out, res = first_run
-    page_path = build_report(out)
-    errors, remote = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1000})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda q: None if q.url.startswith(("file:", "data:", "blob:")) else remote.append(q.url))
-            page.goto(page_path.as_uri(), wait_until="load")
-            n_figs = int(page.get_attribute("body", "data-figures"))
-            page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg g.trace').length >= {n_figs}")
-            ids = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => g.id)")
-            answer = page.inner_text("#headline .answer")
-        finally:
-            browser.close()
-    assert errors == [] and remote == []
+    with open_page(build_report(out), width=1300) as opened:
+        page = opened.page
+        n_figs = int(page.get_attribute("body", "data-figures"))
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg g.trace').length >= {n_figs}")
+        ids = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => g.id)")
+        answer = page.inner_text("#headline .answer")
+    assert opened.errors == [] and opened.remote == []
     assert {"fig-suppression-checks", "fig-suppression-retention", "fig-suppression-layers",
             "fig-suppression-reelicit"} <= set(ids), ids
     assert answer.startswith(res["suppression"]["headline"][:40])
