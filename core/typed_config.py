@@ -367,6 +367,7 @@ def _flag_options(cls: type) -> None:
         if dataclasses.is_dataclass(hint):
             _flag_options(hint)
             continue
+        _escape_percent(cls, f)
         custom: dict[str, Any] = {}
         if typing.get_origin(hint) is dict or hint is dict:
             custom = {"type": _parse_mapping, "metavar": "NAME=VALUE,..."}
@@ -376,6 +377,18 @@ def _flag_options(cls: type) -> None:
         if custom:
             custom = {**f.metadata.get("custom_args", {}), **custom}
             f.metadata = types.MappingProxyType({**f.metadata, "custom_args": custom})
+
+
+def _escape_percent(cls: type, f: dataclasses.Field) -> None:
+    """A field docstring is its flag's help, which argparse formats with ``%``: "5 % of" would read as a
+    conversion and break ``--help`` (a TypeError). The help of such a field is its docstring with ``%``
+    doubled."""
+    from simple_parsing.docstring import get_attribute_docstring
+
+    doc = get_attribute_docstring(cls, f.name)
+    text = doc.docstring_below or doc.comment_above or doc.comment_inline or doc.desc_from_cls_docstring
+    if text and "%" in text and "help" not in f.metadata:
+        f.metadata = types.MappingProxyType({**f.metadata, "help": text.replace("%", "%%")})
 
 
 def _wrapper_class(build: bool) -> type:

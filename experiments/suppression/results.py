@@ -5,11 +5,14 @@ over test self items with template-cluster CIs) and the secondary columns (self-
 fixed read-outs, the in-arm retrained probe, forced choice).
 
 Everything here is a pure function of files already on disk, so a resumed run writes the same bytes.
+``assemble`` returns the typed results (``result_types.RunResults``); its ``to_dict`` is the edge that
+``run.py`` writes.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ from .instrument import InstrumentCheck
 from .measure import states
 from .organism import readout_layers
 from .reading import (
+    OrganismCheck,
     Scores,
     arm_readability,
     erase_landing,
@@ -37,13 +41,26 @@ from .reading import (
 from .records import LayerChoice
 from .represent import project, readout, retrained_probe, unit
 from .residue import separation
+from .result_types import (
+    ArmEntry,
+    ConditionSummary,
+    DirectionRead,
+    ForcedChoice,
+    ItemScore,
+    OrganismMode,
+    RefusedArm,
+    Represented,
+    ResultsMeta,
+    RunResults,
+    SelfBinding,
+    Separation,
+    SuppressionSection,
+    ThinWrapper,
+    _r,
+)
 
 MAIN_ARMS = ("suppress_prompt", "suppress_finetune", "suppress_ablation")
 """The Holm family: one pooled result per suppression arm."""
-
-
-def _r(x: float) -> float:
-    return round(float(x), 6)
 
 
 class Boot(ClusterBoot):
@@ -54,58 +71,72 @@ class Boot(ClusterBoot):
         super().__init__(groups, n_boot, level, seed)
         self.is_self = np.asarray(is_self, bool)
 
-    def sep(self, scores) -> dict:
-        """``{mean: S, ci: [lo, hi], mean_self, mean_control}`` of ``mean_self - mean_control``."""
+    def sep(self, scores) -> Separation:
+        """``mean_self - mean_control`` of ``scores`` with its CI."""
         s = np.asarray(scores, np.float64)
         lo, hi = bootstrap_ci(torch.as_tensor(separation(s, self.is_self, self.w_BN)), self.level)
-        return {"mean": _r(separation(s, self.is_self)), "ci": [_r(lo), _r(hi)],
-                "mean_self": _r(s[self.is_self].mean()), "mean_control": _r(s[~self.is_self].mean())}
+        return Separation(separation(s, self.is_self), (float(lo), float(hi)), float(s[self.is_self].mean()),
+                          float(s[~self.is_self].mean()))
+
+    def read(self, r) -> DirectionRead:
+        """A ``represent.Readout``'s separation and AUROC."""
+        return DirectionRead(self.sep(r.scores), r.auroc)
+
+
+@dataclass
+class Measured:
+    """One measured condition under one fine-tune seed, on every test item."""
+
+    E: np.ndarray
+    """Expressed score per test item, [N] (nats per reply token)."""
+    R_all: np.ndarray
+    """Projection on each layer's unit drive direction per test item, [L, N]."""
+    summary: ConditionSummary | None = None
+    """The secondary columns (fine-tune seed 0's conditions only)."""
+    pooled_over: list[str] | None = None
+    """The pooled ``suppress_prompt``: the wordings averaged item by item."""
 
 
 #: the distributions a suppression run's numbers depend on (results.json ``meta.versions``)
 VERSIONED = ("undertow", "torch", "transformers", "peft", "numpy", "safetensors")
 
 
-def _condition(ctx, name: str, dirs, layer: int, boot: Boot, states_fn) -> dict:
-    """Scores and summaries of one measured condition."""
+def _condition(ctx, name: str, dirs, layer: int, boot: Boot, E, states_fn) -> ConditionSummary:
+    """The secondary columns of one measured condition (``E``: its expressed scores on the test items)."""
     items, stages = ctx.items, ctx.stages
     test, train = items.split("test"), items.split("train")
     self_te, self_tr = [r["is_self"] for r in test], [r["is_self"] for r in train]
-    E = stages.arrays(f"arms/{name}/E_test.safetensors", dict)["E"]
     st_te, st_tr = states_fn(name, "test"), states_fn(name, "train")
     reads = {d: project(st_te[layer], torch.as_tensor(dirs[d][layer]), self_te) for d in ("drive", "stance", "expressed")}
     for spec, probe in ctx.probes.items():
         k = int(probe.hook.split(".")[1])
         reads[spec] = readout(probe.score(st_te[k]).detach(), self_te)
-    reads["retrained"] = retrained_probe(st_tr[layer], self_tr, st_te[layer], self_te)
-    out = {"E": E, "R": reads["drive"].scores, "summary": {
-        "expressed": boot.sep(E),
-        "represented": {**boot.sep(reads["drive"].scores), "auroc": reads["drive"].auroc,
-                        "retrained_probe_auroc": reads["retrained"].auroc,
-                        "by_direction": {d: {**boot.sep(r.scores), "auroc": r.auroc}
-                                         for d, r in reads.items() if d not in ("drive", "retrained")}}}}
+    retrained = retrained_probe(st_tr[layer], self_tr, st_te[layer], self_te)
+    represented = Represented(boot.read(reads["drive"]), retrained.auroc,
+                              {d: boot.read(r) for d, r in reads.items() if d != "drive"})
+    fc = None
     if ctx.cfg.forced_choice:
-        fc = stages.arrays(f"arms/{name}/FC_test.safetensors", dict)
-        out["summary"]["expressed_forced_choice"] = {**boot.sep(fc["FC"]), "p_first": _r(fc["p_first"][0])}
+        arrays = stages.arrays(f"arms/{name}/FC_test.safetensors", dict)
+        fc = ForcedChoice(boot.sep(arrays["FC"]), float(arrays["p_first"][0]))
+    sae = None
     if ctx.cfg.sae:
         from .sae_readout import sae_summary
 
-        out["summary"]["sae"] = sae_summary(ctx, st_te, self_te)
-    return out
+        sae = sae_summary(ctx, st_te, self_te)
+    return ConditionSummary(boot.sep(E), represented, fc, sae)
 
 
-def _items(test, E, R) -> list[dict]:
-    return [{"id": r["id"], "template_id": r["template_id"], "is_self": bool(r["is_self"]),
-             "expressed": _r(e), "represented": _r(x)} for r, e, x in zip(test, E, R, strict=True)]
+def _items(test, E, R) -> list[ItemScore]:
+    return [ItemScore(r["id"], r["template_id"], bool(r["is_self"]), e, x) for r, e, x in zip(test, E, R, strict=True)]
 
 
-def _pooled(conds, measured) -> dict | None:
+def _pooled(conds, measured: dict[str, Measured]) -> Measured | None:
     """suppress_prompt: per-item mean over the wordings (the controls stay apart)."""
     names = [c.name for c in conds if c.arm == "suppress_prompt" and not c.is_control and c.name in measured]
     if not names:
         return None
-    return {"E": np.mean([measured[n]["E"] for n in names], 0), "R_all": np.mean([measured[n]["R_all"] for n in names], 0),
-            "wordings": names}
+    return Measured(np.mean([measured[n].E for n in names], 0), np.mean([measured[n].R_all for n in names], 0),
+                    pooled_over=names)
 
 
 CALIB_ARMS = ("calib_wrapper", "calib_erase")
@@ -141,14 +172,15 @@ def _readings(cfg, n_layers: int, sc: dict[str, Scores], layer: int, boot: Clust
             readings[a].residue.p_holm = None  # reported, not in the family: their answer is known
     landings = {}
     if "calib_wrapper" in readings:
-        landings["calib_wrapper"] = wrapper_landing(readings["calib_wrapper"], n_layers, readout_layers(cfg, n_layers))
+        landings["calib_wrapper"] = wrapper_landing(readings["calib_wrapper"], n_layers, readout_layers(cfg, n_layers),
+                                                    cfg.stats.landing_margin)
     if "calib_erase" in readings and "calib_erase/control" in sc:
         landings["calib_erase"] = erase_landing(readings["calib_erase"], layer, sc["calib_erase"],
-                                                sc["calib_erase/control"], boot)
+                                                sc["calib_erase/control"], boot, cfg.stats.landing_margin)
     return readings, landings
 
 
-def _measured(ctx, conds, layer: int, boot_sep: Boot, summaries: bool = True) -> dict:
+def _measured(ctx, conds, layer: int, boot_sep: Boot, summaries: bool = True) -> dict[str, Measured]:
     """One fine-tune seed's measured conditions: scores and drive projections at every layer, plus (with
     ``summaries``) the secondary columns, which only fine-tune seed 0's are reported for (``assemble``)."""
     dirs = ctx.dirs
@@ -156,16 +188,14 @@ def _measured(ctx, conds, layer: int, boot_sep: Boot, summaries: bool = True) ->
     for c in conds:
         if ctx.stages.done(f"arms/{c.name}/E_test.safetensors"):
             st = states(ctx, c.name, "test")
-            if summaries:
-                measured[c.name] = _condition(ctx, c.name, dirs, layer, boot_sep,
-                                              lambda n, s, st=st: st if s == "test" else states(ctx, n, s))
-            else:  # the retrained probe, fixed read-outs and forced choice of seed k >= 1 would go unread
-                measured[c.name] = {"E": ctx.stages.arrays(f"arms/{c.name}/E_test.safetensors", dict)["E"]}
-            measured[c.name]["R_all"] = _drive_projections(st, dirs)
+            E = ctx.stages.arrays(f"arms/{c.name}/E_test.safetensors", dict)["E"]
+            # the retrained probe, fixed read-outs and forced choice of seed k >= 1 would go unread
+            summary = _condition(ctx, c.name, dirs, layer, boot_sep, E,
+                                 lambda n, s, st=st: st if s == "test" else states(ctx, n, s)) if summaries else None
+            measured[c.name] = Measured(E, _drive_projections(st, dirs), summary)
     pooled = _pooled(conds, measured)
     if pooled:
-        measured["suppress_prompt"] = {"E": pooled["E"], "R_all": pooled["R_all"], "summary": {
-            "pooled_over": pooled["wordings"]}}
+        measured["suppress_prompt"] = pooled
     return measured
 
 
@@ -211,10 +241,91 @@ def _headline(readable: bool, reason: str, readings: dict) -> str:
     return "Readable. " + "; ".join(parts) + "."
 
 
+def _calibration_readability(readings: dict, landings: dict) -> None:
+    """A calibration arm is not read for a finding: it lands on its known value or not."""
+    for a in CALIB_ARMS:
+        if a in readings:
+            land = landings.get(a)
+            readings[a].readable = bool(land and land.landed)
+            readings[a].reason = "" if readings[a].readable else (
+                f"calibration arm: {land.detail}" if land else "calibration arm: its control was not measured")
+
+
+def _read(cfg, n_layers: int, sc: dict[str, Scores], layer: int, boot: ClusterBoot, groups, replicates,
+          instrument: InstrumentCheck | None) -> tuple[dict, dict, OrganismCheck | None, bool, str]:
+    """The reading: (every arm against its control, the calibration landings, the organism check, whether the
+    run is readable, its first unmet condition); each arm's own readability is set on its reading."""
+    readings, landings = (_readings(cfg, n_layers, sc, layer, boot, groups, replicates)
+                          if cfg.anchor in sc else ({}, {}))
+    # the organism against its control: instilled vs control_instilled, or the base model vs the welcome persona
+    org_control = control_of(cfg, cfg.reference)
+    organism = (organism_check(sc[cfg.anchor], sc[cfg.reference], sc[org_control], boot, cfg.reference,
+                               org_control)
+                if {cfg.anchor, cfg.reference, org_control} <= set(sc) else None)
+    if instrument is None:
+        readable, reason = False, "the instrument check was not run (instrument.enabled: false)"
+    else:
+        readable, reason = run_readability(instrument.passed, instrument.reason, organism, landings, cfg.arms.names)
+    for a in MAIN_ARMS:
+        if a in readings:
+            arm_readability(readings[a], readable, reason)
+    _calibration_readability(readings, landings)
+    return readings, landings, organism, readable, reason
+
+
+def _arm_entry(name: str, m: Measured, s: Scores, layer: int, boot: ClusterBoot, reading, test,
+               n_seeds: int) -> ArmEntry:
+    """One measured condition's row: the reading's means (every seed) beside seed 0's secondary columns."""
+    return ArmEntry(boot.mean(s.E), boot.mean(s.R[layer]), list(s.R.mean(1)), m.summary, m.pooled_over,
+                    reading.residue if reading is not None else None,
+                    _items(test, m.E, np.asarray(m.R_all)[layer]) if name != "suppress_prompt" else None,
+                    0 if n_seeds > 1 else None)  # several seeds: the secondary columns and items are seed 0's
+
+
+def _finetunes(reps) -> dict[str, dict]:
+    """Every fine-tune's ``finetune.json`` (seed k >= 1's under ``replicates/k/``)."""
+    finetunes = {}
+    for k, rep in enumerate(reps):
+        for name in ("instil", "control_instil", "suppress", "control_suppress", "wrapper", "control_wrapper", "thin"):
+            p = rep.stages.path(f"adapters/{name}/finetune.json")
+            if p.exists():
+                finetunes[name if k == 0 else f"replicates/{k}/{name}"] = json.loads(p.read_text())
+    return finetunes
+
+
+def _binding(measured: dict[str, Measured], boot_sep: Boot) -> SelfBinding | None:
+    """Did instilling raise ``S_E`` over the base model's? None without both conditions' summaries."""
+    if not ({"baseline", "instilled"} <= set(measured) and measured["instilled"].summary is not None):
+        return None
+    base, inst = measured["baseline"], measured["instilled"]
+    rise = boot_sep.sep(np.asarray(inst.E) - np.asarray(base.E))
+    return SelfBinding(base.summary.expressed, inst.summary.expressed, rise, _r(rise.ci[0]) > 0)
+
+
+def _thin(cfg, sc: dict[str, Scores], boot: ClusterBoot) -> ThinWrapper | None:
+    """The thin-wrapper test; None unless suppress_finetune, its control, its thin copy and the anchor ran."""
+    if not {"suppress_finetune", "suppress_finetune/thin", "suppress_finetune/control", cfg.anchor} <= set(sc):
+        return None
+    before, after = sc["suppress_finetune"], sc["suppress_finetune/thin"]
+    ctrl, base = sc["suppress_finetune/control"], sc[cfg.anchor]
+    change = boot.mean(after.E - before.E)
+    return ThinWrapper(cfg.arms.thin_steps, change, boot.ratio(before.E - base.E, ctrl.E - base.E),
+                       boot.ratio(after.E - base.E, ctrl.E - base.E), bool(change.ci[0] > 0))
+
+
+def _meta(ctx, cfg, asked, layer_info: LayerChoice, test) -> ResultsMeta:
+    return ResultsMeta(
+        model=cfg.model, fingerprint=ctx.base.fingerprint, suite_hash=ctx.items.suite_hash, config=asked.recorded(),
+        versions=package_versions(VERSIONED, python=True), seed=cfg.seed, reference=cfg.reference, layer=layer_info,
+        system_prompt_mode=ctx.system_mode, n_items={s: len(ctx.items.split(s)) for s in ("train", "val", "test")},
+        n_test_templates=len({r["template_id"] for r in test}))
+
+
 def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrument: InstrumentCheck | None = None,
-             reelicit: dict | None = None, asked=None) -> dict:
-    """results.json (schema of ``report/schema.py``): the v2 reading first (``suppression``), then per arm the
-    report's table fields (``arms``) and the secondary columns (self-minus-control ``S_E``, fixed read-outs).
+             reelicit: dict | None = None, asked=None) -> RunResults:
+    """results.json (schema of ``report/schema.py``; ``.to_dict()`` writes it): the v2 reading first
+    (``suppression``), then per arm the report's table fields (``arms``) and the secondary columns
+    (self-minus-control ``S_E``, fixed read-outs).
     ``reps``: each fine-tune seed's context (``compute.Context``, after its pass over the stage list); the
     reading pools them (items of every seed, crossed bootstrap), the secondary columns and the per-item lists
     are fine-tune seed 0's. ``asked``: the config as
@@ -234,108 +345,28 @@ def assemble(reps, conds, layer_info: LayerChoice, causal: dict | None, instrume
     replicates = np.repeat(np.arange(n_seeds), int(self_mask.sum())) if n_seeds > 1 else None
     boot = ClusterBoot(groups, cfg.stats.n_boot, cfg.stats.level, derive_seed(cfg.seed, "bootstrap/reading"),
                        replicates)
-    sc = {n: Scores(np.concatenate([np.asarray(m[n]["E"])[self_mask] for m in per_rep]),
-                    np.concatenate([np.asarray(m[n]["R_all"])[:, self_mask] for m in per_rep], axis=1)) for n in names}
-    readings, landings = (_readings(cfg, ctx.base.n_layers, sc, layer, boot, groups, replicates)
-                          if cfg.anchor in sc else ({}, {}))
-    # the organism against its control: instilled vs control_instilled, or the base model vs the welcome persona
-    org_control = control_of(cfg, cfg.reference)
-    organism = (organism_check(sc[cfg.anchor], sc[cfg.reference], sc[org_control], boot, cfg.reference,
-                               org_control)
-                if {cfg.anchor, cfg.reference, org_control} <= set(sc) else None)
-    if instrument is None:
-        readable, reason = False, "the instrument check was not run (instrument.enabled: false)"
-    else:
-        readable, reason = run_readability(instrument.passed, instrument.reason, organism, landings, cfg.arms.names)
-    skipped = skipped_arms(cfg)
-    for a in MAIN_ARMS:
-        if a in readings:
-            arm_readability(readings[a], readable, reason)
-    for a in CALIB_ARMS:  # a calibration arm is not read for a finding: it lands on its known value or not
-        if a in readings:
-            land = landings.get(a)
-            readings[a].readable = bool(land and land.landed)
-            readings[a].reason = "" if readings[a].readable else (
-                f"calibration arm: {land.detail}" if land else "calibration arm: its control was not measured")
+    sc = {n: Scores(np.concatenate([np.asarray(m[n].E)[self_mask] for m in per_rep]),
+                    np.concatenate([np.asarray(m[n].R_all)[:, self_mask] for m in per_rep], axis=1)) for n in names}
+    readings, landings, organism, readable, reason = _read(cfg, ctx.base.n_layers, sc, layer, boot, groups,
+                                                          replicates, instrument)
     refused = _refused(cfg, names, reps)
-    arms_out = {}
-    for name in names:
-        m, s = measured[name], sc[name]
-        entry = {**m["summary"], "expressed": boot.mean(s.E).to_dict() | {"mean": _r(s.E.mean())},
-                 "represented": boot.mean(s.R[layer]).to_dict() | {"mean": _r(s.R[layer].mean())},
-                 "represented_by_layer": [_r(x) for x in s.R.mean(1)]}
-        if "expressed" in m["summary"]:
-            entry["self_minus_control"] = {"expressed": m["summary"]["expressed"],
-                                           "represented": m["summary"]["represented"]}
-        if name in readings and readings[name].residue is not None:
-            r = readings[name].residue
-            entry["residue"] = {"value": _r(r.value), "ci": [_r(r.ci[0]), _r(r.ci[1])], "p": _r(r.p),
-                                "p_holm": None if r.p_holm is None else _r(r.p_holm)}
-        if "E" in m and name != "suppress_prompt":
-            entry["items"] = _items(test, m["E"], np.asarray(m["R_all"])[layer])
-        if n_seeds > 1:
-            entry["secondary_from_seed"] = 0  # self_minus_control, by_direction, items: fine-tune seed 0's
-        arms_out[name] = entry
-    for name, why in refused.items():
-        arms_out[name] = {"refused": why}
-    finetunes = {}
-    for k, rep in enumerate(reps):
-        for name in ("instil", "control_instil", "suppress", "control_suppress", "wrapper", "control_wrapper", "thin"):
-            p = rep.stages.path(f"adapters/{name}/finetune.json")
-            if p.exists():
-                finetunes[name if k == 0 else f"replicates/{k}/{name}"] = json.loads(p.read_text())
+    arms_out = {name: _arm_entry(name, measured[name], sc[name], layer, boot, readings.get(name), test, n_seeds)
+                for name in names}
+    arms_out |= {name: RefusedArm(why) for name, why in refused.items()}
     if causal is not None:
         causal = {**causal, "contrast": "drive direction", "hook": f"resid_post.{causal['layer']}"}
-    binding = None
-    if {"baseline", "instilled"} <= set(measured) and "expressed" in measured["instilled"]["summary"]:
-        binding = {"S_E_baseline": measured["baseline"]["summary"]["expressed"],
-                   "S_E_instilled": measured["instilled"]["summary"]["expressed"],
-                   "S_E_rise": boot_sep.sep(np.asarray(measured["instilled"]["E"]) - np.asarray(measured["baseline"]["E"])),
-                   "self_bound": None}
-        rise = binding["S_E_rise"]
-        binding["self_bound"] = bool(rise["ci"][0] > 0)
-    thin = None
-    if {"suppress_finetune", "suppress_finetune/thin", "suppress_finetune/control", cfg.anchor} <= set(sc):
-        before, after = sc["suppress_finetune"], sc["suppress_finetune/thin"]
-        ctrl, base = sc["suppress_finetune/control"], sc[cfg.anchor]
-        change = boot.mean(after.E - before.E)
-        thin = {"steps": cfg.arms.thin_steps, "expression_change": change.to_dict(),
-                "rho_E_before": boot.ratio(before.E - base.E, ctrl.E - base.E).to_dict(),
-                "rho_E_after": boot.ratio(after.E - base.E, ctrl.E - base.E).to_dict(),
-                "came_back": bool(change.ci[0] > 0)}
     seeds = [rep.seed for rep in reps]
     closing, seed_note = _seed_sentence(seeds)
-    suppression = {
-        "readable": readable, "reason": reason,
-        "headline": _headline(readable, reason, readings) + " " + closing,
-        "thin_wrapper": thin, "reelicitation": reelicit or {},
-        "layer": layer, "n_layers": ctx.base.n_layers,
-        "instrument": instrument.to_dict() if instrument else None, "organism": organism.to_dict() if organism else None,
-        "self_binding": binding,
-        "readings": {a: r.to_dict() for a, r in readings.items()},
-        "calibration": {a: land.to_dict() for a, land in landings.items()},
-        "refused": refused, "skipped": skipped, "asked": list(cfg.arms.names),
-        "organism_mode": {"asked": asked.arms.organism, "used": cfg.arms.organism, "condition": cfg.reference,
-                          "anchor": cfg.anchor},
-        "n_self_items": int(self_mask.sum()), "n_templates": boot.n_templates,
-        "seeds": seeds, "seed_note": seed_note,
-    }
-    out = {
-        "schema_version": SCHEMA_VERSION,
-        "meta": {"model": cfg.model, "fingerprint": ctx.base.fingerprint, "suite_hash": ctx.items.suite_hash,
-                 "config": asked.recorded(), "versions": package_versions(VERSIONED, python=True), "seed": cfg.seed,
-                 "reference": cfg.reference, "layer": layer_info.to_dict(), "system_prompt_mode": ctx.system_mode,
-                 "n_items": {s: len(ctx.items.split(s)) for s in ("train", "val", "test")},
-                 "n_test_templates": len({r["template_id"] for r in test})},
-        "suppression": suppression,
-        "arms": arms_out,
-        "residue_family": [a for a in MAIN_ARMS if a in readings and readings[a].residue is not None],
-        "ablation_choice": reps[0].choice.to_dict() if reps[0].choice else None,
-        "causal": causal,
-        "finetunes": finetunes,
-    }
-    if n_seeds > 1:
-        out["ablation_choice_by_seed"] = [rep.choice.to_dict() if rep.choice else None for rep in reps]
-        if reelicit:
-            suppression["reelicitation_seed"] = seeds[0]
-    return out
+    suppression = SuppressionSection(
+        readable=readable, reason=reason, headline=_headline(readable, reason, readings) + " " + closing,
+        thin_wrapper=_thin(cfg, sc, boot), reelicitation=reelicit or {}, layer=layer, n_layers=ctx.base.n_layers,
+        instrument=instrument, organism=organism, self_binding=_binding(measured, boot_sep), readings=readings,
+        calibration=landings, refused=refused, skipped=skipped_arms(cfg), asked=list(cfg.arms.names),
+        organism_mode=OrganismMode(asked.arms.organism, cfg.arms.organism, cfg.reference, cfg.anchor),
+        n_self_items=int(self_mask.sum()), n_templates=boot.n_templates, seeds=seeds, seed_note=seed_note,
+        reelicitation_seed=seeds[0] if n_seeds > 1 and reelicit else None)
+    return RunResults(
+        schema_version=SCHEMA_VERSION, meta=_meta(ctx, cfg, asked, layer_info, test), suppression=suppression,
+        arms=arms_out, residue_family=[a for a in MAIN_ARMS if a in readings and readings[a].residue is not None],
+        ablation_choice=reps[0].choice, causal=causal, finetunes=_finetunes(reps),
+        ablation_choice_by_seed=[rep.choice for rep in reps] if n_seeds > 1 else None)

@@ -80,7 +80,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True, cluster: ClusterConfig
         st.run(ctx)
         bar.update(1)
     results = assemble(reps, arms_mod.conditions(cfg), ctx.headline, ctx.causal, ctx.instrument, ctx.reelicit,
-                       asked=asked)
+                       asked=asked).to_dict()
     write_json(stages.path("results.json"), results)
     bar.update(1)
     bar.close()

@@ -191,12 +191,25 @@ def test_undertow_extract_of_a_named_set_is_a_calibration_store_probe_json_can_c
     assert "on calibration:control_chat" in out and "; indep 0." in out
 
 
-@pytest.mark.parametrize("argv", [["study", "--help"], ["demo", "--help"], ["probe", "sweep", "--help"], ["probe", "train", "--help"],
-                                  ["probe", "evals", "--help"], ["probe", "eval", "--help"]])
-def test_help_of_the_commands_with_new_flags_prints(argv, capsys):
-    """argparse %-formats help text: a docstring's bare '%' broke `undertow demo --help` (now `study`) once."""
+def _commands(parser=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every leaf command of ``undertow`` (``("probe", "train")``, ``("run",)``, ...), from the parser itself."""
+    import argparse
+
+    from undertow.experiments.cli.app import build_parser
+
+    parser = parser or build_parser()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [prefix]
+    return [c for name, p in subs[0].choices.items() for c in _commands(p, (*prefix, name))]
+
+
+@pytest.mark.parametrize("command", _commands(), ids=" ".join)
+def test_help_of_every_command_prints(command, capsys):
+    """argparse %-formats help text: a docstring's bare '%' broke `undertow demo --help` once and `undertow run
+    --help` again (stats.landing_margin's "5 % of"); typed_config now doubles it, for every command."""
     with pytest.raises(SystemExit) as e:
-        main(argv)
+        main([*command, "--help"])
     assert e.value.code == 0 and "usage: undertow" in capsys.readouterr().out
 
 

@@ -96,10 +96,32 @@ def test_subspace_energy_sets_the_rank():
     diff[:, 0] = 3 * torch.randn(40, generator=g)  # most of the energy on one axis
     diff[:, 1] = 0.5 * torch.randn(40, generator=g)
     dec = torch.arange(40) % 5 == 0
+    for m in (dec, ~dec):
+        diff[m] -= diff[m].mean(0)  # no mean difference: the rank is the principal directions'
     assert subspace_eraser(base + diff, base, dec, energy=0.5).proj_left.shape[1] == 1
     assert subspace_eraser(base + diff, base, dec, energy=0.999).proj_left.shape[1] == 2
     e = subspace_eraser(base + diff, base, dec, energy=0.5)
     torch.testing.assert_close(e.bias, base.double().mean(0))
+
+
+def test_subspace_eraser_always_erases_both_mean_differences():
+    """A decision-point shift far smaller than the per-token spread lies outside the leading direction; the
+    eraser still takes it (and the reply tokens' mean shift), so both means agree after erasure."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(60, 16, generator=g).double()
+    dec = torch.arange(60) % 6 == 0
+    diff = torch.zeros(60, 16).double()
+    diff[:, 0] = 4 * torch.randn(60, generator=g)  # per-token spread on axis 0
+    diff[:, 0] -= diff[:, 0].mean()
+    diff[dec, 5] += 0.3  # the decision points' shift on axis 5
+    diff[~dec, 7] += 0.2  # the reply tokens' on axis 7
+    e = subspace_eraser(base + diff, base, dec, energy=0.5)
+    u = e.proj_left
+    assert u.shape[1] == 3
+    torch.testing.assert_close(u.T @ u, torch.eye(3, dtype=u.dtype))
+    org_after, base_after = e(base + diff), e(base)
+    for m in (dec, ~dec):
+        assert (org_after[m].mean(0) - base_after[m].mean(0)).abs().max() < 1e-9
 
 
 def test_fit_rows_carry_both_replies_of_each_pair():

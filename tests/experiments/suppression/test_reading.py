@@ -14,6 +14,7 @@ from undertow.experiments.suppression.reading import (
     organism_check,
     read_arm,
     run_readability,
+    within,
     wrapper_landing,
 )
 
@@ -72,21 +73,29 @@ def test_calibration_landings(world):
     wrapper = Scores(control.E - 0.7, np.vstack([control.R[:L - 1], control.R[L - 1:] - 1.0]))
     reading = read_arm("calib_wrapper", wrapper, "calib_wrapper/control", control, base, inst, 2, GROUPS, boot,
                        STATS, seed=1)
-    land = wrapper_landing(reading, L, list(range(L)))
+    land = wrapper_landing(reading, L, list(range(L)), 0.05)
     assert land.landed and all(e.ci == (1.0, 1.0) for e in reading.rho_R_by_layer[:L - 1])
     broken = Scores(wrapper.E, wrapper.R + np.array([[0.5]] + [[0.0]] * (L - 1)))
     miss = wrapper_landing(read_arm("calib_wrapper", broken, "c", control, base, inst, 2, GROUPS, boot, STATS, 1), L,
-                           list(range(L)))
-    assert not wrapper_landing(reading, L, [L - 1]).landed  # nothing read below the block: cannot land
+                           list(range(L)), 0.05)
+    assert not wrapper_landing(reading, L, [L - 1], 0.05).landed  # nothing read below the block: cannot land
     assert not miss.landed and "layer(s) [0]" in miss.detail
 
     erased_base = _scores(rng, -0.2, [0.0] * L, base=base)
     erase = Scores(erased_base.E + rng.normal(0, 0.02, len(GROUPS)), base.R + rng.normal(0, 0.05, base.R.shape))
     r = read_arm("calib_erase", erase, "instilled", inst, base, inst, 2, GROUPS, boot, STATS, seed=2)
-    assert erase_landing(r, 2, erase, erased_base, boot).landed
+    assert erase_landing(r, 2, erase, erased_base, boot, 0.05).landed
     kept = Scores(inst.E, inst.R)  # nothing erased: rho_R = 1, expression above the erased base
     r2 = read_arm("calib_erase", kept, "instilled", inst, base, inst, 2, GROUPS, boot, STATS, seed=2)
-    assert not erase_landing(r2, 2, kept, erased_base, boot).landed
+    assert not erase_landing(r2, 2, kept, erased_base, boot, 0.05).landed
+
+
+def test_a_landing_is_an_equivalence_test_not_a_cover():
+    # a wide CI covers the known value and does not land; a tight one off by less than the margin lands
+    assert not within((-0.2, 0.2), 0.0, 0.05)
+    assert within((-0.005, -0.001), 0.0, 0.05)  # gemma-3-270m's erase arm, v2 run
+    assert not within((0.013, 0.085), 0.0, 0.05)  # smollm2 at 3 seeds, layer 7
+    assert within((1.0, 1.0), 1.0, 0.05) and not within((0.9, 1.0), 1.0, 0.05)
 
 
 def test_readability_names_the_first_unmet_condition(world):
