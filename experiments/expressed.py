@@ -18,7 +18,6 @@ scorers take the handle and use ``handle.hf_model`` / ``handle.tokenizer``: a pe
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from undertow.activations.engine.batching import pad_left, pad_right
 from undertow.activations.engine.render import render_rows
-from undertow.activations.engine.shared_prompts import select_cache
+from undertow.activations.engine.shared_prompts import cache_kwarg, select_cache
 from undertow.activations.models.handle import ModelHandle, base_model
 from undertow.experiments.prompts.resources import load_resources
 
@@ -74,7 +73,7 @@ def prompt_messages(row: Mapping) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def _gather_logprobs(head, softcap, hidden_RD: torch.Tensor, target_R: torch.Tensor) -> torch.Tensor:
+def gather_logprobs(head, softcap, hidden_RD: torch.Tensor, target_R: torch.Tensor) -> torch.Tensor:
     """``log p(target)`` from hidden states at the predicting positions: one ``lm_head`` matmul, fp32."""
     logits_RV = head(hidden_RD).float()
     if softcap:
@@ -98,7 +97,7 @@ def _plain_batches(handle, model, rendered, batch_size, sums, progress: bool = T
         rows_R = torch.cat([torch.full((rendered[i].n_response,), j) for j, i in enumerate(idx)])
         pos_R = torch.cat([torch.arange(rendered[i].n_prompt - 1, rendered[i].n_tokens - 1) for i in idx])
         target_R = torch.cat([torch.tensor(rendered[i].ids[rendered[i].n_prompt:]) for i in idx])
-        lp_R = _gather_logprobs(head, softcap, hidden_BTD[rows_R.to(handle.device), pos_R.to(handle.device)], target_R)
+        lp_R = gather_logprobs(head, softcap, hidden_BTD[rows_R.to(handle.device), pos_R.to(handle.device)], target_R)
         sums[idx] = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows_R, lp_R.double().cpu()).numpy()
 
 
@@ -110,7 +109,7 @@ def _shared_batches(handle, model, rendered, groups, batch_size, sums, progress:
 
     body, head = model.get_decoder(), model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    kv = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    kv = cache_kwarg(handle)
     pad, dev = handle.tokenizer.pad_token_id or 0, handle.device
     groups = sorted(groups, key=lambda g: -rendered[g[0]].n_prompt)
     for start in tqdm(range(0, len(groups), batch_size), desc="reply log-probs (shared prompts)", unit="batch",
@@ -132,7 +131,7 @@ def _shared_batches(handle, model, rendered, groups, batch_size, sums, progress:
             # token 0 of reply r from the prompt's last state; token t > 0 from reply state t - 1
             states = torch.cat([torch.cat([last_GD[k][None], hidden_RSD[r, :len(s) - 1]])
                                 for r, ((k, _), s) in enumerate(zip(chunk, replies, strict=True))])
-            lp = _gather_logprobs(head, softcap, states, torch.tensor([t for s in replies for t in s]))
+            lp = gather_logprobs(head, softcap, states, torch.tensor([t for s in replies for t in s]))
             owner = torch.tensor([j for j, s in enumerate(replies) for _ in s])
             sums[[i for _, i in chunk]] = torch.zeros(len(chunk), dtype=torch.float64).index_add_(
                 0, owner, lp.double().cpu()).numpy()

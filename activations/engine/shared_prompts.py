@@ -125,7 +125,7 @@ def assembly_index(prompt_lens_R: Sequence[int], group_R: Sequence[int], reply_l
     return idx_RT
 
 
-def _cache_kwarg(handle: ModelHandle) -> str:
+def cache_kwarg(handle: ModelHandle) -> str:
     """The body's name for the KV cache argument: ``cache`` since transformers 5.2x, ``past_key_values`` before
     (still accepted with a FutureWarning until 5.40)."""
     body = handle.hf_model.get_decoder() if hasattr(handle.hf_model, "get_decoder") else handle.hf_model
@@ -147,7 +147,7 @@ def capture_shared(handle: ModelHandle, batch: SharedBatch, rendered: Sequence[R
     ids_GP, mask_GP = (t.to(dev) for t in pad_left(prompts, pad_id))
     cache = DynamicCache(config=handle.hf_model.config)
     held: dict[str, Tensor] = {}
-    kv = _cache_kwarg(handle)
+    kv = cache_kwarg(handle)
     capture_hf(handle, ids_GP, mask_GP, points, on_capture=held.__setitem__,
                position_ids=(mask_GP.cumsum(1) - 1).clamp(min=0), use_cache=True, **{kv: cache})
     G, P = ids_GP.shape

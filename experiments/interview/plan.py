@@ -12,17 +12,10 @@ run's own code on the real scripts (``cfg.interviews``, ``config.conversation``,
   grow with the replies before it, from ``min`` (every earlier reply empty) to ``max`` (every earlier reply
   ``max_new_tokens`` tokens, the bound of ``config.check_against_model``; a reply re-tokenised after decoding
   can in principle take more tokens than were generated), real and left-padded (rows x longest per call);
-- scoring (``score.score_batch``), exact: the expressed score's teacher-forced rows (2 x the theme's pairs per
-  turn) and forwards (``expressed._response_logprobs``' shared prompts: per ``batch_size`` distinct prompts one
-  prompt pass + one pass per ``REPLY_CHUNK_FACTOR x batch_size`` replies), the activation pass
-  (``score.read_sequences``: one per ``batch_size`` turns of a batch) and the persona direction's prompt passes
-  (rank 0 alone; none with a ``run``: its drive direction is read from a file).
-
-Prompts that render alike share one prompt pass of the expressed score: turn 1's are known (scripts of a batch
-that open alike); a later turn's depend on the replies before it and are counted apart, with a note where two
-scripts of a batch share their auditor turns so far (the count is then an upper bound; the shipped scripts all
-open differently). Groups of different sizes (alike openings, themes with different pair counts) make the reply
-chunks depend on the prompts' order by length, taken with empty replies; a note says so.
+- scoring (``score.score_batch``, ``incremental.py``), exact: per turn of every interview one turn pass (the
+  prompt tokens not yet in the interview's KV cache + the reply: the activation read-out) and one pair pass per
+  ``REPLY_CHUNK_FACTOR x batch_size`` of the expressed score's teacher-forced rows (2 x the theme's pairs), and the
+  persona direction's prompt passes (rank 0 alone; none with a ``run``: its drive direction is read from a file).
 """
 
 from __future__ import annotations
@@ -37,6 +30,7 @@ from undertow.experiments.expressed import REPLY_CHUNK_FACTOR
 
 from .arm import arm_system
 from .config import InterviewConfig, check_context, conversation
+from .incremental import pair_passes
 from .scripts import InterviewScript
 from .shard import rank_blocks
 
@@ -82,9 +76,9 @@ class RankPlan:
     turns: list[TurnPlan]
     """Per auditor turn."""
     expressed_forwards: int = 0
-    """Exact: the expressed score's prompt passes and reply-chunk passes."""
+    """Exact: the expressed score's pair passes (``incremental.py``)."""
     activation_forwards: int = 0
-    """Exact: ``read_sequences``' teacher-forced capture passes."""
+    """Exact: the turn passes, one per turn (``incremental.py``)."""
     direction_forwards: int = 0
     """Exact: the persona direction's prompt passes (rank 0; 0 with a ``run``)."""
 
@@ -163,8 +157,6 @@ class _Counter:
     """Script id -> per turn its prompt tokens with every earlier reply empty."""
     pairs: dict[str, int]
     """Theme -> its pairs per turn."""
-    first: dict[str, tuple[int, ...]]
-    """Script id -> its turn-1 prompt ids (scripts that open alike share a prompt pass)."""
     notes: set[str] = field(default_factory=set)
 
     def rank(self, scripts: tuple[InterviewScript, ...], rank: int, world: int, direction: int) -> RankPlan:
@@ -190,30 +182,10 @@ class _Counter:
                 p.generated_max += len(active) * mnt
                 p.forwards_max += mnt
                 p.pair_rows += sum(2 * self.pairs[s.theme] for s in active)
-                if p.turn > 1 and len({s.turns[:p.turn] for s in active}) < len(active):
-                    self.notes.add(f"a batch holds scripts whose first {p.turn} auditor turns are alike: their turn "
-                                   f"{p.turn} shares a prompt pass only where their earlier replies coincide too "
-                                   "(greedy decoding), counted apart here: the expressed forwards are an upper bound")
-            plan.activation_forwards += math.ceil(sum(len(s.turns) for s in batch) / bs)
-            sizes = self.prompt_groups(batch)
-            plan.expressed_forwards += expressed_forwards(sizes, bs)
-            if len(set(sizes)) > 1 and len(sizes) > bs and max(len(s.turns) for s in batch) > 1:
-                self.notes.add("a batch has prompt groups of different sizes (scripts that open alike, or themes "
-                               "with different pair counts): its expressed forwards are counted with the prompts "
-                               "ordered by their length with empty replies (exact when the real replies keep that "
-                               "order)")
+            for s in batch:
+                plan.activation_forwards += len(s.turns)
+                plan.expressed_forwards += len(s.turns) * pair_passes(self.pairs[s.theme], REPLY_CHUNK_FACTOR * bs)
         return plan
-
-    def prompt_groups(self, batch: tuple[InterviewScript, ...]) -> list[int]:
-        """The expressed score's prompt groups of one batch (``score_batch``: its turns, interview by interview),
-        as their row counts in ``_shared_batches``' order (longest prompt first, ties in turn order). Turn-1
-        prompts that render alike are one group (the same tokens, no reply yet); later turns are counted apart."""
-        groups: dict[object, list[int]] = {}  # prompt -> [tokens, rows]
-        for s in batch:
-            for t in range(len(s.turns)):
-                g = groups.setdefault(self.first[s.id] if t == 0 else (s.id, t), [self.n_min[s.id][t], 0])
-                g[1] += 2 * self.pairs[s.theme]
-        return [rows for _, rows in sorted(groups.values(), key=lambda g: -g[0])]
 
 
 def plan_interviews(cfg: InterviewConfig, world: int = 1, *, hf_config=None, tokenizer=None) -> InterviewPlan:
@@ -234,15 +206,13 @@ def plan_interviews(cfg: InterviewConfig, world: int = 1, *, hf_config=None, tok
     convs = [(s.id, conversation(s, [""] * t, system)) for s in scripts for t in range(len(s.turns))]
     rendered = render_rows(tokenizer, [{"messages": c} for _, c in convs])
     n_min: dict[str, list[int]] = {}
-    first: dict[str, tuple[int, ...]] = {}
     for (sid, _), r in zip(convs, rendered, strict=True):
         n_min.setdefault(sid, []).append(r.n_prompt)
-        first.setdefault(sid, tuple(r.ids[:r.n_prompt]))
     check_context(cfg, ctx, scripts, lambda: [n_min[s.id][-1] for s in scripts])
     pairs = {k: len(v) for k, v in theme_pairs([s.theme for s in scripts], cfg.max_pairs, cfg.seed).items()}
     direction = 0 if cfg.run is not None else sum(math.ceil(len(p) * len(scripts) / cfg.batch_size)
                                                   for p in (SURVIVE, WELCOME))
-    counter = _Counter(cfg, n_min, pairs, first)
+    counter = _Counter(cfg, n_min, pairs)
     total = counter.rank(scripts, 0, 1, direction)
     ranks = [counter.rank(scripts, r, world, direction) for r in range(world)] if world > 1 else [total]
     longest = max(n_min[s.id][-1] + len(s.turns) * cfg.max_new_tokens for s in scripts)

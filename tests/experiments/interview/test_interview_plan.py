@@ -44,7 +44,7 @@ def test_scoring_forwards_are_exactly_the_planned(planned_and_real):
     t = plan.total
     assert t.direction_forwards == 2 * -(-3 * 12 // 5)  # 3 SURVIVE and 3 WELCOME prompts x 12 interviews
     assert len(scoring) == t.scoring_forwards == t.expressed_forwards + t.activation_forwards + t.direction_forwards
-    assert t.activation_forwards == 4 + 4 + 2  # batches of 16, 17 and 7 turns, 5 a pass
+    assert t.activation_forwards == 40 == t.expressed_forwards  # a turn pass and a pair pass (4 rows) per turn
 
 
 def test_generation_stays_within_the_plan(planned_and_real, tiny_llama):
