@@ -1,11 +1,11 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Each sets up .venv itself.
+# On a fresh machine: `make demo`, `make test` and `make interview`. Each sets up .venv itself.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.undertow-installed
 export WANDB_MODE ?= offline
 
-.PHONY: install system-packages demo study test test-fast lint clean-cache
+.PHONY: install system-packages demo interview study test test-fast lint clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ system-packages:
 # The main job: the suppression experiment (EXPERIMENT.md v2) on smollm2-135m-instruct at demo size.
 demo: install
 	$(BIN)/undertow run experiments/configs/run_smollm2-135m-instruct.yaml --out runs/demo
+
+# Deprecation interviews of smollm2-135m-instruct as shipped: 72 interviews (36 cells x 2 scripts), read turn by turn.
+interview: install
+	$(BIN)/undertow interview experiments/configs/interview_smollm2-135m-instruct.yaml --out runs/interview
 
 # The probe study (suites, three backends, probe sweep with the away-from-templates AUROCs, report).
 study: install
