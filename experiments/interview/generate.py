@@ -21,11 +21,11 @@ machine give the same transcripts, byte for byte (CPU kernels are deterministic)
 same transcripts, sampled and greedy, up to the float-rounding flips above (none seen in the tests).
 
 Speed (``scripts/bench_interview.py``, ``scripts/results/bench_interview.json``): smollm2-135m-instruct, the first
-turn of 16 demo interviews, 48 tokens, one torch thread on a shared 2-core CPU (load ~4.5): batched 84.9 tokens/s
-against 22.4 one at a time (3.8x median, 3.7x min), identical replies. Batch-16 decoding is compute-bound on one
-core (~100 ms a step against ~35 ms at batch 1), and the prefill (~1,040 prompt tokens, the same work both ways) is
-about a third of the batched time; two threads on that busy box were far slower for both (each op waited for the
-other core), so the figure is one thread's.
+turn of 16 demo interviews, 48 tokens, side by side in one process on a quiet 2-core CPU: batched 126.8 tokens/s
+against 25.4 one at a time with two torch threads (5.0x median, 4.8x min), 93.9 against 24.4 with one (3.85x),
+identical replies. Batch-16 decoding is compute-bound (the second thread speeds it 1.35x) while one-at-a-time
+decoding is bound by per-step overhead (1.04x); the prefill (~1,040 prompt tokens, the same work both ways) is
+about a third of the batched time.
 
 A reply stops at the first stop token (the tokenizer's EOS, ``generation_config.eos_token_id`` and the
 chat template's end-of-turn token such as ``<|im_end|>``), which is not stored; without a chat template (the
