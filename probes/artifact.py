@@ -234,7 +234,11 @@ def _read_verified(directory: Path) -> tuple[dict, dict[str, Tensor]]:
     if meta["format_version"] > FORMAT_VERSION:
         raise ProbeError(f"{meta_path} has format_version {meta['format_version']}; upgrade undertow to load it")
     want = meta.get("metadata_sha256")
-    got = hashlib.sha256(_canonical(meta)).hexdigest()
+    try:
+        got = hashlib.sha256(_canonical(meta)).hexdigest()
+    except ValueError:  # NaN / Infinity: Python's json reads them, but a saved probe never holds one
+        raise ProbeError(f"{meta_path} holds a non-finite number (NaN or Infinity), which a saved probe never "
+                         f"does: it was edited or corrupted; {_FIX}") from None
     if want != got:
         raise ProbeError(f"{meta_path} does not match its metadata_sha256 (recorded {want}, computed {got}): "
                          "it was edited or corrupted; re-download or re-train the probe")

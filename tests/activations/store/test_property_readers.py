@@ -17,7 +17,7 @@ import struct
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from undertow.activations import ActivationStore, ExtractConfig
@@ -166,6 +166,7 @@ PROBE_KEYS = ["hook", "probe_type", "d_model", "threshold", "position", "metrics
 @settings(max_examples=150, **SETTINGS)
 @given(meta=st.dictionaries(st.sampled_from(PROBE_KEYS), json_values | st.integers(0, 5), max_size=10) | json_values,
        garbage=st.binary(max_size=60), raw=st.booleans())
+@example(meta={"format_version": 0, "hook": float("inf")}, garbage=b"", raw=False)  # once a ValueError, not a ProbeError
 def test_probe_json(tmp_path_factory, meta, garbage, raw):
     from undertow.probes.artifact import Probe
 
