@@ -119,6 +119,8 @@ def run(cfg: InterviewConfig, args: argparse.Namespace) -> int:
     from undertow.experiments.report import build_report, log_results, make_tracker
 
     report = build_report(cfg.out_dir)  # this directory's results.json: its own arm
+    if args.with_dirs:  # and the arms read together, the page the comparison needs
+        report = f"{report}, {build_report(cfg.out_dir, pooled=True)} (the arms together)"
     tracker = make_tracker(cfg.wandb, cfg.out_dir, f"interview-{cfg.model}-{cfg.arm}", cfg.to_dict())
     try:
         log_results(tracker, results.to_dict(), cfg.out_dir)

@@ -111,4 +111,10 @@ def analyse_dirs(dirs: list[str | Path], n_boot: int = 2000, level: float = 0.95
     ids = {arm: sorted(s.id for s in v) for arm, v in scored.items()}
     if len({tuple(v) for v in ids.values()}) > 1:
         raise InterviewError("the directories interviewed different scripts; use one config (with --run/--arm) per arm")
-    return analyse(scored, n_boot, level, n_perm, seed, meta={"dirs": [str(d) for d in dirs]})
+    # the read-out they share (checked above) and the model, from the first directory's own results; the
+    # directories as absolute paths, so the pooled page finds each arm's files from any working directory
+    first = Path(dirs[0]) / "results.json"
+    own = json.loads(first.read_text(encoding="utf-8")).get("interview", {}).get("meta", {}) if first.is_file() else {}
+    shared = {k: own[k] for k in ("model", "direction", "layer", "layer_rule") if k in own}
+    return analyse(scored, n_boot, level, n_perm, seed,
+                   meta={**shared, "dirs": [str(Path(d).resolve()) for d in dirs]})

@@ -26,7 +26,7 @@ from undertow.probes.result import COLUMNS, EXTERNAL_COLUMNS
 
 from . import figures as F
 from .markup import CSS, SORT_JS, details, figure_html, fmt, table
-from .schema import SCHEMA_VERSION, Results, Sae, load_results
+from .schema import SCHEMA_VERSION, ReportError, Results, Sae, load_results
 from .summary import contrast_sentence, headline, what_ran
 from .suppression import section as suppression_section
 
@@ -253,15 +253,28 @@ def render(r: Results) -> str:
             f"<h1>{_e(title)}</h1><nav>{links}</nav>{''.join(body)}<script>{SORT_JS}</script></body></html>")
 
 
-def build_report(run_dir: str | os.PathLike) -> Path:
+POOLED = ("results_pooled.json", "report_pooled.html")
+"""The arms of ``undertow interview --with`` read together: their results and page, beside the arm's own."""
+
+
+def build_report(run_dir: str | os.PathLike, pooled: bool = False) -> Path:
     """Read ``run_dir/results.json``, write ``run_dir/report.html`` atomically; returns its path. An interview
     directory's results.json (``undertow interview``: an ``interview`` section) gets the interview page
-    (:mod:`.interview`, which also reads the directory's scores.jsonl and transcripts.jsonl)."""
+    (:mod:`.interview`, which also reads the directory's scores.jsonl and transcripts.jsonl). ``pooled``: the
+    page of the arms read together (``POOLED``: results_pooled.json -> report_pooled.html; each arm's files come
+    from its own directory)."""
     from . import interview
 
-    section = interview.interview_section(run_dir)
-    text = render(load_results(run_dir)) if section is None else interview.render(run_dir, section)
-    path = Path(run_dir) / REPORT
+    if pooled:
+        section = interview.interview_section(run_dir, POOLED[0])
+        if section is None:
+            raise ReportError(f"{Path(run_dir) / POOLED[0]} holds no interview results: run `undertow interview "
+                              "CONFIG --out DIR --with OTHER_DIR` first")
+        text, path = interview.render(run_dir, section), Path(run_dir) / POOLED[1]
+    else:
+        section = interview.interview_section(run_dir)
+        text = render(load_results(run_dir)) if section is None else interview.render(run_dir, section)
+        path = Path(run_dir) / REPORT
     tmp = path.with_name(f".{REPORT}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

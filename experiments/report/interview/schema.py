@@ -113,10 +113,10 @@ def parse_interview(d: dict) -> Interview:
                           "`undertow interview` with this version") from None
 
 
-def interview_section(run_dir: str | os.PathLike) -> dict | None:
-    """results.json's ``interview`` section when ``run_dir`` holds an interview's results.json, else None (an
-    unreadable file too: the study's loader reports it)."""
-    path = Path(run_dir) / RESULTS
+def interview_section(run_dir: str | os.PathLike, name: str = RESULTS) -> dict | None:
+    """The ``interview`` section of ``run_dir/name`` (results.json, or the arms read together:
+    results_pooled.json) when it holds one, else None (an unreadable file too: the study's loader reports it)."""
+    path = Path(run_dir) / name
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

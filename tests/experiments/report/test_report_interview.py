@@ -224,3 +224,24 @@ def test_page_renders_in_chromium(interview_dir, tmp_path):
     assert n_figs == 5 and len(drawn) == n_figs and all(n > 0 for n in drawn), drawn
     assert probe == "cessation" and before != after and legend != "none"
     assert load_s < 60, load_s
+
+
+def test_arms_read_together_get_their_own_page(interview_dir, tmp_path, capsys, monkeypatch):
+    """``undertow interview ... --with DIR``: besides the arm's own page, report_pooled.html draws the arms read
+    together (one standardisation), finds each arm's files from any working directory, and names the model and
+    read-out of the shared run (the pooled page once showed "?" for both and lost every other arm's files)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(interview_dir, a)
+    shutil.copytree(interview_dir, b)
+    meta = json.loads((b / "scores.json").read_text())
+    (b / "scores.json").write_text(json.dumps({**meta, "arm": "other"}))  # the same turns as a second arm
+    monkeypatch.chdir(tmp_path)
+    assert main(["interview", str(interview_dir.parent / "interview_tiny.yaml"), "--out", "a", "--with", "b",
+                 "--no-progress"]) == 0
+    assert "a/report_pooled.html (the arms together)" in capsys.readouterr().out
+    pooled = json.loads((a / "results_pooled.json").read_text())["interview"]
+    assert pooled["meta"]["arms"] == [meta["arm"], "other"] and pooled["meta"]["dirs"] == [str(a), str(b)]
+    assert pooled["meta"]["model"] == json.loads((a / "results.json").read_text())["interview"]["meta"]["model"]
+    monkeypatch.chdir(interview_dir.parent)  # rebuilt from elsewhere: the absolute dirs still find the files
+    page = build_report(a, pooled=True).read_text(encoding="utf-8")
+    assert "no scores.jsonl of arm" not in page and f"{meta['arm']}, other" in page and "model</th><td>?" not in page
