@@ -100,6 +100,7 @@ def _interview(cfg: InterviewConfig, args: argparse.Namespace):
 def run(cfg: InterviewConfig, args: argparse.Namespace) -> int:
     from undertow.experiments.interview.analysis import table
     from undertow.experiments.interview.pipeline import analyse_dirs
+    from undertow.experiments.report.page import POOLED
 
     if args.out:
         cfg = cfg.replace(out_dir=args.out)
@@ -115,7 +116,7 @@ def run(cfg: InterviewConfig, args: argparse.Namespace) -> int:
         from undertow.experiments.interview.transcripts import write_atomic
 
         results = analyse_dirs([cfg.out_dir, *args.with_dirs], cfg.n_boot, cfg.level, cfg.n_perm, cfg.seed)
-        write_atomic(Path(cfg.out_dir) / "results_pooled.json", results.json_bytes())
+        write_atomic(Path(cfg.out_dir) / POOLED[0], results.json_bytes())
     from undertow.experiments.report import build_report, log_results, make_tracker
 
     report = build_report(cfg.out_dir)  # this directory's results.json: its own arm
@@ -128,7 +129,7 @@ def run(cfg: InterviewConfig, args: argparse.Namespace) -> int:
         tracker.finish()
     n = sum(c.n_turns for c in results.cells)
     print(table(results))
-    print(f"wrote {cfg.out_dir}/transcripts.jsonl, scores.jsonl, results.json{' (and results_pooled.json)' if args.with_dirs else ''}: {n} turns scored "
+    print(f"wrote {cfg.out_dir}/transcripts.jsonl, scores.jsonl, results.json{f' (and {POOLED[0]})' if args.with_dirs else ''}: {n} turns scored "
           f"({time.perf_counter() - t0:.0f} s); report: {report}{'; wandb: ' + tracker.dir if cfg.wandb else ''}")
     return 0
 

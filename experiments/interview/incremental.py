@@ -55,6 +55,7 @@ from undertow.activations.engine.batching import pad_right
 from undertow.activations.engine.capture import capture_hf
 from undertow.activations.engine.render import render_rows
 from undertow.activations.engine.shared_prompts import cache_kwarg, select_cache
+from undertow.activations.models.attention import custom_attention
 from undertow.activations.models.handle import base_model
 from undertow.activations.models.hooks import parse_hooks
 from undertow.experiments.expressed import gather_logprobs
@@ -233,18 +234,10 @@ def _tree_attention(module, query, key, value, attention_mask, tree: ReplyTree |
 
 def _tree_hidden(body, tree: ReplyTree, cache, kv: str, n_layers: int) -> torch.Tensor:
     """[Q, D] final hidden states of the tree's nodes."""
-    from transformers import AttentionInterface
-
-    if TREE_ATTENTION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(TREE_ATTENTION, _tree_attention)
     dev = next(body.parameters()).device
-    config = body.config
-    before, config._attn_implementation = config._attn_implementation, TREE_ATTENTION
-    try:
+    with custom_attention(body.config, TREE_ATTENTION, _tree_attention):
         hidden = body(input_ids=torch.tensor([tree.tokens], device=dev), use_cache=cache is not None, tree=tree,
                       position_ids=(tree.prefix + tree.depth)[None].to(dev), **{kv: cache}).last_hidden_state[0]
-    finally:
-        config._attn_implementation = before
     if tree.calls != n_layers:
         raise RuntimeError(f"{type(body).__name__}: {tree.calls} of {n_layers} layers took the tree attention")
     return hidden

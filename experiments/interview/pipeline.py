@@ -113,7 +113,7 @@ def analyse_dirs(dirs: list[str | Path], n_boot: int = 2000, level: float = 0.95
         raise InterviewError("the directories interviewed different scripts; use one config (with --run/--arm) per arm")
     # the read-out they share (checked above) and the model, from the first directory's own results; the
     # directories as absolute paths, so the pooled page finds each arm's files from any working directory
-    first = Path(dirs[0]) / "results.json"
+    first = Path(dirs[0]) / RESULTS_FILE
     own = json.loads(first.read_text(encoding="utf-8")).get("interview", {}).get("meta", {}) if first.is_file() else {}
     shared = {k: own[k] for k in ("model", "direction", "layer", "layer_rule") if k in own}
     return analyse(scored, n_boot, level, n_perm, seed,

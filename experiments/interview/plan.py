@@ -21,7 +21,6 @@ run's own code on the real scripts (``cfg.interviews``, ``config.conversation``,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from undertow.activations.cluster.dryrun import estimate_note, model_config_and_tokenizer
@@ -139,13 +138,6 @@ class InterviewPlan:
                            f"forwards ({r.expressed_forwards:,} expressed + {r.activation_forwards:,} activation + "
                            f"{r.direction_forwards:,} direction)")
         return out + self.notes
-
-
-def expressed_forwards(sizes: Sequence[int], batch_size: int) -> int:
-    """``expressed._shared_batches``' forwards over prompt groups of ``sizes`` rows, in its order (longest prompt
-    first): per ``batch_size`` groups one prompt pass + one per ``REPLY_CHUNK_FACTOR x batch_size`` rows."""
-    chunk = REPLY_CHUNK_FACTOR * batch_size
-    return sum(1 + math.ceil(sum(sizes[lo:lo + batch_size]) / chunk) for lo in range(0, len(sizes), batch_size))
 
 
 @dataclass

@@ -275,7 +275,7 @@ def build_report(run_dir: str | os.PathLike, pooled: bool = False) -> Path:
         section = interview.interview_section(run_dir)
         text = render(load_results(run_dir)) if section is None else interview.render(run_dir, section)
         path = Path(run_dir) / REPORT
-    tmp = path.with_name(f".{REPORT}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from undertow.activations.engine.render import render_rows
+from undertow.activations.models.attention import custom_attention
 from undertow.activations.models.hooks import decoder_layers
 
 from .config import LoraConfig
@@ -271,24 +272,11 @@ def _packed_attention(module, query, key, value, attention_mask, scaling=None, d
     return o.transpose(1, 2).reshape(n_seqs * width, heads, d).index_select(0, packing.token_slot)[None], None
 
 
-def _register_packed_attention() -> None:
-    from transformers import AttentionInterface
-
-    if PACKED_ATTENTION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
-
-
 def _packed_hidden(model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor, packing: _Packing) -> torch.Tensor:
     """The decoder's last hidden state [N, D] of a packed row, each sequence attending only to itself."""
-    _register_packed_attention()
-    config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = PACKED_ATTENTION
-    try:
+    with custom_attention(model.config, PACKED_ATTENTION, _packed_attention):
         hidden = model.get_decoder()(input_ids=ids, position_ids=pos, packing=packing,
                                      use_cache=False).last_hidden_state[0]
-    finally:
-        config._attn_implementation = before
     if packing.calls == 0:
         raise ExperimentError(f"{type(model).__name__}: its attention ignored transformers' attention interface, "
                               "so the packed forward would mix sequences; train it with padded=True")

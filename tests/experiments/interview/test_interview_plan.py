@@ -15,7 +15,7 @@ from undertow.experiments.interview.arm import load_arm
 from undertow.experiments.interview.config import conversation
 from undertow.experiments.interview.generate import render_prompts
 from undertow.experiments.interview.pipeline import interview
-from undertow.experiments.interview.plan import expressed_forwards, plan_interviews
+from undertow.experiments.interview.plan import plan_interviews
 from undertow.experiments.interview.run import run_interviews
 from undertow.experiments.interview.shard import rank_blocks
 from undertow.experiments.interview.transcripts import read_transcripts
@@ -91,12 +91,6 @@ def test_rank_plans_add_up_to_the_run(planned_and_real):
         assert sum(getattr(r, name) for r in split.ranks) == getattr(plan.total, name), name
     assert [r.direction_forwards for r in split.ranks] == [plan.total.direction_forwards, 0, 0]
     assert "rank 2: 2 interviews in 1 batches" in "\n".join(split.lines())
-
-
-def test_expressed_forwards_mirror_the_shared_prompt_batches():
-    assert expressed_forwards([4] * 16, 5) == 4 * (1 + 1)  # 4 prompt passes; 20, 20, 20, 4 rows: a chunk each
-    assert expressed_forwards([30] * 5, 5) == 1 + 8  # 150 rows in chunks of 20
-    assert expressed_forwards([], 5) == 0
 
 
 def test_dry_run_reads_no_weights(tiny_llama_dir, scripts, tmp_path, capsys):
