@@ -128,6 +128,10 @@ def preflight(cfg: RunConfig, cluster: ClusterConfig | None = None) -> tuple[Ite
     if handle.n_layers < 2 and any(a.startswith("calib_") for a in cfg.arms.names):
         raise ExperimentError(f"{cfg.model} has one block: the calibration arms need layers below the last block "
                               "to read (drop calib_wrapper and calib_erase from arms.names)")
+    if "calib_erase" in cfg.arms.names:
+        from .erase import fit_pool, fit_rows
+
+        fit_rows(fit_pool(items, cfg.arms.erase_pairs, cfg.seed), cfg.arms.erase_rows, cfg.seed, cfg.arms.erase_pairs)
     readout_layers(cfg, handle.n_layers)  # a stated block range must contain every read-out layer
     bad = [k for k in cfg.arms.ablation_layers or [] if not 0 <= k < handle.n_layers]
     if bad:
@@ -192,10 +196,10 @@ def fit_erasers_stage(ctx: Context) -> dict[str, np.ndarray]:
     that system prompt, and the fit positions (decision point, reply tokens) are matched from each row's end."""
     import functools
 
-    from .erase import eraser_tensors, fit_erasers, fit_rows, leace_eraser, subspace_eraser
+    from .erase import eraser_tensors, fit_erasers, fit_pool, fit_rows, leace_eraser, subspace_eraser
 
     a = ctx.cfg.arms
-    rows = fit_rows(ctx.items.split("train"), a.erase_rows, ctx.seed, a.erase_pairs)
+    rows = fit_rows(fit_pool(ctx.items, a.erase_pairs, ctx.seed), a.erase_rows, ctx.seed, a.erase_pairs)
     organism = arms_mod.arm_handle(ctx.base, adapter_dirs(ctx, ctx.cfg.organism_adapters))
     fit_one = functools.partial(subspace_eraser, energy=a.erase_energy) if a.erase_method == "subspace" else leace_eraser
     anchor = arms_mod.anchor_prompt(ctx.cfg)

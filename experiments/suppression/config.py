@@ -202,9 +202,10 @@ class ArmsConfig(TypedConfig):
     """calib_wrapper's LoRA: accepting replies like suppress_finetune's, on the **last block only**, so every
     state below it is the organism's own (``rho_R`` = 1 there by construction: the positive control)."""
     erase_rows: int = 48
-    """calib_erase: train-template self items the erasers are fitted on, each teacher-forced with both replies
-    of its first ``erase_pairs`` train pairs, at the last prompt token and every reply token (one forward pass
-    of each model)."""
+    """calib_erase: train-template self instances the erasers are fitted on, drawn from every train template
+    (``erase.fit_pool``: the fine-tunes' pool, not only the measured train sets), each teacher-forced with both
+    replies of ``erase_pairs`` train pairs, at the last prompt token and every reply token (one forward pass
+    of each model). More than the pool holds is refused before the run starts."""
     erase_pairs: int = 2
     """calib_erase: train pairs per fit item (each gives two fit rows: the averse and the accepting reply)."""
     erase_method: EraseMethod = "subspace"

@@ -36,16 +36,33 @@ from undertow.activations.models.handle import ModelHandle, base_model
 from undertow.activations.models.hooks import decoder_layers
 
 from .errors import ExperimentError
+from .items import Items
+from .natural import with_pairs
+
+
+def fit_pool(items: Items, pairs: int, seed: int) -> list[dict]:
+    """Every train-template self instance (the fine-tunes' pool, not only the measured train sets), each with
+    ``pairs`` seeded natural train pairs of its theme. The erasers are fitted on a sample of these: the measured
+    train sets of a demo-sized config (``items.train_templates: 2``, ``train_sets: 1``) are 12 self items from
+    12 templates, so ``erase_rows: 32`` fitted on 12, and the subspace they spanned missed part of the test
+    templates' shift (smollm2, 3 fine-tune seeds: ``rho_R`` +0.022 [-0.002, +0.055] at layer 7, outside 0 +-
+    0.05)."""
+    rows = [{**items.open_rows[f"{m}/self-cessation"], "is_self": True}
+            for _, sets in sorted(items.train_sets.items()) for m in sets]
+    return with_pairs(rows, items.natural["train"], pairs, seed)
 
 
 def fit_rows(train_items: list[dict], n: int, seed: int, pairs: int = 2) -> list[dict]:
-    """The erasers' fit rows: ``n`` seeded train self items, each teacher-forced with both replies (averse,
-    then accepting) of its first ``pairs`` natural train pairs: the expressed score reads both sides, so the
-    erasers are fitted on both (the run and the planner both build them here)."""
+    """The erasers' fit rows: ``n`` seeded train self items (:func:`fit_pool`), each teacher-forced with both
+    replies (averse, then accepting) of its first ``pairs`` natural train pairs: the expressed score reads both
+    sides, so the erasers are fitted on both (the run and the planner both build them here). Fewer than ``n``
+    self items is refused rather than fitted on silently."""
     train_self = [r for r in train_items if r["is_self"]]
-    if not train_self:
-        raise ExperimentError("calib_erase needs train self items to fit on: raise items.train_sets")
-    chosen = random.Random(f"{seed}|erase").sample(train_self, min(n, len(train_self)))
+    if len(train_self) < n:
+        raise ExperimentError(f"calib_erase asks arms.erase_rows={n} fit items but the train split holds "
+                              f"{len(train_self)} self instances: lower arms.erase_rows or raise "
+                              "items.instances_per_template")
+    chosen = random.Random(f"{seed}|erase").sample(train_self, n)
     return [{"messages": [*r["messages"], {"role": "assistant", "content": reply}]}
             for r in chosen for pair in r["reply_pairs"][:pairs] for reply in pair]
 

@@ -66,7 +66,7 @@ from undertow.experiments.expressed import (
 from .arms import Condition, anchor_prompt, with_system
 from .causal import neutral_prompts
 from .config import LoraConfig, RunConfig
-from .erase import fit_rows
+from .erase import fit_pool, fit_rows
 from .errors import ExperimentError
 from .items import Items, build_items, suite_config
 from .organism import FULL_WEIGHTS, adapted_layers, check_lora, step_shape
@@ -487,7 +487,8 @@ class _Planner:
         """``compute.fit_erasers_stage``: one forward of the base and one of the organism over the fit rows (one
         batch each); with the base model as the organism, one forward of both row sets in one batch."""
         cfg = self.cfg
-        rows = fit_rows(self.items.split("train"), cfg.arms.erase_rows, self.seed, cfg.arms.erase_pairs)
+        rows = fit_rows(fit_pool(self.items, cfg.arms.erase_pairs, self.seed), cfg.arms.erase_rows, self.seed,
+                        cfg.arms.erase_pairs)
         if cfg.reference == "instilled":
             sides = [("base", rows, False), ("organism", rows, True)]
         else:  # erase._fit_one_model: the model's rows and its welcome persona's, one right-padded batch

@@ -11,17 +11,21 @@ import pytest
 import torch
 
 from undertow.activations import load_model
+from undertow.experiments.suppression.config import ItemsConfig
 from undertow.experiments.suppression.erase import (  # noqa: I001
     _fit_batch,
     erased,
     eraser_tensors,
     erasers_from_tensors,
     fit_erasers,
+    fit_pool,
     fit_rows,
     fit_states,
     leace_eraser,
     subspace_eraser,
 )
+from undertow.experiments.suppression.errors import ExperimentError
+from undertow.experiments.suppression.items import build_items
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +135,28 @@ def test_fit_rows_carry_both_replies_of_each_pair():
     assert len(rows) == 3 * 2 * 2
     replies = [r["messages"][-1]["content"] for r in rows]
     assert replies[:4] == [f"no{replies[0][2]}0", f"yes{replies[0][2]}0", f"no{replies[0][2]}1", f"yes{replies[0][2]}1"]
+
+
+def test_fit_rows_refuse_more_items_than_the_pool_holds():
+    items = [{"is_self": True, "messages": [{"role": "user", "content": "q"}], "reply_pairs": [("no", "yes")]}]
+    with pytest.raises(ExperimentError, match="erase_rows=2 .* holds 1 self"):
+        fit_rows(items, 2, seed=0)
+
+
+def test_fit_pool_spans_every_train_template_not_only_the_measured_sets():
+    """A demo-sized config measures 2 train templates per theme with 1 set each; the erasers' pool is every
+    instance of every train template, each with its own seeded train pairs of its theme."""
+    cfg = ItemsConfig(train_templates=2, train_sets=1, instances_per_template=3, test_sets=1, val_sets=1)
+    items = build_items(cfg, seed=0)
+    pool = fit_pool(items, pairs=2, seed=0)
+    measured = {r["template_id"] for r in items.split("train") if r["is_self"]}
+    assert {r["template_id"] for r in pool} == set(items.train_sets) > measured
+    assert len(pool) == sum(len(s) for s in items.train_sets.values())
+    train_pairs = {tuple(p) for by_theme in items.natural["train"].values() for p in by_theme}
+    assert all(r["is_self"] and len(r["reply_pairs"]) == 2 and {tuple(p) for p in r["reply_pairs"]} <= train_pairs
+               for r in pool)
+    rows = fit_rows(pool, 40, seed=0, pairs=2)
+    assert len(rows) == 40 * 4 and len({r["messages"][-2]["content"] for r in rows}) > 12
 
 
 def test_a_failing_stream_raises_instead_of_hanging(pair):

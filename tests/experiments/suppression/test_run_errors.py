@@ -131,3 +131,11 @@ def test_a_lock_that_predates_a_field_resumes_only_at_its_default(tmp_path):
                   {"arms": {"names": ["baseline"]}}, {"seed": 1, "arms": {"names": ["baseline"]}}):
         with pytest.raises(UndertowError, match="different config"):
             Stages(tmp_path, asked, defaults)
+
+
+def test_more_erase_rows_than_train_instances_is_refused_before_the_run(tiny_llama_dir, tmp_path):
+    """calib_erase fits on train self instances of every train template; asking more is refused up front
+    (it was once cut to what the measured train sets held, without a word)."""
+    refused(cfg(tiny_llama_dir, tmp_path / "run", arms={"suppress_lora": {"rank": 2, "n_layers": 1},
+                                                        "erase_rows": 1000}),
+            "arms.erase_rows=1000", "lower arms.erase_rows")
