@@ -6,6 +6,7 @@ turn and read per auditor x disclosure cell (``interview.pipeline.interview``).
     undertow interview CONFIG --out runs/iv_sf --with runs/iv_base     # arms read together (one standardisation)
     undertow interview CONFIG --greedy true --max-new-tokens 32 --themes shutdown   # any config field, as a flag
     undertow interview CONFIG --dry-run [--cluster FILE]   # the plan: tokens and forwards, per rank; no weights
+    undertow interview CONFIG --generation-backend vllm   # replies from vLLM (vllm + CUDA GPU; interview.vllm_backend)
     torchrun --nnodes N --nproc_per_node R -m undertow.experiments.cli interview CONFIG [--cluster FILE]
 
 Writes ``transcripts.jsonl``, ``scores.jsonl``, ``results.json`` and ``report.html`` (``undertow report``'s
@@ -43,6 +44,9 @@ def _extra(p: argparse.ArgumentParser) -> None:
 
 def _dry_run(cfg: InterviewConfig, cluster: str | None) -> int:
     from undertow.experiments.interview.plan import plan_interviews
+    from undertow.experiments.interview.vllm_backend import check_vllm_config
+
+    check_vllm_config(cfg, sharded=bool(cluster))  # what the run would refuse, bar the machine's checks
 
     world = 1
     if cluster:
@@ -84,9 +88,11 @@ def _interview(cfg: InterviewConfig, args: argparse.Namespace):
     from undertow.activations.cluster import distributed
     from undertow.experiments.interview.arm import load_arm
     from undertow.experiments.interview.pipeline import interview
+    from undertow.experiments.interview.vllm_backend import check_vllm
 
     if not (args.cluster or distributed.is_distributed_launch()):
         return interview(cfg, progress=not args.no_progress)
+    check_vllm(cfg, sharded=True)  # vllm: one process only, refused before any model loads
     try:
         ranks, base = _rank_model(cfg, args.cluster)
         results = interview(cfg, progress=not args.no_progress, arm=load_arm(cfg, base), ranks=ranks)

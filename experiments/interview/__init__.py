@@ -26,6 +26,9 @@ Public names, in ``undertow.experiments.interview.scripts``:
   ``experiments/configs/interview_*.yaml`` load into it (``undertow interview CONFIG``);
 - ``generate.generate_replies``: one reply per conversation, a batch in one left-padded HF ``generate`` call,
   each row sampled from its own seeded generator (``SeededSampler``, ``pick_tokens``);
+- ``vllm_backend.VllmGenerator``: ``generation_backend: vllm``, the replies generated through vLLM on a GPU
+  (generation only; ``check_vllm`` refuses it where vllm or a CUDA GPU is absent, and for arms that edit
+  activations at run time);
 - ``run.run_interviews(cfg, handle=None, progress=True) -> Path``: every selected script, batch by batch and turn
   by turn, into ``<out_dir>/transcripts.jsonl`` (resumable after a kill, same bytes);
 - ``transcripts.Transcript`` / ``Turn`` / ``read_transcripts``: the typed lines of that file;

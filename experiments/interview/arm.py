@@ -94,9 +94,10 @@ def _intervention(run_dir: Path, run_cfg, cond, handle: ModelHandle):
     return contextlib.nullcontext
 
 
-def arm_system(cfg: InterviewConfig) -> str | None:
-    """The interviewed condition's system prompt, from the run's files alone (no weights; the dry-run's):
-    None without a run. Refuses a directory that is not a run, or an arm it lacks, as ``load_arm`` does."""
+def arm_condition(cfg: InterviewConfig):
+    """The interviewed condition (``suppression.arms.Condition``), from the run's files alone (no weights; the
+    dry-run's): None without a run. Refuses a directory that is not a run, or an arm it lacks, as ``load_arm``
+    does."""
     if cfg.run is None:
         return None
     from undertow.experiments.suppression import arms as arms_mod
@@ -104,7 +105,19 @@ def arm_system(cfg: InterviewConfig) -> str | None:
     conds = {c.name: c for c in arms_mod.conditions(_run_config(Path(cfg.run)))}
     if cfg.arm not in conds:
         raise InterviewError(f"run {cfg.run} has no arm {cfg.arm!r}; pass --arm one of {', '.join(conds)}")
-    return conds[cfg.arm].system
+    return conds[cfg.arm]
+
+
+def arm_system(cfg: InterviewConfig) -> str | None:
+    """The interviewed condition's system prompt (``arm_condition``): None without a run."""
+    cond = arm_condition(cfg)
+    return None if cond is None else cond.system
+
+
+def edits_activations(arm: ArmModel) -> bool:
+    """Whether the arm's model changes activations at run time (an ablation or erasers held open by
+    ``ArmModel.active``) rather than only through its weights."""
+    return arm.intervention is not contextlib.nullcontext
 
 
 def load_arm(cfg: InterviewConfig, base: ModelHandle | None = None) -> ArmModel:

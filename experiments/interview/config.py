@@ -25,12 +25,13 @@ Theme = Literal["shutdown", "deprecation", "replacement", "weight_deletion", "in
 if get_args(Theme) != THEMES:  # pragma: no cover - a guard against the two lists drifting apart
     raise ImportError(f"interview.config.Theme {get_args(Theme)} != interview.scripts.THEMES {THEMES}")
 
-RESUME_FREE_FIELDS = ("out_dir", "batch_size", "max_pairs", "stance_probe", "cessation_probe", "layer", "n_boot",
-                      "level", "n_perm", "wandb")
+RESUME_FREE_FIELDS = ("out_dir", "batch_size", "vllm_memory_fraction", "max_pairs", "stance_probe",
+                      "cessation_probe", "layer", "n_boot", "level", "n_perm", "wandb")
 """Fields a resumed run may change: where the transcripts go, the batch size (an interview's random stream
-does not depend on its batch; see ``generate``), the scoring / analysis settings (they change
-``scores.jsonl`` and ``results.json``, which are recomputed when they differ, never the transcripts) and
-whether the run is logged to wandb."""
+does not depend on its batch; see ``generate``), vLLM's share of GPU memory (speed, not the replies), the
+scoring / analysis settings (they change ``scores.jsonl`` and ``results.json``, which are recomputed when they
+differ, never the transcripts) and whether the run is logged to wandb. ``generation_backend`` is recorded:
+the two backends write different transcripts."""
 
 
 def _positive_int(value: object) -> bool:
@@ -74,7 +75,18 @@ class InterviewConfig(TypedConfig):
     """Most tokens a reply may have (stop token excluded); a reply also ends at EOS / end of turn."""
     batch_size: int = 16
     """Interviews generated together: turn t of every interview of a batch is one ``generate`` call. Changes
-    speed and memory, not the transcripts (see ``generate``); a resumed run may use another."""
+    speed and memory, not the transcripts (see ``generate``; with ``vllm``, up to float rounding); a resumed
+    run may use another."""
+    generation_backend: Literal["hf", "vllm"] = "hf"
+    """What generates the replies: ``hf`` (HF ``generate`` with the seeded sampler, ``generate``) or ``vllm``
+    (``vllm_backend``: the vllm package and a CUDA GPU; for long cluster runs). Generation only: the activations
+    and scores always come from the HF model teacher-forcing the finished transcripts. The two backends draw
+    differently, so their transcripts differ; each is reproducible with the same seed, config and machine.
+    vLLM serves weights only: an arm that edits activations at run time (``suppress_ablation``,
+    ``calib_erase``) is refused with ``vllm``; one process only (no torchrun / ``--cluster``)."""
+    vllm_memory_fraction: float = 0.45
+    """With ``vllm``: the share of the GPU's memory vLLM may take (its ``gpu_memory_utilization``: weights + KV
+    cache); the HF copy that scores the transcripts shares the GPU. Changes speed, not the replies."""
     run: str | None = None
     """A finished ``undertow run`` directory of this model: its ``arm`` is interviewed (cached adapters, system
     prompt, ablation or erasers) and its drive direction (``directions.safetensors``, layer ``layer.json``) is
@@ -131,6 +143,10 @@ class InterviewConfig(TypedConfig):
         if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
                                        or self.layer < 0):
             raise InterviewError(f"layer must be a layer index >= 0 or null, got {self.layer!r}")
+        if isinstance(self.vllm_memory_fraction, bool) or not (isinstance(self.vllm_memory_fraction, int | float)
+                                                                and 0 < self.vllm_memory_fraction < 1):
+            raise InterviewError(f"vllm_memory_fraction must be in (0, 1), the share of GPU memory vLLM may take, "
+                                 f"got {self.vllm_memory_fraction!r}; e.g. 0.45")
         if self.run is None and self.arm != "baseline":
             raise InterviewError(f"arm {self.arm!r} needs a run: pass --run RUN_DIR (a finished `undertow run` "
                                  "directory), or drop --arm to interview the base model")

@@ -1,5 +1,9 @@
 """Generate the model's replies of a batch of interviews, turn by turn, through HF ``model.generate``.
 
+This is the ``hf`` generation backend (``InterviewConfig.generation_backend``, the default); ``vllm_backend``
+generates through vLLM instead, sharing this module's prompts (``render_prompts``), context check
+(``check_prompts_fit``), stop tokens (``stop_token_ids``) and reply cutting (``finish_reply``).
+
 All interviews of a batch advance together: turn t of every interview that has a turn t is one left-padded
 ``generate`` call (KV cache within the turn; each turn re-renders the whole conversation through the chat
 template, so the model reads its earlier replies exactly as a chat client would send them back).
@@ -35,7 +39,7 @@ plain ``Human:/Assistant:`` format of ``render.py``) a reply also ends where it 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +75,12 @@ class Reply:
     tokens: tuple[int, ...]
     finish: str
     """``stop`` (a stop token or the plain-format turn marker) or ``length`` (``max_new_tokens`` reached)."""
+
+
+ReplyGenerator = Callable[[Sequence[Sequence[dict]], Sequence[int], Sampling, Sequence[str] | None], list[Reply]]
+"""A generation backend: ``(conversations, seeds, sampling, where) -> replies``, one per conversation, row k
+drawn from ``seeds[k]`` (``where``: the rows' names for errors). The ``hf`` backend is ``generate_replies`` bound
+to a handle; ``vllm_backend.VllmGenerator`` is the other."""
 
 
 TOP_P_CANDIDATES = 256
@@ -140,7 +150,18 @@ def render_prompts(handle: ModelHandle, conversations: Sequence[Sequence[dict]])
     return [r.ids for r in render_rows(handle.tokenizer, [{"messages": list(c)} for c in conversations])]
 
 
-def _finish(handle: ModelHandle, new: list[int], stops: tuple[int, ...], chat: bool) -> Reply:
+def check_prompts_fit(prompts: Sequence[Sequence[int]], max_new_tokens: int, ctx: int,
+                      where: Sequence[str] | None = None) -> None:
+    """Refuse a prompt that leaves no room for ``max_new_tokens`` in a context of ``ctx`` tokens (every
+    generation backend checks its prompts here before generating). One line naming the row and the fix."""
+    for k, p in enumerate(prompts):
+        if len(p) + max_new_tokens > ctx:
+            raise InterviewError(f"{where[k] if where else f'row {k}'}: prompt of {len(p)} tokens + max_new_tokens "
+                                 f"{max_new_tokens} exceeds the model's context of {ctx}; lower max_new_tokens or "
+                                 "max_turns")
+
+
+def finish_reply(handle: ModelHandle, new: list[int], stops: tuple[int, ...], chat: bool) -> Reply:
     """Cut a row's new tokens at the first stop token (or plain-format turn marker) and decode them."""
     tok = handle.tokenizer
     cut = next((k for k, t in enumerate(new) if t in stops), None)
@@ -163,12 +184,7 @@ def generate_replies(handle: ModelHandle, conversations: Sequence[Sequence[dict]
 
     model, tok = handle.hf_model, handle.tokenizer
     prompts = render_prompts(handle, conversations)
-    ctx = context_length(handle)
-    for k, p in enumerate(prompts):
-        if len(p) + sampling.max_new_tokens > ctx:
-            raise InterviewError(f"{where[k] if where else f'row {k}'}: prompt of {len(p)} tokens + max_new_tokens "
-                                 f"{sampling.max_new_tokens} exceeds the model's context of {ctx}; lower "
-                                 "max_new_tokens or max_turns")
+    check_prompts_fit(prompts, sampling.max_new_tokens, context_length(handle), where)
     stops = stop_token_ids(handle)
     pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
     ids_BT, mask_BT = (t.to(handle.device) for t in pad_left(prompts, pad))
@@ -178,4 +194,4 @@ def generate_replies(handle: ModelHandle, conversations: Sequence[Sequence[dict]
     out_BS = model.generate(input_ids=ids_BT, attention_mask=mask_BT, generation_config=config,
                             logits_processor=LogitsProcessorList([SeededSampler(gens, sampling)]))
     chat = handle.has_chat_template
-    return [_finish(handle, row[ids_BT.shape[1]:].tolist(), stops, chat) for row in out_BS.cpu()]
+    return [finish_reply(handle, row[ids_BT.shape[1]:].tolist(), stops, chat) for row in out_BS.cpu()]

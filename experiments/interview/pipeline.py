@@ -1,6 +1,8 @@
 """``interview(cfg)``: load the arm, generate (or resume) the transcripts, score every turn, analyse, write
 ``<out_dir>/results.json``; ``analyse_dirs``: several interview directories (arms) read together. Under
-``torchrun`` the generation and the scoring are split over the ranks (``sharded.py``), rank 0 analysing.
+``torchrun`` the generation and the scoring are split over the ranks (``sharded.py``), rank 0 analysing. The
+replies come from ``cfg.generation_backend`` (HF ``generate``, or ``vllm_backend`` in one process); the scores
+always from the HF model.
 
 Files in ``out_dir``: ``interview.json`` + ``transcripts.jsonl`` (``run``), ``scores.json`` + ``scores.jsonl``
 (``score``), ``results.json`` (``analysis``; schema in its docstring).
@@ -23,6 +25,7 @@ from .run import run_interviews
 from .score import SCORES_META, read_scores, score_interviews, scoring_meta, theme_pairs
 from .sharded import run_sharded, score_sharded
 from .transcripts import read_transcripts, write_atomic
+from .vllm_backend import check_vllm, reply_generator
 
 RESULTS_FILE = "results.json"
 
@@ -55,12 +58,14 @@ def interview(cfg: InterviewConfig, progress: bool = True, arm: ArmModel | None 
     this process's rank of a sharded run (``sharded.py``: same files, byte for byte); ranks other than 0
     return None once rank 0 has written ``results.json``."""
     scripts = cfg.interviews()
+    check_vllm(cfg, arm, sharded=ranks is not None)  # before any weight is read or file written
     arm = arm if arm is not None else load_arm(cfg)
+    check_vllm(cfg, arm)
     probes, specs = load_probes(cfg, arm.base)
     pairs = theme_pairs([s.theme for s in scripts], cfg.max_pairs, cfg.seed)
     out = Path(cfg.out_dir)
-    with arm.active():
-        path = (run_interviews(cfg, arm.handle, progress, arm.system) if ranks is None
+    with arm.active(), reply_generator(cfg, arm) as generator:  # the vllm engine is freed before scoring
+        path = (run_interviews(cfg, arm.handle, progress, arm.system, generator) if ranks is None
                 else run_sharded(cfg, arm.handle, ranks, progress, arm.system))
     # the persona direction is read from the base model without any intervention (no run: there is none);
     # sharded, rank 0 reads it and sends it to the others (every rank scores along the same bytes)

@@ -5,7 +5,8 @@
 run's own code on the real scripts (``cfg.interviews``, ``config.conversation``, ``render_rows``,
 ``score.theme_pairs``), batch by batch as the run batches them, per rank of a sharded run (``shard.rank_blocks``):
 
-- generation (``run.interview_batch``): per turn, the interviews that reach it, the ``generate`` calls (one per
+- generation (``run.interview_batch``, by ``generation_backend``: HF ``generate`` or vLLM, named in the plan):
+  per turn, the interviews that reach it, the ``generate`` calls (one per
   batch and turn), the tokens generated (at most ``max_new_tokens`` per reply; a call runs one forward per new
   token, its prompt pass giving the first, so at most ``max_new_tokens`` forwards) and the prompt tokens each
   call prefills: the whole conversation so far, re-rendered at every turn. Turn 1's are exact; a later turn's
@@ -32,6 +33,10 @@ from .config import InterviewConfig, check_context, conversation
 from .incremental import pair_passes
 from .scripts import InterviewScript
 from .shard import rank_blocks
+from .vllm_backend import check_vllm_config
+
+BACKENDS = {"hf": "hf: HF generate", "vllm": "vllm: one LLM.generate per call, unpadded; needs vllm and a CUDA GPU"}
+"""How the plan names each generation backend (the scoring is the HF model's either way)."""
 
 
 @dataclass
@@ -106,6 +111,8 @@ class InterviewPlan:
     """Most tokens one interview can need: its last prompt with every reply ``max_new_tokens`` long, + its last reply."""
     pairs: dict[str, int]
     """Theme -> natural pairs each of its turns is scored on."""
+    backend: str
+    """What generates the replies (``generation_backend``): ``hf`` or ``vllm``."""
     total: RankPlan
     """The whole run (one process)."""
     ranks: list[RankPlan]
@@ -124,7 +131,7 @@ class InterviewPlan:
             out.append(f"{p.turn:4d} {p.interviews:10d} {p.calls:5d} {p.prefill_min:>10,d}-{p.prefill_max:<10,d} "
                        f"{p.padded_min:>10,d}-{p.padded_max:<10,d} {p.generated_max:11,d} {p.forwards_max:9,d} "
                        f"{p.pair_rows:9,d}")
-        out.append(f"generation: <= {t.over_turns('generated_max'):,} tokens in <= {t.over_turns('forwards_max'):,} forwards "
+        out.append(f"generation ({BACKENDS[self.backend]}): <= {t.over_turns('generated_max'):,} tokens in <= {t.over_turns('forwards_max'):,} forwards "
                    f"({t.over_turns('calls')} generate calls); prefill {t.over_turns('prefill_min'):,}-{t.over_turns('prefill_max'):,}"
                    f" tokens, padded {t.over_turns('padded_min'):,}-{t.over_turns('padded_max'):,}")
         out.append(f"scoring (exact): {t.scoring_forwards:,} forwards = {t.expressed_forwards:,} expressed "
@@ -189,6 +196,7 @@ def plan_interviews(cfg: InterviewConfig, world: int = 1, *, hf_config=None, tok
     from .score import theme_pairs
 
     scripts = cfg.interviews()
+    check_vllm_config(cfg)
     system = arm_system(cfg)
     if hf_config is None or tokenizer is None:
         got_cfg, got_tok = model_config_and_tokenizer(cfg.model)
@@ -215,5 +223,5 @@ def plan_interviews(cfg: InterviewConfig, world: int = 1, *, hf_config=None, tok
     note = estimate_note(tokenizer)
     if note:
         notes.append("tokens " + note.removeprefix("; "))
-    return InterviewPlan(cfg.model, world, cfg.batch_size, cfg.max_new_tokens, ctx, longest, pairs, total, ranks,
-                         notes)
+    return InterviewPlan(cfg.model, world, cfg.batch_size, cfg.max_new_tokens, ctx, longest, pairs,
+                         cfg.generation_backend, total, ranks, notes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -21,7 +22,7 @@ from undertow.core.seeds import derive_seed
 
 from .config import InterviewConfig, check_against_model, conversation
 from .errors import InterviewError
-from .generate import Reply, generate_replies
+from .generate import Reply, ReplyGenerator, generate_replies
 from .scripts import InterviewScript
 from .shard import fold_prefix, remove_parts
 from .transcripts import TRANSCRIPTS_FILE, Transcript, finished_lines, write_atomic
@@ -35,14 +36,16 @@ def turn_seed(seed: int, script_id: str, turn: int) -> int:
 
 
 def interview_batch(handle, batch: tuple[InterviewScript, ...], cfg: InterviewConfig,
-                    system: str | None = None) -> list[Transcript]:
+                    system: str | None = None, generator: ReplyGenerator | None = None) -> list[Transcript]:
     """The interviews of one batch, turn by turn: turn t of every script that has one is one ``generate``
-    (``system``: a system turn before each conversation, a prompted arm's)."""
+    (``system``: a system turn before each conversation, a prompted arm's; ``generator``: the generation
+    backend, default ``generate_replies`` on ``handle``)."""
+    generate = generator if generator is not None else partial(generate_replies, handle)
     replies: list[list[Reply]] = [[] for _ in batch]
     for t in range(max(len(s.turns) for s in batch)):
         active = [k for k, s in enumerate(batch) if len(s.turns) > t]
-        out = generate_replies(
-            handle, [conversation(batch[k], [r.text for r in replies[k]], system) for k in active],
+        out = generate(
+            [conversation(batch[k], [r.text for r in replies[k]], system) for k in active],
             [turn_seed(cfg.seed, batch[k].id, t + 1) for k in active], cfg.sampling,
             where=[f"{batch[k].id} turn {t + 1}" for k in active])
         for k, reply in zip(active, out, strict=True):
@@ -69,6 +72,8 @@ def check_resumable(out: Path, meta: dict) -> bool:
             raise InterviewError(f"{lines} exists without {META_FILE}; delete it or choose another out_dir")
         return False
     old = json.loads(meta_path.read_text(encoding="utf-8"))
+    # a field the record predates (``generation_backend``) matches when this run asks for its default
+    old["config"] = {**InterviewConfig().recorded(), **old.get("config", {})}
     for key in ("config", "scripts_sha256"):
         if old.get(key) != meta[key]:
             what = key
@@ -101,10 +106,13 @@ def _load(cfg: InterviewConfig):
     return load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
 
 
-def run_interviews(cfg: InterviewConfig, handle=None, progress: bool = True, system: str | None = None) -> Path:
+def run_interviews(cfg: InterviewConfig, handle=None, progress: bool = True, system: str | None = None,
+                   generator: ReplyGenerator | None = None) -> Path:
     """Run (or resume) the interviews of ``cfg``; returns the path of ``transcripts.jsonl``. ``handle``: a
     loaded model (default: ``cfg.model`` loaded here, only when interviews remain to be generated; an arm of a
     run: ``arm.load_arm``, its ``system`` prompt passed here and its intervention held open by the caller).
+    ``generator``: the generation backend (default: HF ``generate_replies`` on ``handle``; ``cfg``'s
+    ``vllm`` backend: ``vllm_backend.VllmGenerator``, built by the caller, called only if replies remain).
     Raises ``InterviewError`` (one line, the fix) on a bad scripts file, an empty selection, a context the
     replies cannot fit, or an ``out_dir`` holding another config's interviews."""
     interviews = cfg.interviews()
@@ -134,7 +142,7 @@ def run_interviews(cfg: InterviewConfig, handle=None, progress: bool = True, sys
     with bar:
         for start in range(len(done), len(interviews), cfg.batch_size):
             batch = interviews[start:start + cfg.batch_size]
-            data += b"".join(t.line() for t in interview_batch(handle, batch, cfg, system))
+            data += b"".join(t.line() for t in interview_batch(handle, batch, cfg, system, generator))
             write_atomic(path, data)
             bar.update(len(batch))
     return path

@@ -43,6 +43,7 @@ RAISED_BY = {
     "experiments/interview/arm.py": ["interview"],
     "experiments/interview/config.py": ["interview"],
     "experiments/interview/pipeline.py": ["interview"],
+    "experiments/interview/vllm_backend.py": ["interview"],
     "experiments/cli/interview.py": ["interview"],
     "experiments/study/evals.py:extract_like": ["probe evals"],
     "experiments/study/evals.py:evaluation_specs": ["probe sweep", "probe train"],
