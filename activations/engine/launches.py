@@ -131,10 +131,11 @@ def bare_batches(handle: ModelHandle, data: list[dict], config: ExtractConfig) -
 
 
 def run_bare(handle: ModelHandle, batches: list[list[list[int]]], deepest: HookPoint) -> None:
-    """The body forward over ``batches`` (right-padded), stopped after ``deepest``, no hook work."""
+    """The body forward over ``batches`` (right-padded and unmasked, as ``extraction.run_batch`` runs them),
+    stopped after ``deepest``, no hook work."""
     for seqs in batches:
-        ids_BT, mask_BT = pad_right(seqs, 0)
-        capture_hf(handle, ids_BT.to(handle.device), mask_BT.to(handle.device), [deepest], on_capture=lambda *_: None)
+        ids_BT, _ = pad_right(seqs, 0)
+        capture_hf(handle, ids_BT.to(handle.device), None, [deepest], on_capture=lambda *_: None)
 
 
 def run_engine(handle: ModelHandle, data: list[dict], config: ExtractConfig) -> None:
