@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
 
 CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1080px;margin:0 auto;padding:1.5em 2em;color:#1d1d1f}
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1240px;margin:0 auto;padding:1.5em 2em;color:#1d1d1f}
 h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.25em;margin:2em 0 .4em;border-bottom:1px solid #e3e3e3;padding-bottom:.2em}
 nav{font-size:13px;margin:.6em 0 1em}nav a{margin-right:1em;color:#0072B2;text-decoration:none}
 .headline{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:8px;padding:1em 1.3em}
@@ -20,7 +20,7 @@ nav{font-size:13px;margin:.6em 0 1em}nav a{margin-right:1em;color:#0072B2;text-d
 .headline dt{color:#666}.headline dd{margin:0}.answer{font-size:15.5px;margin:.4em 0 0}.caveats{font-size:13.5px;color:#555;margin:.6em 0 0}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px}
 .figure{margin:.6em 0 1.2em}.note{color:#666;font-size:13.5px}
-table{border-collapse:collapse;margin:.6em 0 1em;font-size:13px}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:13px;display:block;max-width:100%;overflow-x:auto}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
 th{background:#f4f4f4;position:sticky;top:0}td:first-child,th:first-child{text-align:left}
 table.wrap td:last-child{white-space:normal;text-align:left;min-width:16em}
