@@ -58,9 +58,10 @@ def interview(cfg: InterviewConfig, progress: bool = True, arm: ArmModel | None 
     this process's rank of a sharded run (``sharded.py``: same files, byte for byte); ranks other than 0
     return None once rank 0 has written ``results.json``."""
     scripts = cfg.interviews()
-    check_vllm(cfg, arm, sharded=ranks is not None)  # before any weight is read or file written
+    # before any weight is read or file written; without a loaded arm its condition is read from the run's files
+    # (an ablation or erasers there is what load_arm would hook in), so the loaded arm needs no second check
+    check_vllm(cfg, arm, sharded=ranks is not None)
     arm = arm if arm is not None else load_arm(cfg)
-    check_vllm(cfg, arm)
     probes, specs = load_probes(cfg, arm.base)
     pairs = theme_pairs([s.theme for s in scripts], cfg.max_pairs, cfg.seed)
     out = Path(cfg.out_dir)
