@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,9 +118,11 @@ def drain(outputs) -> None:
         pass
 
 
-def engine_run(handle, rows, hooks, positions, args, out: Path, share: bool = True) -> tuple[float, int]:
+def engine_run(handle, rows, hooks, positions, args, out: Path, share: bool = True,
+               layout: str = "auto") -> tuple[float, int]:
     cfg = ExtractConfig(model=handle.name, hooks=hooks, positions=positions, dtype="bfloat16", batch_size=args.batch_size,
-                        token_budget=args.token_budget, shard_size=512, out_dir=str(out), share_prompts=share)
+                        token_budget=args.token_budget, shard_size=512, out_dir=str(out), share_prompts=share,
+                        layout=layout)
     shutil.rmtree(out, ignore_errors=True)
     seconds = timed(lambda: extract(handle, rows, cfg))
     return seconds, sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -267,22 +270,27 @@ def run_all(args, skip: set) -> None:
     print(f"shared prompts: {len(groups)} prompts shared by {sum(map(len, groups))} rows; the shared path computes "
           f"{computed} of {tokens} real tokens ({computed / tokens:.0%})", flush=True)
     batches = padded_batches(handle, seqs, args)
-    t_bare, t_padded, t_engine, t_whole = [], [], [], []
+    times: dict[str, list[float]] = {k: [] for k in ("bare", "padded", "engine", "whole", "engine_padded")}
     for r in range(args.repeat):  # interleaved, best of each: the box is shared, so noise is one-sided
-        t_bare.append(bare_packed(handle, seqs, args))
-        t_padded.append(bare_padded(handle, batches))
+        times["bare"].append(bare_packed(handle, seqs, args))
+        times["padded"].append(bare_padded(handle, batches))
         secs, nbytes = engine_run(handle, rows, *all_layers, args, tmp / "engine")
-        t_engine.append(secs)
-        t_whole.append(engine_run(handle, rows, *all_layers, args, tmp / "whole", share=False)[0])
-        print(f"  round {r}: bare {tokens / t_bare[-1]:.0f} tok/s, bare padded {tokens / t_padded[-1]:.0f} tok/s, "
-              f"engine {tokens / secs:.0f} tok/s, engine share_prompts=False {tokens / t_whole[-1]:.0f} tok/s",
-              flush=True)
-    bare = report("bare packed (18 layers), best", min(t_bare), tokens, None)
-    padded = report("bare padded (the engine's batches), best", min(t_padded), tokens, bare)
-    engine = report("engine, all layers x 2 positions, best", min(t_engine), tokens, bare)
-    whole = report("engine, share_prompts=False, best", min(t_whole), tokens, bare)
+        times["engine"].append(secs)
+        times["whole"].append(engine_run(handle, rows, *all_layers, args, tmp / "whole", share=False)[0])
+        times["engine_padded"].append(engine_run(handle, rows, *all_layers, args, tmp / "ep", layout="padded")[0])
+        print(f"  round {r}: " + ", ".join(f"{k} {tokens / v[-1]:.0f} tok/s" for k, v in times.items()) +
+              f"; engine / bare packed {times['bare'][-1] / secs:.3f}x", flush=True)
+    best = {k: min(v) for k, v in times.items()}
+    bare = report("bare packed (18 layers), best", best["bare"], tokens, None)
+    padded = report("bare padded (the engine's batches), best", best["padded"], tokens, bare)
+    engine = report("engine, all layers x 2 positions, best", best["engine"], tokens, bare)
+    whole = report("engine, share_prompts=False, best", best["whole"], tokens, bare)
+    report("engine, layout padded, best", best["engine_padded"], tokens, bare)
+    paired = sorted(b / e for b, e in zip(times["bare"], times["engine"], strict=True))
+    FIGURES["engine / bare packed, paired rounds"] = {"ratios": [round(x, 3) for x in paired],
+                                                      "median": round(statistics.median(paired), 3)}
     print(f"  vs the engine's own batches (bare padded): engine {engine / padded:.3f}x, share_prompts=False "
-          f"{whole / padded:.3f}x", flush=True)
+          f"{whole / padded:.3f}x; engine / bare packed round by round {[round(x, 3) for x in paired]}", flush=True)
     print(f"  {nbytes / args.n:.0f} bytes/prompt stored (bf16, 36 keys)", flush=True)
     if "tl" not in skip:
         tl = load_model(args.model, backend="transformer_lens", dtype=args.model_dtype, device=args.device)

@@ -106,7 +106,7 @@ def measure(kind: str, args, tokenizer) -> dict:
     config = ExtractConfig(model=handle.name, hooks=["resid_post.*"], positions=args.positions.split(","),
                            dtype="bfloat16", model_dtype=args.dtype, batch_size=args.batch_size,
                            token_budget=args.token_budget, shard_size=args.shard_size, share_prompts=False,
-                           out_dir="unused")
+                           layout="padded", out_dir="unused")  # counts CUDA launches: a GPU's layout (config.py)
     cmp = compare(handle, data, config)  # warm-up, then both profiled
     b, e, batches = cmp.bare, cmp.engine, cmp.batches
     deepest = HookPoint(handle.n_layers - 1, "resid_post")

@@ -314,22 +314,26 @@ class _Work:
     """Sum over forwards of the padded length (mean batch shape = tokens_computed / length_sum rows)."""
 
 
-def _shard_work(rendered, config, n_layers_run: int, params_body: int, d_attn: int) -> _Work:
-    """Padded tokens, FLOPs and forward passes of one shard, batched exactly as the engine batches it."""
+def _shard_work(rendered, config, n_layers_run: int, params_body: int, d_attn: int, packed: bool = False) -> _Work:
+    """Tokens computed, FLOPs and forward passes of one shard, batched exactly as the engine batches it
+    (``packed``: a plain batch's projections and MLPs run on its real tokens only, its attention padded:
+    ``ExtractConfig.layout``)."""
     work = _Work()
 
-    def forward(rows: int, length: int, context: int) -> None:
-        work.tokens_computed += rows * length
+    def forward(rows: int, length: int, context: int, real: int | None = None) -> None:
+        tokens = rows * length if real is None else real
+        work.tokens_computed += tokens
         work.length_sum += length
-        work.flops += 2.0 * params_body * rows * length + 2.0 * n_layers_run * d_attn * rows * length * context
+        work.flops += 2.0 * params_body * tokens + 2.0 * n_layers_run * d_attn * rows * length * context
         work.forwards += 1
 
     groups, plain = [], list(range(len(rendered)))
     if config.share_prompts and config.backend == "hf":
         groups, plain = group_by_prompt(rendered)
-    for _, rows, length in batch_shapes([rendered[i].n_tokens for i in plain], config.batch_size,
-                                        config.token_budget, bucketed=config.compile != "none"):
-        forward(rows, length, length)  # a compiled body computes its bucket shapes (compiled.py)
+    for batch, rows, length in batch_shapes([rendered[i].n_tokens for i in plain], config.batch_size,
+                                            config.token_budget, bucketed=config.compile != "none"):
+        real = sum(rendered[plain[j]].n_tokens for j in batch) if packed else None
+        forward(rows, length, length, real)  # a compiled body computes its bucket shapes (compiled.py)
     for shared in shared_batches(groups, rendered, config.batch_size, config.token_budget):
         n_prompt = max(rendered[g[0]].n_prompt for g in shared.groups)
         forward(len(shared.groups), n_prompt, n_prompt)
@@ -407,6 +411,9 @@ def plan_extraction(config, dataset, gpu: str = "H100", cluster: ClusterConfig |
         act_bytes = config.token_budget * (6 * d_model + 3 * d_mlp) * width
         _check_fits(config.model, device_bytes(model, cluster, width), act_bytes, GPUS[gpu], cluster, tm)
     positions = parse_positions(config.positions)
+    # the engine's resolve_layout for the device planned: auto packs on the CPU only
+    packed = config.backend == "hf" and config.compile == "none" and (
+        config.layout == "packed" or (config.layout == "auto" and gpu == "cpu"))
     source = select_rows(dataset, config.max_rows, config.seed)
     n_shards = math.ceil(len(source) / config.shard_size)
     bytes_per_hook = {p.name: 0 for p in points}
@@ -421,7 +428,7 @@ def plan_extraction(config, dataset, gpu: str = "H100", cluster: ClusterConfig |
         for name in bytes_per_hook:
             bytes_per_hook[name] += file_bytes
         shard_out_max = max(shard_out_max, file_bytes * len(points))
-        shard_work.append(_shard_work(rendered, config, deepest + 1, params_body, d_attn))
+        shard_work.append(_shard_work(rendered, config, deepest + 1, params_body, d_attn, packed))
     report = _report(config, hf_config, model, cluster, tm, gpu, source, tokens, n_shards, bytes_per_hook,
                      shard_out_max, shard_work, (deepest + 1, d_model, d_mlp, width))
     report.assumptions += estimate_note(tokenizer)

@@ -8,6 +8,10 @@ Gemma-3-270M, 2 CPU cores (NOTES.md): per-prompt left-padded batches of 16
 reached 0.53x the real-token throughput of packed windows; sorted buckets
 leave a few % padding on suite-like length spreads.
 
+On the CPU the engine runs a batch's rows packed end to end instead
+(``ExtractConfig.layout``, ``activations/models/packed.py``): the same batches,
+no padded token through the projections and MLPs.
+
 Padding side: right. A causal HF body then sees each row's real tokens at
 positions 0..len-1, exactly as unpadded (HF derives position ids from
 ``cache_position``, not from the mask), and a row's token t sits at batch

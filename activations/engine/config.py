@@ -23,6 +23,8 @@ from .compiled import CompileMode
 from .positions import parse_positions
 from .render import Template
 
+Layout = Literal["auto", "padded", "packed"]
+"""How a plain batch's rows meet the model (``ExtractConfig.layout``)."""
 StoreDtype = Literal["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"]
 """A store dtype as a config spells it (``ExtractConfig.dtype``, ``StudyConfig.store_dtype``)."""
 STORE_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -73,6 +75,14 @@ class ExtractConfig(RowOptions):
     """Most rows in one forward batch."""
     token_budget: int = 8192
     """Most padded tokens (rows x longest row) in one batch; a longer row runs alone."""
+    layout: Layout = "auto"
+    """``hf`` backend, plain batches: ``packed`` runs a batch's rows end to end in one row (position ids restarting
+    per row), so the projections and MLPs see real tokens only and the attention alone sees them right-padded
+    (``activations/models/packed.py``); ``padded`` right-pads them to the batch's longest row. ``auto``: packed
+    on the CPU; padded on a GPU (packing adds 4 index ops per attention layer to a forward that is launch-bound
+    there with a small model; not measured on a GPU), under ``compile`` (fixed bucket shapes) and on the other
+    backends. Values match within float rounding (the same bits on the CPU measured), so a resumed run may
+    change it."""
     share_prompts: bool = True
     """``hf`` backend: run a prompt shared by several rows with responses once and the responses against its
     KV cache (``shared_prompts.py``); same values within float rounding, ~3x fewer tokens computed on the

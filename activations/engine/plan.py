@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -19,7 +20,7 @@ from .context import context_limit
 from .positions import Position, parse_positions
 from .rows import RowSource, select_rows
 
-BATCHING_FIELDS = ("batch_size", "token_budget", "share_prompts", "compile")
+BATCHING_FIELDS = ("batch_size", "token_budget", "share_prompts", "compile", "layout")
 """Config fields that change how rows are batched, not which rows or positions are stored. They change bf16
 values by rounding, so a resumed run may change them (after an out-of-memory) but each shard's manifest entry
 records the ones that computed it (``batching``), and the header's ``config`` leaves them out."""
@@ -52,6 +53,8 @@ class Plan:
     out_dtype: torch.dtype
     max_tokens: int | None = None
     """The model's context length (rows longer are refused or, with ``config.truncate``, cut); None: unknown."""
+    layout: Literal["padded", "packed"] = "padded"
+    """``config.layout`` resolved for this model (``resolve_layout``): how the plain batches run."""
 
     @property
     def out_dir(self) -> Path:
@@ -85,6 +88,21 @@ def _keys(points: list[HookPoint], positions: list[Position], d_model: int) -> d
             keys[f"{p.name}@{pos.spec}"] = {"hook": p.name, "position": pos.spec, "shape": shape,
                                             "per_token": pos.per_token}
     return keys
+
+
+def resolve_layout(config: ExtractConfig, handle: ModelHandle) -> Literal["padded", "packed"]:
+    """``config.layout`` for this model: ``auto`` packs on the CPU with the eager ``hf`` body (no device map),
+    else pads; ``packed`` where it cannot run is refused in one line."""
+    eager_hf = handle.backend == "hf" and config.compile == "none" and not handle.extra.get("device_map")
+    if config.layout == "packed" and not eager_hf:
+        why = (f"backend {handle.backend!r} runs padded batches" if handle.backend != "hf" else
+               f"compile: {config.compile} pads rows to its fixed bucket shapes" if config.compile != "none" else
+               "a device-mapped model runs padded batches")
+        raise ConfigError(f"{config.config_path('layout')}: packed needs the eager hf body ({why}): use layout: "
+                          "auto or padded")
+    if config.layout == "auto":
+        return "packed" if eager_hf and handle.device.type == "cpu" else "padded"
+    return config.layout
 
 
 def make_plan(handle: ModelHandle, dataset, config: ExtractConfig) -> Plan:
@@ -121,4 +139,4 @@ def make_plan(handle: ModelHandle, dataset, config: ExtractConfig) -> Plan:
     }
     token_position = next((p for p in positions if p.per_token), None)
     return Plan(config, points, row_positions, slots, token_position, source, header, STORE_TORCH_DTYPES[config.dtype],
-                max_tokens)
+                max_tokens, resolve_layout(config, handle))

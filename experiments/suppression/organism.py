@@ -9,7 +9,7 @@ every Gemma-3-270M block with logits at every position through the 262k head):
   backward pass stops at the first adapted block (``test_organism`` checks it).
 * packed steps: a step's sequences run end to end in one row with no padding
   (positions restart per sequence; only the attention sees them right-padded,
-  ``_packed_attention``), where the right-padded batch computed 1.19x the real
+  ``activations/models/packed.py``), where the right-padded batch computed 1.19x the real
   tokens (gemma demo schedule: 17,312 padded for 14,564 real);
 * a fused head (``_HeadLogp``): the [M, 262k] logits in one reused buffer, the
   gradient w.r.t. the hidden states taken in the same pass (the materialised
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from undertow.activations.engine.render import render_rows
-from undertow.activations.models.attention import custom_attention
 from undertow.activations.models.hooks import decoder_layers
+from undertow.activations.models.packed import Packing, check_used, packed_forward, packed_ids
 
 from .config import LoraConfig
 from .errors import ExperimentError
@@ -177,7 +177,7 @@ def _batch_tensors(batch: list[Seq], pad: int, device) -> tuple[torch.Tensor, ..
 class StepShape:
     """What one optimiser step computes (the dry-run planner mirrors it): ``rows x width`` token positions
     through the decoder's projections, norms and MLPs (no padding); the attention runs the sequences
-    right-padded, ``len(seq_lens) x max(seq_lens)`` (``_packed_attention``)."""
+    right-padded, ``len(seq_lens) x max(seq_lens)`` (``activations.models.packed``)."""
 
     rows: int
     width: int
@@ -191,95 +191,25 @@ def step_shape(batch: list[Seq]) -> StepShape:
     return StepShape(1, sum(lens), lens)
 
 
-class _Packing:
-    """Where each sequence of a packed row lies: ``bounds`` [S+1] into the row; ``slot_token`` [S * L] the row
-    position of each slot of the [S, L] right-padded layout the attention runs in (a pad slot repeats position
-    0: causal attention never lets a real query see it); ``token_slot`` [N] the slot of each row position.
-    ``calls`` counts the attention calls that used it (a decoder that bypassed the interface makes none)."""
-
-    def __init__(self, lens: list[int], device):
-        self.n_seqs, self.width = len(lens), max(lens)
-        self.bounds = [0]
-        slots, tokens = [], []
-        for j, n in enumerate(lens):
-            o = self.bounds[-1]
-            slots += range(o, o + n)
-            slots += [0] * (self.width - n)
-            tokens += range(j * self.width, j * self.width + n)
-            self.bounds.append(o + n)
-        self.slot_token = torch.tensor(slots, device=device)
-        self.token_slot = torch.tensor(tokens, device=device)
-        self.calls = 0
-
-
 def _packed_tensors(batch: list[Seq], device) -> tuple:
     """``batch`` end to end in one row: ids and position ids [1, N] (positions restart at 0 per sequence), its
-    ``_Packing``, the flat position of every hidden state that predicts a loss token, and the targets."""
-    ids, pos, flat, targets, o = [], [], [], [], 0
-    for s in batch:
+    ``Packing``, the flat position of every hidden state that predicts a loss token, and the targets."""
+    ids, pos, packing = packed_ids([s.ids for s in batch], device)
+    flat, targets = [], []
+    for s, o in zip(batch, packing.bounds, strict=False):
         n = len(s.ids)
-        ids += s.ids
-        pos += range(n)
         flat += range(o + n - s.n_loss - 1, o + n - 1)  # the token at t is predicted from the state at t-1
         targets += s.ids[n - s.n_loss:]
-        o += n
-    return (torch.tensor([ids], device=device), torch.tensor([pos], device=device),
-            _Packing([len(s.ids) for s in batch], device), torch.tensor(flat, device=device),
-            torch.tensor(targets, device=device))
+    return ids, pos, packing, torch.tensor(flat, device=device), torch.tensor(targets, device=device)
 
 
-PACKED_ATTENTION = "undertow_packed"
-"""The attention implementation the packed forward switches the model to (registered with transformers'
-``AttentionInterface``; no mask interface, so the decoder builds no mask and passes None)."""
-
-
-def _packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
-                      softcap=None, packing: _Packing | None = None, **kwargs):
-    """Causal attention within each sequence of a packed row: ``query`` [1, H, N, d], ``key``/``value``
-    [1, Hkv, N, d] -> [1, N, H, d]. Only here do the sequences sit right-padded ([S, H, L, d], gathered by
-    index), so one batched sdpa call runs them: the math of the padded batch's sdpa/eager attention (sliding
-    window: a key ``sliding_window`` or more back is masked, as ``masking_utils.sliding_window_overlay``;
-    ``softcap``: Gemma-2's tanh cap on the scores, eager). One sdpa call per sequence instead cost 8.6x the
-    padded batch's sdpa backward (1,120 vs 130 ms a step: 48 small calls, and each slice's backward
-    materialised a full-row zero gradient)."""
-    if packing is None:
-        raise ExperimentError("packed attention called without its sequence layout (organism._packed_hidden "
-                              "passes it); this model's decoder does not forward attention kwargs: train it "
-                              "with padded=True")
-    packing.calls += 1
-    n_seqs, width = packing.n_seqs, packing.width
-
-    def to_slots(x):  # [1, h, N, d] -> [S, h, L, d]
-        return x[0].index_select(1, packing.slot_token).view(x.shape[1], n_seqs, width, x.shape[-1]).transpose(0, 1)
-
-    q, k, v = to_slots(query), to_slots(key), to_slots(value)
-    groups = q.shape[1] // k.shape[1]
-    mask = None
-    if (sliding_window is not None and width > sliding_window) or softcap is not None:
-        i = torch.arange(width, device=q.device)
-        mask = i[:, None] >= i[None, :]
-        if sliding_window is not None:
-            mask &= i[None, :] > i[:, None] - sliding_window
-    if softcap is None:
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
-                                           scale=scaling, enable_gqa=groups > 1)
-    else:
-        k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-        w = torch.tanh(q @ k.transpose(-1, -2) * scaling / softcap) * softcap
-        w = w.masked_fill(~mask, torch.finfo(w.dtype).min).softmax(-1, dtype=torch.float32).to(q.dtype)
-        o = F.dropout(w, p=dropout, training=dropout > 0) @ v
-    heads, d = o.shape[1], o.shape[-1]
-    return o.transpose(1, 2).reshape(n_seqs * width, heads, d).index_select(0, packing.token_slot)[None], None
-
-
-def _packed_hidden(model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor, packing: _Packing) -> torch.Tensor:
-    """The decoder's last hidden state [N, D] of a packed row, each sequence attending only to itself."""
-    with custom_attention(model.config, PACKED_ATTENTION, _packed_attention):
+def _packed_hidden(model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """The decoder's last hidden state [N, D] of a packed row, each sequence attending only to itself
+    (``activations/models/packed.py``)."""
+    with packed_forward(model.config):
         hidden = model.get_decoder()(input_ids=ids, position_ids=pos, packing=packing,
                                      use_cache=False).last_hidden_state[0]
-    if packing.calls == 0:
-        raise ExperimentError(f"{type(model).__name__}: its attention ignored transformers' attention interface, "
-                              "so the packed forward would mix sequences; train it with padded=True")
+    check_used(packing, model, "train it with padded=True")
     return hidden
 
 

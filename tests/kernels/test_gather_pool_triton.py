@@ -64,6 +64,28 @@ def test_all_tokens_layout_and_strided_input():
     assert_same(got, want, torch.bfloat16)
 
 
+def test_packed_row_read_through_a_stride_0_view():
+    """The engine's packed layout: one [1, N, D] row seen as [B, N, D] by ``expand`` (row stride 0), each row's
+    spans moved to its own tokens: the kernel reads it in place, as the reference does and as the same rows
+    padded give."""
+    gen = torch.Generator().manual_seed(2)
+    lengths = [5, 9, 3]
+    row = torch.randn(1, sum(lengths), 40, generator=gen)
+    offsets = torch.tensor([0, 5, 14])[:, None]
+    starts = torch.tensor([[4, 0], [8, 2], [2, 1]])  # last token, then a span to each row's end
+    ends = torch.tensor([[5, 5], [9, 9], [3, 3]])
+    packed = row.expand(3, -1, -1)
+    assert packed.stride(0) == 0
+    padded = torch.zeros(3, 9, 40)
+    for b, n in enumerate(lengths):
+        padded[b, :n] = row[0, int(offsets[b]):int(offsets[b]) + n]
+    want = gather_pool_ref(padded, starts, ends, torch.float32)
+    assert_same(gather_pool_ref(packed, starts + offsets, ends + offsets, torch.float32), want, torch.float32)
+    got = gather_pool_triton(packed.to(DEVICE), (starts + offsets).to(DEVICE), (ends + offsets).to(DEVICE),
+                             torch.float32)
+    assert_same(got, want, torch.float32)
+
+
 def test_empty_batch():
     got = gather_pool_triton(torch.zeros(0, 3, 8, device=DEVICE), torch.zeros(0, 2, dtype=torch.long, device=DEVICE),
                              torch.zeros(0, 2, dtype=torch.long, device=DEVICE), torch.float32)

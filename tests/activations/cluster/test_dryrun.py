@@ -80,6 +80,18 @@ def _replica(model_id: str, vocab: int):
                        architectures=["LlamaForCausalLM"])
 
 
+def test_a_gpu_plan_counts_padded_tokens_and_a_packed_layout_real_ones(tiny_llama_dir, chat_rows):
+    """layout auto pads on a GPU (the planned device) and packs on the CPU; packed computes the real tokens
+    through the projections (``ExtractConfig.layout``), so a plan for each says so."""
+    rows = chat_rows(23)
+    config = ExtractConfig(model=str(tiny_llama_dir), hooks=["resid_post.*"], share_prompts=False, batch_size=4,
+                           token_budget=300, out_dir="unused")
+    gpu, cpu = plan_extraction(config, rows, gpu="H100"), plan_extraction(config, rows, gpu="cpu")
+    packed_gpu = plan_extraction(config.replace(layout="packed"), rows, gpu="H100")
+    assert cpu.tokens_computed == packed_gpu.tokens_computed == cpu.tokens < gpu.tokens_computed
+    assert cpu.batches == gpu.batches  # the same batches, laid out differently
+
+
 @pytest.mark.parametrize("path", CLUSTERS, ids=[p.stem for p in CLUSTERS])
 def test_cluster_configs_dry_run_on_replicas(path, small_tokenizer, chat_rows):
     config, cluster = load_cluster_yaml(path)

@@ -23,12 +23,14 @@ from undertow.core.errors import ConfigError
 POSITIONS = ["last_prompt_token", "mean_response", "mean_prompt", "last_k:3", "token:<|im_start|>", "all_tokens"]
 
 
+@pytest.mark.parametrize("layout", ["padded", "packed"])
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_gemma"])
-def test_batched_store_equals_single_row_forward(chat_rows, model, request, make_config):
+def test_batched_store_equals_single_row_forward(chat_rows, model, layout, request, make_config):
     handle = request.getfixturevalue(model)
     rows = chat_rows(13)
-    store = extract(handle, datasets.Dataset.from_list(rows),
-                    make_config(model=handle.name, hooks=["resid_post.*", "mlp_out.0"], positions=POSITIONS))
+    store = extract(handle, datasets.Dataset.from_list(rows), make_config(
+        model=handle.name, hooks=["resid_post.*", "mlp_out.0"], positions=POSITIONS, layout=layout))
+    assert {s["batching"]["layout"] for s in store.manifest["shards"]} == {layout}
     assert len(store) == 13 and store.hooks == store.keys and len(store.keys) == 3 * len(POSITIONS)
     im_start = handle.tokenizer.convert_tokens_to_ids("<|im_start|>")
     lengths = [render_row(handle.tokenizer, r).n_tokens for r in rows]
@@ -80,7 +82,8 @@ def test_stats_match_stored_values(chat_rows, tiny_llama, make_config):
         torch.testing.assert_close(s["var"].double(), x.var(0, unbiased=False), rtol=1e-4, atol=1e-6)
 
 
-def test_nan_is_stored_counted_and_reported(chat_rows, tiny_llama, make_config):
+@pytest.mark.parametrize("layout", ["padded", "packed"])  # packed: a NaN row's pads once leaked it to its batch
+def test_nan_is_stored_counted_and_reported(chat_rows, tiny_llama, make_config, layout):
     rows = chat_rows(12)
     rows[7]["messages"][0]["content"] += " Xylophone"
     mark = tiny_llama.tokenizer(" Xylophone", add_special_tokens=False)["input_ids"][0]
@@ -88,7 +91,7 @@ def test_nan_is_stored_counted_and_reported(chat_rows, tiny_llama, make_config):
     hook = embed.register_forward_hook(lambda m, args, out: out.masked_fill((args[0] == mark)[..., None], float("nan")))
     try:
         with pytest.warns(NonFiniteWarning, match="non-finite activations stored"):
-            store = extract(tiny_llama, rows, make_config())
+            store = extract(tiny_llama, rows, make_config(layout=layout))
     finally:
         hook.remove()
     key = "resid_post.1@last_prompt_token"
@@ -141,3 +144,31 @@ def test_existing_store_needs_resume_or_overwrite(chat_rows, tiny_llama, make_co
     with pytest.raises(StoreError, match="cannot resume into .*hooks="):
         extract(tiny_llama, chat_rows(6), make_config(hooks=["resid_post.0"]), resume=True)
     assert len(ActivationStore(cfg.out_dir)) == 6
+
+
+def test_layout_auto_packs_on_the_cpu_and_pads_under_compile(tiny_llama, make_config):
+    from undertow.activations.engine.plan import resolve_layout
+
+    assert resolve_layout(make_config(), tiny_llama) == "packed"  # eager hf body on the CPU
+    assert resolve_layout(make_config(compile="compile"), tiny_llama) == "padded"  # fixed bucket shapes
+    assert resolve_layout(make_config(layout="padded"), tiny_llama) == "padded"
+
+
+def test_packed_layout_where_it_cannot_run_is_one_line_before_the_store(chat_rows, tiny_llama, make_config, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match=r"^layout: packed needs the eager hf body \(compile: compile pads"):
+        extract(tiny_llama, chat_rows(4), make_config(layout="packed", compile="compile", out_dir=str(out)))
+    assert not out.exists()
+
+
+def test_a_decoder_that_bypasses_the_attention_interface_cannot_pack(chat_rows, tiny_llama, make_config,
+                                                                      monkeypatch):
+    """Without the packed attention the rows of a packed forward would see each other: refused, naming the fix."""
+    import contextlib
+
+    from undertow.activations.engine import extraction
+    from undertow.activations.models.packed import PackingError
+
+    monkeypatch.setattr(extraction, "packed_forward", lambda config: contextlib.nullcontext())
+    with pytest.raises(PackingError, match="ignored transformers' attention interface.*set layout: padded"):
+        extract(tiny_llama, chat_rows(4), make_config(layout="packed"))

@@ -95,10 +95,11 @@ def test_resume_records_the_batching_of_each_shard(tiny_llama, make_config, chat
     store = extract(tiny_llama, chat_rows(8), cfg)
     assert "batch_size" not in store.manifest["config"] and "token_budget" not in store.manifest["config"]
     (store.path / "rows" / "00001.jsonl").unlink()  # shard 1 lost a file: resume re-extracts it, keeps shard 0
-    resumed = extract(tiny_llama, chat_rows(8), cfg.replace(batch_size=1, token_budget=300), resume=True)
-    assert [s["batching"] for s in resumed.manifest["shards"]] == [
-        {"batch_size": 4, "token_budget": 512, "share_prompts": True, "compile": "none"},
-        {"batch_size": 1, "token_budget": 300, "share_prompts": True, "compile": "none"}]
+    resumed = extract(tiny_llama, chat_rows(8), cfg.replace(batch_size=1, token_budget=300, layout="padded"),
+                      resume=True)
+    assert [s["batching"] for s in resumed.manifest["shards"]] == [  # the layout as it ran (auto: packed on a CPU)
+        {"batch_size": 4, "token_budget": 512, "share_prompts": True, "compile": "none", "layout": "packed"},
+        {"batch_size": 1, "token_budget": 300, "share_prompts": True, "compile": "none", "layout": "padded"}]
     resumed.verify()
 
 

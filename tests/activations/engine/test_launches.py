@@ -51,7 +51,7 @@ def unpatched(bf16_models, chat_rows):
 def measure(handle, chat_rows) -> Comparison:
     config = ExtractConfig(model=handle.name, hooks=["resid_post.*"], positions=["last_prompt_token", "mean_response"],
                            dtype="bfloat16", model_dtype="bfloat16", batch_size=4, token_budget=512, shard_size=8,
-                           share_prompts=False, out_dir="unused")
+                           share_prompts=False, layout="padded", out_dir="unused")  # a GPU's layout (config.py)
     got = compare(handle, chat_rows(8), config)
     assert (got.n_batches, got.n_shards) == (2, 1)
     assert got.bare["launches"]["forward"] == got.engine["launches"]["forward"] > 0  # like for like

@@ -46,8 +46,9 @@ def _stage_dir(out: Path, label: str) -> tuple[Path, str, str]:
 
 def plan_then_run(cfg: RunConfig):
     """The plan, then the real run with every embedding lookup (one per body forward) recorded as its input
-    shape ``(rows, tokens)``."""
-    plan = plan_run(cfg, gpu="H100")
+    shape ``(rows, tokens)``. Planned for the CPU the run runs on: its extractions pack rows there
+    (``ExtractConfig.layout``), on a GPU they pad."""
+    plan = plan_run(cfg, gpu="cpu")
     shapes: list[tuple[int, ...]] = []
 
     def record(module, args):
