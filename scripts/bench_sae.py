@@ -91,7 +91,7 @@ def tl_only():
     import gc
 
     from undertow.activations import load_model
-    from undertow.activations.engine.extraction import trim_host_heap
+    from undertow.activations.engine.heap import trim_host_heap
 
     handle = load_model(MODEL, backend="transformer_lens")
     tl = handle.model

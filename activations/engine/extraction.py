@@ -41,7 +41,6 @@ CLI summary: a probe reading them fails loudly rather than learning from zeros.
 
 from __future__ import annotations
 
-import ctypes
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +63,7 @@ from .capture import capture, capture_hf
 from .compiled import CompiledBody, batch_shapes, rows_only
 from .config import ExtractConfig
 from .context import fit_context
+from .heap import HeapTrimmer, trim_host_heap
 from .plan import BATCHING_FIELDS, Plan, make_plan
 from .positions import spans
 from .render import Rendered, render_rows
@@ -161,6 +161,7 @@ def run_shards(handle: ModelHandle, plan: Plan, writer: ShardWriter, shard_ids: 
     Tokenising 4,096 suite rows takes ~1 s on 2 cores, ~40 % of an H100 pass over them with a 270M model."""
     renderer = ThreadPoolExecutor(1, thread_name_prefix="undertow-render")
     body = CompiledBody(handle, plan.config.compile, plan.points) if plan.config.compile != "none" else None
+    trim = HeapTrimmer()
     try:
         nxt = renderer.submit(_render_shard, handle, plan, shard_ids[0]) if shard_ids else None
         for i, k in enumerate(shard_ids):
@@ -168,7 +169,7 @@ def run_shards(handle: ModelHandle, plan: Plan, writer: ShardWriter, shard_ids: 
             if i + 1 < len(shard_ids):
                 nxt = renderer.submit(_render_shard, handle, plan, shard_ids[i + 1])
             lo, hi = plan.shard_rows(k)
-            tensors, moments, nonfinite_S = extract_shard(handle, plan, raw, rendered, lo, progress, body)
+            tensors, moments, nonfinite_S = extract_shard(handle, plan, raw, rendered, lo, progress, body, trim)
             by_hook, meta, nonfinite = _shard_files(plan, lo, raw, rendered, tensors, moments, nonfinite_S, cut)
             writer.submit(k, (lo, hi), sum(x.n_tokens for x in rendered), by_hook, meta, nonfinite,
                           _shard_extra(plan, lo, cut))
@@ -184,7 +185,8 @@ def _where(plan: Plan, raw: list[dict], lo: int, i: int) -> str:
 
 
 def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: list[Rendered], lo: int,
-                  progress: Progress | None, body: CompiledBody | None = None):
+                  progress: Progress | None, body: CompiledBody | None = None,
+                  trim: Callable[[], None] = trim_host_heap):
     """Run every batch of one shard; returns the sink's (tensors, moments, non-finite per row).
 
     Rows that share a prompt with other rows run as shared-prompt batches (``shared_prompts.py``) when the
@@ -206,7 +208,7 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
                        packed)
 
     def done(batch: list[int]) -> None:
-        trim_host_heap()
+        trim()  # heap.py: when the process has grown, not after every batch
         if progress is not None:
             progress(len(batch), sum(rendered[i].n_tokens for i in batch))
 
@@ -221,27 +223,6 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
         for chunk in shared.chunks:
             done([i for _, i in chunk])
     return sink.finish()
-
-
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")  # glibc (Linux); elsewhere nothing to do
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-
-
-def trim_host_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), once per batch.
-
-    Activations of every batch shape come and go; glibc's dynamic mmap threshold then serves them from the
-    heap, and the holes left between live blocks are never returned, so peak RSS crept up with the number
-    of prompts: Gemma-3-270M, all 18 layers on CPU, 512 prompts 1,529 MB vs 4,096 prompts 2,200 MB before this
-    (1.44x), 1,827 vs 1,935 MB (1.06x) with it. The call costs ~0.2 ms against ~1 s of forward per batch."""
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
 
 
 def _pad_id(tokenizer) -> int:

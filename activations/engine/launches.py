@@ -35,6 +35,7 @@ from undertow import kernels
 
 from ..models.handle import ModelHandle
 from ..models.hooks import HookPoint
+from ..models.packed import packed_forward, packed_ids
 from .batching import pad_right
 from .capture import capture_hf
 from .compiled import batch_shapes
@@ -80,6 +81,8 @@ SOURCES = {
     ("extraction.py", "_pooler"): ("index tensors", "batch"),
     ("extraction.py", "_batch_index"): ("index tensors", "batch"),
     ("extraction.py", "run_batch"): ("batch inputs", "batch"),
+    ("extraction.py", "run_packed"): ("batch inputs", "batch"),
+    ("packed.py", "*"): ("forward", "batch"),  # the packed layout's gathers and index tensors: its forward's own
     ("batching.py", "*"): ("batch inputs", "batch"),
     ("sink.py", "put"): ("copies to host", "batch"),
     ("sink.py", "_stage"): ("copies to host", "batch"),
@@ -130,10 +133,16 @@ def bare_batches(handle: ModelHandle, data: list[dict], config: ExtractConfig) -
     return out
 
 
-def run_bare(handle: ModelHandle, batches: list[list[list[int]]], deepest: HookPoint) -> None:
-    """The body forward over ``batches`` (right-padded and unmasked, as ``extraction.run_batch`` runs them),
-    stopped after ``deepest``, no hook work."""
+def run_bare(handle: ModelHandle, batches: list[list[list[int]]], deepest: HookPoint, packed: bool = False) -> None:
+    """The body forward over ``batches`` (right-padded and unmasked, as ``extraction.run_batch`` runs them, or
+    ``packed`` end to end as ``extraction.run_packed`` does), stopped after ``deepest``, no hook work."""
     for seqs in batches:
+        if packed:
+            ids_1N, pos_1N, packing = packed_ids(seqs, handle.device)
+            with packed_forward(handle.hf_model.get_decoder().config):
+                capture_hf(handle, ids_1N, None, [deepest], on_capture=lambda *_: None, position_ids=pos_1N,
+                           packing=packing)
+            continue
         ids_BT, _ = pad_right(seqs, 0)
         capture_hf(handle, ids_BT.to(handle.device), None, [deepest], on_capture=lambda *_: None)
 
@@ -289,11 +298,14 @@ class Comparison:
 
 
 def compare(handle: ModelHandle, data: list[dict], config: ExtractConfig) -> Comparison:
-    """Profile the bare forward (to the last layer) and ``extract()`` on ``data``, each run once unprofiled
-    first (a warm-up)."""
+    """Profile the bare forward (to the last layer, in the layout the engine resolves ``config.layout`` to)
+    and ``extract()`` on ``data``, each run once unprofiled first (a warm-up)."""
+    from .plan import resolve_layout
+
     batches = bare_batches(handle, data, config)
     deepest = HookPoint(handle.n_layers - 1, "resid_post")
-    bare = lambda: run_bare(handle, batches, deepest)  # noqa: E731
+    packed = resolve_layout(config, handle) == "packed"
+    bare = lambda: run_bare(handle, batches, deepest, packed)  # noqa: E731
     engine = lambda: run_engine(handle, data, config)  # noqa: E731
     bare(), engine()  # warm-up
     b, e = profiled(bare), profiled(engine)
