@@ -34,7 +34,8 @@ rows: 57,810 real tokens, 128 prompts x 4 replies, avg 113 tokens), batch 16, 2,
       engine, all_tokens (bf16)                    2857 tok/s   3.00x SAELens; 144.8 kB/prompt
       SAELens CacheActivationsRunner (fp32 Arrow)   952 tok/s                    287.6 kB/prompt
     peak RSS, --rss-only (all 18 layers x 2 positions, shared prompts): 512 prompts 1,827 MB, 4,096 prompts
-    1,935 MB (1.06x; goal <= 1.10x); 1,529 vs 2,200 MB (1.44x) before the engine called malloc_trim per batch.
+    1,935 MB (1.06x; goal <= 1.10x); 1,529 vs 2,200 MB (1.44x) before the engine called malloc_trim per batch;
+    1,682 vs 1,755 MB (1.044x) on 2026-12-07 with the trim only when the process grows (heap.py).
 Profile (cProfile, 40 prompts, no sharing): >99 % of the engine's CPU time is inside the HF layers; pooling,
 the store and the manifest are noise on CPU. H100 (bf16, random weights of the same shape, 4,096 rows,
 batch 256, 32,768-token budget, --device cuda --model DIR --rows FILE): bare 476k tok/s; engine 0.60x with
@@ -42,19 +43,23 @@ the fused Triton gather_pool (0.56x with the reference), 0.49x without sharing: 
 launch-bound at this size (29k launches per run, 1.29 s host time for 0.62 s of GPU time).
 
 Unique prompts (``--rows`` of 256 unique lm-survival-instinct questions, the answer teacher-forced: 21,381
-tokens, 5.3% padding in the engine's batches; Gemma-3-270M fp32, 2 threads, quiet, 2026-12-07): the bare
-packed forward's speed is a property of the process, not of the code. Its best of 3-6 rounds was 21.9, 22.1,
-22.8, 23.0, 24.6, 26.3 and 26.6 s in seven processes, while the same rows through the engine's own batches
-(``bare padded``) took 23.5-24.8 s in six and the engine 23.9-25.6 s in four. So ``engine / bare packed`` reads
-0.92-1.03 by process (the 1.05x and 0.92x once read as a slowdown are two such draws); ``engine / bare padded``
-read 0.967, 0.973 and 0.985 (hooks, pooling and store: 1.5-3.3%), which is why the bench prints both. This
-bench, ``--rows <those 256> --n 256 --skip rss,saelens,tl,nnsight --repeat 3 --threads 2`` (record
-``scripts/results/bench_extract_unique_prompts.json``): bare packed 901 tok/s, bare padded 848 (0.94x), engine 840
-(0.93x bare packed, 0.990x bare padded), engine share_prompts=False 852 (1.004x bare padded). Packing
-whole rows into longer sequences to drop the padding (position ids restarting at each row, so HF builds the
-block-diagonal causal mask): 128-token bins kept 5.1% waste and ran 1.02x the padded batches; 256- and 512-token
-bins (0.7% and 1.1% waste) ran 0.89x and 0.88x of them, the masked attention over longer sequences costing more
-than the padding saved: not adopted.
+tokens, 5.3% padding in the engine's length-bucketed batches; Gemma-3-270M fp32, 2 threads, quiet,
+2026-12-07). The bare packed forward's speed is a property of the process: its best of 3-6 rounds was 21.9-26.6 s
+in seven processes for the same code and rows. The cause is the allocator: its slow rounds took 2.0-2.2 million
+minor page faults (tensors of a 2,048-token batch served by fresh mmaps, zero-filled on first touch), its fast
+ones 30-500 thousand (``getrusage`` minor-fault counts around each round). Two engine changes followed:
+(1) on the CPU a batch's rows run packed end to end (``ExtractConfig.layout``), so no padding goes through the
+projections and MLPs: 1.03-1.04x the engine's padded layout in the same process; (2) the host heap is trimmed
+only when the process has grown (``activations/engine/heap.py``), not after every batch: 29-35 thousand page
+faults per run instead of 320-370 thousand. ``engine / bare packed`` per round, interleaved, one process each:
+process 1 (layout packed, trim per batch) 0.980, 0.998, 1.027, 1.088 (median 1.013); process 2 (same code)
+0.949-0.976 (median 0.968); process 3 (heap trimmed on growth; record
+``scripts/results/bench_extract_unique_prompts.json``) 0.982, 0.985, 0.988, 0.992, 1.073 (median 0.988): bare packed
+963 tok/s best, the engine 948 (0.98x; 1.045x the bare body over its own padded batches), the engine with
+``layout: padded`` 920 (0.96x). In the process where the bare forward ran fastest the engine stays 1-2% below
+it: the packing's gathers (1.1% of the engine's CPU time, torch.profiler) and the pooling and store.
+Earlier attempt, not adopted: packing whole rows into 256- or 512-token sequences under a block-diagonal mask
+(no re-padding for the attention) ran 0.89x and 0.88x of the padded batches.
 """
 
 from __future__ import annotations
