@@ -90,14 +90,21 @@ def _keys(points: list[HookPoint], positions: list[Position], d_model: int) -> d
     return keys
 
 
+def _one_device(handle: ModelHandle) -> bool:
+    """Whether every layer computes on one device (a device map over host groups and disk counts: the
+    activations all live on the host), so the packed layout's index tensors sit where each layer reads them."""
+    placed = {str(d) for d in (handle.extra.get("device_map") or {}).values()} - {"disk"}
+    return len(placed) <= 1
+
+
 def resolve_layout(config: ExtractConfig, handle: ModelHandle) -> Literal["padded", "packed"]:
-    """``config.layout`` for this model: ``auto`` packs on the CPU with the eager ``hf`` body (no device map),
-    else pads; ``packed`` where it cannot run is refused in one line."""
-    eager_hf = handle.backend == "hf" and config.compile == "none" and not handle.extra.get("device_map")
+    """``config.layout`` for this model: ``auto`` packs on the CPU with the eager ``hf`` body (a device map
+    over host groups included), else pads; ``packed`` where it cannot run is refused in one line."""
+    eager_hf = handle.backend == "hf" and config.compile == "none" and _one_device(handle)
     if config.layout == "packed" and not eager_hf:
         why = (f"backend {handle.backend!r} runs padded batches" if handle.backend != "hf" else
                f"compile: {config.compile} pads rows to its fixed bucket shapes" if config.compile != "none" else
-               "a device-mapped model runs padded batches")
+               "a model mapped over several devices runs padded batches")
         raise ConfigError(f"{config.config_path('layout')}: packed needs the eager hf body ({why}): use layout: "
                           "auto or padded")
     if config.layout == "auto":
