@@ -96,7 +96,11 @@ def test_the_hub_is_judged_unreachable_once_and_quickly(offline_by, no_hub, monk
 def test_a_hanging_connection_is_given_up_after_the_timeout(monkeypatch):
     """A login node whose DNS or firewall never answers: the check returns False at its timeout."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))
+    def hang(*args, **kwargs):  # then fail as a connect that timed out would (the probe's thread ends quietly)
+        time.sleep(30)
+        raise TimeoutError("timed out (test)")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
     shipped._probe_hub.cache_clear()
     try:
         t0 = time.perf_counter()
