@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine.compiled import batch_shapes
+from ..engine.plan import layout_for
 from ..engine.positions import parse_positions
 from ..engine.render import render_rows
 from ..engine.rows import select_rows
@@ -411,9 +412,9 @@ def plan_extraction(config, dataset, gpu: str = "H100", cluster: ClusterConfig |
         act_bytes = config.token_budget * (6 * d_model + 3 * d_mlp) * width
         _check_fits(config.model, device_bytes(model, cluster, width), act_bytes, GPUS[gpu], cluster, tm)
     positions = parse_positions(config.positions)
-    # the engine's resolve_layout for the device planned: auto packs on the CPU only
-    packed = config.backend == "hf" and config.compile == "none" and (
-        config.layout == "packed" or (config.layout == "auto" and gpu == "cpu"))
+    # the engine's layout on the device planned: a rank split over several GPUs computes on several devices
+    packed = layout_for(config, config.backend, "cpu" if gpu == "cpu" else "cuda",
+                        one_device=gpu == "cpu" or cluster.gpus_per_rank <= 1) == "packed"
     source = select_rows(dataset, config.max_rows, config.seed)
     n_shards = math.ceil(len(source) / config.shard_size)
     bytes_per_hook = {p.name: 0 for p in points}

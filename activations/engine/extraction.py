@@ -53,6 +53,7 @@ from undertow.kernels.batch_pool import BatchPool
 from undertow.kernels.gather_pool import index_for
 
 from ..models.handle import ModelHandle
+from ..models.hooks import HookPoint
 from ..models.packed import check_used, packed_forward, packed_ids
 from ..store.manifest import MANIFEST, finalize
 from ..store.preflight import check_free_space, store_bytes_estimate
@@ -212,10 +213,10 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
         if progress is not None:
             progress(len(batch), sum(rendered[i].n_tokens for i in batch))
 
+    packed = plan.layout == "packed" and body is None
     for batch, _, _ in batch_shapes([rendered[i].n_tokens for i in plain], plan.config.batch_size,
                                     plan.config.token_budget, bucketed=body is not None):
         batch = [plain[j] for j in batch]
-        packed = plan.layout == "packed" and body is None
         run_batch(handle, plan, [rendered[i].ids for i in batch], pool_rows(batch, packed), body, packed)
         done(batch)
     for shared in shared_batches(groups, rendered, plan.config.batch_size, plan.config.token_budget):
@@ -308,7 +309,7 @@ def run_batch(handle: ModelHandle, plan: Plan, seqs: list[list[int]],
     shape, the dummy rows cut off before ``on_capture``) when given."""
     dev = handle.device
     if packed:
-        return run_packed(handle, plan, seqs, on_capture)
+        return run_packed(handle, plan.points, seqs, on_capture)
     if body is None:
         ids_BT, mask_BT = pad_right(seqs, _pad_id(handle.tokenizer), pin=dev.type == "cuda")
     else:
@@ -335,10 +336,11 @@ def run_batch(handle: ModelHandle, plan: Plan, seqs: list[list[int]],
             on_capture(name, acts_BTD)
 
 
-def run_packed(handle: ModelHandle, plan: Plan, seqs: list[list[int]],
+def run_packed(handle: ModelHandle, points: list[HookPoint], seqs: list[list[int]],
                on_capture: Callable[[str, torch.Tensor], None]) -> None:
-    """One forward pass over ``seqs`` end to end in one row (``activations/models/packed.py``): the projections,
-    norms and MLPs run on real tokens only, the attention on each row alone.
+    """One forward pass over ``seqs`` end to end in one row (``activations/models/packed.py``), every hook of
+    ``points`` handed to ``on_capture`` as ``[1, N, D]``: the projections, norms and MLPs run on real tokens
+    only, the attention on each row alone. ``launches.run_bare`` runs the same function without hook work.
 
     Measured (CPU, Gemma-3-270M fp32, 2 threads, the 256 unique lm-survival-instinct rows of
     ``scripts/bench_extract.py --rows``, 17 batches with 5.3% padding): the packed rows' last hidden states are
@@ -349,6 +351,6 @@ def run_packed(handle: ModelHandle, plan: Plan, seqs: list[list[int]],
     ids_1N, pos_1N, packing = packed_ids(seqs, handle.device)
     body = handle.hf_model.get_decoder()
     with packed_forward(body.config):
-        capture_hf(handle, ids_1N, None, plan.points, on_capture=on_capture, position_ids=pos_1N, packing=packing)
-    if max(p.depth for p in plan.points) >= 0:  # an embedding-only forward stops before any attention
+        capture_hf(handle, ids_1N, None, points, on_capture=on_capture, position_ids=pos_1N, packing=packing)
+    if max(p.depth for p in points) >= 0:  # an embedding-only forward stops before any attention
         check_used(packing, handle.hf_model, "set layout: padded")

@@ -44,14 +44,19 @@ def resident_bytes() -> int | None:
 
 
 class HeapTrimmer:
-    """Call after each batch: trims when the resident set has grown past ``(1 + slack)`` times the largest
-    resident set measured right after a trim (the first call always trims). Without ``/proc`` (not Linux) it
-    trims every call, as before."""
+    """Call after each batch: trims when the resident set has grown past ``(1 + slack)`` times the working set
+    (the first call always trims). Without ``/proc`` (not Linux) it trims every call, as before."""
 
     def __init__(self, slack: float = 0.05):
         self.slack = slack
-        self.ceiling: int | None = None
+        self.working_set: int | None = None
+        """The largest of: the resident set before the first trim, and every resident set right after one."""
         self.trims = 0
+
+    @property
+    def ceiling(self) -> int | None:
+        """The resident set above which the next call trims."""
+        return None if self.working_set is None else int(self.working_set * (1 + self.slack))
 
     def __call__(self) -> None:
         rss = resident_bytes()
@@ -61,6 +66,4 @@ class HeapTrimmer:
         self.trims += 1
         after = resident_bytes()
         if after is not None:
-            # the working set the next batches reuse: what was resident before this trim, or after it if more
-            base = max(after, rss or 0) if self.ceiling is None else max(after, self.ceiling / (1 + self.slack))
-            self.ceiling = int(base * (1 + self.slack))
+            self.working_set = max(after, (rss or 0) if self.working_set is None else self.working_set)

@@ -35,12 +35,11 @@ from undertow import kernels
 
 from ..models.handle import ModelHandle
 from ..models.hooks import HookPoint
-from ..models.packed import packed_forward, packed_ids
 from .batching import pad_right
 from .capture import capture_hf
 from .compiled import batch_shapes
 from .config import ExtractConfig
-from .extraction import extract
+from .extraction import extract, run_packed
 from .render import render_rows
 
 NO_LAUNCH = {"aten::" + n for n in (
@@ -138,10 +137,7 @@ def run_bare(handle: ModelHandle, batches: list[list[list[int]]], deepest: HookP
     ``packed`` end to end as ``extraction.run_packed`` does), stopped after ``deepest``, no hook work."""
     for seqs in batches:
         if packed:
-            ids_1N, pos_1N, packing = packed_ids(seqs, handle.device)
-            with packed_forward(handle.hf_model.get_decoder().config):
-                capture_hf(handle, ids_1N, None, [deepest], on_capture=lambda *_: None, position_ids=pos_1N,
-                           packing=packing)
+            run_packed(handle, [deepest], seqs, lambda *_: None)
             continue
         ids_BT, _ = pad_right(seqs, 0)
         capture_hf(handle, ids_BT.to(handle.device), None, [deepest], on_capture=lambda *_: None)

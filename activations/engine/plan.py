@@ -98,17 +98,24 @@ def _one_device(handle: ModelHandle) -> bool:
 
 
 def resolve_layout(config: ExtractConfig, handle: ModelHandle) -> Literal["padded", "packed"]:
-    """``config.layout`` for this model: ``auto`` packs on the CPU with the eager ``hf`` body (a device map
-    over host groups included), else pads; ``packed`` where it cannot run is refused in one line."""
-    eager_hf = handle.backend == "hf" and config.compile == "none" and _one_device(handle)
+    """``config.layout`` for this loaded model (``layout_for``)."""
+    return layout_for(config, handle.backend, handle.device.type, _one_device(handle))
+
+
+def layout_for(config: ExtractConfig, backend: str, device_type: str, one_device: bool) -> Literal["padded", "packed"]:
+    """``config.layout`` on ``backend`` and a ``device_type`` device (``one_device``: every layer computes on
+    one device): ``auto`` packs on the CPU with the eager ``hf`` body (a device map over host groups
+    included), else pads; ``packed`` where it cannot run is refused in one line. The engine asks with a
+    loaded model (``resolve_layout``), a dry-run with the device it plans for."""
+    eager_hf = backend == "hf" and config.compile == "none" and one_device
     if config.layout == "packed" and not eager_hf:
-        why = (f"backend {handle.backend!r} runs padded batches" if handle.backend != "hf" else
+        why = (f"backend {backend!r} runs padded batches" if backend != "hf" else
                f"compile: {config.compile} pads rows to its fixed bucket shapes" if config.compile != "none" else
                "a model mapped over several devices runs padded batches")
         raise ConfigError(f"{config.config_path('layout')}: packed needs the eager hf body ({why}): use layout: "
                           "auto or padded")
     if config.layout == "auto":
-        return "packed" if eager_hf and handle.device.type == "cpu" else "padded"
+        return "packed" if eager_hf and device_type == "cpu" else "padded"
     return config.layout
 
 

@@ -48,13 +48,13 @@ class Packing:
     copied from their own, it stays in the row it came from, as in a right-padded batch."""
 
     def __init__(self, lens: Sequence[int], device):
-        self.lens = list(lens)
-        if not self.lens or min(self.lens) < 1:
+        lens = list(lens)
+        if not lens or min(lens) < 1:
             raise ValueError(f"Packing needs at least one sequence, each of at least one token: got lengths {lens}")
-        self.n_seqs, self.width = len(self.lens), max(self.lens)
+        self.n_seqs, self.width = len(lens), max(lens)
         self.bounds = [0]
         slots, tokens = [], []
-        for j, n in enumerate(self.lens):
+        for j, n in enumerate(lens):
             o = self.bounds[-1]
             slots += range(o, o + n)
             slots += [o] * (self.width - n)
@@ -63,10 +63,6 @@ class Packing:
         self.slot_token = torch.tensor(slots, device=device)
         self.token_slot = torch.tensor(tokens, device=device)
         self.calls = 0
-
-    @property
-    def n_tokens(self) -> int:
-        return self.bounds[-1]
 
 
 def packed_ids(seqs: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor, Packing]:
