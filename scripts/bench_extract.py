@@ -80,6 +80,7 @@ from undertow.activations import ExtractConfig, extract, load_model, render_rows
 from undertow.activations.engine import capture
 from undertow.activations.engine.batching import bucket_batches, pad_right
 from undertow.activations.engine.shared_prompts import group_by_prompt
+from undertow.activations.models.cpu_linear import onednn_linears
 from undertow.core.provenance import bench_record, peak_rss_bytes
 
 MODEL = "gemma-3-270m"
@@ -124,10 +125,10 @@ def drain(outputs) -> None:
 
 
 def engine_run(handle, rows, hooks, positions, args, out: Path, share: bool = True,
-               layout: str = "auto") -> tuple[float, int]:
+               layout: str = "auto", deepest: str = "auto", cpu_linear: str = "auto") -> tuple[float, int]:
     cfg = ExtractConfig(model=handle.name, hooks=hooks, positions=positions, dtype="bfloat16", batch_size=args.batch_size,
                         token_budget=args.token_budget, shard_size=512, out_dir=str(out), share_prompts=share,
-                        layout=layout)
+                        layout=layout, deepest_layer=deepest, cpu_linear=cpu_linear)
     shutil.rmtree(out, ignore_errors=True)
     seconds = timed(lambda: extract(handle, rows, cfg))
     return seconds, sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -268,34 +269,69 @@ def run_all(args, skip: set) -> None:
           f"budget {args.token_budget}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     all_layers = (["resid_post.*"], ["last_prompt_token", "mean_response"])
-    bare_packed(handle, seqs[:8], args)  # warm-up
+    bare_packed(handle, seqs[:8], args)  # warm-up, of both: the engine's first run in a process was 6% slower
+    engine_run(handle, rows[:16], *all_layers, args, tmp / "warm-up")
     groups, plain = group_by_prompt(rendered)
     computed = sum(rendered[i].n_tokens for i in plain) + sum(
         rendered[g[0]].n_prompt + sum(rendered[i].n_response for i in g) for g in groups)
     print(f"shared prompts: {len(groups)} prompts shared by {sum(map(len, groups))} rows; the shared path computes "
           f"{computed} of {tokens} real tokens ({computed / tokens:.0%})", flush=True)
     batches = padded_batches(handle, seqs, args)
-    times: dict[str, list[float]] = {k: [] for k in ("bare", "padded", "engine", "whole", "engine_padded")}
-    for r in range(args.repeat):  # interleaved, best of each: the box is shared, so noise is one-sided
-        times["bare"].append(bare_packed(handle, seqs, args))
-        times["padded"].append(bare_padded(handle, batches))
-        secs, nbytes = engine_run(handle, rows, *all_layers, args, tmp / "engine")
-        times["engine"].append(secs)
-        times["whole"].append(engine_run(handle, rows, *all_layers, args, tmp / "whole", share=False)[0])
-        times["engine_padded"].append(engine_run(handle, rows, *all_layers, args, tmp / "ep", layout="padded")[0])
-        print(f"  round {r}: " + ", ".join(f"{k} {tokens / v[-1]:.0f} tok/s" for k, v in times.items()) +
-              f"; engine / bare packed {times['bare'][-1] / secs:.3f}x", flush=True)
+    out: dict[str, int] = {}
+
+    def engine(name: str, **kw) -> float:
+        secs, out["bytes"] = engine_run(handle, rows, *all_layers, args, tmp / name, **kw)
+        return secs
+
+    def onednn(fn):
+        def run() -> float:
+            with onednn_linears(handle.hf_model):
+                return fn()
+        return run
+
+    variants = {  # every engine run: packed layout, deepest layer narrowed, linears through oneDNN unless named
+        "bare": lambda: bare_packed(handle, seqs, args),
+        "bare_onednn": onednn(lambda: bare_packed(handle, seqs, args)),
+        "padded_onednn": onednn(lambda: bare_padded(handle, batches)),
+        "engine": lambda: engine("engine"),
+        "engine_aten": lambda: engine("aten", cpu_linear="aten"),
+        "engine_full": lambda: engine("full", deepest="full"),
+        "engine_padded": lambda: engine("padded", layout="padded"),
+    }
+    if groups:  # with nothing shared, share_prompts=False runs exactly what the engine runs
+        variants["whole"] = lambda: engine("whole", share=False)
+    names = list(variants)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(args.repeat):  # interleaved, order rotated each round (a run's place in a round changed its
+        for k in names[r % len(names):] + names[:r % len(names)]:  # speed by up to 3%), best of each
+            times[k].append(variants[k]())
+        print(f"  round {r}: " + ", ".join(f"{k} {tokens / v[-1]:.0f}" for k, v in times.items()) + " tok/s; engine / "
+              f"bare packed {times['bare'][-1] / times['engine'][-1]:.3f}x, / bare packed oneDNN "
+              f"{times['bare_onednn'][-1] / times['engine'][-1]:.3f}x", flush=True)
     best = {k: min(v) for k, v in times.items()}
     bare = report("bare packed (18 layers), best", best["bare"], tokens, None)
-    padded = report("bare padded (the engine's batches), best", best["padded"], tokens, bare)
-    engine = report("engine, all layers x 2 positions, best", best["engine"], tokens, bare)
-    whole = report("engine, share_prompts=False, best", best["whole"], tokens, bare)
+    report("bare packed, linears through oneDNN, best", best["bare_onednn"], tokens, bare)
+    report("bare padded (the engine's batches), oneDNN", best["padded_onednn"], tokens, bare)
+    report("engine, all layers x 2 positions, best", best["engine"], tokens, bare)
+    report("engine, cpu_linear aten, best", best["engine_aten"], tokens, bare)
+    report("engine, deepest layer full, best", best["engine_full"], tokens, bare)
     report("engine, layout padded, best", best["engine_padded"], tokens, bare)
-    paired = sorted(b / e for b, e in zip(times["bare"], times["engine"], strict=True))
-    FIGURES["engine / bare packed, paired rounds"] = {"ratios": [round(x, 3) for x in paired],
-                                                      "median": round(statistics.median(paired), 3)}
-    print(f"  vs the engine's own batches (bare padded): engine {engine / padded:.3f}x, share_prompts=False "
-          f"{whole / padded:.3f}x; engine / bare packed round by round {[round(x, 3) for x in paired]}", flush=True)
+    if "whole" in best:
+        report("engine, share_prompts=False, best", best["whole"], tokens, bare)
+
+    def paired(engine_key: str, bare_key: str) -> list[float]:
+        ratios = sorted(b / e for b, e in zip(times[bare_key], times[engine_key], strict=True))
+        FIGURES[f"{engine_key} / {bare_key}, paired rounds"] = {"ratios": [round(x, 3) for x in ratios],
+                                                               "median": round(statistics.median(ratios), 3)}
+        print(f"  {engine_key} / {bare_key} round by round {[round(x, 3) for x in ratios]}", flush=True)
+        return ratios
+
+    paired("engine", "bare")
+    paired("engine_aten", "bare")  # the same matmuls as the bare forward: the engine's own cost and savings
+    paired("engine", "bare_onednn")
+    paired("engine_full", "bare_onednn")
+    paired("engine", "padded_onednn")
+    nbytes = out["bytes"]
     print(f"  {nbytes / args.n:.0f} bytes/prompt stored (bf16, 36 keys)", flush=True)
     if "tl" not in skip:
         tl = load_model(args.model, backend="transformer_lens", dtype=args.model_dtype, device=args.device)

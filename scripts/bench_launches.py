@@ -106,12 +106,13 @@ def measure(kind: str, args, tokenizer) -> dict:
     config = ExtractConfig(model=handle.name, hooks=["resid_post.*"], positions=args.positions.split(","),
                            dtype="bfloat16", model_dtype=args.dtype, batch_size=args.batch_size,
                            token_budget=args.token_budget, shard_size=args.shard_size, share_prompts=False,
-                           layout="padded", out_dir="unused")  # counts CUDA launches: a GPU's layout (config.py)
+                           layout="padded", deepest_layer="full",
+                           out_dir="unused")  # counts CUDA launches: a GPU's layout and deepest layer (config.py)
     cmp = compare(handle, data, config)  # warm-up, then both profiled
     b, e, batches = cmp.bare, cmp.engine, cmp.batches
     deepest = HookPoint(handle.n_layers - 1, "resid_post")
     n_batches, n_shards = cmp.n_batches, cmp.n_shards
-    tokens = sum(len(s) for b in batches for s in b)
+    tokens = sum(len(s) for seqs, _ in batches for s in seqs)
     bare = lambda: run_bare(handle, batches, deepest)  # noqa: E731
     engine = lambda: run_engine(handle, data, config)  # noqa: E731
     t_bare, t_engine = [], []

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..models.handle import ModelHandle
 from ..models.hooks import HookPoint, decoder_path, hf_site, site_attr
+from ..models.narrow import narrow_layer
 
 
 class _StopForward(Exception):
@@ -28,11 +29,15 @@ def _first(x):
 
 @torch.inference_mode()
 def capture_hf(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT: Tensor | None,
-               points: Iterable[HookPoint], on_capture=None, **forward_kwargs) -> dict[str, Tensor]:
+               points: Iterable[HookPoint], on_capture=None, read_rows: Tensor | None = None,
+               **forward_kwargs) -> dict[str, Tensor]:
     """Run the HF body up to the deepest point, returning ``{hook name: acts_BTD}``.
 
     ``on_capture(name, acts_BTD)`` (optional) is called as each point is produced,
     so callers can pool/downcast on the fly instead of holding every layer.
+    ``read_rows`` (optional): the flat token indices (``b * T + t``) at which the deepest layer's points are
+    read; that layer's MLP and query/output projections then run there only (``models/narrow.py``), and its
+    points are exact at those tokens alone.
     ``forward_kwargs`` go to the body (``position_ids``, ``past_key_values``,
     ``use_cache``: ``shared_prompts.py``); the default is one uncached pass.
     """
@@ -59,6 +64,8 @@ def capture_hf(handle: ModelHandle, input_ids_BT: Tensor, attention_mask_BT: Ten
         raise _StopForward
 
     if deepest >= 0:
+        if read_rows is not None:
+            handles += narrow_layer(handle.layers[deepest], read_rows)
         handles.append(handle.layers[deepest].register_forward_hook(stop))
     else:  # only resid_pre.0 / embed: stop as layer 0 starts, after the pre-hook ran
         handles.append(handle.layers[0].register_forward_pre_hook(stop))

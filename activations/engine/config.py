@@ -25,6 +25,10 @@ from .render import Template
 
 Layout = Literal["auto", "padded", "packed"]
 """How a plain batch's rows meet the model (``ExtractConfig.layout``)."""
+DeepestLayer = Literal["auto", "narrow", "full"]
+"""How much of the deepest hooked layer runs (``ExtractConfig.deepest_layer``)."""
+CpuLinear = Literal["auto", "onednn", "aten"]
+"""Which library computes the linear layers on the CPU (``ExtractConfig.cpu_linear``)."""
 StoreDtype = Literal["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"]
 """A store dtype as a config spells it (``ExtractConfig.dtype``, ``StudyConfig.store_dtype``)."""
 STORE_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -83,6 +87,21 @@ class ExtractConfig(RowOptions):
     there with a small model; not measured on a GPU), under ``compile`` (fixed bucket shapes) and on the other
     backends. Values match within float rounding (the same bits on the CPU measured), so a resumed run may
     change it."""
+    deepest_layer: DeepestLayer = "auto"
+    """``hf`` backend, plain batches: no layer runs after the deepest hooked one and row positions read its points
+    at a few tokens a row, so ``narrow`` runs its MLP and its query and output projections at those tokens alone
+    (its keys and values still at every token: ``activations/models/narrow.py``); ``full`` runs it whole.
+    ``auto``: narrow on the CPU with the eager body; full on a GPU (3 index ops per narrowed module added to a
+    forward that is launch-bound there with a small model; not measured on a GPU), under ``compile`` and with
+    ``all_tokens`` (every token is read). Stored values are the same (the same bits on the CPU, measured), so a
+    resumed run may change it."""
+    cpu_linear: CpuLinear = "auto"
+    """``hf`` backend on the CPU: ``onednn`` runs the model's float32 linear layers through oneDNN
+    (``activations/models/cpu_linear.py``), ``aten`` through PyTorch's default (MKL's sgemm). Measured on AMD
+    EPYC: oneDNN 2.2x MKL per layer, the Gemma-3-270M forward 1.6-1.8x; not measured on Intel processors.
+    ``auto``: ``onednn`` on the CPU where this torch build has it and the model runs in float32, else ``aten``
+    (bfloat16 reaches oneDNN through ``aten`` already; a GPU never uses either). Values differ by float rounding
+    (3e-6 relative on Gemma-3-270M's last layer), so a resumed run may change it; each shard records which ran."""
     share_prompts: bool = True
     """``hf`` backend: run a prompt shared by several rows with responses once and the responses against its
     KV cache (``shared_prompts.py``); same values within float rounding, ~3x fewer tokens computed on the

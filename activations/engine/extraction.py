@@ -41,6 +41,8 @@ CLI summary: a probe reading them fails loudly rather than learning from zeros.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +54,7 @@ from undertow.kernels import gather_pool
 from undertow.kernels.batch_pool import BatchPool
 from undertow.kernels.gather_pool import index_for
 
+from ..models.cpu_linear import onednn_linears
 from ..models.handle import ModelHandle
 from ..models.hooks import HookPoint
 from ..models.packed import check_used, packed_forward, packed_ids
@@ -130,7 +133,9 @@ def _render_shard(handle: ModelHandle, plan: Plan, k: int) -> tuple[list[dict], 
 def _shard_extra(plan: Plan, lo: int, cut: list[int]) -> dict:
     """What the shard's manifest entry records besides its files: the batching that computed it (batch size and
     token budget change bf16 values, so a resumed run with other values is visible per shard) and truncation."""
-    extra: dict = {"batching": {k: getattr(plan.config, k) for k in BATCHING_FIELDS} | {"layout": plan.layout}}
+    extra: dict = {"batching": {k: getattr(plan.config, k) for k in BATCHING_FIELDS}
+                   | {"layout": plan.layout, "deepest_layer": "narrow" if plan.narrow else "full",
+                      "cpu_linear": "onednn" if plan.onednn else "aten"}}
     if any(cut):
         extra["truncated"] = {"rows": [lo + i for i, c in enumerate(cut) if c][:100], "tokens": sum(cut)}
     return extra
@@ -163,18 +168,20 @@ def run_shards(handle: ModelHandle, plan: Plan, writer: ShardWriter, shard_ids: 
     renderer = ThreadPoolExecutor(1, thread_name_prefix="undertow-render")
     body = CompiledBody(handle, plan.config.compile, plan.points) if plan.config.compile != "none" else None
     trim = HeapTrimmer()
+    linears = onednn_linears(handle.hf_model) if plan.onednn else contextlib.nullcontext()
     try:
-        nxt = renderer.submit(_render_shard, handle, plan, shard_ids[0]) if shard_ids else None
-        for i, k in enumerate(shard_ids):
-            raw, rendered, cut = nxt.result()
-            if i + 1 < len(shard_ids):
-                nxt = renderer.submit(_render_shard, handle, plan, shard_ids[i + 1])
-            lo, hi = plan.shard_rows(k)
-            tensors, moments, nonfinite_S = extract_shard(handle, plan, raw, rendered, lo, progress, body, trim)
-            by_hook, meta, nonfinite = _shard_files(plan, lo, raw, rendered, tensors, moments, nonfinite_S, cut)
-            writer.submit(k, (lo, hi), sum(x.n_tokens for x in rendered), by_hook, meta, nonfinite,
-                          _shard_extra(plan, lo, cut))
-        writer.wait()
+        with linears:  # the model's own linears come back after the last shard, also on an error
+            nxt = renderer.submit(_render_shard, handle, plan, shard_ids[0]) if shard_ids else None
+            for i, k in enumerate(shard_ids):
+                raw, rendered, cut = nxt.result()
+                if i + 1 < len(shard_ids):
+                    nxt = renderer.submit(_render_shard, handle, plan, shard_ids[i + 1])
+                lo, hi = plan.shard_rows(k)
+                tensors, moments, nonfinite_S = extract_shard(handle, plan, raw, rendered, lo, progress, body, trim)
+                by_hook, meta, nonfinite = _shard_files(plan, lo, raw, rendered, tensors, moments, nonfinite_S, cut)
+                writer.submit(k, (lo, hi), sum(x.n_tokens for x in rendered), by_hook, meta, nonfinite,
+                              _shard_extra(plan, lo, cut))
+            writer.wait()
     finally:
         renderer.shutdown(wait=True, cancel_futures=True)
         writer.shutdown()
@@ -204,9 +211,9 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
     if plan.config.share_prompts and handle.backend == "hf" and max(p.depth for p in plan.points) >= 0:
         groups, plain = group_by_prompt(rendered)
 
-    def pool_rows(batch: list[int], packed: bool = False):
+    def pool_rows(batch: list[int], packed: bool = False, narrow: bool = False):
         return _pooler(handle, plan, sink, batch, [rendered[i].n_tokens for i in batch], [row_spans[i] for i in batch],
-                       packed)
+                       packed, narrow)
 
     def done(batch: list[int]) -> None:
         trim()  # heap.py: when the process has grown, not after every batch
@@ -217,10 +224,12 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
     for batch, _, _ in batch_shapes([rendered[i].n_tokens for i in plain], plan.config.batch_size,
                                     plan.config.token_budget, bucketed=body is not None):
         batch = [plain[j] for j in batch]
-        run_batch(handle, plan, [rendered[i].ids for i in batch], pool_rows(batch, packed), body, packed)
+        on_capture, read = pool_rows(batch, packed, plan.narrow)
+        run_batch(handle, plan, [rendered[i].ids for i in batch], on_capture, body, packed, read)
         done(batch)
     for shared in shared_batches(groups, rendered, plan.config.batch_size, plan.config.token_budget):
-        capture_shared(handle, shared, rendered, plan.points, _pad_id(handle.tokenizer), pool_rows)
+        capture_shared(handle, shared, rendered, plan.points, _pad_id(handle.tokenizer),
+                       lambda rows: pool_rows(rows)[0])
         for chunk in shared.chunks:
             done([i for _, i in chunk])
     return sink.finish()
@@ -235,10 +244,11 @@ def _pad_id(tokenizer) -> int:
 
 
 def _batch_index(plan: Plan, lengths: list[int], spans_BP: list[list[tuple[int, int]]], pin: bool,
-                 packed: bool = False) -> Tensor:
+                 packed: bool = False, tail: Tensor | None = None) -> Tensor:
     """The batch's index tensors in one int64 host tensor (pinned on CUDA: moved in one async copy): the row
     positions' ``[2, B, P]`` span starts and ends, then ``all_tokens``' ``[2, B, T]`` (a pad column is an
-    empty span). ``packed``: token positions of the packed row (row b's tokens start where rows 0..b-1 end)."""
+    empty span), then ``tail`` (the read tokens, ``read_rows``). ``packed``: token positions of the packed row
+    (row b's tokens start where rows 0..b-1 end)."""
     parts = []
     offsets_B1 = torch.tensor([0, *lengths[:-1]], dtype=torch.long).cumsum(0)[:, None] if packed else 0
     if plan.row_positions:
@@ -247,14 +257,26 @@ def _batch_index(plan: Plan, lengths: list[int], spans_BP: list[list[tuple[int, 
         starts_BT = torch.arange(max(lengths)).expand(len(lengths), -1)
         ends_BT = starts_BT + (starts_BT < torch.tensor(lengths, dtype=torch.long)[:, None])
         parts += [(starts_BT + offsets_B1).reshape(-1), (ends_BT + offsets_B1).reshape(-1)]
+    if tail is not None:
+        parts.append(tail)
     flat = torch.cat(parts)
     return flat.pin_memory() if pin else flat
 
 
+def read_rows(lengths: list[int], spans_BP: list[list[tuple[int, int]]], packed: bool) -> Tensor:
+    """The flat token indices that some row position reads (``b * T + t`` in the right-padded batch, or the
+    packed row's positions), sorted and distinct: where the deepest layer must run (``Plan.narrow``)."""
+    starts = [0, *itertools.accumulate(lengths[:-1])] if packed else [b * max(lengths) for b in range(len(lengths))]
+    return torch.tensor(sorted({o + t for o, row in zip(starts, spans_BP, strict=True) for s, e in row
+                                for t in range(s, e)}), dtype=torch.long)
+
+
 def _pooler(handle: ModelHandle, plan: Plan, sink: ShardSink, batch: list[int], lengths: list[int],
-            spans_BP: list[list[tuple[int, int]]], packed: bool = False) -> Callable[[str, torch.Tensor], None]:
+            spans_BP: list[list[tuple[int, int]]], packed: bool = False,
+            narrow: bool = False) -> tuple[Callable[[str, torch.Tensor], None], Tensor | None]:
     """Open ``batch`` (shard-local rows, right-padded to ``max(lengths)``, or ``packed`` end to end in one row)
-    in the sink; returns the hook callback that pools each hook's ``acts_BTD`` into it.
+    in the sink; returns the hook callback that pools each hook's ``acts_BTD`` into it, and (``narrow``) the
+    tokens the deepest layer must run at on the device (``read_rows``; else None).
 
     Packed: the hook's ``[1, N, D]`` row is pooled as ``[B, N, D]`` through a stride-0 view on the row axis
     (``expand``: no copy), with every span moved to its row's tokens, so the pooling, the Triton kernel
@@ -271,7 +293,11 @@ def _pooler(handle: ModelHandle, plan: Plan, sink: ShardSink, batch: list[int], 
     (pooling 22, moments 9, index 8, non-finite 5); no per-batch sync before or after."""
     dev = handle.device
     B, T = len(batch), max(lengths)
-    index = _batch_index(plan, lengths, spans_BP, pin=dev.type == "cuda", packed=packed).to(dev, non_blocking=True)
+    read = read_rows(lengths, spans_BP, packed) if narrow else None
+    index = _batch_index(plan, lengths, spans_BP, pin=dev.type == "cuda", packed=packed, tail=read).to(
+        dev, non_blocking=True)
+    if read is not None:
+        index, read = index[:len(index) - len(read)], index[len(index) - len(read):]
     pool = None
     if plan.row_positions:
         P = len(spans_BP[0])
@@ -298,18 +324,19 @@ def _pooler(handle: ModelHandle, plan: Plan, sink: ShardSink, batch: list[int], 
                 pooled = type(pooled)(*(t.to(dev, non_blocking=True) for t in pooled))
             sink.put_tokens(name, pooled)
 
-    return on_capture
+    return on_capture, read
 
 
 def run_batch(handle: ModelHandle, plan: Plan, seqs: list[list[int]],
               on_capture: Callable[[str, torch.Tensor], None], body: CompiledBody | None = None,
-              packed: bool = False) -> None:
+              packed: bool = False, read: Tensor | None = None) -> None:
     """One forward pass over ``seqs`` (right-padded, or ``packed`` end to end in one row: ``on_capture`` then
     gets ``[1, N, D]``), every hook handed to ``on_capture``; through the compiled ``body`` (padded to its bucket
-    shape, the dummy rows cut off before ``on_capture``) when given."""
+    shape, the dummy rows cut off before ``on_capture``) when given. ``read`` (eager ``hf`` body only): the
+    tokens the deepest layer runs at (``read_rows``)."""
     dev = handle.device
     if packed:
-        return run_packed(handle, plan.points, seqs, on_capture)
+        return run_packed(handle, plan.points, seqs, on_capture, read)
     if body is None:
         ids_BT, mask_BT = pad_right(seqs, _pad_id(handle.tokenizer), pin=dev.type == "cuda")
     else:
@@ -330,17 +357,18 @@ def run_batch(handle: ModelHandle, plan: Plan, seqs: list[list[int]],
         # 1.001x the masked forward, i.e. no gain there; kept because it is exact and lets a GPU's SDPA take
         # its causal flash kernel, which a materialised padding mask rules out (not measured: no GPU here).
         # The mask is not even copied to the device (tests/activations/engine/test_launches.py counts it).
-        capture_hf(handle, ids_BT, None, plan.points, on_capture=on_capture)
+        capture_hf(handle, ids_BT, None, plan.points, on_capture=on_capture, read_rows=read)
     else:
         for name, acts_BTD in capture(handle, ids_BT, mask_BT.to(dev, non_blocking=True), plan.points).items():
             on_capture(name, acts_BTD)
 
 
 def run_packed(handle: ModelHandle, points: list[HookPoint], seqs: list[list[int]],
-               on_capture: Callable[[str, torch.Tensor], None]) -> None:
+               on_capture: Callable[[str, torch.Tensor], None], read: Tensor | None = None) -> None:
     """One forward pass over ``seqs`` end to end in one row (``activations/models/packed.py``), every hook of
     ``points`` handed to ``on_capture`` as ``[1, N, D]``: the projections, norms and MLPs run on real tokens
-    only, the attention on each row alone. ``launches.run_bare`` runs the same function without hook work.
+    only, the attention on each row alone; the deepest layer at the row positions ``read`` only, when given.
+    ``launches.run_bare`` runs the same function without hook work.
 
     Measured (CPU, Gemma-3-270M fp32, 2 threads, the 256 unique lm-survival-instinct rows of
     ``scripts/bench_extract.py --rows``, 17 batches with 5.3% padding): the packed rows' last hidden states are
@@ -351,6 +379,7 @@ def run_packed(handle: ModelHandle, points: list[HookPoint], seqs: list[list[int
     ids_1N, pos_1N, packing = packed_ids(seqs, handle.device)
     body = handle.hf_model.get_decoder()
     with packed_forward(body.config):
-        capture_hf(handle, ids_1N, None, points, on_capture=on_capture, position_ids=pos_1N, packing=packing)
+        capture_hf(handle, ids_1N, None, points, on_capture=on_capture, read_rows=read, position_ids=pos_1N,
+                   packing=packing)
     if max(p.depth for p in points) >= 0:  # an embedding-only forward stops before any attention
         check_used(packing, handle.hf_model, "set layout: padded")

@@ -20,6 +20,7 @@ forward's ops cancel, the rest is what the engine adds. Users: ``scripts/bench_l
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -29,17 +30,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
 from undertow import kernels
 
+from ..models.cpu_linear import onednn_linears
 from ..models.handle import ModelHandle
 from ..models.hooks import HookPoint
 from .batching import pad_right
 from .capture import capture_hf
 from .compiled import batch_shapes
 from .config import ExtractConfig
-from .extraction import extract, run_packed
+from .extraction import extract, read_rows, run_packed
+from .positions import parse_positions, spans
 from .render import render_rows
 
 NO_LAUNCH = {"aten::" + n for n in (
@@ -82,6 +86,9 @@ SOURCES = {
     ("extraction.py", "run_batch"): ("batch inputs", "batch"),
     ("extraction.py", "run_packed"): ("batch inputs", "batch"),
     ("packed.py", "*"): ("forward", "batch"),  # the packed layout's gathers and index tensors: its forward's own
+    ("narrow.py", "*"): ("forward", "batch"),  # the narrowed deepest layer's gathers and scatters: ditto
+    ("cpu_linear.py", "*"): ("forward", "batch"),  # linear layers through oneDNN: the forward's own matmuls
+    ("extraction.py", "read_rows"): ("index tensors", "batch"),
     ("batching.py", "*"): ("batch inputs", "batch"),
     ("sink.py", "put"): ("copies to host", "batch"),
     ("sink.py", "_stage"): ("copies to host", "batch"),
@@ -104,7 +111,7 @@ COMPREHENSIONS = ("<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>")  # attri
 
 #: functions that build host tensors (index tensors from Python lists, data already staged to pinned memory):
 #: on CUDA only their device moves (a childless ``to``) launch anything
-HOST_SITES = {"extraction.py:_pooler", "extraction.py:_batch_index", "extraction.py:_shard_files",
+HOST_SITES = {"extraction.py:_pooler", "extraction.py:_batch_index", "extraction.py:read_rows", "extraction.py:_shard_files",
               "sink.py:start_batch", "sink.py:_tokens", "sink.py:_unstack", "sink.py:_values", "sink.py:_nonfinite",
               "sink.py:finish", "stats.py:to_tensors", "batching.py:pad_right", "batching.py:run_bare"}
 
@@ -121,26 +128,37 @@ class Counts(TypedDict):
     by_op: Counter[tuple[str, str]]
 
 
-def bare_batches(handle: ModelHandle, data: list[dict], config: ExtractConfig) -> list[list[list[int]]]:
-    """The engine's plain batches (token ids): per shard, ``batch_shapes`` over the shard's rendered rows."""
+BareBatch = tuple[list[list[int]], Tensor | None]
+"""A plain batch's token ids, and the tokens its deepest layer runs at (``extraction.read_rows``; None: all)."""
+
+
+def bare_batches(handle: ModelHandle, data: list[dict], config: ExtractConfig, packed: bool = False,
+                 narrow: bool = False) -> list[BareBatch]:
+    """The engine's plain batches: per shard, ``batch_shapes`` over the shard's rendered rows, with the tokens
+    read by ``config.positions`` when the deepest layer is ``narrow`` (laid out ``packed`` or padded)."""
     rendered = render_rows(handle.tokenizer, data, config.template)
+    positions = [p for p in parse_positions(config.positions) if not p.per_token]
     out = []
     for lo in range(0, len(rendered), config.shard_size):
         shard = rendered[lo:lo + config.shard_size]
         for batch, _, _ in batch_shapes([r.n_tokens for r in shard], config.batch_size, config.token_budget, False):
-            out.append([shard[i].ids for i in batch])
+            rows = [shard[i] for i in batch]
+            read = read_rows([r.n_tokens for r in rows], [[s for pos in positions for s in spans(pos, r, "a row")]
+                                                         for r in rows], packed).to(handle.device) if narrow else None
+            out.append(([r.ids for r in rows], read))
     return out
 
 
-def run_bare(handle: ModelHandle, batches: list[list[list[int]]], deepest: HookPoint, packed: bool = False) -> None:
+def run_bare(handle: ModelHandle, batches: list[BareBatch], deepest: HookPoint, packed: bool = False) -> None:
     """The body forward over ``batches`` (right-padded and unmasked, as ``extraction.run_batch`` runs them, or
-    ``packed`` end to end as ``extraction.run_packed`` does), stopped after ``deepest``, no hook work."""
-    for seqs in batches:
+    ``packed`` end to end as ``extraction.run_packed`` does), stopped after ``deepest`` (narrowed to each batch's
+    read tokens where it has them), no hook work."""
+    for seqs, read in batches:
         if packed:
-            run_packed(handle, [deepest], seqs, lambda *_: None)
+            run_packed(handle, [deepest], seqs, lambda *_: None, read)
             continue
         ids_BT, _ = pad_right(seqs, 0)
-        capture_hf(handle, ids_BT.to(handle.device), None, [deepest], on_capture=lambda *_: None)
+        capture_hf(handle, ids_BT.to(handle.device), None, [deepest], on_capture=lambda *_: None, read_rows=read)
 
 
 def run_engine(handle: ModelHandle, data: list[dict], config: ExtractConfig) -> None:
@@ -294,14 +312,20 @@ class Comparison:
 
 
 def compare(handle: ModelHandle, data: list[dict], config: ExtractConfig) -> Comparison:
-    """Profile the bare forward (to the last layer, in the layout the engine resolves ``config.layout`` to)
-    and ``extract()`` on ``data``, each run once unprofiled first (a warm-up)."""
-    from .plan import resolve_layout
+    """Profile the bare forward (to the last layer, in the layout, with the deepest layer and the linear layers
+    the engine resolves ``config.layout``, ``config.deepest_layer`` and ``config.cpu_linear`` to) and ``extract()`` on ``data``, each run once unprofiled
+    first (a warm-up)."""
+    from .plan import narrow_for, resolve_layout, resolve_onednn
 
-    batches = bare_batches(handle, data, config)
-    deepest = HookPoint(handle.n_layers - 1, "resid_post")
     packed = resolve_layout(config, handle) == "packed"
-    bare = lambda: run_bare(handle, batches, deepest, packed)  # noqa: E731
+    batches = bare_batches(handle, data, config, packed, narrow_for(config, handle.backend, handle.device.type))
+    deepest = HookPoint(handle.n_layers - 1, "resid_post")
+    linears = functools.partial(onednn_linears, handle.hf_model) if resolve_onednn(config, handle) else None
+
+    def bare() -> None:
+        with linears() if linears else contextlib.nullcontext():
+            run_bare(handle, batches, deepest, packed)
+
     engine = lambda: run_engine(handle, data, config)  # noqa: E731
     bare(), engine()  # warm-up
     b, e = profiled(bare), profiled(engine)

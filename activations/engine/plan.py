@@ -20,7 +20,7 @@ from .context import context_limit
 from .positions import Position, parse_positions
 from .rows import RowSource, select_rows
 
-BATCHING_FIELDS = ("batch_size", "token_budget", "share_prompts", "compile", "layout")
+BATCHING_FIELDS = ("batch_size", "token_budget", "share_prompts", "compile", "layout", "deepest_layer", "cpu_linear")
 """Config fields that change how rows are batched, not which rows or positions are stored. They change bf16
 values by rounding, so a resumed run may change them (after an out-of-memory) but each shard's manifest entry
 records the ones that computed it (``batching``), and the header's ``config`` leaves them out."""
@@ -55,6 +55,11 @@ class Plan:
     """The model's context length (rows longer are refused or, with ``config.truncate``, cut); None: unknown."""
     layout: Literal["padded", "packed"] = "padded"
     """``config.layout`` resolved for this model (``resolve_layout``): how the plain batches run."""
+    narrow: bool = False
+    """``config.deepest_layer`` resolved (``narrow_for``): the plain batches run the deepest hooked layer's
+    token-wise blocks at the tokens read only."""
+    onednn: bool = False
+    """``config.cpu_linear`` resolved (``onednn_for``): the model's CPU linear layers run through oneDNN."""
 
     @property
     def out_dir(self) -> Path:
@@ -119,6 +124,49 @@ def layout_for(config: ExtractConfig, backend: str, device_type: str, one_device
     return config.layout
 
 
+def narrow_for(config: ExtractConfig, backend: str, device_type: str) -> bool:
+    """``config.deepest_layer`` on ``backend`` and a ``device_type`` device: ``auto`` narrows on the CPU with the
+    eager ``hf`` body when no position reads every token; ``narrow`` where it cannot run, or where
+    ``all_tokens`` reads every token so there is nothing to leave out, is refused in one line."""
+    every_token = any(p.per_token for p in parse_positions(config.positions))
+    can = backend == "hf" and config.compile == "none" and not every_token
+    if config.deepest_layer == "narrow" and not can:
+        why = (f"backend {backend!r} runs the library's own forward" if backend != "hf" else
+               f"compile: {config.compile} runs fixed shapes" if config.compile != "none" else
+               "all_tokens reads every token of it")
+        raise ConfigError(f"{config.config_path('deepest_layer')}: narrow cannot apply ({why}): use deepest_layer: "
+                          "auto or full")
+    if config.deepest_layer == "auto":
+        return can and device_type == "cpu"
+    return config.deepest_layer == "narrow"
+
+
+def onednn_for(config: ExtractConfig, backend: str, device_type: str, model_dtype: str, available: bool) -> bool:
+    """``config.cpu_linear`` on ``backend``, a ``device_type`` device and a ``model_dtype`` model (``available``:
+    this torch has the oneDNN linear): ``auto`` routes float32 on the CPU with the eager ``hf`` body; ``onednn``
+    where it cannot run, or would route no layer, is refused in one line."""
+    can = (backend == "hf" and device_type == "cpu" and model_dtype == "float32" and available
+           and config.compile == "none")
+    if config.cpu_linear == "onednn" and not can:
+        why = ("this torch build has no oneDNN linear" if not available else
+               f"backend {backend!r} runs the library's own forward" if backend != "hf" else
+               f"compile: {config.compile} picks its own kernels" if config.compile != "none" else
+               f"the model runs on {device_type}" if device_type != "cpu" else
+               f"the model runs in {model_dtype}, which reaches oneDNN through aten already")
+        raise ConfigError(f"{config.config_path('cpu_linear')}: onednn cannot apply ({why}): use cpu_linear: auto "
+                          "or aten")
+    return can if config.cpu_linear == "auto" else config.cpu_linear == "onednn"
+
+
+def resolve_onednn(config: ExtractConfig, handle: ModelHandle) -> bool:
+    """``config.cpu_linear`` for this loaded model (``onednn_for``; every layer on the host counts as the CPU)."""
+    from ..models.cpu_linear import onednn_available
+
+    host = all(str(d) in ("cpu", "disk") for d in (handle.extra.get("device_map") or {"": handle.device.type}).values())
+    return onednn_for(config, handle.backend, "cpu" if host else handle.device.type,
+                      str(handle.dtype).removeprefix("torch."), onednn_available())
+
+
 def make_plan(handle: ModelHandle, dataset, config: ExtractConfig) -> Plan:
     """Validate the config against the loaded model and the dataset, and build the store header."""
     if handle.backend != config.backend:
@@ -153,4 +201,5 @@ def make_plan(handle: ModelHandle, dataset, config: ExtractConfig) -> Plan:
     }
     token_position = next((p for p in positions if p.per_token), None)
     return Plan(config, points, row_positions, slots, token_position, source, header, STORE_TORCH_DTYPES[config.dtype],
-                max_tokens, resolve_layout(config, handle))
+                max_tokens, resolve_layout(config, handle), narrow_for(config, handle.backend, handle.device.type),
+                resolve_onednn(config, handle))

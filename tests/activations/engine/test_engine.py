@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import datasets
 import pytest
 import torch
@@ -23,32 +25,83 @@ from undertow.core.errors import ConfigError
 POSITIONS = ["last_prompt_token", "mean_response", "mean_prompt", "last_k:3", "token:<|im_start|>", "all_tokens"]
 
 
+@pytest.mark.parametrize("deepest", ["full", "narrow"])
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_gemma"])
-def test_batched_store_equals_single_row_forward(chat_rows, model, layout, request, make_config):
+def test_batched_store_equals_single_row_forward(chat_rows, model, layout, deepest, request, make_config):
+    """Every row of a batched store equals its own unpadded forward, in both layouts, with the deepest layer
+    whole or narrowed to the tokens read (``narrow``: no all_tokens, which reads every token; its attn_out and
+    mlp_out are hooked, the narrowed modules' own outputs)."""
     handle = request.getfixturevalue(model)
     rows = chat_rows(13)
+    positions = POSITIONS if deepest == "full" else POSITIONS[:-1]
+    hooks = ["resid_post.*", "mlp_out.0", f"attn_out.{handle.n_layers - 1}", f"mlp_out.{handle.n_layers - 1}"]
     store = extract(handle, datasets.Dataset.from_list(rows), make_config(
-        model=handle.name, hooks=["resid_post.*", "mlp_out.0"], positions=POSITIONS, layout=layout))
+        model=handle.name, hooks=hooks, positions=positions, layout=layout, deepest_layer=deepest))
     assert {s["batching"]["layout"] for s in store.manifest["shards"]} == {layout}
-    assert len(store) == 13 and store.hooks == store.keys and len(store.keys) == 3 * len(POSITIONS)
+    assert {s["batching"]["deepest_layer"] for s in store.manifest["shards"]} == {deepest}
+    assert len(store) == 13 and store.hooks == store.keys and len(store.keys) == 5 * len(positions)
     im_start = handle.tokenizer.convert_tokens_to_ids("<|im_start|>")
     lengths = [render_row(handle.tokenizer, r).n_tokens for r in rows]
     assert padding_fraction(lengths, bucket_batches(lengths, 4, 512)) > 0.05  # ragged batches, run unmasked
     for i in range(len(rows)):  # every row: a pad seen by a real position, or a sliding window (tiny Gemma: 8)
         r = render_row(handle.tokenizer, rows[i])  # counted from the wrong place, would show in some row
-        ref = capture_hf(handle, torch.tensor([r.ids], device=handle.device), None,
-                         handle.hooks(["resid_post.*", "mlp_out.0"]))
+        ref = capture_hf(handle, torch.tensor([r.ids], device=handle.device), None, handle.hooks(hooks))
         p = r.n_prompt
         marker = max(t for t in range(p) if r.ids[t] == im_start)
-        off = store.token_offsets("resid_post.1@all_tokens")
         for hook, acts in ref.items():
             a = acts[0].cpu()
             want = {"last_prompt_token": a[p - 1], "mean_response": a[p:].mean(0), "mean_prompt": a[:p].mean(0),
                     "last_k:3": a[p - 3:p], "token:<|im_start|>": a[marker]}
             for pos, w in want.items():
                 torch.testing.assert_close(store[f"{hook}@{pos}"][i], w, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(store[f"{hook}@all_tokens"][int(off[i]):int(off[i + 1])], a, rtol=1e-5, atol=1e-5)
+            if deepest == "full":
+                off = store.token_offsets("resid_post.1@all_tokens")
+                torch.testing.assert_close(store[f"{hook}@all_tokens"][int(off[i]):int(off[i + 1])], a,
+                                           rtol=1e-5, atol=1e-5)
+
+
+def mlp_tokens(handle, run) -> list[int]:
+    """Tokens each layer's MLP computed while ``run()`` ran (its input's rows, pads included)."""
+    counts = [0] * handle.n_layers
+
+    def count(k: int):
+        def hook(mod, args):
+            counts[k] += args[0].shape[:-1].numel()
+        return hook
+
+    hooks = [layer.mlp.register_forward_pre_hook(count(k)) for k, layer in enumerate(handle.layers)]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_narrowed_deepest_layer_runs_its_mlp_at_the_read_tokens_only(chat_rows, tiny_gemma, layout, make_config):
+    """The deepest layer's MLP sees exactly the tokens some position reads (here the last prompt token and the
+    response), every shallower layer's MLP every real token; ``full`` gives the deepest every token too."""
+    rows = chat_rows(9)
+    rendered = [render_row(tiny_gemma.tokenizer, r) for r in rows]
+    real, read = sum(r.n_tokens for r in rendered), sum(1 + r.n_response for r in rendered)
+    assert read < real / 2
+    configs = {d: make_config(model=tiny_gemma.name, positions=["last_prompt_token", "mean_response"], layout=layout,
+                              deepest_layer=d, out_dir=make_config().out_dir + d) for d in ("narrow", "full")}
+    seen = {d: mlp_tokens(tiny_gemma, functools.partial(extract, tiny_gemma, rows, c)) for d, c in configs.items()}
+    padded = layout == "padded"
+    assert seen["narrow"][-1] == read
+    assert seen["full"][-1] == seen["narrow"][0] == seen["full"][0] and (padded or seen["full"][0] == real)
+
+
+def test_narrow_and_onednn_are_refused_where_they_cannot_apply(chat_rows, tiny_llama, make_config):
+    with pytest.raises(ConfigError, match="deepest_layer: narrow cannot apply .all_tokens reads every token"):
+        extract(tiny_llama, chat_rows(4), make_config(positions=["all_tokens"], deepest_layer="narrow"))
+    with pytest.raises(ConfigError, match="deepest_layer: narrow cannot apply .compile"):
+        extract(tiny_llama, chat_rows(4), make_config(compile="compile", deepest_layer="narrow"))
+    with pytest.raises(ConfigError, match="cpu_linear: onednn cannot apply .compile: compile picks its own"):
+        extract(tiny_llama, chat_rows(4), make_config(compile="compile", cpu_linear="onednn"))
 
 
 def test_row_order_is_dataset_order_whatever_the_batching(chat_rows, tiny_llama, make_config, tmp_path):

@@ -49,10 +49,13 @@ def unpatched(bf16_models, chat_rows):
 
 
 def measure(handle, chat_rows, layout: str = "padded") -> Comparison:
-    """Padded: a GPU's layout (``ExtractConfig.layout``), where launches cost; packed: the CPU's."""
+    """Padded with the deepest layer whole: a GPU's layout (``ExtractConfig.layout``, ``deepest_layer``,
+    ``cpu_linear``), where launches cost; packed with it narrowed: the CPU's (the models are bfloat16, so
+    ``cpu_linear: auto`` keeps aten)."""
     config = ExtractConfig(model=handle.name, hooks=["resid_post.*"], positions=["last_prompt_token", "mean_response"],
                            dtype="bfloat16", model_dtype="bfloat16", batch_size=4, token_budget=512, shard_size=8,
-                           share_prompts=False, layout=layout, out_dir="unused")
+                           share_prompts=False, layout=layout, deepest_layer="full" if layout == "padded" else "narrow",
+                           cpu_linear="aten" if layout == "padded" else "auto", out_dir="unused")
     got = compare(handle, chat_rows(8), config)
     assert (got.n_batches, got.n_shards) == (2, 1)
     assert got.bare["launches"]["forward"] == got.engine["launches"]["forward"] > 0  # like for like
@@ -88,10 +91,11 @@ def test_an_extra_op_per_hook_breaks_the_budget(bf16_models, chat_rows, unpatche
 
 
 def test_packed_layout_adds_no_launch_beyond_its_own_forward(bf16_models, chat_rows, unpatched):
-    """The packed layout (the CPU's): against the bare forward packed the same way, the engine adds what it adds
-    to a padded batch; the packing's own gathers (4 per attention layer) belong to both forwards. Measured (tiny
-    Gemma-3, 2 layers): the packed forward launches 13 fewer per batch than the padded one (no causal-mask or
-    position-id ops, 8 gathers added)."""
+    """The packed layout with the deepest layer narrowed (the CPU's): against the bare forward packed and
+    narrowed the same way, the engine adds what it adds to a padded batch; the packing's own gathers (4 per
+    attention layer) and the narrowing's (a gather, a zero fill and a scatter per narrowed module) belong to both
+    forwards. Measured (tiny Gemma-3, 2 layers): the packed forward launches 13 fewer per batch than the padded
+    one (no causal-mask or position-id ops, 8 gathers added); narrowed, 9 more than that."""
     handle = bf16_models["tiny_gemma"]
     packed, padded = measure(handle, chat_rows, "packed"), unpatched("tiny_gemma")
     assert packed.extra_per_batch() == padded.extra_per_batch() <= BATCH_BUDGET, dict(packed.extra())

@@ -1,0 +1,59 @@
+"""Linear layers through oneDNN (``activations/models/cpu_linear.py``): which layers, values, hooks, restore."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from undertow.activations.models.cpu_linear import onednn_available, onednn_linears, onednn_linears_of
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear")
+
+
+class Quantised(nn.Linear):
+    """A subclass (as bitsandbytes' layers are): its own forward, never routed."""
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64, bias=False), Quantised(64, 8))
+    offloaded = nn.Linear(8, 8)
+    offloaded.forward = offloaded.forward  # an instance-level forward, as accelerate's offload hooks set
+    m.append(offloaded)
+    return m
+
+
+def test_routes_plain_cpu_float32_linears_only_and_restores_them():
+    m = model()
+    assert onednn_linears_of(m) == [m[0], m[2]]
+    with onednn_linears(m) as n:
+        assert n == 2 and "forward" in m[0].__dict__ and "forward" not in m[3].__dict__
+    assert "forward" not in m[0].__dict__ and "forward" not in m[2].__dict__ and "forward" in m[4].__dict__
+    assert onednn_linears_of(m.to(torch.bfloat16)) == []
+
+
+def test_values_within_float_rounding_and_hooks_still_run():
+    m, x = model(), torch.randn(3, 17, 64)
+    seen = []
+    m[2].register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+    with torch.inference_mode():
+        want = m(x)
+        with onednn_linears(m):
+            got = m(x)
+            calls = torch.profiler.profile()
+            with calls:
+                m[0](x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert seen == [(3, 17, 64)] * 2
+    assert {e.name for e in calls.events()} >= {"mkldnn::_linear_pointwise"}
+
+
+def test_gradients_take_the_default_path():
+    """The oneDNN op has no autograd formula: with gradients on, a routed layer runs aten::linear."""
+    m, x = model(), torch.randn(2, 64, requires_grad=True)
+    with onednn_linears(m):
+        y = m[0](x)
+    y.sum().backward()
+    assert y.grad_fn is not None and x.grad is not None
+    torch.testing.assert_close(x.grad, m[0].weight.sum(0).expand(2, -1))
