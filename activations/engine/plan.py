@@ -107,20 +107,26 @@ def resolve_layout(config: ExtractConfig, handle: ModelHandle) -> Literal["padde
     return layout_for(config, handle.backend, handle.device.type, _one_device(handle))
 
 
+def _refuse(config: ExtractConfig, field: str, choice: str, others: str, reasons: list[tuple[bool, str]]) -> bool:
+    """Refuse ``field: choice`` in one line with the first of ``reasons`` (``(holds, why)``) that holds; returns
+    whether none holds (the choice can run here)."""
+    why = next((w for holds, w in reasons if holds), None)
+    if why is not None and getattr(config, field) == choice:
+        raise ConfigError(f"{config.config_path(field)}: {choice} cannot apply ({why}): use {field}: {others}")
+    return why is None
+
+
 def layout_for(config: ExtractConfig, backend: str, device_type: str, one_device: bool) -> Literal["padded", "packed"]:
     """``config.layout`` on ``backend`` and a ``device_type`` device (``one_device``: every layer computes on
     one device): ``auto`` packs on the CPU with the eager ``hf`` body (a device map over host groups
     included), else pads; ``packed`` where it cannot run is refused in one line. The engine asks with a
     loaded model (``resolve_layout``), a dry-run with the device it plans for."""
-    eager_hf = backend == "hf" and config.compile == "none" and one_device
-    if config.layout == "packed" and not eager_hf:
-        why = (f"backend {backend!r} runs padded batches" if backend != "hf" else
-               f"compile: {config.compile} pads rows to its fixed bucket shapes" if config.compile != "none" else
-               "a model mapped over several devices runs padded batches")
-        raise ConfigError(f"{config.config_path('layout')}: packed needs the eager hf body ({why}): use layout: "
-                          "auto or padded")
+    can = _refuse(config, "layout", "packed", "auto or padded", [
+        (backend != "hf", f"backend {backend!r} runs padded batches"),
+        (config.compile != "none", f"compile: {config.compile} pads rows to its fixed bucket shapes"),
+        (not one_device, "a model mapped over several devices runs padded batches")])
     if config.layout == "auto":
-        return "packed" if eager_hf and device_type == "cpu" else "padded"
+        return "packed" if can and device_type == "cpu" else "padded"
     return config.layout
 
 
@@ -128,33 +134,23 @@ def narrow_for(config: ExtractConfig, backend: str, device_type: str) -> bool:
     """``config.deepest_layer`` on ``backend`` and a ``device_type`` device: ``auto`` narrows on the CPU with the
     eager ``hf`` body when no position reads every token; ``narrow`` where it cannot run, or where
     ``all_tokens`` reads every token so there is nothing to leave out, is refused in one line."""
-    every_token = any(p.per_token for p in parse_positions(config.positions))
-    can = backend == "hf" and config.compile == "none" and not every_token
-    if config.deepest_layer == "narrow" and not can:
-        why = (f"backend {backend!r} runs the library's own forward" if backend != "hf" else
-               f"compile: {config.compile} runs fixed shapes" if config.compile != "none" else
-               "all_tokens reads every token of it")
-        raise ConfigError(f"{config.config_path('deepest_layer')}: narrow cannot apply ({why}): use deepest_layer: "
-                          "auto or full")
-    if config.deepest_layer == "auto":
-        return can and device_type == "cpu"
-    return config.deepest_layer == "narrow"
+    can = _refuse(config, "deepest_layer", "narrow", "auto or full", [
+        (backend != "hf", f"backend {backend!r} runs the library's own forward"),
+        (config.compile != "none", f"compile: {config.compile} runs fixed shapes"),
+        (any(p.per_token for p in parse_positions(config.positions)), "all_tokens reads every token of it")])
+    return can and device_type == "cpu" if config.deepest_layer == "auto" else config.deepest_layer == "narrow"
 
 
 def onednn_for(config: ExtractConfig, backend: str, device_type: str, model_dtype: str, available: bool) -> bool:
     """``config.cpu_linear`` on ``backend``, a ``device_type`` device and a ``model_dtype`` model (``available``:
     this torch has the oneDNN linear): ``auto`` routes float32 on the CPU with the eager ``hf`` body; ``onednn``
     where it cannot run, or would route no layer, is refused in one line."""
-    can = (backend == "hf" and device_type == "cpu" and model_dtype == "float32" and available
-           and config.compile == "none")
-    if config.cpu_linear == "onednn" and not can:
-        why = ("this torch build has no oneDNN linear" if not available else
-               f"backend {backend!r} runs the library's own forward" if backend != "hf" else
-               f"compile: {config.compile} picks its own kernels" if config.compile != "none" else
-               f"the model runs on {device_type}" if device_type != "cpu" else
-               f"the model runs in {model_dtype}, which reaches oneDNN through aten already")
-        raise ConfigError(f"{config.config_path('cpu_linear')}: onednn cannot apply ({why}): use cpu_linear: auto "
-                          "or aten")
+    can = _refuse(config, "cpu_linear", "onednn", "auto or aten", [
+        (not available, "this torch build has no oneDNN linear"),
+        (backend != "hf", f"backend {backend!r} runs the library's own forward"),
+        (config.compile != "none", f"compile: {config.compile} picks its own kernels"),
+        (device_type != "cpu", f"the model runs on {device_type}"),
+        (model_dtype != "float32", f"the model runs in {model_dtype}, which reaches oneDNN through aten already")])
     return can if config.cpu_linear == "auto" else config.cpu_linear == "onednn"
 
 

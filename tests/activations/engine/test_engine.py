@@ -209,7 +209,7 @@ def test_layout_auto_packs_on_the_cpu_and_pads_under_compile(tiny_llama, make_co
 
 def test_packed_layout_where_it_cannot_run_is_one_line_before_the_store(chat_rows, tiny_llama, make_config, tmp_path):
     out = tmp_path / "never"
-    with pytest.raises(ConfigError, match=r"^layout: packed needs the eager hf body \(compile: compile pads"):
+    with pytest.raises(ConfigError, match=r"^layout: packed cannot apply \(compile: compile pads"):
         extract(tiny_llama, chat_rows(4), make_config(layout="packed", compile="compile", out_dir=str(out)))
     assert not out.exists()
 
