@@ -58,6 +58,14 @@ process 1 (layout packed, trim per batch) 0.980, 0.998, 1.027, 1.088 (median 1.0
 963 tok/s best, the engine 948 (0.98x; 1.045x the bare body over its own padded batches), the engine with
 ``layout: padded`` 920 (0.96x). In the process where the bare forward ran fastest the engine stays 1-2% below
 it: the packing's gathers (1.1% of the engine's CPU time, torch.profiler) and the pooling and store.
+Then (later on 2026-12-07) two more: (3) the deepest hooked layer runs its MLP and query/output projections at
+the tokens read only (``ExtractConfig.deepest_layer``), and (4) float32 linear layers run through oneDNN on the
+CPU (``ExtractConfig.cpu_linear``; MKL's sgemm runs at 0.45x of it on this AMD EPYC). Four rounds in one process,
+order rotated each round (record ``scripts/results/bench_extract_unique_prompts.json``): bare packed 910 tok/s
+best; engine 1,732 (1.90x; per round 1.90-2.12x); engine with ``cpu_linear: aten`` 940 (1.03x; per round
+1.03-1.16x); the bare forward with oneDNN linears 1,751, against which the engine reads 0.96-1.04x per round
+(median 1.01) and with ``deepest_layer: full`` 0.95-1.01x. With MKL's matmuls the narrowed layer gained
+1.01-1.07x per round over the whole one in three earlier processes (11 rounds).
 Earlier attempt, not adopted: packing whole rows into 256- or 512-token sequences under a block-diagonal mask
 (no re-padding for the attention) ran 0.89x and 0.88x of the padded batches.
 """

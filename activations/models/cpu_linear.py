@@ -11,8 +11,8 @@ relative (2-norm) of MKL's: float rounding of another summation order. Not measu
 MKL is tuned.
 
 ``onednn_linears(model)`` routes every plain ``nn.Linear`` of ``model`` (not a subclass: quantised layers keep
-theirs; not one whose ``forward`` is already replaced, as accelerate's offload hooks do) through that op while
-the block runs, and only where no gradient is needed (the op has no autograd formula): under
+theirs; under accelerate's device-map hooks, the ``_old_forward`` they call; not one whose ``forward`` something
+else replaced) through that op while the block runs, and only where no gradient is needed (the op has no autograd formula): under
 ``torch.inference_mode`` or ``no_grad``, as the extraction engine runs. Forward hooks on those layers still run.
 """
 
@@ -43,25 +43,39 @@ def _forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
-def onednn_linears_of(model: nn.Module) -> list[nn.Linear]:
-    """The linear layers ``onednn_linears`` routes: plain ``nn.Linear`` on the CPU in a routed dtype, whose
-    ``forward`` is the class's own."""
-    return [m for m in model.modules() if type(m) is nn.Linear and "forward" not in m.__dict__
-            and m.weight.device.type == "cpu" and m.weight.dtype in ONEDNN_DTYPES]
+def _slot(m: nn.Linear) -> str | None:
+    """The attribute that holds ``m``'s own computation: ``forward``, or ``_old_forward`` under accelerate's
+    hooks (device maps, disk offload: its ``forward`` moves the weights in, then calls ``_old_forward``); None
+    where something else replaced ``forward``."""
+    if "forward" not in m.__dict__:
+        return "forward"
+    return "_old_forward" if "_old_forward" in m.__dict__ and hasattr(m, "_hf_hook") else None
+
+
+def onednn_linears_of(model: nn.Module) -> list[tuple[nn.Linear, str]]:
+    """(layer, attribute) of the linear layers ``onednn_linears`` routes: plain ``nn.Linear`` in a routed dtype
+    whose weights are on the CPU (or offloaded, moved to the CPU by accelerate's hook at each call) and whose
+    computation sits in its own ``forward`` or accelerate's ``_old_forward``."""
+    return [(m, slot) for m in model.modules() if type(m) is nn.Linear and m.weight.dtype in ONEDNN_DTYPES
+            and (slot := _slot(m)) is not None
+            and (m.weight.device.type == "cpu" or (slot == "_old_forward" and m.weight.device.type == "meta"))]
 
 
 @contextlib.contextmanager
 def onednn_linears(model: nn.Module) -> Iterator[int]:
     """Within the block, ``model``'s plain CPU linear layers run through oneDNN when no gradient is needed;
-    yields how many were routed. Their own ``forward`` comes back on exit, also on an error."""
+    yields how many were routed. Their own computation comes back on exit, also on an error."""
     if not onednn_available():
         raise DeviceError("this torch build has no oneDNN linear (torch.ops.mkldnn._linear_pointwise): use "
-                           "cpu_linear: aten")
-    routed = onednn_linears_of(model)
-    for m in routed:
-        m.forward = types.MethodType(_forward, m)
+                          "cpu_linear: aten")
+    routed = [(m, slot, m.__dict__.get(slot)) for m, slot in onednn_linears_of(model)]
+    for m, slot, _ in routed:
+        setattr(m, slot, types.MethodType(_forward, m))
     try:
         yield len(routed)
     finally:
-        for m in routed:
-            m.__dict__.pop("forward", None)
+        for m, slot, before in routed:
+            if before is None:
+                m.__dict__.pop(slot, None)
+            else:
+                setattr(m, slot, before)

@@ -18,19 +18,43 @@ class Quantised(nn.Linear):
 def model() -> nn.Module:
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64, bias=False), Quantised(64, 8))
-    offloaded = nn.Linear(8, 8)
-    offloaded.forward = offloaded.forward  # an instance-level forward, as accelerate's offload hooks set
-    m.append(offloaded)
+    replaced = nn.Linear(8, 8)
+    replaced.forward = replaced.forward  # an instance-level forward of unknown origin: left alone
+    m.append(replaced)
     return m
 
 
 def test_routes_plain_cpu_float32_linears_only_and_restores_them():
     m = model()
-    assert onednn_linears_of(m) == [m[0], m[2]]
+    assert onednn_linears_of(m) == [(m[0], "forward"), (m[2], "forward")]
+    before = m[4].forward
     with onednn_linears(m) as n:
         assert n == 2 and "forward" in m[0].__dict__ and "forward" not in m[3].__dict__
-    assert "forward" not in m[0].__dict__ and "forward" not in m[2].__dict__ and "forward" in m[4].__dict__
+    assert "forward" not in m[0].__dict__ and "forward" not in m[2].__dict__ and m[4].forward == before
     assert onednn_linears_of(m.to(torch.bfloat16)) == []
+
+
+def test_under_accelerate_hooks_the_computation_they_call_is_routed():
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    lin, x = nn.Linear(16, 8), torch.randn(4, 16)
+    calls = []
+
+    class Count(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            calls.append(1)
+            return args, kwargs
+
+    add_hook_to_module(lin, Count())
+    own = lin._old_forward
+    assert onednn_linears_of(lin) == [(lin, "_old_forward")]
+    with torch.inference_mode():
+        want = lin(x)
+        with onednn_linears(lin), torch.profiler.profile() as prof:
+            got = lin(x)
+    assert len(calls) == 2 and lin._old_forward == own and "forward" in lin.__dict__
+    assert "mkldnn::_linear_pointwise" in {e.name for e in prof.events()}
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_values_within_float_rounding_and_hooks_still_run():
