@@ -60,11 +60,14 @@ process 1 (layout packed, trim per batch) 0.980, 0.998, 1.027, 1.088 (median 1.0
 it: the packing's gathers (1.1% of the engine's CPU time, torch.profiler) and the pooling and store.
 Then (later on 2026-12-07) two more: (3) the deepest hooked layer runs its MLP and query/output projections at
 the tokens read only (``ExtractConfig.deepest_layer``), and (4) float32 linear layers run through oneDNN on the
-CPU (``ExtractConfig.cpu_linear``; MKL's sgemm runs at 0.45x of it on this AMD EPYC). Four rounds in one process,
+CPU (``ExtractConfig.cpu_linear: onednn``, the default until acd61d6, opt-in since: see its docstring; in the two
+records below ``engine`` is that, ``engine_aten`` today's default; MKL's sgemm runs at 0.45x of it on this AMD EPYC). Four rounds in one process,
 order rotated each round (record ``scripts/results/bench_extract_unique_prompts.json``): bare packed 910 tok/s
 best; engine 1,732 (1.90x; per round 1.90-2.12x); engine with ``cpu_linear: aten`` 940 (1.03x; per round
 1.03-1.16x); the bare forward with oneDNN linears 1,751, against which the engine reads 0.96-1.04x per round
-(median 1.01) and with ``deepest_layer: full`` 0.95-1.01x. With MKL's matmuls the narrowed layer gained
+(median 1.01) and with ``deepest_layer: full`` 0.95-1.01x. The issue's command in another process (``--skip
+rss,saelens --repeat 2``): engine 1.94-1.96x bare packed, ``cpu_linear: aten`` 1.14-1.15x, 0.92-0.96x of the
+oneDNN bare forward; TransformerLens expert 1.00x, nnsight 0.39x. With MKL's matmuls the narrowed layer gained
 1.01-1.07x per round over the whole one in three earlier processes (11 rounds).
 Earlier attempt, not adopted: packing whole rows into 256- or 512-token sequences under a block-diagonal mask
 (no re-padding for the attention) ran 0.89x and 0.88x of the padded batches.
@@ -211,7 +214,8 @@ def rss_child(n: int, args) -> None:
     handle = load_model(args.model)
     rows = bench_rows(n, args.rows)
     with tempfile.TemporaryDirectory() as tmp:
-        engine_run(handle, rows, args.rss_hooks.split(","), ["last_prompt_token", "mean_response"], args, Path(tmp) / "s")
+        engine_run(handle, rows, args.rss_hooks.split(","), ["last_prompt_token", "mean_response"], args, Path(tmp) / "s",
+                   cpu_linear=args.cpu_linear)
     print(json.dumps({"n": n, "peak_rss_mb": peak_rss_bytes() / 2**20}))
 
 
@@ -219,10 +223,11 @@ def rss_compare(args) -> None:
     peaks = {}
     for n in (512, 4096):
         cmd = [sys.executable, __file__, "--rss-child", str(n), "--batch-size", str(args.batch_size),
-               "--token-budget", str(args.token_budget), "--rss-hooks", args.rss_hooks, "--model", args.model]
+               "--token-budget", str(args.token_budget), "--rss-hooks", args.rss_hooks, "--model", args.model,
+               "--cpu-linear", args.cpu_linear]
         cmd += ["--rows", args.rows] if args.rows else []
         peaks[n] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])["peak_rss_mb"]
-    print(f"peak RSS ({args.rss_hooks}): 512 prompts {peaks[512]:.0f} MB, 4096 prompts {peaks[4096]:.0f} MB "
+    print(f"peak RSS ({args.rss_hooks}, cpu_linear {args.cpu_linear}): 512 prompts {peaks[512]:.0f} MB, 4096 prompts {peaks[4096]:.0f} MB "
           f"({peaks[4096] / peaks[512]:.3f}x; goal <= 1.10x)")
 
 
@@ -251,6 +256,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="interleaved bare/engine rounds (best of each)")
     ap.add_argument("--skip", default="", help="comma list of: tl, nnsight, saelens, rss")
     ap.add_argument("--rss-only", action="store_true")
+    ap.add_argument("--cpu-linear", default="auto", choices=["auto", "onednn", "aten"], help="the RSS runs' cpu_linear")
     ap.add_argument("--rss-hooks", default="resid_post.*", help="hooks for the RSS runs (fewer layers: faster)")
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -297,12 +303,12 @@ def run_all(args, skip: set) -> None:
                 return fn()
         return run
 
-    variants = {  # every engine run: packed layout, deepest layer narrowed, linears through oneDNN unless named
+    variants = {  # every engine run: the CPU defaults (packed layout, deepest layer narrowed, aten linears) unless named
         "bare": lambda: bare_packed(handle, seqs, args),
         "bare_onednn": onednn(lambda: bare_packed(handle, seqs, args)),
-        "padded_onednn": onednn(lambda: bare_padded(handle, batches)),
+        "padded": lambda: bare_padded(handle, batches),
         "engine": lambda: engine("engine"),
-        "engine_aten": lambda: engine("aten", cpu_linear="aten"),
+        "engine_onednn": lambda: engine("onednn", cpu_linear="onednn"),
         "engine_full": lambda: engine("full", deepest="full"),
         "engine_padded": lambda: engine("padded", layout="padded"),
     }
@@ -314,14 +320,13 @@ def run_all(args, skip: set) -> None:
         for k in names[r % len(names):] + names[:r % len(names)]:  # speed by up to 3%), best of each
             times[k].append(variants[k]())
         print(f"  round {r}: " + ", ".join(f"{k} {tokens / v[-1]:.0f}" for k, v in times.items()) + " tok/s; engine / "
-              f"bare packed {times['bare'][-1] / times['engine'][-1]:.3f}x, / bare packed oneDNN "
-              f"{times['bare_onednn'][-1] / times['engine'][-1]:.3f}x", flush=True)
+              f"bare packed {times['bare'][-1] / times['engine'][-1]:.3f}x", flush=True)
     best = {k: min(v) for k, v in times.items()}
     bare = report("bare packed (18 layers), best", best["bare"], tokens, None)
     report("bare packed, linears through oneDNN, best", best["bare_onednn"], tokens, bare)
-    report("bare padded (the engine's batches), oneDNN", best["padded_onednn"], tokens, bare)
+    report("bare padded (the engine's batches), best", best["padded"], tokens, bare)
     report("engine, all layers x 2 positions, best", best["engine"], tokens, bare)
-    report("engine, cpu_linear aten, best", best["engine_aten"], tokens, bare)
+    report("engine, cpu_linear onednn, best", best["engine_onednn"], tokens, bare)
     report("engine, deepest layer full, best", best["engine_full"], tokens, bare)
     report("engine, layout padded, best", best["engine_padded"], tokens, bare)
     if "whole" in best:
@@ -334,11 +339,11 @@ def run_all(args, skip: set) -> None:
         print(f"  {engine_key} / {bare_key} round by round {[round(x, 3) for x in ratios]}", flush=True)
         return ratios
 
-    paired("engine", "bare")
-    paired("engine_aten", "bare")  # the same matmuls as the bare forward: the engine's own cost and savings
-    paired("engine", "bare_onednn")
-    paired("engine_full", "bare_onednn")
-    paired("engine", "padded_onednn")
+    paired("engine", "bare")  # the same matmuls on both sides: the engine's own cost and savings
+    paired("engine_full", "bare")
+    paired("engine", "padded")
+    paired("engine_onednn", "bare")
+    paired("engine_onednn", "bare_onednn")
     nbytes = out["bytes"]
     print(f"  {nbytes / args.n:.0f} bytes/prompt stored (bf16, 36 keys)", flush=True)
     if "tl" not in skip:

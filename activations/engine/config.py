@@ -99,9 +99,11 @@ class ExtractConfig(RowOptions):
     """``hf`` backend on the CPU: ``onednn`` runs the model's float32 linear layers through oneDNN
     (``activations/models/cpu_linear.py``), ``aten`` through PyTorch's default (MKL's sgemm). Measured on AMD
     EPYC: oneDNN 2.2x MKL per layer, the Gemma-3-270M forward 1.6-1.8x; not measured on Intel processors.
-    ``auto``: ``onednn`` on the CPU where this torch build has it and the model runs in float32, else ``aten``
-    (bfloat16 reaches oneDNN through ``aten`` already; a GPU never uses either). Values differ by float rounding
-    (3e-6 relative on Gemma-3-270M's last layer), so a resumed run may change it; each shard records which ran."""
+    ``auto`` is ``aten`` for now: with oneDNN the resident set crept through a long run (Gemma-3-270M, stance
+    rows, all layers: peak 1,925 MB at 4,096 rows vs 1,652 at 512, 1.17x; ``aten`` 1,795 vs 1,692, 1.06x; cause not
+    found: disabling oneDNN's primitive cache left 1.12x). ``onednn`` needs float32 on the CPU (bfloat16 reaches
+    oneDNN through ``aten`` already). Values differ by float rounding (3e-6 relative on Gemma-3-270M's last
+    layer), so a resumed run may change it; each shard records which ran."""
     share_prompts: bool = True
     """``hf`` backend: run a prompt shared by several rows with responses once and the responses against its
     KV cache (``shared_prompts.py``); same values within float rounding, ~3x fewer tokens computed on the

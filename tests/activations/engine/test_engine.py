@@ -36,8 +36,9 @@ def test_batched_store_equals_single_row_forward(chat_rows, model, layout, deepe
     rows = chat_rows(13)
     positions = POSITIONS if deepest == "full" else POSITIONS[:-1]
     hooks = ["resid_post.*", "mlp_out.0", f"attn_out.{handle.n_layers - 1}", f"mlp_out.{handle.n_layers - 1}"]
-    store = extract(handle, datasets.Dataset.from_list(rows), make_config(
-        model=handle.name, hooks=hooks, positions=positions, layout=layout, deepest_layer=deepest))
+    store = extract(handle, datasets.Dataset.from_list(rows), make_config(  # narrowed with oneDNN linears too
+        model=handle.name, hooks=hooks, positions=positions, layout=layout, deepest_layer=deepest,
+        cpu_linear="onednn" if deepest == "narrow" else "aten"))
     assert {s["batching"]["layout"] for s in store.manifest["shards"]} == {layout}
     assert {s["batching"]["deepest_layer"] for s in store.manifest["shards"]} == {deepest}
     assert len(store) == 13 and store.hooks == store.keys and len(store.keys) == 5 * len(positions)

@@ -96,12 +96,12 @@ def test_resume_records_the_batching_of_each_shard(tiny_llama, make_config, chat
     assert "batch_size" not in store.manifest["config"] and "token_budget" not in store.manifest["config"]
     (store.path / "rows" / "00001.jsonl").unlink()  # shard 1 lost a file: resume re-extracts it, keeps shard 0
     resumed = extract(tiny_llama, chat_rows(8), cfg.replace(batch_size=1, token_budget=300, layout="padded",
-                                                            deepest_layer="full", cpu_linear="aten"), resume=True)
+                                                            deepest_layer="full", cpu_linear="onednn"), resume=True)
     assert [s["batching"] for s in resumed.manifest["shards"]] == [  # as it ran (auto on a CPU, float32 model:
         {"batch_size": 4, "token_budget": 512, "share_prompts": True, "compile": "none", "layout": "packed",
-         "deepest_layer": "narrow", "cpu_linear": "onednn"},  # packed, narrow, oneDNN)
+         "deepest_layer": "narrow", "cpu_linear": "aten"},  # packed, narrow, aten)
         {"batch_size": 1, "token_budget": 300, "share_prompts": True, "compile": "none", "layout": "padded",
-         "deepest_layer": "full", "cpu_linear": "aten"}]
+         "deepest_layer": "full", "cpu_linear": "onednn"}]
     resumed.verify()
 
 

@@ -74,8 +74,8 @@ def test_split_model_hooks_every_layer_and_matches_the_unsplit_model(tiny4_dir, 
     rows = chat_rows(11)
     base = dict(model=str(tiny4_dir), hooks=["resid_post.*"], positions=["last_prompt_token", "mean_response"],
                 dtype="float32", shard_size=4, batch_size=3, token_budget=256)
-    a = extract(plain, rows, ExtractConfig(**base, out_dir=str(tmp_path / "plain")))
-    b = extract(mapped, rows, ExtractConfig(**base, out_dir=str(tmp_path / "mapped")))
+    a = extract(plain, rows, ExtractConfig(**base, cpu_linear="onednn", out_dir=str(tmp_path / "plain")))
+    b = extract(mapped, rows, ExtractConfig(**base, cpu_linear="onednn", out_dir=str(tmp_path / "mapped")))
     assert a.rows["id"] == b.rows["id"] == [f"row-{i}" for i in range(11)]
     for key in a.keys:
         assert torch.equal(a[key][:], b[key][:]), key
