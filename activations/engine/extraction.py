@@ -47,7 +47,6 @@ CLI summary: a probe reading them fails loudly rather than learning from zeros.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import warnings
 from collections.abc import Callable
@@ -75,7 +74,7 @@ from .config import ExtractConfig
 from .context import fit_context
 from .heap import HeapTrimmer, trim_host_heap
 from .plan import BATCHING_FIELDS, Plan, make_plan
-from .positions import spans
+from .positions import row_spans
 from .render import Rendered, render_rows
 from .rows import row_metadata
 from .shared_prompts import capture_shared, group_by_prompt, shared_batches
@@ -174,9 +173,8 @@ def run_shards(handle: ModelHandle, plan: Plan, writer: ShardWriter, shard_ids: 
     renderer = ThreadPoolExecutor(1, thread_name_prefix="undertow-render")
     body = CompiledBody(handle, plan.config.compile, plan.points) if plan.config.compile != "none" else None
     trim = HeapTrimmer()
-    linears = onednn_linears(handle.hf_model) if plan.onednn else contextlib.nullcontext()
     try:
-        with linears:  # the model's own linears come back after the last shard, also on an error
+        with onednn_linears(handle.hf_model, plan.onednn):  # the model's own come back after the last shard
             nxt = renderer.submit(_render_shard, handle, plan, shard_ids[0]) if shard_ids else None
             for i, k in enumerate(shard_ids):
                 raw, rendered, cut = nxt.result()
@@ -206,8 +204,7 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
     Rows that share a prompt with other rows run as shared-prompt batches (``shared_prompts.py``) when the
     config allows it on the ``hf`` backend; the rest in length-bucketed batches (batched by bucket length, the
     compiled ``body``'s shapes, when there is one)."""
-    row_spans = [[s for pos in plan.row_positions for s in spans(pos, r, _where(plan, raw, lo, i))]
-                 for i, r in enumerate(rendered)]
+    spans_NP = [row_spans(plan.row_positions, r, _where(plan, raw, lo, i)) for i, r in enumerate(rendered)]
     row_keys = {plan.key(p, pos): (p.name, plan.slots[pos.spec], pos.kind == "last_k")
                 for p in plan.points for pos in plan.row_positions}
     token_keys = {plan.key(p, plan.token_position): p.name for p in plan.points} if plan.token_position else {}
@@ -218,7 +215,7 @@ def extract_shard(handle: ModelHandle, plan: Plan, raw: list[dict], rendered: li
         groups, plain = group_by_prompt(rendered)
 
     def pool_rows(batch: list[int], packed: bool = False, narrow: bool = False):
-        return _pooler(handle, plan, sink, batch, [rendered[i].n_tokens for i in batch], [row_spans[i] for i in batch],
+        return _pooler(handle, plan, sink, batch, [rendered[i].n_tokens for i in batch], [spans_NP[i] for i in batch],
                        packed, narrow)
 
     def done(batch: list[int]) -> None:

@@ -20,7 +20,6 @@ forward's ops cancel, the rest is what the engine adds. Users: ``scripts/bench_l
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -43,7 +42,7 @@ from .capture import capture_hf
 from .compiled import batch_shapes
 from .config import ExtractConfig
 from .extraction import extract, read_rows, run_packed
-from .positions import parse_positions, spans
+from .positions import parse_positions, row_spans
 from .render import render_rows
 
 NO_LAUNCH = {"aten::" + n for n in (
@@ -143,8 +142,8 @@ def bare_batches(handle: ModelHandle, data: list[dict], config: ExtractConfig, p
         shard = rendered[lo:lo + config.shard_size]
         for batch, _, _ in batch_shapes([r.n_tokens for r in shard], config.batch_size, config.token_budget, False):
             rows = [shard[i] for i in batch]
-            read = read_rows([r.n_tokens for r in rows], [[s for pos in positions for s in spans(pos, r, "a row")]
-                                                         for r in rows], packed).to(handle.device) if narrow else None
+            read = read_rows([r.n_tokens for r in rows], [row_spans(positions, r, "a row") for r in rows],
+                             packed).to(handle.device) if narrow else None
             out.append(([r.ids for r in rows], read))
     return out
 
@@ -320,10 +319,10 @@ def compare(handle: ModelHandle, data: list[dict], config: ExtractConfig) -> Com
     packed = resolve_layout(config, handle) == "packed"
     batches = bare_batches(handle, data, config, packed, narrow_for(config, handle.backend, handle.device.type))
     deepest = HookPoint(handle.n_layers - 1, "resid_post")
-    linears = functools.partial(onednn_linears, handle.hf_model) if resolve_onednn(config, handle) else None
+    onednn = resolve_onednn(config, handle)
 
     def bare() -> None:
-        with linears() if linears else contextlib.nullcontext():
+        with onednn_linears(handle.hf_model, onednn):
             run_bare(handle, batches, deepest, packed)
 
     engine = lambda: run_engine(handle, data, config)  # noqa: E731

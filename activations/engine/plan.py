@@ -95,11 +95,17 @@ def _keys(points: list[HookPoint], positions: list[Position], d_model: int) -> d
     return keys
 
 
+def _placed(handle: ModelHandle) -> set[str]:
+    """The devices ``handle``'s layers compute on (a disk-offloaded group computes on the host, where its
+    weights are brought)."""
+    mapped = {str(d) for d in (handle.extra.get("device_map") or {}).values()}
+    return ({"cpu"} if "disk" in mapped else set()) | (mapped - {"disk"}) if mapped else {handle.device.type}
+
+
 def _one_device(handle: ModelHandle) -> bool:
     """Whether every layer computes on one device (a device map over host groups and disk counts: the
     activations all live on the host), so the packed layout's index tensors sit where each layer reads them."""
-    placed = {str(d) for d in (handle.extra.get("device_map") or {}).values()} - {"disk"}
-    return len(placed) <= 1
+    return len(_placed(handle)) <= 1
 
 
 def resolve_layout(config: ExtractConfig, handle: ModelHandle) -> Literal["padded", "packed"]:
@@ -158,8 +164,7 @@ def resolve_onednn(config: ExtractConfig, handle: ModelHandle) -> bool:
     """``config.cpu_linear`` for this loaded model (``onednn_for``; every layer on the host counts as the CPU)."""
     from ..models.cpu_linear import onednn_available
 
-    host = all(str(d) in ("cpu", "disk") for d in (handle.extra.get("device_map") or {"": handle.device.type}).values())
-    return onednn_for(config, handle.backend, "cpu" if host else handle.device.type,
+    return onednn_for(config, handle.backend, "cpu" if _placed(handle) == {"cpu"} else handle.device.type,
                       str(handle.dtype).removeprefix("torch."), onednn_available())
 
 

@@ -124,3 +124,8 @@ def spans(pos: Position, row: Rendered, where: str) -> list[tuple[int, int]]:
         t = _marker_token(pos, row, where)
         return [(t, t + 1)]
     raise ValueError(f"{pos.spec} has no fixed slots")  # all_tokens is handled by the engine
+
+
+def row_spans(positions: list[Position], row: Rendered, where: str) -> list[tuple[int, int]]:
+    """Every span of ``row`` for the row-level ``positions``, in order (the ``P`` axis of a batch's spans)."""
+    return [s for pos in positions for s in spans(pos, row, where)]

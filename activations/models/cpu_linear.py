@@ -62,9 +62,13 @@ def onednn_linears_of(model: nn.Module) -> list[tuple[nn.Linear, str]]:
 
 
 @contextlib.contextmanager
-def onednn_linears(model: nn.Module) -> Iterator[int]:
-    """Within the block, ``model``'s plain CPU linear layers run through oneDNN when no gradient is needed;
-    yields how many were routed. Their own computation comes back on exit, also on an error."""
+def onednn_linears(model: nn.Module, on: bool = True) -> Iterator[int]:
+    """Within the block, ``model``'s plain CPU linear layers run through oneDNN when no gradient is needed (``on``;
+    off: nothing changes); yields how many were routed. Their own computation comes back on exit, also on an
+    error."""
+    if not on:
+        yield 0
+        return
     if not onednn_available():
         raise DeviceError("this torch build has no oneDNN linear (torch.ops.mkldnn._linear_pointwise): use "
                           "cpu_linear: aten")

@@ -31,6 +31,8 @@ def test_routes_plain_cpu_float32_linears_only_and_restores_them():
     with onednn_linears(m) as n:
         assert n == 2 and "forward" in m[0].__dict__ and "forward" not in m[3].__dict__
     assert "forward" not in m[0].__dict__ and "forward" not in m[2].__dict__ and m[4].forward == before
+    with onednn_linears(m, on=False) as n:
+        assert n == 0 and "forward" not in m[0].__dict__
     assert onednn_linears_of(m.to(torch.bfloat16)) == []
 
 
