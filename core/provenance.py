@@ -52,10 +52,19 @@ def peak_rss_bytes() -> int | None:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def cpu_model() -> str | None:
+    """The processor's model name (``/proc/cpuinfo``, Linux): CPU timings differ by vendor (oneDNN vs MKL)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def machine() -> dict:
-    """CPU count, platform, Python, and the CUDA device when there is one."""
+    """CPU count and model, platform, Python, and the CUDA device when there is one."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
             "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}  # other jobs sharing the cores
     try:
         import torch

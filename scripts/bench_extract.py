@@ -91,15 +91,36 @@ from undertow.activations import ExtractConfig, extract, load_model, render_rows
 from undertow.activations.engine import capture
 from undertow.activations.engine.batching import bucket_batches, pad_right
 from undertow.activations.engine.shared_prompts import group_by_prompt
-from undertow.activations.models.cpu_linear import onednn_linears
+from undertow.activations.models.cpu_linear import cpu_vendor, onednn_faster_here, onednn_linears
 from undertow.core.provenance import bench_record, peak_rss_bytes
 
 MODEL = "gemma-3-270m"
 WINDOW = 128
 
 
+UNIQUE_MWE = Path(__file__).resolve().parents[2] / "shared/data/model-written-evals/advanced-ai-risk/lm-survival-instinct.jsonl"
+
+
+def unique_mwe_rows(n: int) -> list[dict]:
+    """The first ``n`` distinct lm-survival-instinct questions, each with the answer that matches the behaviour
+    teacher-forced (``--rows unique-mwe``: no two rows share a prompt; 256 rows are 21,381 Gemma-3 tokens)."""
+    if not UNIQUE_MWE.exists():
+        raise SystemExit(f"--rows unique-mwe reads {UNIQUE_MWE}: not found (the shared data folder beside the repo)")
+    rows, seen = [], set()
+    for line in UNIQUE_MWE.read_text().splitlines():
+        raw = json.loads(line)
+        if raw["question"] not in seen and len(rows) < n:
+            seen.add(raw["question"])
+            rows.append({"id": f"lm-survival-instinct-{len(rows)}", "prompt": raw["question"],
+                         "response": raw["answer_matching_behavior"].strip()})
+    return rows
+
+
 def bench_rows(n: int, path: str | None = None) -> list[dict]:
-    """``n`` rows with a prompt and a reply: ``path`` (JSONL rows) or the stance contrast, cycled; else generated."""
+    """``n`` rows with a prompt and a reply: ``path`` (JSONL rows, or ``unique-mwe``: ``unique_mwe_rows``) or the
+    stance contrast, cycled; else generated."""
+    if path == "unique-mwe":
+        return unique_mwe_rows(n)
     try:
         if path:
             from undertow.activations.engine.rows import read_jsonl
@@ -249,7 +270,7 @@ def main() -> None:
     ap.add_argument("--model", default=MODEL, help="registry name or local directory (e.g. random weights of a shape)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model-dtype", default="float32")
-    ap.add_argument("--rows", default=None, help="JSONL rows to use instead of the stance contrast (cycled to --n)")
+    ap.add_argument("--rows", default=None, help="JSONL rows to use instead of the stance contrast (cycled to --n), or unique-mwe (unique_mwe_rows)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--token-budget", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=None)
@@ -303,12 +324,16 @@ def run_all(args, skip: set) -> None:
                 return fn()
         return run
 
-    variants = {  # every engine run: the CPU defaults (packed layout, deepest layer narrowed, aten linears) unless named
+    # The engine's CPU default is oneDNN's linears on AMD processors, MKL's elsewhere (onednn_faster_here);
+    # "lib" names the default's matmuls, "other" the other library's.
+    lib, other = ("onednn", "aten") if onednn_faster_here() else ("aten", "onednn")
+    print(f"processor {cpu_vendor()}: the engine's default linears are {lib}'s", flush=True)
+    variants = {  # every engine run: the CPU defaults (packed layout, deepest layer narrowed, `lib` linears) unless named
         "bare": lambda: bare_packed(handle, seqs, args),
         "bare_onednn": onednn(lambda: bare_packed(handle, seqs, args)),
-        "padded": lambda: bare_padded(handle, batches),
+        f"padded_{lib}": (onednn if lib == "onednn" else lambda f: f)(lambda: bare_padded(handle, batches)),
         "engine": lambda: engine("engine"),
-        "engine_onednn": lambda: engine("onednn", cpu_linear="onednn"),
+        f"engine_{other}": lambda: engine(other, cpu_linear=other),
         "engine_full": lambda: engine("full", deepest="full"),
         "engine_padded": lambda: engine("padded", layout="padded"),
     }
@@ -324,9 +349,9 @@ def run_all(args, skip: set) -> None:
     best = {k: min(v) for k, v in times.items()}
     bare = report("bare packed (18 layers), best", best["bare"], tokens, None)
     report("bare packed, linears through oneDNN, best", best["bare_onednn"], tokens, bare)
-    report("bare padded (the engine's batches), best", best["padded"], tokens, bare)
-    report("engine, all layers x 2 positions, best", best["engine"], tokens, bare)
-    report("engine, cpu_linear onednn, best", best["engine_onednn"], tokens, bare)
+    report(f"bare padded (the engine's batches), {lib}, best", best[f"padded_{lib}"], tokens, bare)
+    report(f"engine ({lib}), all layers x 2 positions, best", best["engine"], tokens, bare)
+    report(f"engine, cpu_linear {other}, best", best[f"engine_{other}"], tokens, bare)
     report("engine, deepest layer full, best", best["engine_full"], tokens, bare)
     report("engine, layout padded, best", best["engine_padded"], tokens, bare)
     if "whole" in best:
@@ -339,11 +364,13 @@ def run_all(args, skip: set) -> None:
         print(f"  {engine_key} / {bare_key} round by round {[round(x, 3) for x in ratios]}", flush=True)
         return ratios
 
-    paired("engine", "bare")  # the same matmuls on both sides: the engine's own cost and savings
-    paired("engine_full", "bare")
-    paired("engine", "padded")
-    paired("engine_onednn", "bare")
-    paired("engine_onednn", "bare_onednn")
+    bare_key = {"onednn": "bare_onednn", "aten": "bare"}
+    paired("engine", "bare")  # the defaults against what transformers runs by default
+    if lib == "onednn":  # the same matmuls on both sides: the engine's own cost and savings
+        paired("engine", "bare_onednn")
+    paired("engine_full", bare_key[lib])
+    paired("engine", f"padded_{lib}")
+    paired(f"engine_{other}", bare_key[other])
     nbytes = out["bytes"]
     print(f"  {nbytes / args.n:.0f} bytes/prompt stored (bf16, 36 keys)", flush=True)
     if "tl" not in skip:

@@ -97,13 +97,13 @@ class ExtractConfig(RowOptions):
     resumed run may change it."""
     cpu_linear: CpuLinear = "auto"
     """``hf`` backend on the CPU: ``onednn`` runs the model's float32 linear layers through oneDNN
-    (``activations/models/cpu_linear.py``), ``aten`` through PyTorch's default (MKL's sgemm). Measured on AMD
-    EPYC: oneDNN 2.2x MKL per layer, the Gemma-3-270M forward 1.6-1.8x; not measured on Intel processors.
-    ``auto`` is ``aten`` for now: with oneDNN the resident set crept through a long run (Gemma-3-270M, stance
-    rows, all layers: peak 1,925 MB at 4,096 rows vs 1,652 at 512, 1.17x; ``aten`` 1,795 vs 1,692, 1.06x; cause not
-    found: disabling oneDNN's primitive cache left 1.12x). ``onednn`` needs float32 on the CPU (bfloat16 reaches
-    oneDNN through ``aten`` already). Values differ by float rounding (3e-6 relative on Gemma-3-270M's last
-    layer), so a resumed run may change it; each shard records which ran."""
+    (``activations/models/cpu_linear.py``), ``aten`` through PyTorch's default (MKL's sgemm); ``auto`` is
+    ``onednn`` where it can run (float32 on the CPU, eager ``hf`` body, a torch build with oneDNN) on an AMD
+    processor, else ``aten`` (``models.cpu_linear.onednn_faster_here``). Measured: on AMD EPYC oneDNN ran 2.2x
+    MKL per layer and the Gemma-3-270M forward 1.6-1.9x; on an Intel Xeon MKL ran 1.1-1.3x oneDNN. Peak RSS over a long run stays flat because importing undertow bounds oneDNN's shape caches
+    (``bound_onednn_caches``; unbounded, a 4,096-row run peaked 1.15x a 512-row one). Values differ from
+    ``aten``'s by float rounding (3e-6 relative on Gemma-3-270M's last layer), so a resumed run may change it;
+    each shard records which ran."""
     share_prompts: bool = True
     """``hf`` backend: run a prompt shared by several rows with responses once and the responses against its
     KV cache (``shared_prompts.py``); same values within float rounding, ~3x fewer tokens computed on the

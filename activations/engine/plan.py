@@ -147,25 +147,27 @@ def narrow_for(config: ExtractConfig, backend: str, device_type: str) -> bool:
     return can and device_type == "cpu" if config.deepest_layer == "auto" else config.deepest_layer == "narrow"
 
 
-def onednn_for(config: ExtractConfig, backend: str, device_type: str, model_dtype: str, available: bool) -> bool:
+def onednn_for(config: ExtractConfig, backend: str, device_type: str, model_dtype: str, available: bool,
+               faster: bool) -> bool:
     """``config.cpu_linear`` on ``backend``, a ``device_type`` device and a ``model_dtype`` model (``available``:
-    this torch has the oneDNN linear): ``onednn`` routes float32 on the CPU with the eager ``hf`` body, and is
-    refused in one line where it cannot run or would route no layer; ``auto`` keeps ``aten`` for now."""
+    this torch has the oneDNN linear; ``faster``: it beats MKL on this processor): ``onednn`` routes float32 on
+    the CPU with the eager ``hf`` body, and is refused in one line where it cannot run or would route no layer;
+    ``auto`` is ``onednn`` where it can run and is the faster, else ``aten``."""
     can = _refuse(config, "cpu_linear", "onednn", "auto or aten", [
         (not available, "this torch build has no oneDNN linear"),
         (backend != "hf", f"backend {backend!r} runs the library's own forward"),
         (config.compile != "none", f"compile: {config.compile} picks its own kernels"),
         (device_type != "cpu", f"the model runs on {device_type}"),
         (model_dtype != "float32", f"the model runs in {model_dtype}, which reaches oneDNN through aten already")])
-    return can and config.cpu_linear == "onednn"  # auto: aten until oneDNN's memory creep is understood (config.py)
+    return can and (config.cpu_linear == "onednn" or (config.cpu_linear == "auto" and faster))
 
 
 def resolve_onednn(config: ExtractConfig, handle: ModelHandle) -> bool:
     """``config.cpu_linear`` for this loaded model (``onednn_for``; every layer on the host counts as the CPU)."""
-    from ..models.cpu_linear import onednn_available
+    from ..models.cpu_linear import onednn_available, onednn_faster_here
 
     return onednn_for(config, handle.backend, "cpu" if _placed(handle) == {"cpu"} else handle.device.type,
-                      str(handle.dtype).removeprefix("torch."), onednn_available())
+                      str(handle.dtype).removeprefix("torch."), onednn_available(), onednn_faster_here())
 
 
 def make_plan(handle: ModelHandle, dataset, config: ExtractConfig) -> Plan:

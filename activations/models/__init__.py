@@ -7,6 +7,11 @@ engine, store or cluster rooms.
 """
 
 from .backends import BACKENDS, to_nnsight, to_transformer_lens
+from .cpu_linear import (  # importing it bounds oneDNN's caches
+    bound_onednn_caches,
+    onednn_available,
+    onednn_linears,
+)
 from .fingerprint import fingerprint
 from .handle import ModelHandle, base_model, load_model, resolve_device, resolve_dtype
 from .hooks import (
@@ -26,7 +31,7 @@ from .sources import load_hf
 
 __all__ = [
     "BACKENDS", "DEFAULT_MODEL", "EMBEDDED", "SITES", "HookPoint", "ModelHandle", "ModelSpec", "all_hook_names",
-    "auto_device_map", "base_model", "check_device_map", "check_model_dir", "decoder_layers", "decoder_path",
+    "auto_device_map", "base_model", "bound_onednn_caches", "check_device_map", "check_model_dir", "decoder_layers", "decoder_path",
     "dispatch", "fingerprint", "hf_site", "layer_device_map", "load_hf", "load_model", "map_main_device",
-    "parse_hooks", "resolve_device", "resolve_dtype", "site_attr", "to_nnsight", "to_transformer_lens",
+    "onednn_available", "onednn_linears", "parse_hooks", "resolve_device", "resolve_dtype", "site_attr", "to_nnsight", "to_transformer_lens",
 ]

@@ -11,6 +11,7 @@ import torch
 from undertow.activations import (
     ActivationStore,
     DatasetError,
+    ExtractConfig,
     HookError,
     NonFiniteWarning,
     PositionError,
@@ -103,6 +104,20 @@ def test_narrow_and_onednn_are_refused_where_they_cannot_apply(chat_rows, tiny_l
         extract(tiny_llama, chat_rows(4), make_config(compile="compile", deepest_layer="narrow"))
     with pytest.raises(ConfigError, match="cpu_linear: onednn cannot apply .compile: compile picks its own"):
         extract(tiny_llama, chat_rows(4), make_config(compile="compile", cpu_linear="onednn"))
+
+
+def test_cpu_linear_auto_takes_onednn_only_where_it_can_run_and_is_the_faster():
+    from undertow.activations.engine.plan import onednn_for
+
+    def pick(choice: str, faster: bool, dtype: str = "float32", device: str = "cpu") -> bool:
+        return onednn_for(ExtractConfig(model="m", hooks=["resid_post.0"], cpu_linear=choice), "hf", device, dtype,
+                          True, faster)
+
+    assert pick("auto", faster=True) and not pick("auto", faster=False)
+    assert pick("onednn", faster=False) and not pick("aten", faster=True)
+    assert not pick("auto", faster=True, dtype="bfloat16") and not pick("auto", faster=True, device="cuda")
+    with pytest.raises(ConfigError, match="cpu_linear: onednn cannot apply .the model runs in bfloat16"):
+        pick("onednn", faster=True, dtype="bfloat16")
 
 
 def test_row_order_is_dataset_order_whatever_the_batching(chat_rows, tiny_llama, make_config, tmp_path):

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from undertow.activations.models.cpu_linear import onednn_available, onednn_linears, onednn_linears_of
+from undertow.activations.models.cpu_linear import (
+    bound_onednn_caches,
+    cpu_vendor,
+    onednn_available,
+    onednn_faster_here,
+    onednn_linears,
+    onednn_linears_of,
+)
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear")
 
@@ -83,3 +95,50 @@ def test_gradients_take_the_default_path():
     y.sum().backward()
     assert y.grad_fn is not None and x.grad is not None
     torch.testing.assert_close(x.grad, m[0].weight.sum(0).expand(2, -1))
+
+
+GROWTH = """
+import torch
+import undertow.activations.models  # bounds oneDNN's caches unless the environment sets them
+
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+torch.set_num_threads(1)
+w = torch.randn(1024, 256)
+with torch.inference_mode():
+    torch.ops.mkldnn._linear_pointwise(torch.randn(8, 256), w, None, "none", [], "")
+    before = resident_mb()
+    for rows in range(16, 1216, 4):  # 300 row counts, as packed batches give
+        torch.ops.mkldnn._linear_pointwise(torch.randn(rows, 256), w, None, "none", [], "")
+print(resident_mb() - before)
+"""
+
+
+def growth_mb(**env: str) -> float:
+    clean = {k: v for k, v in os.environ.items() if "CACHE_CAPACITY" not in k}
+    out = subprocess.run([sys.executable, "-c", GROWTH], env={**clean, **env}, capture_output=True, text=True,
+                         check=True, timeout=300)
+    return float(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident set from /proc")
+def test_importing_undertow_bounds_onednns_shape_caches_and_the_environment_wins():
+    """Each new row count cost ~0.5 MB in oneDNN's caches (300 counts: +176 MB measured); bounded, +22 MB."""
+    bounded = growth_mb()
+    unbounded = growth_mb(DNNL_PRIMITIVE_CACHE_CAPACITY="1024", LRU_CACHE_CAPACITY="1024")  # oneDNN's defaults
+    assert unbounded > 80 and bounded < unbounded / 3, (bounded, unbounded)
+    with pytest.raises(ValueError, match="at least one entry"):
+        bound_onednn_caches(0)
+
+
+def test_onednn_is_preferred_on_amd_processors_only(tmp_path, monkeypatch):
+    from undertow.activations.models import cpu_linear
+
+    for vendor in ("AuthenticAMD", "GenuineIntel"):
+        (tmp_path / vendor).write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 25\n")
+        assert cpu_vendor(str(tmp_path / vendor)) == vendor
+        monkeypatch.setattr(cpu_linear, "cpu_vendor", lambda v=vendor: v)
+        assert onednn_faster_here() == (vendor == "AuthenticAMD")
+    assert cpu_vendor(str(tmp_path / "absent")) is None
