@@ -69,6 +69,13 @@ best; engine 1,732 (1.90x; per round 1.90-2.12x); engine with ``cpu_linear: aten
 rss,saelens --repeat 2``): engine 1.94-1.96x bare packed, ``cpu_linear: aten`` 1.14-1.15x, 0.92-0.96x of the
 oneDNN bare forward; TransformerLens expert 1.00x, nnsight 0.39x. With MKL's matmuls the narrowed layer gained
 1.01-1.07x per round over the whole one in three earlier processes (11 rounds).
+Then (2026-12-07, night): oneDNN's two shape caches bounded at import (``bound_onednn_caches``; RSS, stance
+rows, all layers: 512 rows 1,614 MB, 4,096 rows 1,743 MB, 1.08x; unbounded 1,825 / 2,100 MB, 1.15x) and
+``cpu_linear: auto`` = oneDNN on AMD processors only. On an Intel Xeon (2.80 GHz, AVX-512) MKL is the faster
+(640->2048: 15.9-17.5 ms vs oneDNN's 19.2-20.5) and the engine runs MKL: ``--rows unique-mwe --skip
+rss,saelens,tl,nnsight --repeat 4`` (record ``scripts/results/bench_extract_unique_prompts_intel.json``): bare
+packed 806 tok/s best, engine 819 (1.02x), per round 0.948, 1.017, 1.043, 1.486 (the last against a bare run at
+489 tok/s: that machine's speed wandered); oneDNN there 0.87x (bare) and 0.91x (engine) of bare packed.
 Earlier attempt, not adopted: packing whole rows into 256- or 512-token sequences under a block-diagonal mask
 (no re-padding for the attention) ran 0.89x and 0.88x of the padded batches.
 """

@@ -30,10 +30,11 @@ sharing. There the gap is host-side launch overhead of HF's eager forward on a
 small model (torch.profiler: 29k launches, 1.29 s host vs 0.62 s GPU per run).
 
 On the CPU the deepest hooked layer runs its MLP and query/output projections at the tokens read only
-(``config.deepest_layer``, ``models/narrow.py``): with packed rows, 256 unique rows ran at 0.94-1.16x the bare HF
-forward per round over five processes. ``config.cpu_linear: onednn`` (opt-in) runs float32 linear layers through
-oneDNN instead of MKL (``models/cpu_linear.py``; 2.2x per layer on AMD EPYC): 1.90-2.12x the bare forward, and
-0.92-1.04x of a bare forward given the same oneDNN linears (two processes, ``scripts/bench_extract.py``).
+(``config.deepest_layer``, ``models/narrow.py``), and on AMD processors float32 linear layers run through oneDNN
+instead of MKL (``config.cpu_linear``, ``models/cpu_linear.py``; 2.2x per layer on AMD EPYC, where MKL takes its
+generic path). 256 unique rows (``scripts/bench_extract.py --rows unique-mwe``): AMD EPYC 1.90-2.12x the bare HF
+forward per round, 0.92-1.04x of a bare forward given the same oneDNN linears; Intel Xeon (MKL on both sides)
+0.95-1.04x.
 
 ``config.compile`` (``compiled.py``) runs the decoder layers through ``torch.compile`` (or CUDA graphs) at
 fixed bucket shapes for the plain batches; on 2 CPU cores it is 0.88x eager (bucket padding outweighs the
