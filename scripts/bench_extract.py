@@ -70,7 +70,8 @@ rss,saelens --repeat 2``): engine 1.94-1.96x bare packed, ``cpu_linear: aten`` 1
 oneDNN bare forward; TransformerLens expert 1.00x, nnsight 0.39x. With MKL's matmuls the narrowed layer gained
 1.01-1.07x per round over the whole one in three earlier processes (11 rounds).
 Then (2026-12-07, night): oneDNN's two shape caches bounded at import (``bound_onednn_caches``; RSS, stance
-rows, all layers: 512 rows 1,614 MB, 4,096 rows 1,743 MB, 1.08x; unbounded 1,825 / 2,100 MB, 1.15x) and
+rows, all layers: 512 rows 1,614 MB, 4,096 rows 1,743 MB, 1.08x; again, through the import alone, 1,595 / 1,775
+MB, 1.11x; unbounded 1,825 / 2,100 MB, 1.15x; aten on that machine 1,699 / 1,860 MB, 1.10x) and
 ``cpu_linear: auto`` = oneDNN on AMD processors only. On an Intel Xeon (2.80 GHz, AVX-512) MKL is the faster
 (640->2048: 15.9-17.5 ms vs oneDNN's 19.2-20.5) and the engine runs MKL: ``--rows unique-mwe --skip
 rss,saelens,tl,nnsight --repeat 4`` (record ``scripts/results/bench_extract_unique_prompts_intel.json``): bare
