@@ -52,13 +52,19 @@ def peak_rss_bytes() -> int | None:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def cpu_model() -> str | None:
-    """The processor's model name (``/proc/cpuinfo``, Linux): CPU timings differ by vendor (oneDNN vs MKL)."""
+def cpuinfo_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The first processor's ``name`` field in ``cpuinfo`` (Linux: ``vendor_id``, ``model name``); None where the
+    file or the field is absent."""
     try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+        with open(cpuinfo) as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(name)), None)
     except OSError:
         return None
+
+
+def cpu_model() -> str | None:
+    """The processor's model name: CPU timings differ by vendor (oneDNN vs MKL)."""
+    return cpuinfo_field("model name")
 
 
 def machine() -> dict:

@@ -60,8 +60,9 @@ process 1 (layout packed, trim per batch) 0.980, 0.998, 1.027, 1.088 (median 1.0
 it: the packing's gathers (1.1% of the engine's CPU time, torch.profiler) and the pooling and store.
 Then (later on 2026-12-07) two more: (3) the deepest hooked layer runs its MLP and query/output projections at
 the tokens read only (``ExtractConfig.deepest_layer``), and (4) float32 linear layers run through oneDNN on the
-CPU (``ExtractConfig.cpu_linear: onednn``, the default until acd61d6, opt-in since: see its docstring; in the two
-records below ``engine`` is that, ``engine_aten`` today's default; MKL's sgemm runs at 0.45x of it on this AMD EPYC). Four rounds in one process,
+CPU (``ExtractConfig.cpu_linear: onednn``, the default until acd61d6, opt-in from 476159d, the default on AMD
+processors from 4a01536; in the two records below ``engine`` is oneDNN; MKL's sgemm runs at 0.45x of it on this
+AMD EPYC). Four rounds in one process,
 order rotated each round (record ``scripts/results/bench_extract_unique_prompts.json``): bare packed 910 tok/s
 best; engine 1,732 (1.90x; per round 1.90-2.12x); engine with ``cpu_linear: aten`` 940 (1.03x; per round
 1.03-1.16x); the bare forward with oneDNN linears 1,751, against which the engine reads 0.96-1.04x per round
@@ -326,9 +327,9 @@ def run_all(args, skip: set) -> None:
         secs, out["bytes"] = engine_run(handle, rows, *all_layers, args, tmp / name, **kw)
         return secs
 
-    def onednn(fn):
+    def onednn(fn, on: bool = True):
         def run() -> float:
-            with onednn_linears(handle.hf_model):
+            with onednn_linears(handle.hf_model, on):
                 return fn()
         return run
 
@@ -339,7 +340,7 @@ def run_all(args, skip: set) -> None:
     variants = {  # every engine run: the CPU defaults (packed layout, deepest layer narrowed, `lib` linears) unless named
         "bare": lambda: bare_packed(handle, seqs, args),
         "bare_onednn": onednn(lambda: bare_packed(handle, seqs, args)),
-        f"padded_{lib}": (onednn if lib == "onednn" else lambda f: f)(lambda: bare_padded(handle, batches)),
+        f"padded_{lib}": onednn(lambda: bare_padded(handle, batches), on=lib == "onednn"),
         "engine": lambda: engine("engine"),
         f"engine_{other}": lambda: engine(other, cpu_linear=other),
         "engine_full": lambda: engine("full", deepest="full"),

@@ -100,8 +100,9 @@ class ExtractConfig(RowOptions):
     (``activations/models/cpu_linear.py``), ``aten`` through PyTorch's default (MKL's sgemm); ``auto`` is
     ``onednn`` where it can run (float32 on the CPU, eager ``hf`` body, a torch build with oneDNN) on an AMD
     processor, else ``aten`` (``models.cpu_linear.onednn_faster_here``). Measured: on AMD EPYC oneDNN ran 2.2x
-    MKL per layer and the Gemma-3-270M forward 1.6-1.9x; on an Intel Xeon MKL ran 1.1-1.3x oneDNN. Peak RSS over a long run stays flat because importing undertow bounds oneDNN's shape caches
-    (``bound_onednn_caches``; unbounded, a 4,096-row run peaked 1.15x a 512-row one). Values differ from
+    MKL per layer and the Gemma-3-270M forward 1.6-1.9x; on an Intel Xeon MKL ran 1.1-1.3x oneDNN. Over a long
+    run oneDNN's peak RSS stays at MKL's level because importing undertow bounds its shape caches
+    (``bound_onednn_caches``; 4,096 vs 512 rows 1.08-1.11x, MKL 1.10x; unbounded 1.15x). Values differ from
     ``aten``'s by float rounding (3e-6 relative on Gemma-3-270M's last layer), so a resumed run may change it;
     each shard records which ran."""
     share_prompts: bool = True

@@ -31,7 +31,8 @@ from .sources import load_hf
 
 __all__ = [
     "BACKENDS", "DEFAULT_MODEL", "EMBEDDED", "SITES", "HookPoint", "ModelHandle", "ModelSpec", "all_hook_names",
-    "auto_device_map", "base_model", "bound_onednn_caches", "check_device_map", "check_model_dir", "decoder_layers", "decoder_path",
-    "dispatch", "fingerprint", "hf_site", "layer_device_map", "load_hf", "load_model", "map_main_device",
-    "onednn_available", "onednn_linears", "parse_hooks", "resolve_device", "resolve_dtype", "site_attr", "to_nnsight", "to_transformer_lens",
+    "auto_device_map", "base_model", "bound_onednn_caches", "check_device_map", "check_model_dir",
+    "decoder_layers", "decoder_path", "dispatch", "fingerprint", "hf_site", "layer_device_map", "load_hf",
+    "load_model", "map_main_device", "onednn_available", "onednn_linears", "parse_hooks", "resolve_device",
+    "resolve_dtype", "site_attr", "to_nnsight", "to_transformer_lens",
 ]

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from undertow.core.provenance import cpuinfo_field
+
 from ..errors import DeviceError
 
 ONEDNN_CACHE_ENTRIES = 16
@@ -64,14 +66,7 @@ ONEDNN_DTYPES = (torch.float32,)
 def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """The processor's vendor as Linux names it (``vendor_id`` in ``cpuinfo``: ``AuthenticAMD``,
     ``GenuineIntel``); None where the file or the line is absent."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    return cpuinfo_field("vendor_id", cpuinfo)
 
 
 def onednn_faster_here() -> bool:
