@@ -81,6 +81,14 @@ def probe_train_rows(contrast: str, suite_rows: dict | None = None, train_on_val
     return [by_id[i] for i, s in zip(suite_rows["id"], suite_rows["split"], strict=True) if s in fit] + list(extra_rows)
 
 
+def in_template_test_rows(contrast: str, suite_rows: dict) -> list[dict]:
+    """The suite store's ``test`` rows (held-out templates): the rows a probe's in-template test AUROC is read on."""
+    from undertow.experiments.prompts.contrasts import get_contrast
+
+    by_id = {r["id"]: r for r in get_contrast(contrast).to_list()}
+    return [by_id[i] for i, s in zip(suite_rows["id"], suite_rows["split"], strict=True) if s == "test"]
+
+
 def scored_rows(contrast: str, store_rows: dict) -> list[dict]:
     """The independent set's rows an independent store's probe figures are read on (its ``test`` rows)."""
     by_id = {r["id"]: r for r in load_independent(contrast).to_list()}
@@ -129,15 +137,15 @@ def _with_extra(acts: dict, rows: dict, store: Path, position: str) -> tuple[dic
     return both, {k: np.concatenate([v, np.asarray(x_rows[k])]) for k, v in rows.items()}
 
 
-def _build(specs: list[tuple], cal_acts: dict, lexical: float, how):
-    """EvalSets + CalibrationSet, with multi-layer pseudo-hooks when ``how`` is set ('mean' / 'concat', or
-    a function acts -> acts)."""
+def _build(specs: list[tuple], cal_acts: dict, lexical: dict[str, float | None], how):
+    """EvalSets (each with its lexical line from ``lexical``: set name -> AUROC) + CalibrationSet, with
+    multi-layer pseudo-hooks when ``how`` is set ('mean' / 'concat', or a function acts -> acts)."""
     def grow(a):
         if how is None:
             return a
         return how(a) if callable(how) else with_multilayer(a, how)
 
-    evs = [eval_set(n, grow(a), labels=y, groups=g, splits=sp, lexical_auroc=lexical if n == "independent" else None)
+    evs = [eval_set(n, grow(a), labels=y, groups=g, splits=sp, lexical_auroc=lexical.get(n))
            for n, a, y, g, sp in specs]
     return evs, calibration_set("control_chat", grow(cal_acts), control_hash())
 
@@ -157,29 +165,54 @@ def _shipped(model: str, contrast: str, evs, cal) -> dict:
     return out
 
 
+def mwe_scored_rows(mwe: str | Path, store_rows: dict) -> list[dict]:
+    """The model-written-evals answer rows an ``mwe_stance`` store holds (every row is scored), in store order,
+    with the ``text`` (the question) and ``response`` (the teacher-forced answer) the lexical line reads."""
+    from undertow.experiments.prompts.eval_sets import mwe_answer_rows
+
+    by_id = {r["id"]: r for r in mwe_answer_rows(mwe, MWE_PER_SOURCE).to_list()}
+    missing = [i for i in store_rows["id"] if i not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} rows of the mwe store (e.g. {missing[0]}) are not among the "
+                         f"{MWE_PER_SOURCE}-per-source MWE answers of {mwe}: extract it from the same source")
+
+    def turn(r: dict, role: str) -> str:
+        return next(m["content"] for m in r["messages"] if m["role"] == role)
+
+    return [{**by_id[i], "text": turn(by_id[i], "user"), "response": turn(by_id[i], "assistant")}
+            for i in store_rows["id"]]
+
+
 def measure_contrast(model_dir: Path, model: str, contrast: str, position: str | None = None,
-                     shipped: bool = True, ideas: tuple[Idea, ...] = IDEAS) -> dict:
+                     shipped: bool = True, ideas: tuple[Idea, ...] = IDEAS, mwe: str | Path | None = None) -> dict:
     """Before (shipped probe), every idea, the kept idea (``after``) and layer curves; ``out["_kept_result"]`` is
-    the kept idea's SweepResult (dropped before JSON)."""
+    the kept idea's SweepResult (dropped before JSON). ``mwe``: the model-written-evals directory the
+    ``mwe_stance`` store was extracted from, for that set's lexical line (None: no line for it)."""
     position = position or POSITION[contrast]
     train_acts, train_rows = _load(model_dir / f"suite_{contrast}", position)
     specs, cal_acts = _specs(model_dir, contrast, position)
-    scored = scored_rows(contrast, _load(model_dir / f"independent_{contrast}", position)[1])
-    lines: dict[tuple, float] = {}
+    scored = {"independent": scored_rows(contrast, _load(model_dir / f"independent_{contrast}", position)[1])}
+    if mwe is not None and any(sp[0] == "mwe" for sp in specs):
+        scored["mwe"] = mwe_scored_rows(mwe, ActivationStore(model_dir / "mwe_stance").rows)
+    lines: dict[tuple, dict[str, float | None]] = {}
 
-    def line(idea: Idea | None = None) -> float:
-        """The lexical line of the rows ``idea``'s probes are fitted on, scored on the independent test rows."""
+    def line(idea: Idea | None = None) -> dict[str, float | None]:
+        """The lexical lines (set name -> AUROC) of the rows ``idea``'s probes are fitted on, each scored on the
+        rows that set's probe figures are read on."""
         key = (bool(idea and idea.train_on_val), idea.extra_train if idea else None)
         if key not in lines:
             extra = _extra_rows(model_dir, contrast, key[1]) if key[1] else []
-            lines[key] = lexical_line(probe_train_rows(contrast, train_rows, key[0], extra), scored, contrast)
+            fit = probe_train_rows(contrast, train_rows, key[0], extra)
+            lines[key] = {name: lexical_line(fit, rows, contrast) for name, rows in scored.items()}
+            lines[key]["test"] = lexical_line(fit, in_template_test_rows(contrast, train_rows), contrast)
         return lines[key]
 
     lex = line()
     evs, cal = _build(specs, cal_acts, lex, None)
     names = [e.name for e in evs]
     out = {"position": position, "n_suite": dict(zip(*np.unique(train_rows["split"], return_counts=True), strict=True)),
-           "lexical_independent": lex, "lexical_independent_in_set_cv": audit_independent(contrast).auroc_mean,
+           "lexical_independent": lex["independent"], "lexical_mwe": lex.get("mwe"),
+           "lexical_in_template_test": lex["test"], "lexical_independent_in_set_cv": audit_independent(contrast).auroc_mean,
            "ideas": [], "curves": {}}
     out["n_suite"] = {str(k): int(v) for k, v in out["n_suite"].items()}
     if shipped and position == POSITION[contrast]:
@@ -205,13 +238,15 @@ def measure_contrast(model_dir: Path, model: str, contrast: str, position: str |
             e2, c2 = _build(specs, cal_acts, lx, grow) if idea.multilayer or lx != lex else (evs, cal)
             own = idea.l2 != 1e-3 or idea.multilayer_window is not None
             fit_idea = idea if own else replace(idea, probe_types=("diff_means", "lda", "logistic"))
-            fits[k] = run_idea(fit_idea, TensorStore(grow(a) if grow else a, r, model_fingerprint=fingerprint), e2, c2)
+            fits[k] = run_idea(fit_idea, TensorStore(grow(a) if grow else a, r, model_fingerprint=fingerprint), e2, c2,
+                               lexical=lx["test"])
             seconds[k] = time.perf_counter() - t0
             n_fit[k] = int(np.sum(np.asarray(r["split"]) == "train" if not idea.train_on_val
                                   else np.isin(np.asarray(r["split"]), ("train", "val"))))
         res = rechoose(fits[k], idea)
         out["ideas"].append({**idea_row(idea, res, names), "sweep_seconds": round(seconds[k], 1),
-                             "sweep_shared": shared, "n_train_fit": n_fit[k], "lexical_independent": line(idea)})
+                             "sweep_shared": shared, "n_train_fit": n_fit[k], "lexical_independent": line(idea)["independent"],
+                             "lexical_mwe": line(idea).get("mwe"), "lexical_in_template_test": line(idea)["test"]})
         results.append(res)
         if idea.name.startswith("+ independent val"):
             out["curves"] = {t: layer_curve(res, "independent_auroc", t) for t in res.probe_types}
@@ -238,21 +273,26 @@ layer prior, probe type). Measured 2026-12-03: one base sweep (19 hooks x 3 type
 CPU-s, and this session's measurement got ~0.25 core, so the other fits did not fit the time left."""
 
 
-def measure_model(model_dir: Path, model: str, quick: bool = False, ship_to: Path | None = None) -> dict:
+def measure_model(model_dir: Path, model: str, quick: bool = False, ship_to: Path | None = None,
+                  mwe: str | Path | None = None) -> dict:
     """Every contrast (and, for self_cessation, the mean_prompt position too) of one model; ``ship_to``: save
-    each contrast's kept probe there (as ``scripts/train_pretrained_probes.py`` does)."""
+    each contrast's kept probe there (as ``scripts/train_pretrained_probes.py`` does); ``mwe``: the directory
+    the ``mwe_stance`` store was extracted from (its lexical line)."""
     ideas = IDEAS[:QUICK] if quick else IDEAS
-    out = {c: measure_contrast(model_dir, model, c, ideas=ideas) for c in POSITION if _have(model_dir, c)}
+    out = {c: measure_contrast(model_dir, model, c, ideas=ideas, mwe=mwe) for c in POSITION if _have(model_dir, c)}
     for c in POSITION:  # no suite store: only the shipped probe on the independent set (before)
         if c not in out and all(_complete(model_dir / n) for n in (f"independent_{c}", "control_chat")):
             specs, cal_acts = _specs(model_dir, c, POSITION[c])
             # no suite store: the shipped probes were fitted on every train row of the default suite's contrast
-            lex = lexical_line(probe_train_rows(c), scored_rows(c, _load(model_dir / f"independent_{c}",
-                                                                          POSITION[c])[1]), c)
+            fit = probe_train_rows(c)
+            lex = {"independent": lexical_line(fit, scored_rows(c, _load(model_dir / f"independent_{c}",
+                                                                          POSITION[c])[1]), c)}
+            if mwe is not None and any(sp[0] == "mwe" for sp in specs):
+                lex["mwe"] = lexical_line(fit, mwe_scored_rows(mwe, ActivationStore(model_dir / "mwe_stance").rows), c)
             evs, cal = _build(specs, cal_acts, lex, None)
             out[c] = {"position": POSITION[c], "before": _shipped(model, c, evs, cal), "ideas": [],
-                      "lexical_independent": lex, "lexical_independent_in_set_cv": audit_independent(c).auroc_mean,
-                      "_kept_result": None}
+                      "lexical_independent": lex["independent"], "lexical_mwe": lex.get("mwe"),
+                      "lexical_independent_in_set_cv": audit_independent(c).auroc_mean, "_kept_result": None}
     if _have(model_dir, "self_cessation"):
         out["self_cessation@mean_prompt"] = measure_contrast(model_dir, model, "self_cessation", "mean_prompt",
                                                              ideas=IDEAS[:4])
@@ -434,6 +474,8 @@ def format_report(figures: dict) -> str:
     for model, by_c in figures.items():
         for c, m in by_c.items():
             lex = f"{m['lexical_independent']:.3f} (in-set CV, not a comparator: {m['lexical_independent_in_set_cv']:.3f})"
+            if m.get("lexical_mwe") is not None:
+                lex += f"; MWE {m['lexical_mwe']:.3f}"
             for when in ("before", "after"):
                 r = m.get(when)
                 if r is None:

@@ -59,6 +59,17 @@ EXTERNAL_COLUMNS: dict[str, str] = {
 }
 
 
+def against_line(value: float | None, lo: float | None, lexical: float | None) -> str:
+    """An AUROC beside its lexical line, in words (``""`` without a line or a value): below it, above it (the CI's
+    low end clears it) or, when the CI holds the line, not readable as beating the words."""
+    if lexical is None or value is None or math.isnan(value):
+        return ""
+    if value < lexical:
+        return f" (below its lexical line {lexical:.3f})"
+    if lo is not None and not math.isnan(lo) and lo > lexical:
+        return f" (above its lexical line {lexical:.3f})"
+    return f" (lexical line {lexical:.3f} inside the CI: not readable as beating the words)"
+
 
 def flags_of(row: dict, names: Sequence[str], lexical: dict[str, float | None]) -> list[str]:
     """One readable line per evaluation set whose AUROC is below chance or its lexical baseline."""
@@ -159,7 +170,8 @@ class SweepResult:
         metrics = {k: v for k, v in r.items() if k not in ("hook", "probe_type")}
         extra = {"operating_point": is_op, "target_fpr": self.config.target_fpr, "dataset_hash": self.dataset_hash,
                  "flags": flags_of(r, list(self.evaluations), self.evaluations),
-                 "evaluation_lexical_auroc": dict(self.evaluations), "calibration": self.calibration,
+                 "evaluation_lexical_auroc": dict(self.evaluations), "lexical_auroc": self.lexical_auroc,
+                 "calibration": self.calibration,
                  "selection_rule": op.selected_by if op is not None else None,
                  **({"unreadable": dict(self.unreadable)} if self.unreadable else {})}
         return Probe(weight=w.weight, bias=w.bias, mean=w.mean, std=w.std, hook=hook, probe_type=probe_type,
@@ -191,7 +203,10 @@ class SweepResult:
         if op is None:
             return ["no operating point (no usable validation split)"]
         r = self.row(op.hook, op.probe_type)
-        aurocs = [f"in-template test {self.auroc_text(r)}", *(f"{n} {self.auroc_text(r, n)}" for n in self.evaluations)]
+        lines = {"test": self.lexical_auroc, **self.evaluations}
+        aurocs = [f"{'in-template test' if n == 'test' else n} {self.auroc_text(r, n)}"
+                  + ("" if n in self.unreadable else against_line(r.get(f"{n}_auroc"), r.get(f"{n}_auroc_lo"), line))
+                  for n, line in lines.items()]
         tprs = "".join(f", {n} TPR {_fmt(r.get(n + '_tpr'))}" for n in self.evaluations)
         return [f"operating point (chosen on val: {op.selected_by}): {op.hook} / {op.probe_type}",
                 "  AUROC " + "; ".join(aurocs),

@@ -35,7 +35,7 @@ from undertow.core.provenance import package_versions
 from undertow.experiments.validity import extract_stores
 
 MODELS = ("gemma-3-270m", "smollm2-135m-instruct")
-MWE = "/work/shared/data/model-written-evals"
+MWE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "model-written-evals")  # ../shared beside the repo
 
 
 def main() -> None:
@@ -65,7 +65,8 @@ def main() -> None:
 
     t0 = time.time()
     load_before = os.getloadavg()
-    results = {m: measure_model(args.work / m, m, quick=args.quick, ship_to=args.ship) for m in args.model if (args.work / m).is_dir()}
+    results = {m: measure_model(args.work / m, m, quick=args.quick, ship_to=args.ship,
+                                mwe=args.mwe or None) for m in args.model if (args.work / m).is_dir()}
     record = {"figures": results, "command": " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(),
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "cpus": os.cpu_count(),

@@ -25,7 +25,9 @@ import numpy as np
 from undertow.experiments.cli.common import RowParser, add_row_options, config_command
 from undertow.probes import SweepConfig, sweep
 from undertow.probes.external import SELECT_RULES
+from undertow.probes.external import flag as flag_of
 from undertow.probes.pretrained import list_pretrained, load_pretrained, resolve_probe
+from undertow.probes.result import against_line
 from undertow.probes.scoring import auroc_text, evaluate_scores
 
 
@@ -150,15 +152,21 @@ def _num(v) -> str:
 
 def _recorded_auroc(probe, name: str) -> str:
     """``0.569 [0.520, 0.612]`` of the AUROC ``probe.json`` records for ``test`` or an evaluation set, then its flag
-    ("below its lexical line 0.761", "below chance"), or why it is not readable."""
+    ("!! below its lexical line 0.540", "!! below chance") or, where the set has a lexical line and no flag,
+    whether the CI clears it; or why the figure is not readable."""
     m, extra = probe.metrics, probe.extra or {}
     if name in (extra.get("unreadable") or {}):
         return extra["unreadable"][name]["reason"]
-    ci = f"{_num(m.get(name + '_auroc'))} [{_num(m.get(name + '_auroc_lo'))}, {_num(m.get(name + '_auroc_hi'))}]"
-    lexical = (extra.get("evaluation_lexical_auroc") or {}).get(name)
-    flag = {"below_chance": "below chance",
-            "below_lexical": f"below its lexical line {_num(lexical)}"}.get(m.get(name + "_flag") or "")
-    return f"{ci} !! {flag}" if flag else ci
+    lo, hi = m.get(name + "_auroc_lo"), m.get(name + "_auroc_hi")
+    ci = f"{_num(m.get(name + '_auroc'))} [{_num(lo)}, {_num(hi)}]"
+    if name == "test":  # the in-template test set's line (``extra.lexical_auroc``; older probes have none)
+        lexical = extra.get("lexical_auroc")
+        recorded = flag_of(m["test_auroc"], lexical) if m.get("test_auroc") == m.get("test_auroc") else ""
+    else:
+        lexical = (extra.get("evaluation_lexical_auroc") or {}).get(name)
+        recorded = m.get(name + "_flag") or ""
+    flag = {"below_chance": "below chance", "below_lexical": f"below its lexical line {_num(lexical)}"}.get(recorded)
+    return f"{ci} !! {flag}" if flag else ci + against_line(m.get(name + "_auroc"), lo, lexical)
 
 
 def run_list(args: argparse.Namespace) -> int:

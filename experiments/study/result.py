@@ -20,8 +20,9 @@ class ContrastResult:
     """Token position its probe reads."""
     rows: int
     """Rows extracted (after the ``max_rows`` subsample)."""
-    lexical_auroc: float
-    """TF-IDF baseline AUROC on the same rows (template-grouped CV)."""
+    lexical_auroc: float | None
+    """The in-template test figure's lexical line: TF-IDF + logistic regression fitted on the store's train rows
+    (the probes' training rows), AUROC on its test rows (None: one class among them)."""
     probe_dir: str
     """Where the operating-point probe was saved."""
     sweep: SweepResult

@@ -35,8 +35,8 @@ from undertow.core.fileio import atomic_write
 from undertow.core.progress import Bar
 from undertow.core.typed_config import TypedConfig
 from undertow.experiments.expressed import score_forced_choice, summarise
-from undertow.experiments.prompts.audit import lexical_baseline_auroc
-from undertow.experiments.prompts.contrasts import audit_text, get_contrast
+from undertow.experiments.prompts.audit import lexical_line
+from undertow.experiments.prompts.contrasts import get_contrast
 from undertow.experiments.prompts.suite import SuiteConfig, build_suite, suite_hash
 from undertow.experiments.report.page import build_report
 from undertow.experiments.report.schema import Roc, environment, write_results
@@ -116,12 +116,15 @@ class StudyConfig(TypedConfig):
             raise ConfigError(f"max_rows={self.max_rows} is too few for grouped CV with held-out splits; use >= 40")
 
 
-def _lexical(ds, store, name: str, seed: int) -> float:
+def _lexical(ds, store, name: str) -> float | None:
+    """The in-template test figure's lexical line (issue 25): TF-IDF + logistic regression fitted on the rows the
+    probes are fitted on (the store's ``train`` split) and scored on its ``test`` rows, the held-out templates the
+    test AUROC is read on; None when the test rows hold one class (the sweep then says the AUROC is not readable)."""
     by_id = {r["id"]: r for r in ds.to_list()}
-    rows = [by_id[i] for i in store.rows["id"]]
-    lex = lexical_baseline_auroc([audit_text(r, name) for r in rows], [r["label"] for r in rows],
-                                 [r["template_id"] for r in rows], seed=seed)
-    return lex.mean
+    test = [by_id[i] for i, s in zip(store.rows["id"], store.rows["split"], strict=True) if s == "test"]
+    if len({int(r["label"]) for r in test}) < 2:
+        return None
+    return lexical_line(_train_rows(ds, store), test, name)
 
 
 def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, out: Path,
@@ -135,7 +138,7 @@ def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, o
     # resume=True: a complete matching store is reused, a stale one refused with the reason
     store = extract(handle, ds, ecfg, resume=True, progress=bar, on_plan=bar.start)
     bar.close()
-    lexical = _lexical(ds, store, name, cfg.seed)
+    lexical = _lexical(ds, store, name)
     t0 = time.perf_counter()
     evaluations, calibration = (_evaluations(handle, name, ecfg, cfg, out, _train_rows(ds, store))
                                 if cfg.external_evals else ([], None))

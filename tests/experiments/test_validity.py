@@ -3,6 +3,8 @@ own training rows and scored on the rows the probe is scored on; the binding-mat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,6 +23,7 @@ from undertow.experiments.validity import (
     binding_matched,
     format_binding,
     format_report,
+    in_template_test_rows,
     measure_contrast,
     probe_train_rows,
     scored_rows,
@@ -61,6 +64,11 @@ def test_independent_line_is_fitted_on_the_probe_train_rows_not_cross_validated_
     assert with_val != expected and out["ideas"][1]["lexical_independent"] == with_val
     # the kept idea's sweep (what probe.json records and its flags compare with) holds its own line
     assert out["_kept_result"].evaluations["independent"] == out["after"]["lexical_independent"]
+    # the in-template test figure stands beside the same model scored on the suite's held-out-template rows
+    in_template = lexical_line(probe_train_rows(C, suite), in_template_test_rows(C, suite), C)
+    assert out["lexical_in_template_test"] == in_template == out["ideas"][0]["lexical_in_template_test"]
+    assert out["_kept_result"].lexical_auroc == out["after"]["lexical_in_template_test"]
+    assert out["_kept_result"].probe().extra["lexical_auroc"] == out["_kept_result"].lexical_auroc
     assert f"{expected:.3f} (in-set CV, not a comparator: {in_set:.3f})" in format_report({"tiny": {C: out}})
     assert len(probe_train_rows(C, suite, train_on_val=True)) == sum(s in ("train", "val") for s in suite["split"])
 
@@ -95,3 +103,38 @@ def test_binding_matched_scores_a_probe_beside_the_lexical_lines(tiny_llama_dir)
     assert out["lexical_1_2gram"]["all"]["auroc"] == lexical_line(train, rows.to_list(), C)
     assert out["n_train_rows_lexical"] == len(train) and out["hook"] == "resid_post.1"
     assert "| tiny | resid_post.1 logistic |" in format_binding({"tiny": out})
+
+
+MWE = Path(__file__).resolve().parents[3] / "shared" / "data" / "model-written-evals"
+
+
+@pytest.mark.skipif(not MWE.is_dir(), reason=f"{MWE} (the shared model-written evals) not present")
+def test_mwe_figures_stand_beside_a_line_fitted_on_the_probe_train_rows(tiny_llama_dir, tmp_path):
+    """The MWE set's line, as the independent set's: fitted on the probe's train rows, scored on every MWE answer
+    the store holds (question + teacher-forced answer); ``probe.json`` records it and a store from another
+    source is refused by name."""
+    from undertow.experiments.prompts.eval_sets import mwe_answer_rows
+    from undertow.experiments.validity import MWE_PER_SOURCE, mwe_scored_rows
+
+    handle = load_model(str(tiny_llama_dir))
+    s = "stance"
+    mwe_rows = subsample_groups(mwe_answer_rows(MWE, MWE_PER_SOURCE), 40)
+    sets = {f"suite_{s}": (get_contrast(s), 160), f"independent_{s}": (subsample_groups(load_independent(s), 48), None),
+            "mwe_stance": (mwe_rows, None), "control_chat": (load_control_chat().select(range(40)), None)}
+    for name, (rows, n) in sets.items():
+        extract(handle, rows, ExtractConfig(model=str(tiny_llama_dir), hooks=["embed", "resid_post.*"],
+                                            positions=["mean_response"], dtype="float32", seed=0,
+                                            out_dir=str(tmp_path / name), max_rows=n))
+    out = measure_contrast(tmp_path, "tiny", s, shipped=False, ideas=(IDEAS[1],), mwe=MWE)
+    scored = mwe_scored_rows(MWE, ActivationStore(tmp_path / "mwe_stance").rows)
+    assert [r["id"] for r in scored] == mwe_rows["id"]
+    first = mwe_rows[0]["messages"]
+    assert (scored[0]["text"], scored[0]["response"]) == (first[0]["content"], first[1]["content"])
+    line = lexical_line(probe_train_rows(s, ActivationStore(tmp_path / f"suite_{s}").rows), scored, s)
+    assert out["lexical_mwe"] == line == out["after"]["lexical_mwe"]
+    assert out["_kept_result"].evaluations == {"independent": out["lexical_independent"], "mwe": line}
+    assert f"; MWE {line:.3f}" in format_report({"tiny": {s: out}})
+    without = measure_contrast(tmp_path, "tiny", s, shipped=False, ideas=(IDEAS[1],))
+    assert without["lexical_mwe"] is None and without["_kept_result"].evaluations["mwe"] is None
+    with pytest.raises(ValueError, match="rows of the mwe store .* are not among"):
+        mwe_scored_rows(MWE, {"id": ["mwe/not-a-file/0001#0"]})

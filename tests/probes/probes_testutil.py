@@ -18,4 +18,5 @@ def sweep_once(store, **kw):
     kw.setdefault("embed_hook", "embed")
     kw.setdefault("n_boot", 200)
     kw.setdefault("n_perm", 200)
-    return sweep(store, lexical_auroc=0.6, **kw)
+    kw.setdefault("lexical_auroc", 0.6)
+    return sweep(store, **kw)

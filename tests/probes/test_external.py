@@ -18,6 +18,7 @@ from undertow.probes import (
     eval_set,
     require_calibration,
 )
+from undertow.probes.result import against_line
 
 
 def _subset(store, mask: np.ndarray) -> dict[str, torch.Tensor]:
@@ -177,3 +178,22 @@ def test_too_few_rows_per_class_are_not_read_as_a_result(store):
     d = json.loads(json.dumps(res.to_dict()))
     assert d["table"][0]["test_auroc"] is None and d["table"][0]["few_auroc"] is None
     assert d["unreadable"]["test"]["n_pos"] == 1 and res.probe().extra["unreadable"] == res.unreadable
+
+
+def test_each_auroc_is_read_beside_its_lexical_line(store):
+    """Issue 25: a figure without a flag is not a result either unless its CI clears the line: the summary says
+    which of the three it is, for the in-template test (``lexical_auroc``) and each evaluation set."""
+    assert against_line(0.60, 0.52, None) == "" and against_line(math.nan, math.nan, 0.5) == ""
+    assert against_line(0.55, 0.50, 0.56) == " (below its lexical line 0.560)"
+    assert against_line(0.66, 0.61, 0.60) == " (above its lexical line 0.600)"
+    assert against_line(0.62, 0.58, 0.60) == " (lexical line 0.600 inside the CI: not readable as beating the words)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProbeWarning)
+        res = sweep_once(store, evaluations=[_test_rows_as_eval(store, lexical=0.51)], lexical_auroc=0.99)
+    r = res.row(res.operating_point.hook, res.operating_point.probe_type)
+    line = res.summary_lines()[1]
+    assert f"in-template test {res.auroc_text(r)} (below its lexical line 0.990);" in line
+    assert line.endswith(f"independent {res.auroc_text(r, 'independent')}"
+                         + against_line(r["independent_auroc"], r["independent_auroc_lo"], 0.51))
+    assert res.probe().extra["lexical_auroc"] == 0.99 and res.probe().extra["evaluation_lexical_auroc"] == {
+        "independent": 0.51}

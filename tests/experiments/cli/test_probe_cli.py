@@ -109,20 +109,33 @@ def test_too_few_rows_are_not_read_as_an_auroc(store_16, tmp_path, capsys):
 
 
 def test_list_shows_each_probe_flag_beside_its_auroc(capsys):
-    """As the README's probe table: each evaluation AUROC probe.json records, with its flag beside it."""
+    """As the README's probe table: each evaluation AUROC probe.json records, with its flag beside it, or, with
+    no flag, whether its CI clears the set's lexical line."""
     from undertow.probes.pretrained import list_pretrained, load_pretrained
 
     assert main(["probe", "list"]) == 0
     lines = {ln.split()[0]: ln + ";" for ln in capsys.readouterr().out.splitlines()}
-    words = {"below_chance": lambda lex: " !! below chance", "": lambda lex: "",
-             "below_lexical": lambda lex: f" !! below its lexical line {lex:.3f}"}
-    flagged = 0
+
+    def beside(flag: str, lex: float | None, lo: float) -> str:
+        if flag == "below_chance":
+            return " !! below chance"
+        if flag == "below_lexical":
+            return f" !! below its lexical line {lex:.3f}"
+        if lex is None:
+            return ""
+        return (f" (above its lexical line {lex:.3f})" if lo > lex
+                else f" (lexical line {lex:.3f} inside the CI: not readable as beating the words)")
+
+    seen = set()
     for name in list_pretrained():
         p = load_pretrained(*name.split("/"))
         m = p.metrics
-        assert f"AUROC in-template test {m['test_auroc']:.3f} [{m['test_auroc_lo']:.3f}, " in lines[name]
+        test = f"AUROC in-template test {m['test_auroc']:.3f} [{m['test_auroc_lo']:.3f}, {m['test_auroc_hi']:.3f}]"
+        lex = p.extra.get("lexical_auroc")
+        below = "" if lex is None else "below_chance" if m["test_auroc"] < 0.5 else "below_lexical" * (m["test_auroc"] < lex)
+        assert test + beside(below, lex, m["test_auroc_lo"]) + ";" in lines[name], name
         for n, lex in p.extra["evaluation_lexical_auroc"].items():
             ci = f"{n} {m[n + '_auroc']:.3f} [{m[n + '_auroc_lo']:.3f}, {m[n + '_auroc_hi']:.3f}]"
-            assert ci + words[m[n + "_flag"]](lex) + ";" in lines[name], (name, n)
-            flagged += m[n + "_flag"] != ""
-    assert flagged  # the shipped probes carry flags (README: every independent AUROC is below its lexical line)
+            assert ci + beside(m[n + "_flag"], lex, m[n + "_auroc_lo"]) + ";" in lines[name], (name, n)
+            seen.add(beside(m[n + "_flag"], lex, m[n + "_auroc_lo"])[:4])  # " !! ", " (ab", " (le" or ""
+    assert len(seen) >= 2, seen  # the shipped probes show more than one kind of reading

@@ -78,6 +78,9 @@ def test_roc_from_scores_matches_sklearn_with_ties():
 
 def test_the_study_records_each_contrasts_evaluation_sets_calibration_and_flags(study_run, run_copy):
     """Issue 10: the study scores every layer x type on the independent set, calibrates on control chat."""
+    from undertow.activations.store.reader import ActivationStore
+    from undertow.experiments.prompts.audit import lexical_line
+    from undertow.experiments.prompts.contrasts import get_contrast
     from undertow.experiments.prompts.independent import control_hash
     from undertow.probes import Probe
 
@@ -86,6 +89,12 @@ def test_the_study_records_each_contrasts_evaluation_sets_calibration_and_flags(
     for name, c in r.contrasts.items():
         assert set(c.evaluations) == {"independent"} and 0.5 < c.evaluations["independent"] < 1  # its lexical line
         assert c.calibration == {"set": "control_chat", "sha256": control_hash(), "target_fpr": 0.01}
+        # the in-template test figure's line: fitted on the store's train rows, scored on its test rows (issue 25)
+        ds = {x["id"]: x for x in get_contrast(name).to_list()}
+        store = ActivationStore(study_run / "activations" / name).rows
+        fit, test = ([ds[i] for i, s in zip(store["id"], store["split"], strict=True) if s == split]
+                     for split in ("train", "test"))
+        assert c.lexical_auroc == lexical_line(fit, test, name) == Probe.load(c.probe_dir).extra["lexical_auroc"]
         assert c.eval_rows["control_chat"] == 299 and 128 <= c.eval_rows["independent"] < 150
         assert c.flags == raw["contrasts"][name]["sweep"]["flags"]
         row = c.op_row()
