@@ -410,8 +410,9 @@ SUITE_ROWS: int | None = None
 a seeded 192-row subset (the box then ran ~8 jobs on 2 cores); their in-template test AUROC had CIs ~0.5 wide
 (gemma self_cessation 0.354 [0.083, 0.624]) and SmolLM2's independent AUROCs fell (0.534 -> 0.489), so the
 shipped probes are fitted on the full contrasts again."""
-MWE_PER_SOURCE = 25
-"""MWE items per source file here (4 x 25 items x 2 answers = 200 rows; the README's figure used 800)."""
+MWE_PER_SOURCE = 24
+"""MWE items per source file here (4 x 24 items x 2 answers = 192 rows; even, so each file's sample holds as many
+items with the averse answer listed first as second: ``answers.balanced_sample``)."""
 ORDER = ("independent_self_cessation", "independent_stance", "control_chat", "suite_self_cessation", "suite_stance",
          "mwe_stance", "suite_self_cessation_para", "suite_stance_para")
 """Extraction order: cheapest and most needed first (``scripts/probe_validity.py extract --mwe ''`` skips the MWE)."""

@@ -157,8 +157,9 @@ def test_an_independent_store_of_another_contrast_is_refused(sc_store, sc_evals,
 def test_stance_gets_three_aurocs_with_the_model_written_evals(tiny_llama_dir, tmp_path, capsys):
     store = _extract(tiny_llama_dir, get_contrast("stance"), tmp_path / "stance", "mean_response", max_rows=240).path
     evals = tmp_path / "evals"
+    # --seed 2: seed 0's 64-row MWE subsample holds an item of 307 tokens, past the tiny model's 256-token context
     assert main(["probe", "evals", str(store), "--contrast", "stance", "--out", str(evals), "--mwe-source", str(MWE),
-                 "--max-rows", "64", "--max-control-rows", "150", "--no-progress"]) == 0
+                 "--max-rows", "64", "--max-control-rows", "150", "--no-progress", "--seed", "2"]) == 0
     assert sorted(p.name for p in evals.iterdir()) == ["control_chat", "independent", "mwe"]
     out_json = tmp_path / "t.json"
     assert main(["probe", "sweep", str(store), "--contrast", "stance", "--evals", str(evals), "--n-boot", "100",
