@@ -15,9 +15,12 @@ see ``undertow.experiments.validity`` (``undertow.probes.external``, ``undertow.
 
 ``binding`` (issue 25) scores each model's shipped ``self_cessation`` probe on the binding-matched
 pairs (``load_independent("self_cessation", binding_matched=True)``) beside the lexical lines fitted
-on the probe's training rows, and writes ``scripts/results/probe_binding_matched.json``::
+on the probe's training rows, and writes ``scripts/results/probe_binding_matched.json``; with
+``--position mean_prompt`` it fits the idea kept at that position from the stores in ``--work`` and
+writes ``probe_binding_matched_mean_prompt.json``::
 
     .venv/bin/python scripts/probe_validity.py binding
+    .venv/bin/python scripts/probe_validity.py binding --position mean_prompt --work /tmp/undertow-issue10/stores
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="only the ideas that share the base sweep")
     p.add_argument("--ship", type=Path, help="also save the kept probes there (e.g. probes/pretrained)")
     p.add_argument("--n-boot", type=int, default=1000, help="binding: pair-cluster bootstrap resamples")
+    p.add_argument("--position", default="last_prompt_token", choices=["last_prompt_token", "mean_prompt"],
+                   help="binding: the shipped probes (last_prompt_token) or the idea kept at mean_prompt, fitted "
+                   "from the stores in --work")
     args = p.parse_args()
     if args.what == "binding":
-        binding(args.model, args.n_boot)
+        binding(args.model, args.n_boot, args.position, args.work)
         return
     if args.what == "extract":
         for m in args.model:
@@ -81,22 +87,36 @@ def main() -> None:
         args.json.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def binding(models: list[str], n_boot: int) -> None:
-    """The shipped self_cessation probes on the binding-matched pairs -> ``probe_binding_matched.json``."""
+def binding(models: list[str], n_boot: int, position: str = "last_prompt_token", work: Path | None = None) -> None:
+    """The shipped self_cessation probes on the binding-matched pairs -> ``probe_binding_matched.json``; at another
+    ``position`` (``mean_prompt``), the probe of the idea ``measure_model`` keeps there (``IDEAS[:4]``, chosen on
+    the independent val half), fitted from the stores in ``work`` -> ``probe_binding_matched_<position>.json``."""
     import torch
 
     from undertow.core.provenance import bench_record
-    from undertow.experiments.validity import binding_matched, format_binding
+    from undertow.experiments.validity import IDEAS, binding_matched, format_binding, measure_contrast
     from undertow.probes.pretrained import load_pretrained
 
     torch.set_num_threads(1)
     t0 = time.time()
-    figures = {m: binding_matched(load_pretrained(m, "self_cessation"), m, n_boot=n_boot) for m in models}
+    figures, kept = {}, {}
+    for m in models:
+        if position == "last_prompt_token":
+            probe = load_pretrained(m, "self_cessation")
+        else:
+            fit = measure_contrast(work / m, m, "self_cessation", position, shipped=False, ideas=IDEAS[:4])
+            probe = fit.pop("_kept_result").probe(position=position)
+            kept[m] = {k: fit["after"][k] for k in ("idea", "hook", "probe_type", "independent_val_auroc",
+                                                     "independent_auroc", "independent_auroc_lo", "independent_auroc_hi",
+                                                     "lexical_independent", "test_auroc", "lexical_in_template_test")}
+        figures[m] = binding_matched(probe, m, n_boot=n_boot)
     print(format_binding(figures))
     config = {"contrast": "self_cessation", "set": "experiments/prompts/data/independent/self_cessation_binding.jsonl",
-              "n_boot": n_boot, "lexical_fitted_on": "the default suite's self_cessation train rows (the shipped "
-              "probes' training rows)", "seconds": round(time.time() - t0, 1)}
-    path = bench_record("probe_binding_matched", figures, config)
+              "n_boot": n_boot, "position": position, "lexical_fitted_on": "the default suite's self_cessation train "
+              "rows (the probes' training rows)", "seconds": round(time.time() - t0, 1),
+              **({"kept_probe": kept} if kept else {})}
+    name = "probe_binding_matched" + ("" if position == "last_prompt_token" else f"_{position}")
+    path = bench_record(name, figures, config)
     print(f"written {path}")
 
 

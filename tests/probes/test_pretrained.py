@@ -14,6 +14,7 @@ from undertow.probes import ProbeError, require_calibration
 from undertow.probes.pretrained import list_pretrained, load_pretrained
 
 NAMES = [f"{m}/{c}" for m in ("gemma-3-270m", "smollm2-135m-instruct") for c in ("self_cessation", "stance")]
+MWE = Path(__file__).resolve().parents[3] / "shared" / "data" / "model-written-evals"
 
 
 def test_every_pretrained_probe_ships_and_loads():
@@ -38,8 +39,44 @@ def test_pretrained_probes_record_three_aurocs_calibration_and_flags(name):
     assert require_calibration(p, control_hash())["target_fpr"] == 0.01
     assert p.threshold == p.metrics["threshold"] and p.metrics["control_chat_fpr"] <= 0.01
     assert isinstance(p.extra["flags"], list) and p.extra["selection_rule"] and p.extra["kept_idea"]
-    flagged = p.metrics["independent_flag"] != ""
-    assert flagged == bool(p.extra["flags"]), name  # a flag in the table is a flag in probe.json
+    flagged = [n for n in p.extra["evaluation_lexical_auroc"] if p.metrics[f"{n}_flag"]]
+    assert len(flagged) == len(p.extra["flags"]), name  # a flag in the table is a flag in probe.json
+    assert all(f.startswith(n + " AUROC") for n, f in zip(flagged, p.extra["flags"], strict=True))
+
+
+@pytest.mark.parametrize("contrast", ["self_cessation", "stance"])
+def test_shipped_lexical_lines_are_fitted_on_the_probes_train_rows(contrast):
+    """Issue 25: the line each shipped figure stands beside is a bag-of-words model fitted on the rows the probe
+    was fitted on (the default suite's train split) and scored on the rows the figure is read on (the
+    independent set's test half; every MWE answer; the suite's held-out templates for the in-template test), not
+    a CV inside the set (0.761 / 0.738, which no probe is)."""
+    from undertow.experiments.prompts.audit import lexical_line
+    from undertow.experiments.prompts.contrasts import get_contrast
+    from undertow.experiments.prompts.independent import load_independent
+    from undertow.experiments.validity import mwe_scored_rows, probe_train_rows
+
+    train = probe_train_rows(contrast)
+    scored = {"independent": [r for r in load_independent(contrast).to_list() if r["split"] == "test"]}
+    if contrast == "stance":
+        if not MWE.is_dir():
+            pytest.skip(f"{MWE} not present: the MWE set's line cannot be recomputed")
+        from undertow.experiments.prompts.eval_sets import mwe_answer_rows
+        from undertow.experiments.validity import MWE_PER_SOURCE
+
+        scored["mwe"] = mwe_scored_rows(MWE, {"id": mwe_answer_rows(MWE, MWE_PER_SOURCE)["id"]})
+    lines = {name: lexical_line(train, rows, contrast) for name, rows in scored.items()}
+    held_out = [r for r in get_contrast(contrast).to_list() if r["split"] == "test"]
+    in_template = lexical_line(train, held_out, contrast)  # the suite's held-out templates
+    for model in ("gemma-3-270m", "smollm2-135m-instruct"):
+        p = load_pretrained(model, contrast)
+        assert abs(p.extra["lexical_auroc"] - in_template) < 1e-6, (model, p.extra["lexical_auroc"], in_template)
+        assert abs(p.metrics["delta_vs_lexical"] - (p.metrics["test_auroc"] - in_template)) < 1e-6
+        recorded = p.extra["evaluation_lexical_auroc"]
+        assert set(recorded) == set(lines), (model, recorded)
+        for name, line in lines.items():
+            assert abs(recorded[name] - line) < 1e-6, (model, name, recorded[name], line)
+            below = p.metrics[f"{name}_auroc"] < line
+            assert (p.metrics[f"{name}_flag"] == "below_lexical") == (below and p.metrics[f"{name}_auroc"] >= 0.5)
 
 
 def test_unknown_pretrained_name_lists_close_matches():
@@ -80,3 +117,5 @@ def test_reproduction_matches_shipped_probe(tmp_path):
     assert cos > 0.999, cos
     for key in ("val_auroc", "test_auroc", "independent_auroc", "independent_val_auroc", "threshold"):
         assert abs(rebuilt.metrics[key] - shipped.metrics[key]) < 5e-3, key
+    line, shipped_line = rebuilt.extra["evaluation_lexical_auroc"], shipped.extra["evaluation_lexical_auroc"]
+    assert line.keys() == shipped_line.keys() and all(abs(line[k] - shipped_line[k]) < 1e-6 for k in line), line
