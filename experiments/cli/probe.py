@@ -161,7 +161,8 @@ def _recorded_auroc(probe, name: str) -> str:
     ci = f"{_num(m.get(name + '_auroc'))} [{_num(lo)}, {_num(hi)}]"
     if name == "test":  # the in-template test set's line (``extra.lexical_auroc``; older probes have none)
         lexical = extra.get("lexical_auroc")
-        recorded = flag_of(m["test_auroc"], lexical) if m.get("test_auroc") == m.get("test_auroc") else ""
+        value = m.get("test_auroc")
+        recorded = flag_of(value, lexical) if isinstance(value, float) and value == value else ""
     else:
         lexical = (extra.get("evaluation_lexical_auroc") or {}).get(name)
         recorded = m.get(name + "_flag") or ""

@@ -139,3 +139,22 @@ def test_list_shows_each_probe_flag_beside_its_auroc(capsys):
             assert ci + beside(m[n + "_flag"], lex, m[n + "_auroc_lo"]) + ";" in lines[name], (name, n)
             seen.add(beside(m[n + "_flag"], lex, m[n + "_auroc_lo"])[:4])  # " !! ", " (ab", " (le" or ""
     assert len(seen) >= 2, seen  # the shipped probes show more than one kind of reading
+
+
+def test_a_recorded_auroc_reads_beside_its_line_or_says_why_not():
+    """``probe list``'s cell for one figure: flag, reading against the line, or nothing to read (null AUROC)."""
+    from types import SimpleNamespace
+
+    from undertow.experiments.cli.probe import _recorded_auroc
+
+    def cell(metrics: dict, extra: dict, name: str = "test") -> str:
+        return _recorded_auroc(SimpleNamespace(metrics=metrics, extra=extra), name)
+
+    ci = {"test_auroc_lo": 0.58, "test_auroc_hi": 0.70}
+    assert cell({"test_auroc": 0.64, **ci}, {"lexical_auroc": 0.615}) == (
+        "0.640 [0.580, 0.700] (lexical line 0.615 inside the CI: not readable as beating the words)")
+    assert cell({"test_auroc": 0.64, **ci}, {"lexical_auroc": 0.5}) == "0.640 [0.580, 0.700] (above its lexical line 0.500)"
+    assert cell({"test_auroc": 0.60, **ci}, {"lexical_auroc": 0.615}) == "0.600 [0.580, 0.700] !! below its lexical line 0.615"
+    assert cell({"test_auroc": 0.45, **ci}, {}) == "0.450 [0.580, 0.700] !! below chance"
+    assert cell({"test_auroc": None, "test_auroc_lo": None, "test_auroc_hi": None}, {"lexical_auroc": 0.6}) == "- [-, -]"
+    assert cell({}, {"unreadable": {"test": {"reason": "not readable: 2 rows"}}}) == "not readable: 2 rows"
