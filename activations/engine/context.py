@@ -42,6 +42,6 @@ def fit_context(rendered: list[Rendered], limit: int | None, truncate: bool,
         n_prompt = min(r.n_prompt, limit)
         offsets = r.offsets[:n_prompt] if r.offsets is not None else None
         out.append(dataclasses.replace(r, ids=r.ids[:limit], n_prompt=n_prompt, n_response=limit - n_prompt,
-                                       offsets=offsets))
+                                       offsets=offsets, response_cut=r.n_response - (limit - n_prompt)))
         cut.append(r.n_tokens - limit)
     return out, cut

@@ -52,6 +52,8 @@ class Rendered:
     """The rendered prompt string (for ``token:<marker>`` positions and inspection)."""
     offsets: list[tuple[int, int]] | None = None
     """Character span in ``prompt_text`` of each prompt token (when asked for)."""
+    response_cut: int = 0
+    """Response tokens removed by fitting the row to the model's context (``context.fit_context``)."""
 
     @property
     def n_tokens(self) -> int:

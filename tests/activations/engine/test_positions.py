@@ -44,3 +44,19 @@ def test_outside_the_row_is_an_error(small_tokenizer):
         spans(parse_position("mean_response"), r, "row 7")
     with pytest.raises(PositionError, match="does not occur in the rendered prompt of row 7"):
         spans(parse_position("token:<start_of_turn>"), r, "row 7")
+
+
+def test_a_response_truncation_removed_is_named_as_such(small_tokenizer):
+    """--truncate on a row whose prompt alone fills the context leaves no response: the error says truncation took
+    it (it used to say the row 'has none', which the row's author could not square with the data)."""
+    from undertow.activations.engine.context import fit_context
+
+    r = render_row(small_tokenizer, {"messages": [{"role": "user", "content": "word " * 60},
+                                                  {"role": "assistant", "content": " (A)"}]})
+    (cut,), (n,) = fit_context([r], r.n_prompt, True, lambda i: f"row {i}")
+    assert (cut.n_response, cut.response_cut, n) == (0, r.n_response, r.n_response)
+    with pytest.raises(PositionError, match=rf"row 3's prompt fills the model's context \({r.n_prompt} tokens\), so "
+                                            rf"truncating it removed all {r.n_response} response tokens"):
+        spans(parse_position("mean_response"), cut, "row 3")
+    (part,), _ = fit_context([r], r.n_prompt + 1, True, lambda i: f"row {i}")
+    assert spans(parse_position("mean_response"), part, "x") == [(r.n_prompt, r.n_prompt + 1)]
