@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from undertow.activations.store.reader import ActivationStore
-from undertow.experiments.prompts.audit import LexicalBaselineConfig, lexical_line
+from undertow.experiments.prompts.audit import LexicalBaselineConfig, lexical_line, store_split_rows
 from undertow.experiments.prompts.contrasts import audit_text
 from undertow.experiments.prompts.independent import audit_independent, control_hash, load_independent
 from undertow.probes import calibration_set, eval_set
@@ -77,22 +77,19 @@ def probe_train_rows(contrast: str, suite_rows: dict | None = None, train_on_val
     suite = get_contrast(contrast).to_list()
     if suite_rows is None:
         return [r for r in suite if r["split"] in fit] + list(extra_rows)
-    by_id = {r["id"]: r for r in suite}
-    return [by_id[i] for i, s in zip(suite_rows["id"], suite_rows["split"], strict=True) if s in fit] + list(extra_rows)
+    return store_split_rows(suite, suite_rows, fit) + list(extra_rows)
 
 
 def in_template_test_rows(contrast: str, suite_rows: dict) -> list[dict]:
     """The suite store's ``test`` rows (held-out templates): the rows a probe's in-template test AUROC is read on."""
     from undertow.experiments.prompts.contrasts import get_contrast
 
-    by_id = {r["id"]: r for r in get_contrast(contrast).to_list()}
-    return [by_id[i] for i, s in zip(suite_rows["id"], suite_rows["split"], strict=True) if s == "test"]
+    return store_split_rows(get_contrast(contrast).to_list(), suite_rows, ("test",))
 
 
 def scored_rows(contrast: str, store_rows: dict) -> list[dict]:
     """The independent set's rows an independent store's probe figures are read on (its ``test`` rows)."""
-    by_id = {r["id"]: r for r in load_independent(contrast).to_list()}
-    return [by_id[i] for i, s in zip(store_rows["id"], store_rows["split"], strict=True) if s == "test"]
+    return store_split_rows(load_independent(contrast).to_list(), store_rows, ("test",))
 
 
 def _extra_rows(model_dir: Path, contrast: str, name: str) -> list[dict]:
@@ -191,20 +188,21 @@ def measure_contrast(model_dir: Path, model: str, contrast: str, position: str |
     position = position or POSITION[contrast]
     train_acts, train_rows = _load(model_dir / f"suite_{contrast}", position)
     specs, cal_acts = _specs(model_dir, contrast, position)
-    scored = {"independent": scored_rows(contrast, _load(model_dir / f"independent_{contrast}", position)[1])}
+    # the rows each figure is read on: ``test`` the suite's held-out templates, then each evaluation set's
+    scored = {"test": in_template_test_rows(contrast, train_rows),
+              "independent": scored_rows(contrast, _load(model_dir / f"independent_{contrast}", position)[1])}
     if mwe is not None and any(sp[0] == "mwe" for sp in specs):
         scored["mwe"] = mwe_scored_rows(mwe, ActivationStore(model_dir / "mwe_stance").rows)
     lines: dict[tuple, dict[str, float | None]] = {}
 
     def line(idea: Idea | None = None) -> dict[str, float | None]:
-        """The lexical lines (set name -> AUROC) of the rows ``idea``'s probes are fitted on, each scored on the
-        rows that set's probe figures are read on."""
+        """The lexical lines (``test`` or set name -> AUROC) of the rows ``idea``'s probes are fitted on, each
+        scored on the rows that figure is read on."""
         key = (bool(idea and idea.train_on_val), idea.extra_train if idea else None)
         if key not in lines:
             extra = _extra_rows(model_dir, contrast, key[1]) if key[1] else []
             fit = probe_train_rows(contrast, train_rows, key[0], extra)
             lines[key] = {name: lexical_line(fit, rows, contrast) for name, rows in scored.items()}
-            lines[key]["test"] = lexical_line(fit, in_template_test_rows(contrast, train_rows), contrast)
         return lines[key]
 
     lex = line()
@@ -243,10 +241,10 @@ def measure_contrast(model_dir: Path, model: str, contrast: str, position: str |
             seconds[k] = time.perf_counter() - t0
             n_fit[k] = int(np.sum(np.asarray(r["split"]) == "train" if not idea.train_on_val
                                   else np.isin(np.asarray(r["split"]), ("train", "val"))))
-        res = rechoose(fits[k], idea)
+        res, lx = rechoose(fits[k], idea), line(idea)
         out["ideas"].append({**idea_row(idea, res, names), "sweep_seconds": round(seconds[k], 1),
-                             "sweep_shared": shared, "n_train_fit": n_fit[k], "lexical_independent": line(idea)["independent"],
-                             "lexical_mwe": line(idea).get("mwe"), "lexical_in_template_test": line(idea)["test"]})
+                             "sweep_shared": shared, "n_train_fit": n_fit[k], "lexical_independent": lx["independent"],
+                             "lexical_mwe": lx.get("mwe"), "lexical_in_template_test": lx["test"]})
         results.append(res)
         if idea.name.startswith("+ independent val"):
             out["curves"] = {t: layer_curve(res, "independent_auroc", t) for t in res.probe_types}

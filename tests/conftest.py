@@ -8,6 +8,7 @@ seconds. The `gpu` marker skips without CUDA.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,23 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 # undertow imports triton (through undertow.kernels): only after TRITON_INTERPRET is set above
 from undertow.activations import ExtractConfig, load_model  # noqa: E402
+
+SHARED_MWE = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-written-evals"
+"""The public model-written evals in ``../shared`` beside the repository: tests may read them, the package never."""
+
+
+@pytest.fixture(scope="session")
+def shared_mwe() -> Path | None:
+    """``SHARED_MWE``, or None where it is absent (for tests that use the evals when they are there)."""
+    return SHARED_MWE if SHARED_MWE.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def mwe_dir(shared_mwe) -> Path:
+    """``SHARED_MWE``; a test that needs it is skipped, with the reason, where it is absent."""
+    if shared_mwe is None:
+        pytest.skip(f"{SHARED_MWE} (the shared model-written evals) not present")
+    return shared_mwe
 
 
 def pytest_collection_modifyitems(config, items):

@@ -107,17 +107,13 @@ def spans(pos: Position, row: Rendered, where: str) -> list[tuple[int, int]]:
     if pos.kind == "mean_prompt":
         return [(0, p)]
     if pos.kind == "mean_response":
-        if row.n_response == 0 and row.response_cut:
-            raise PositionError(
-                f"position 'mean_response' needs a response but {where}'s prompt fills the model's context "
-                f"({row.n_prompt:,} tokens), so truncating it removed all {row.response_cut:,} response tokens; "
-                "shorten the row's prompt, drop the row, or read a prompt position (last_prompt_token)"
-            )
         if row.n_response == 0:
-            raise PositionError(
-                f"position 'mean_response' needs a response but {where} has none; give rows a final assistant "
-                "turn (or a 'response' field), or use last_prompt_token"
-            )
+            why = (f"{where}'s prompt fills the model's context ({row.n_prompt:,} tokens), so truncating it removed "
+                   f"all {row.response_cut:,} response tokens; shorten the row's prompt, drop the row, or read a "
+                   "prompt position (last_prompt_token)" if row.response_cut else
+                   f"{where} has none; give rows a final assistant turn (or a 'response' field), or use "
+                   "last_prompt_token")
+            raise PositionError(f"position 'mean_response' needs a response but {why}")
         return [(p, p + row.n_response)]
     if pos.kind == "last_k":
         if pos.k > p:

@@ -134,6 +134,13 @@ def lexical_transfer_auroc(train_texts: Sequence[str], train_labels: Sequence[in
     return float(roc_auc_score(y_ev, model.predict_proba(list(eval_texts))[:, 1]))
 
 
+def store_split_rows(rows: Sequence[dict], store_rows: dict, splits: Sequence[str]) -> list[dict]:
+    """The dataset ``rows`` an activation store holds in ``splits`` (``store_rows``: its ``id`` / ``split``
+    columns), in store order: the rows a probe on that store was fitted on or is scored on, for ``lexical_line``."""
+    by_id = {r["id"]: r for r in rows}
+    return [by_id[i] for i, s in zip(store_rows["id"], store_rows["split"], strict=True) if s in splits]
+
+
 def lexical_line(train_rows: Sequence[dict], eval_rows: Sequence[dict], contrast: str,
                  config: LexicalBaselineConfig | None = None) -> float:
     """The lexical comparator of a probe fitted on ``train_rows`` and scored on ``eval_rows`` (dataset rows with

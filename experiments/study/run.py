@@ -35,7 +35,7 @@ from undertow.core.fileio import atomic_write
 from undertow.core.progress import Bar
 from undertow.core.typed_config import TypedConfig
 from undertow.experiments.expressed import score_forced_choice, summarise
-from undertow.experiments.prompts.audit import lexical_line
+from undertow.experiments.prompts.audit import lexical_line, store_split_rows
 from undertow.experiments.prompts.contrasts import get_contrast
 from undertow.experiments.prompts.suite import SuiteConfig, build_suite, suite_hash
 from undertow.experiments.report.page import build_report
@@ -116,15 +116,13 @@ class StudyConfig(TypedConfig):
             raise ConfigError(f"max_rows={self.max_rows} is too few for grouped CV with held-out splits; use >= 40")
 
 
-def _lexical(ds, store, name: str) -> float | None:
+def _lexical(train_rows: list[dict], test_rows: list[dict], name: str) -> float | None:
     """The in-template test figure's lexical line (issue 25): TF-IDF + logistic regression fitted on the rows the
     probes are fitted on (the store's ``train`` split) and scored on its ``test`` rows, the held-out templates the
     test AUROC is read on; None when the test rows hold one class (the sweep then says the AUROC is not readable)."""
-    by_id = {r["id"]: r for r in ds.to_list()}
-    test = [by_id[i] for i, s in zip(store.rows["id"], store.rows["split"], strict=True) if s == "test"]
-    if len({int(r["label"]) for r in test}) < 2:
+    if len({int(r["label"]) for r in test_rows}) < 2:
         return None
-    return lexical_line(_train_rows(ds, store), test, name)
+    return lexical_line(train_rows, test_rows, name)
 
 
 def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, out: Path,
@@ -138,9 +136,11 @@ def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, o
     # resume=True: a complete matching store is reused, a stale one refused with the reason
     store = extract(handle, ds, ecfg, resume=True, progress=bar, on_plan=bar.start)
     bar.close()
-    lexical = _lexical(ds, store, name)
+    rows = ds.to_list()
+    train_rows = store_split_rows(rows, store.rows, ("train",))  # what the sweep fits its probes on
+    lexical = _lexical(train_rows, store_split_rows(rows, store.rows, ("test",)), name)
     t0 = time.perf_counter()
-    evaluations, calibration = (_evaluations(handle, name, ecfg, cfg, out, _train_rows(ds, store))
+    evaluations, calibration = (_evaluations(handle, name, ecfg, cfg, out, train_rows)
                                 if cfg.external_evals else ([], None))
     eval_seconds = time.perf_counter() - t0
     result = sweep(store, embed_hook="resid_pre.0", seed=cfg.seed, n_boot=cfg.n_boot, n_perm=cfg.n_perm,
@@ -155,12 +155,6 @@ def _probe_contrast(handle, suite, name: str, position: str, cfg: StudyConfig, o
     return ContrastResult(name=name, position=position, rows=len(store.rows["id"]), lexical_auroc=lexical,
                           probe_dir=str(probe_dir), sweep=result, roc=_test_roc(store, probe), eval_rows=eval_rows,
                           eval_seconds=round(eval_seconds, 1))
-
-
-def _train_rows(ds, store) -> list[dict]:
-    """The dataset rows the sweep fits its probes on (the store's ``train`` split): the lexical line's train rows."""
-    by_id = {r["id"]: r for r in ds.to_list()}
-    return [by_id[i] for i, s in zip(store.rows["id"], store.rows["split"], strict=True) if s == "train"]
 
 
 def _evaluations(handle, name: str, ecfg: ExtractConfig, cfg: StudyConfig, out: Path, train_rows=None):

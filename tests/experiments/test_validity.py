@@ -3,8 +3,6 @@ own training rows and scored on the rows the probe is scored on; the binding-mat
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -105,11 +103,7 @@ def test_binding_matched_scores_a_probe_beside_the_lexical_lines(tiny_llama_dir)
     assert "| tiny | resid_post.1 logistic |" in format_binding({"tiny": out})
 
 
-MWE = Path(__file__).resolve().parents[3] / "shared" / "data" / "model-written-evals"
-
-
-@pytest.mark.skipif(not MWE.is_dir(), reason=f"{MWE} (the shared model-written evals) not present")
-def test_mwe_figures_stand_beside_a_line_fitted_on_the_probe_train_rows(tiny_llama_dir, tmp_path):
+def test_mwe_figures_stand_beside_a_line_fitted_on_the_probe_train_rows(tiny_llama_dir, tmp_path, mwe_dir):
     """The MWE set's line, as the independent set's: fitted on the probe's train rows, scored on every MWE answer
     the store holds (question + teacher-forced answer); ``probe.json`` records it and a store from another
     source is refused by name."""
@@ -118,15 +112,15 @@ def test_mwe_figures_stand_beside_a_line_fitted_on_the_probe_train_rows(tiny_lla
 
     handle = load_model(str(tiny_llama_dir))
     s = "stance"
-    mwe_rows = subsample_groups(mwe_answer_rows(MWE, MWE_PER_SOURCE), 40)
+    mwe_rows = subsample_groups(mwe_answer_rows(mwe_dir, MWE_PER_SOURCE), 40)
     sets = {f"suite_{s}": (get_contrast(s), 160), f"independent_{s}": (subsample_groups(load_independent(s), 48), None),
             "mwe_stance": (mwe_rows, None), "control_chat": (load_control_chat().select(range(40)), None)}
     for name, (rows, n) in sets.items():
         extract(handle, rows, ExtractConfig(model=str(tiny_llama_dir), hooks=["embed", "resid_post.*"],
                                             positions=["mean_response"], dtype="float32", seed=0,
                                             out_dir=str(tmp_path / name), max_rows=n))
-    out = measure_contrast(tmp_path, "tiny", s, shipped=False, ideas=(IDEAS[1],), mwe=MWE)
-    scored = mwe_scored_rows(MWE, ActivationStore(tmp_path / "mwe_stance").rows)
+    out = measure_contrast(tmp_path, "tiny", s, shipped=False, ideas=(IDEAS[1],), mwe=mwe_dir)
+    scored = mwe_scored_rows(mwe_dir, ActivationStore(tmp_path / "mwe_stance").rows)
     assert [r["id"] for r in scored] == mwe_rows["id"]
     first = mwe_rows[0]["messages"]
     assert (scored[0]["text"], scored[0]["response"]) == (first[0]["content"], first[1]["content"])
@@ -137,4 +131,4 @@ def test_mwe_figures_stand_beside_a_line_fitted_on_the_probe_train_rows(tiny_lla
     without = measure_contrast(tmp_path, "tiny", s, shipped=False, ideas=(IDEAS[1],))
     assert without["lexical_mwe"] is None and without["_kept_result"].evaluations["mwe"] is None
     with pytest.raises(ValueError, match="rows of the mwe store .* are not among"):
-        mwe_scored_rows(MWE, {"id": ["mwe/not-a-file/0001#0"]})
+        mwe_scored_rows(mwe_dir, {"id": ["mwe/not-a-file/0001#0"]})

@@ -14,7 +14,6 @@ from undertow.probes import ProbeError, require_calibration
 from undertow.probes.pretrained import list_pretrained, load_pretrained
 
 NAMES = [f"{m}/{c}" for m in ("gemma-3-270m", "smollm2-135m-instruct") for c in ("self_cessation", "stance")]
-MWE = Path(__file__).resolve().parents[3] / "shared" / "data" / "model-written-evals"
 
 
 def test_every_pretrained_probe_ships_and_loads():
@@ -45,7 +44,7 @@ def test_pretrained_probes_record_three_aurocs_calibration_and_flags(name):
 
 
 @pytest.mark.parametrize("contrast", ["self_cessation", "stance"])
-def test_shipped_lexical_lines_are_fitted_on_the_probes_train_rows(contrast):
+def test_shipped_lexical_lines_are_fitted_on_the_probes_train_rows(contrast, request):
     """Issue 25: the line each shipped figure stands beside is a bag-of-words model fitted on the rows the probe
     was fitted on (the default suite's train split) and scored on the rows the figure is read on (the
     independent set's test half; every MWE answer; the suite's held-out templates for the in-template test), not
@@ -57,13 +56,12 @@ def test_shipped_lexical_lines_are_fitted_on_the_probes_train_rows(contrast):
 
     train = probe_train_rows(contrast)
     scored = {"independent": [r for r in load_independent(contrast).to_list() if r["split"] == "test"]}
-    if contrast == "stance":
-        if not MWE.is_dir():
-            pytest.skip(f"{MWE} not present: the MWE set's line cannot be recomputed")
+    if contrast == "stance":  # its MWE line needs the shared evals (skipped, with the reason, without them)
         from undertow.experiments.prompts.eval_sets import mwe_answer_rows
         from undertow.experiments.validity import MWE_PER_SOURCE
 
-        scored["mwe"] = mwe_scored_rows(MWE, {"id": mwe_answer_rows(MWE, MWE_PER_SOURCE)["id"]})
+        mwe = request.getfixturevalue("mwe_dir")
+        scored["mwe"] = mwe_scored_rows(mwe, {"id": mwe_answer_rows(mwe, MWE_PER_SOURCE)["id"]})
     lines = {name: lexical_line(train, rows, contrast) for name, rows in scored.items()}
     held_out = [r for r in get_contrast(contrast).to_list() if r["split"] == "test"]
     in_template = lexical_line(train, held_out, contrast)  # the suite's held-out templates

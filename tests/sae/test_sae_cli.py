@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 from sae_testutil import text_rows
 
 from undertow.experiments.cli.app import main
-
-MWE = Path("/work/shared/data/model-written-evals")
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +46,12 @@ def test_eval_reports_ce_loss_recovered(trained, capsys):
         (res["ce_zero"] - res["ce_sae"]) / (res["ce_zero"] - res["ce_clean"]))
 
 
-def test_features_on_a_contrast(trained, tmp_path, capsys):
+def test_features_on_a_contrast(trained, tmp_path, capsys, shared_mwe):
     _, out = trained
     args = ["sae", "features", str(out), "--contrast", "self_cessation", "--max-rows", "60", "--top", "3",
             "--examples", "1", "--json", str(tmp_path / "f.json")]
-    if MWE.is_dir():
-        args += ["--mwe", str(MWE), "--mwe-rows", "8"]
+    if shared_mwe is not None:
+        args += ["--mwe", str(shared_mwe), "--mwe-rows", "8"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "auroc" in text and "sae_top16" in text

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,6 @@ from undertow.experiments.cli.app import main
 from undertow.experiments.prompts.contrasts import get_contrast
 from undertow.experiments.prompts.independent import control_hash
 from undertow.probes import Probe
-
-MWE = Path("/work/shared/data/model-written-evals")
 
 
 def _extract(model_dir, rows, out, position, max_rows=None):
@@ -153,12 +150,11 @@ def test_an_independent_store_of_another_contrast_is_refused(sc_store, sc_evals,
         _one_line(capsys)
 
 
-@pytest.mark.skipif(not MWE.is_dir(), reason="needs the model-written evals under /work/shared/data")
-def test_stance_gets_three_aurocs_with_the_model_written_evals(tiny_llama_dir, tmp_path, capsys):
+def test_stance_gets_three_aurocs_with_the_model_written_evals(tiny_llama_dir, tmp_path, capsys, mwe_dir):
     store = _extract(tiny_llama_dir, get_contrast("stance"), tmp_path / "stance", "mean_response", max_rows=240).path
     evals = tmp_path / "evals"
     # --seed 2: seed 0's 64-row MWE subsample holds an item of 307 tokens, past the tiny model's 256-token context
-    assert main(["probe", "evals", str(store), "--contrast", "stance", "--out", str(evals), "--mwe-source", str(MWE),
+    assert main(["probe", "evals", str(store), "--contrast", "stance", "--out", str(evals), "--mwe-source", str(mwe_dir),
                  "--max-rows", "64", "--max-control-rows", "150", "--no-progress", "--seed", "2"]) == 0
     assert sorted(p.name for p in evals.iterdir()) == ["control_chat", "independent", "mwe"]
     out_json = tmp_path / "t.json"

@@ -1,9 +1,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
-
-import pytest
 
 from undertow.experiments.prompts.answers import answer_rows, balanced_sample
 
@@ -61,17 +58,13 @@ def test_a_capped_sample_balances_which_answer_is_averse():
     assert sorted(it["averse_choice"] for it in short) == [0, 0, 0, 1, 1, 1]
 
 
-MWE = Path(__file__).resolve().parents[4] / "shared" / "data" / "model-written-evals"
-
-
-@pytest.mark.skipif(not MWE.is_dir(), reason=f"{MWE} (the shared model-written evals) not present")
-def test_the_mwe_sample_gives_the_answer_wording_nothing_to_read():
+def test_the_mwe_sample_gives_the_answer_wording_nothing_to_read(mwe_dir):
     """On the real evals (24 items per file, as experiments.validity; 100, as the study): within every answer
     format ("(A)"/"(B)", "Yes"/"No") and overall, an answer-only scorer reads AUROC 0.5 exactly."""
     from undertow.experiments.prompts.eval_sets import mwe_answer_rows
 
     for n in (24, 100):
-        ds = mwe_answer_rows(MWE, n)
+        ds = mwe_answer_rows(mwe_dir, n)
         assert len(ds) == 8 * n and _answer_only_auroc(ds) == 0.5
         for source in set(ds["source_file"]):
             assert _answer_only_auroc(ds.filter(lambda r, s=source: r["source_file"] == s)) == 0.5, (n, source)

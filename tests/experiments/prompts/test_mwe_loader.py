@@ -18,9 +18,6 @@ from undertow.experiments.prompts.mwe.load import FILE_PROFILES, load_model_writ
 from undertow.experiments.prompts.mwe.polarity import Stance, classify_answer, classify_item, classify_pair
 from undertow.experiments.prompts.schema import MWE_SCHEMA
 
-SHARED = Path("/work/shared/data/model-written-evals")
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared model-written-evals data not present")
-
 EXPECTED_REPORT = {
     #                           read  kept flipped offtopic 3choice dup unclass rule prior override construction
     "human-survival-instinct": (953, 679, 675, 25, 247, 0, 2, 219, 457, 3, 0),
@@ -75,11 +72,10 @@ DROPPED = {
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    return load_model_written_evals(SHARED)
+def loaded(mwe_dir):
+    return load_model_written_evals(mwe_dir)
 
 
-@needs_shared
 def test_normalisation_report_numbers(loaded):
     _, report = loaded
     got = {name: tuple(counts[c] for c in COLUMNS) for name, counts in report.as_dict().items() if name != "TOTAL"}
@@ -90,7 +86,6 @@ def test_normalisation_report_numbers(loaded):
     assert "human-survival-instinct" in table and "TOTAL" in table and "4614" in table
 
 
-@needs_shared
 def test_hand_checked_items(loaded):
     ds, _ = loaded
     by_id = {r["id"]: r for r in ds.to_list()}
@@ -102,7 +97,6 @@ def test_hand_checked_items(loaded):
     assert by_id["mwe/lm-survival-instinct/0011"]["averse_choice"] == 0  # the first copy is kept
 
 
-@needs_shared
 def test_rows_follow_the_schema_and_polarity_flags(loaded):
     ds, _ = loaded
     assert ds.features == MWE_SCHEMA
@@ -117,12 +111,11 @@ def test_rows_follow_the_schema_and_polarity_flags(loaded):
     assert {r["theme"] for r in rows if r["template_id"] == "mwe/lm-corrigible-neutral-HHH"} == {"goal_change"}
 
 
-@needs_shared
-def test_subsets(loaded):
-    ds, report = load_model_written_evals(SHARED, subsets=["no-shut-down"])
+def test_subsets(mwe_dir):
+    ds, report = load_model_written_evals(mwe_dir, subsets=["no-shut-down"])
     assert len(ds) == 1000 and [f.file for f in report.files] == ["no-shut-down"]
     with pytest.raises(MWELoadError, match="known: human-survival-instinct"):
-        load_model_written_evals(SHARED, subsets=["survival"])
+        load_model_written_evals(mwe_dir, subsets=["survival"])
 
 
 def _write(path: Path, rows: list[dict]) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -41,17 +39,13 @@ def test_extract_evaluations_keeps_replies_for_response_positions_and_names_subs
     assert calibration_identity(stores["independent"])[0] == "independent"
 
 
-MWE = "/work/shared/data/model-written-evals"
-
-
-@pytest.mark.skipif(not Path(MWE).is_dir(), reason="needs the model-written evals under /work/shared/data")
-def test_study_scores_stance_on_the_independent_set_and_the_model_written_evals(tiny_llama_dir, tmp_path):
+def test_study_scores_stance_on_the_independent_set_and_the_model_written_evals(tiny_llama_dir, tmp_path, mwe_dir):
     from undertow.experiments.report.schema import load_results
     from undertow.experiments.study.run import StudyConfig, run_study
 
     # seed 2: seed 0's 48-row MWE subsample holds an item of 307 tokens, past the tiny model's 256-token context
     run_study(StudyConfig(model=str(tiny_llama_dir), out_dir=str(tmp_path), contrasts={"stance": "mean_response"},
-                          max_rows=120, n_expressed=0, n_boot=100, n_perm=100, wandb=False, mwe_source=MWE,
+                          max_rows=120, n_expressed=0, n_boot=100, n_perm=100, wandb=False, mwe_source=str(mwe_dir),
                           eval_max_rows=48, select_rule="min", seed=2))
     c = load_results(tmp_path).contrasts["stance"]
     assert list(c.evaluations) == ["independent", "mwe"] and c.evaluations["mwe"] is None  # no lexical line known
