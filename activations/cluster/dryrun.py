@@ -344,10 +344,26 @@ def _shard_work(rendered, config, n_layers_run: int, params_body: int, d_attn: i
     return work
 
 
+MEASURE_TOKENS = 256
+"""At most this many tokens in the batch ``measured_cpu_layer_seconds`` times (rows cut, the mean length kept):
+the cost per token is what it reports. Llama-3.3-70B's copy in bfloat16 on an Intel Xeon without native
+bfloat16, offline: timing the whole mean batch ([22 x 107]) read 28.9 ms per token-layer and the dry-run took
+9 min 37 s; at [4 x 107] 30.0 ms, 1 min 26 s; at [2 x 107] 30.6 ms (1.06x), 1 min 7 s (most of the rest:
+building the copy and counting 4,320 rows' tokens). A dry-run on a login node should answer in about a minute."""
+MEASURE_SECONDS = 20.0
+"""Stop timing repeats once the warm-up and the timed forwards have taken this long (one timed forward then)."""
+
+
+def measured_batch(rows: int, length: int, max_tokens: int = MEASURE_TOKENS) -> tuple[int, int]:
+    """The ``[rows, length]`` batch ``measured_cpu_layer_seconds`` times for a mean batch of ``[rows, length]``."""
+    return max(1, min(rows, max_tokens // max(length, 1))), length
+
+
 def measured_cpu_layer_seconds(text_config, rows: int, length: int, dtype: torch.dtype) -> float:
     """Seconds per token per decoder layer on this CPU: the body forward of a 2-layer random-weight copy of the
-    config (vocab shrunk: the embedding is a lookup) on a [rows, length] batch, median of 3 after a warm-up.
-    It runs under whatever else loads the machine now, as the extraction will."""
+    config (vocab shrunk: the embedding is a lookup) on a ``[rows, length]`` batch (``measured_batch``), median
+    of up to 3 after a warm-up (fewer past ``MEASURE_SECONDS``). It runs under whatever else loads the machine
+    now, as the extraction will."""
     import copy
 
     from transformers import AutoModelForCausalLM
@@ -361,11 +377,12 @@ def measured_cpu_layer_seconds(text_config, rows: int, length: int, dtype: torch
     ids = torch.randint(0, 256, (rows, length))
     times = []
     with torch.inference_mode():
-        for _ in range(4):
+        while len(times) < 4 and not (len(times) >= 2 and sum(times) > MEASURE_SECONDS):
             t0 = time.perf_counter()
             body(input_ids=ids, use_cache=False)
             times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[1] / (rows * length * 2)
+    timed = sorted(times[1:])
+    return timed[len(timed) // 2] / (rows * length * 2)
 
 
 def model_dims(cfg) -> tuple[int, int, int, int]:
@@ -458,10 +475,11 @@ def _report(config, hf_config, model, cluster, tm, gpu_name, source, tokens, n_s
         length = max(1, round(lengths / max(forwards, 1)))
         rows = max(1, round(tokens_c / max(lengths, 1)))
         text = getattr(hf_config, "text_config", None) or hf_config
-        per_token_layer = measured_cpu_layer_seconds(text, rows, length, _DTYPE[width])
+        timed_rows, _ = measured_batch(rows, length)
+        per_token_layer = measured_cpu_layer_seconds(text, timed_rows, length, _DTYPE[width])
         seconds = [w.tokens_computed * n_layers_run * per_token_layer for w in shard_work]
-        label = (f"cpu: {per_token_layer * 1e6:.1f} us per token-layer, measured now on a random 2-layer copy at the "
-                 f"mean batch [{rows} x {length}]")
+        label = (f"cpu: {per_token_layer * 1e6:.1f} us per token-layer, measured now on a random 2-layer copy at "
+                 f"[{timed_rows} x {length}] (the mean batch is [{rows} x {length}])")
         return _finish(config, hf_config, model, cluster, source, tokens, n_shards, bytes_per_hook, shard_out_max,
                        shard_work, seconds, [0], label, width, n_layers_run, gpu_name)
     else:

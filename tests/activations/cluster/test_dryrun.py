@@ -168,3 +168,31 @@ def test_embedded_model_predicted_vs_measured_on_this_cpu(chat_rows, tmp_path):
         hook.remove()
     assert report.bytes_per_hook == _hook_bytes(Path(config.out_dir))
     assert report.tokens_computed == sum(fed) and report.batches == len(fed)
+
+
+def test_the_cpu_timing_is_bounded_in_tokens_and_in_seconds(monkeypatch):
+    """A 70B copy in bfloat16 took 9 min 37 s to time at its mean batch on a CPU without native bfloat16: the timed
+    batch keeps at most MEASURE_TOKENS tokens (the length kept), and past MEASURE_SECONDS one timed forward follows
+    the warm-up instead of three."""
+    from transformers import LlamaConfig
+
+    from undertow.activations.cluster import dryrun
+
+    assert dryrun.measured_batch(22, 107) == (dryrun.MEASURE_TOKENS // 107, 107)
+    assert dryrun.measured_batch(1, 900) == (1, 900) and dryrun.measured_batch(3, 20) == (3, 20)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2)
+    calls = []
+    real = torch.nn.Module.__call__
+
+    def counting(self, *a, **kw):
+        if type(self).__name__ == "LlamaModel":
+            calls.append(kw["input_ids"].shape)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting)
+    assert dryrun.measured_cpu_layer_seconds(cfg, 2, 8, torch.float32) > 0 and len(calls) == 4  # quick: 1 + 3
+    calls.clear()
+    monkeypatch.setattr(dryrun, "MEASURE_SECONDS", 0.0)
+    assert dryrun.measured_cpu_layer_seconds(cfg, 2, 8, torch.float32) > 0
+    assert calls == [torch.Size([2, 8])] * 2  # warm-up + one timed forward
